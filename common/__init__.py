@@ -1,0 +1,1 @@
+"""Shared library for arsr: degradation, data, metrics and run plumbing. Imports neither pure nor varsr."""

@@ -1,0 +1,1 @@
+"""PURE: perceive-understand-restore super-resolution on a Chameleon/Lumina-mGPT decoder."""

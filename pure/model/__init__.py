@@ -1,0 +1,1 @@
+"""PURE modules: the Chameleon decoder and the LlamaGen VQ-8 tokenizer (pure nn.Modules)."""

@@ -1,0 +1,1 @@
+"""VARSR: visual autoregressive next-scale super-resolution."""

@@ -1,0 +1,1 @@
+"""VARSR modules: multi-scale VQVAE, transformer, RoPE and diffusion refiner (pure nn.Modules)."""
