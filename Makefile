@@ -1,0 +1,38 @@
+# Two-command quickstart: `make demo` (set up .venv, train + sample + evaluate the tiny models on the
+# bundled photos on CPU) and `make test` (same setup, whole test suite). Both reuse one .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.arsr-installed
+
+.PHONY: setup demo test test-fast bench clean-venv
+
+setup: $(STAMP)
+
+# torch first (a range admitting 2.14.1/0.29.1, so a local/capped install adds nothing), then basicsr
+# without build isolation (its setup_requires would otherwise install a second torch into the build
+# env), then the project itself in editable mode with the dev extras.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade "pip<26.2" wheel "setuptools>=64,<81"
+	$(BIN)/python -m pip install "torch>=2.4,<2.15" "torchvision>=0.19,<0.30"
+	$(BIN)/python -m pip install --no-build-isolation "basicsr==1.4.2"
+	$(BIN)/python -m pip install --no-build-isolation -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python launch/demo.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python bench/degradation.py
+	$(BIN)/python bench/train_varsr.py
+	$(BIN)/python bench/train_pure.py
+
+clean-venv:
+	rm -rf $(VENV)

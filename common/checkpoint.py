@@ -1,0 +1,178 @@
+"""Checkpoint I/O that never loses what is already written and never unpickles untrusted files.
+
+- ``atomic_save``: write to a temp file in the same directory, fsync, ``os.replace``, fsync the
+  directory. A process killed mid-write leaves the previous checkpoint intact.
+- ``safe_load``: ``torch.load(weights_only=True)`` or safetensors, nothing else.
+- ``latest_checkpoint``: auto-resume discovery over ``<run_dir>/checkpoints/ckpt_<step>.pt``.
+- ``rng_state`` / ``set_rng_state``: RNG streams as tensors and plain values (weights_only-safe).
+- ``PreemptionHandler``: turns SIGTERM/SIGUSR1 (SLURM pre-emption) into a flag the loop polls.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CKPT_RE = re.compile(r"^ckpt_(\d{8,})\.pt$")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str | os.PathLike, write_fn) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Whatever happened (including KeyboardInterrupt/SystemExit), the old file is untouched.
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_save(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` that is all-or-nothing on POSIX filesystems."""
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def save_safetensors_atomic(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    from safetensors.torch import save
+
+    blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    return _atomic_write(path, lambda f: f.write(blob))
+
+
+def safe_load(path: str | os.PathLike, map_location="cpu"):
+    """Load tensors without executing pickled code."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device=str(map_location))
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a pickle with custom classes, or a truncated file
+        raise ValueError(
+            f"{path}: cannot be loaded safely with weights_only=True ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); convert a trusted file to safetensors first"
+        ) from None
+
+
+def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"ckpt_{int(step):08d}.pt"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    d = checkpoint_dir(run_dir)
+    if not d.is_dir():
+        return []
+    found = []
+    for p in d.iterdir():
+        m = CKPT_RE.match(p.name)
+        if m and (p.is_file() or p.is_dir()):
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """Newest complete checkpoint (temp files from an interrupted save never match the pattern)."""
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
+    """Delete all but the ``keep`` newest checkpoints (keep <= 0 keeps everything)."""
+    if keep <= 0:
+        return
+    import shutil
+
+    for _, p in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def rng_state() -> dict:
+    """All RNG streams as tensors / plain values so the result loads with weights_only=True."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy": {
+            "kind": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class PreemptionHandler:
+    """Records SIGTERM/SIGUSR1 so the training loop can checkpoint at the next step boundary.
+
+    SLURM sends SIGUSR1 (with ``--signal``) or SIGTERM before killing a job; torchrun forwards
+    SIGTERM to its workers. We never save from inside the handler: a half-finished optimizer
+    step must not end up in a checkpoint.
+    """
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1)):
+        self.requested = False
+        self.signum: int | None = None
+        self._previous = {}
+        for s in signals:
+            try:
+                self._previous[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread (e.g. inside some test runners)
+                pass
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        self.signum = signum
+
+    def restore(self) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous.clear()

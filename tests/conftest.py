@@ -1,0 +1,19 @@
+"""Suite-wide test settings: quiet tracking, few threads (CI has 2 cores), shared small fixtures."""
+import os
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("ARSR_NO_PROGRESS", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def repo_root():
+    from common.config import REPO_ROOT
+
+    return REPO_ROOT
