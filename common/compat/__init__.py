@@ -1,0 +1,1 @@
+"""Adapters for third-party packages that need patching before import (see compat/basicsr.py)."""
