@@ -1,0 +1,125 @@
+"""Structured configs (schema + documentation) for PURE pre-tokenisation and training.
+
+YAML under `configs/pure/` holds values only; these dataclasses document every key and their
+defaults are the official PURE values (`pure/scripts/train.sh`, spec pure.md §4-6). The model
+block is PURE-MODEL's `ChameleonConfig` (configs/pure/model/*.yaml) and is validated there.
+Registered in Hydra's ConfigStore as `pure_train_schema` / `pure_pretokenize_schema`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.config import CheckpointConfig, OptimConfig, RunConfig
+
+
+@dataclass
+class PureOptimConfig(OptimConfig):
+    """AdamW + warm-up/cosine schedule; defaults from PURE's train.sh."""
+
+    lr: float = 4e-4  # peak LR (20x Lumina-mGPT's 2e-5)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # applied to ALL parameters, norms and embeddings included (official)
+    grad_clip: float = 4.0  # global grad-norm clip
+    grad_accum: int = 1  # micro-batches per optimizer step
+    warmup_epochs: float = 0.5  # linear warm-up from 0 over this many epochs (per-iteration update)
+    min_lr: float = 0.0  # end of the half-cosine
+    z_loss_weight: float = 0.0  # w * mean(logsumexp^2) over supervised (shifted) positions; official 0
+
+
+@dataclass
+class ParallelConfig:
+    """How the model is spread over devices; all of it is applied by pure/parallelize.py."""
+
+    backend: str = "fsdp2"  # none | fsdp2 | deepspeed  (none = one process, plain AdamW)
+    zero_stage: int = 3  # DeepSpeed ZeRO stage (0-3)
+    deepspeed_config: str | None = None  # optional yaml/json merged over the generated DeepSpeed config
+    param_dtype: str = "bf16"  # compute dtype of parameters (FSDP2 MixedPrecisionPolicy / DeepSpeed bf16)
+    reduce_dtype: str = "fp32"  # gradient reduction dtype (FSDP2)
+    autocast: bool = True  # bf16 autocast around the forward on CUDA (official); ignored on CPU
+    activation_checkpointing: bool = True  # non-reentrant checkpoint of every decoder layer
+    reshard_after_forward: bool = True  # FSDP2 FULL_SHARD (True) vs SHARD_GRAD_OP-like (False)
+
+
+@dataclass
+class PureDataConfig:
+    """Pre-tokenised shards (pure/pretokenize.py) or an online degrade+encode dataset."""
+
+    meta: str = "configs/pure/data/bundled.yaml"  # data YAML: META: [{path: record.json, ratio, type}]
+    batch_size: int = 4  # micro-batch per rank (official 4 per GPU)
+    max_seq_len: int = 11776  # longer records are dropped at load time (official max_seq_len)
+    window_mult: int = 500  # sampler shuffles within windows of global_batch * window_mult (official 500)
+    packing: bool = False  # pack several records per row (cross-contamination-free via position reset); off = pad
+    pad_to_multiple: int = 64  # right-pad each batch to a multiple of this (kernel friendliness)
+    num_workers: int = 2
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 10  # log loss / tokens/s / MFU every N optimizer steps
+    peak_flops: float = 989e12  # per-device peak for MFU (H100 SXM bf16 dense); set ~1e12 for CPU
+    wandb: bool = True  # track with wandb (mode from run.wandb_mode)
+
+
+@dataclass
+class InitConfig:
+    """Where the weights come from before training."""
+
+    from_hf: str | None = None  # directory with HF shards (PURE or Lumina-mGPT) to start from
+    extend_vocab_from: int | None = None  # e.g. 65536: checkpoint has fewer rows; add image rows (see train.py)
+    vq_ckpt: str | None = None  # LlamaGen vq_ds8_c2i.pt (online mode / pre-tokenisation)
+
+
+@dataclass
+class ExportConfig:
+    hf_dir: str | None = None  # write HF-layout safetensors shards here at the end (None = off)
+    max_shard_size: str = "5GB"
+
+
+@dataclass
+class PureTrainConfig:
+    """Everything `launch/train_pure.py` accepts."""
+
+    run: RunConfig = field(default_factory=lambda: RunConfig(run_dir="runs/pure", wandb_project="pure"))
+    ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)
+    optim: PureOptimConfig = field(default_factory=PureOptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: PureDataConfig = field(default_factory=PureDataConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    model: Any = None  # ChameleonConfig fields (configs/pure/model/*.yaml), validated by pure.model
+    epochs: float = 2.0  # official 2 epochs
+    max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
+    dropout: float = 0.05  # residual dropout during training (overrides model.dropout)
+
+
+@dataclass
+class PretokenizeConfig:
+    """Everything `launch/pretokenize_pure.py` accepts."""
+
+    out_dir: str = "data/pure_tokens"  # shards, per-shard JSONL indices, record.json, progress files
+    images: list[str] = field(default_factory=list)  # HR folders (or ImageSource specs) to read
+    target_size: int = 512  # MUST be 512 (two 768 images exceed max_seq_len)
+    lq_scale: int = 4  # LQ = HR/4, bicubic-resized back to target_size before VQ encoding
+    degradation: str = "realesrgan"  # common.degradation preset (SeeSR offline = realesrgan)
+    captions: str | None = None  # captions JSONL {id, caption}; None -> empty description
+    degradation_scores: str | None = None  # optional score file (id, blur, noise) instead of the sampled params
+    vq_ckpt: str | None = None  # LlamaGen VQ weights; None -> random VQ (tests / plumbing only)
+    tokenizer: str | None = None  # text_tokenizer.json; None -> build_test_tokenizer
+    vocab_map: str | None = None  # config.json with vocabulary_map; None -> synthetic code map
+    shard_size: int = 1000  # records per shard file
+    num_workers: int = 1  # local worker processes when not under torchrun (one shard stream each)
+    max_seq_len: int = 11776  # reject longer records instead of truncating them
+    seed: int = 0
+    device: str = "auto"
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="pure_train_schema", node=PureTrainConfig)
+    cs.store(name="pure_pretokenize_schema", node=PretokenizeConfig)

@@ -1,0 +1,272 @@
+"""All distributed-training code for PURE: FSDP2, DeepSpeed ZeRO, single process, activation checkpointing.
+
+`build_engine(root, lm, optim_cfg, par_cfg, dist)` returns an `Engine` with one interface for the
+training loop (`forward`, `backward`, `step`, `save`, `load`, `full_model_state_dict`), so
+train.py never branches on the backend. `root` is the module whose forward computes the loss
+(it wraps `lm`, a ChameleonForCausalLM); `lm` is what gets sharded layer by layer.
+
+Official PURE (xllmx) uses FSDP1 FULL_SHARD over decoder layers + embeddings + lm_head with bf16
+params / fp32 reduction and non-reentrant activation checkpointing; ours uses FSDP2
+`fully_shard` with the same wrapping and `MixedPrecisionPolicy`, or DeepSpeed ZeRO (any stage).
+
+Learning rates are set by the loop each step (`Engine.set_lr`), so no backend-specific scheduler
+state exists and resuming needs only the step counter.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from common import checkpoint as ckpt_io
+from common.dist import barrier
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+
+
+def apply_activation_checkpointing(lm: nn.Module) -> None:
+    """Recompute every decoder layer in backward (non-reentrant, so kwargs and no-grad inputs work).
+
+    We wrap the bound `forward` instead of inserting a wrapper module, so state-dict keys stay
+    the HF names (checkpoint_wrapper would add `_checkpoint_wrapped_module.`).
+    """
+    for layer in lm.model.layers:
+        if getattr(layer, "_pure_ac", False):
+            continue
+        inner = layer.forward
+
+        @functools.wraps(inner)
+        def fwd(*args, __inner=inner, **kwargs):
+            if not torch.is_grad_enabled():
+                return __inner(*args, **kwargs)
+            return checkpoint(__inner, *args, use_reentrant=False, **kwargs)
+
+        layer.forward = fwd
+        layer._pure_ac = True
+
+
+def make_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
+    """AdamW with weight decay on all parameters (official PURE: no exclusion of norms/embeddings)."""
+    kw = dict(lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay)
+    return torch.optim.AdamW(params, **kw)
+
+
+class Engine:
+    """Single-process (and FSDP2) engine: plain autograd + torch AdamW + global-norm clipping."""
+
+    kind = "none"
+
+    def __init__(self, root: nn.Module, optim_cfg, dist):
+        self.module = root
+        self.dist = dist
+        self.grad_accum = max(1, int(optim_cfg.grad_accum))
+        self.grad_clip = float(optim_cfg.grad_clip)
+        self.optimizer = make_optimizer([p for p in root.parameters() if p.requires_grad], optim_cfg)
+        self._micro = 0
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def set_lr(self, lr: float) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # Loss of one micro-batch is a mean over its supervised tokens; dividing by the number of
+        # accumulation steps makes the step gradient the mean of micro-batch means (official).
+        (loss / self.grad_accum).backward()
+        self._micro += 1
+
+    def boundary(self) -> bool:
+        """True when the next `step` call will update the weights."""
+        return self._micro % self.grad_accum == 0
+
+    def step(self) -> float | None:
+        """Clip + AdamW at accumulation boundaries; returns the pre-clip grad norm there, else None."""
+        if not self.boundary():
+            return None
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip > 0 else float("inf"))
+        if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
+            norm = norm.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    # ---- checkpoints: full (unsharded) state dicts, so a run can resume on any world size ----
+    def _state_options(self):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+    def full_model_state_dict(self) -> dict:
+        """Unsharded model tensors (on every rank in one process; on rank 0 only under FSDP2)."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(self.module, options=self._state_options())
+
+    def save(self, path: Path, extra: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.module, self.optimizer, options=self._state_options())
+        if self.dist.is_main:
+            ckpt_io.atomic_save({"model": model_sd, "optimizer": optim_sd, "extra": extra}, path)
+        barrier()
+
+    def load(self, path: Path) -> dict:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = ckpt_io.safe_load(path)
+        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"], options=self._state_options())
+        return state["extra"]
+
+
+class DeepSpeedEngine(Engine):
+    """DeepSpeed ZeRO-{0,1,2,3}: DeepSpeed owns backward scaling, clipping, the step and checkpoints."""
+
+    kind = "deepspeed"
+
+    def __init__(self, root: nn.Module, optim_cfg, par_cfg, dist, micro_batch: int):
+        import deepspeed
+
+        self.dist = dist
+        self.grad_accum = max(1, int(optim_cfg.grad_accum))
+        self.grad_clip = float(optim_cfg.grad_clip)
+        config = deepspeed_config(optim_cfg, par_cfg, micro_batch, dist.world_size)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=root, model_parameters=[p for p in root.parameters() if p.requires_grad], config=config
+        )
+        self.module = self.engine
+
+    def backward(self, loss):
+        self.engine.backward(loss)  # divides by gradient_accumulation_steps itself
+
+    def boundary(self) -> bool:
+        return self.engine.is_gradient_accumulation_boundary()
+
+    def step(self):
+        at_boundary = self.boundary()
+        self.engine.step()
+        if not at_boundary:
+            return None
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def full_model_state_dict(self) -> dict:
+        # ZeRO-3 keeps partitions; gather each parameter in turn (rank 0 keeps the copy).
+        import deepspeed
+
+        out = {}
+        for name, p in self.engine.module.named_parameters():
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None, enabled=hasattr(p, "ds_id")):
+                if self.dist.is_main:
+                    out[name] = p.detach().to("cpu", copy=True)
+        return out
+
+    def save(self, path: Path, extra: dict) -> None:
+        # DeepSpeed writes a directory of per-rank files; we write it under a temp name and let
+        # rank 0 rename it once every rank has finished, so a killed save is never "latest".
+        tmp = path.parent / f".tmp_{path.name}"
+        if self.dist.is_main and tmp.exists():
+            shutil.rmtree(tmp)
+        barrier()
+        self.engine.save_checkpoint(str(tmp), tag="state", client_state={"extra": extra})
+        barrier()
+        if self.dist.is_main:
+            os.replace(tmp, path)
+        barrier()
+
+    def load(self, path: Path) -> dict:
+        # DeepSpeed's loader unpickles its own files (written by us in this run dir): trusted.
+        _, client = self.engine.load_checkpoint(str(path), tag="state")
+        if client is None:
+            raise ValueError(f"{path}: DeepSpeed checkpoint could not be loaded")
+        return client["extra"]
+
+
+def deepspeed_config(optim_cfg, par_cfg, micro_batch: int, world_size: int) -> dict:
+    """The DeepSpeed JSON config from our structured config (+ optional yaml/json overrides)."""
+    bf16 = par_cfg.param_dtype == "bf16"
+    cfg = {
+        "train_micro_batch_size_per_gpu": int(micro_batch),
+        "gradient_accumulation_steps": max(1, int(optim_cfg.grad_accum)),
+        "train_batch_size": int(micro_batch) * max(1, int(optim_cfg.grad_accum)) * int(world_size),
+        "gradient_clipping": float(optim_cfg.grad_clip),
+        "bf16": {"enabled": bf16},
+        "zero_optimization": {"stage": int(par_cfg.zero_stage), "overlap_comm": False,
+                              "contiguous_gradients": True, "reduce_bucket_size": 5e7},
+        # torch_adam: DeepSpeed's fused CPU/GPU Adam needs a compiled op; torch's AdamW is exact and portable.
+        "optimizer": {"type": "AdamW", "params": {"lr": optim_cfg.lr, "betas": list(optim_cfg.betas),
+                                                   "eps": optim_cfg.eps, "weight_decay": optim_cfg.weight_decay,
+                                                   "torch_adam": True}},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if bf16:
+        # Accumulate and all-reduce gradients in fp32 like FSDP's reduce_dtype.
+        cfg["data_types"] = {"grad_accum_dtype": "fp32"}
+    if par_cfg.deepspeed_config:
+        cfg = _deep_merge(cfg, _read_cfg(par_cfg.deepspeed_config))
+    return cfg
+
+
+def _read_cfg(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"DeepSpeed config not found: {p}")
+    if p.suffix in (".yaml", ".yml"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+    return json.loads(p.read_text())
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_fsdp2(root: nn.Module, lm: nn.Module, par_cfg, dist) -> None:
+    """FULL_SHARD per decoder layer, embed_tokens and lm_head, then the root (final norm etc.)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(dist.device.type, (dist.world_size,))
+    mp = MixedPrecisionPolicy(param_dtype=DTYPES[par_cfg.param_dtype], reduce_dtype=DTYPES[par_cfg.reduce_dtype])
+    kw = dict(mesh=mesh, mp_policy=mp)
+    fully_shard(lm.model.embed_tokens, reshard_after_forward=par_cfg.reshard_after_forward, **kw)
+    for layer in lm.model.layers:
+        fully_shard(layer, reshard_after_forward=par_cfg.reshard_after_forward, **kw)
+    # lm_head runs last in forward and first in backward: keeping it unsharded saves one all-gather.
+    fully_shard(lm.lm_head, reshard_after_forward=False, **kw)
+    fully_shard(root, reshard_after_forward=False, **kw)
+
+
+def build_engine(root: nn.Module, lm: nn.Module, optim_cfg, par_cfg, dist, micro_batch: int) -> Engine:
+    """Apply activation checkpointing + the configured sharding and build the optimizer."""
+    backend = par_cfg.backend
+    if par_cfg.activation_checkpointing:
+        apply_activation_checkpointing(lm)
+    if backend == "deepspeed":
+        return DeepSpeedEngine(root, optim_cfg, par_cfg, dist, micro_batch)
+    if backend == "fsdp2":
+        if dist.world_size > 1 or dist.backend is not None:
+            apply_fsdp2(root, lm, par_cfg, dist)
+        eng = Engine(root, optim_cfg, dist)
+        eng.kind = "fsdp2"
+        return eng
+    if backend == "none":
+        if dist.world_size > 1:
+            raise ValueError("parallel.backend=none runs one process; use fsdp2 or deepspeed under torchrun")
+        return Engine(root, optim_cfg, dist)
+    raise ValueError(f"unknown parallel.backend {backend!r}; expected none | fsdp2 | deepspeed")
