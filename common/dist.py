@@ -38,6 +38,22 @@ def _launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def _export_slurm_env() -> None:
+    """Under Hydra's submitit launcher (one SLURM task per GPU) derive torchrun's variables.
+
+    submitit knows the job's node list and rank layout; exporting them here lets the same
+    ``init_distributed`` serve torchrun, the deepspeed launcher and SLURM.
+    """
+    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    try:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    except Exception:  # not a submitit job (e.g. srun torchrun ...): torchrun sets the variables itself
+        pass
+
+
 def init_distributed(device: str | None = None, timeout_min: int = 30) -> DistInfo:
     """Initialise torch.distributed from torchrun's environment (idempotent).
 
@@ -45,6 +61,7 @@ def init_distributed(device: str | None = None, timeout_min: int = 30) -> DistIn
     CPU CI can exercise the real multi-process code paths.
     """
     want_cuda = torch.cuda.is_available() and device != "cpu"
+    _export_slurm_env()
     if not _launched_by_torchrun():
         dev = torch.device("cuda", 0) if want_cuda else torch.device("cpu")
         if want_cuda:
