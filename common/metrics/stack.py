@@ -1,0 +1,157 @@
+"""One frozen metric stack for every table, and folder-vs-folder evaluation.
+
+`MetricStack` scores batches; `evaluate_folders` scores an output folder against a GT folder
+(paired by file name) and writes three files next to each other: a JSON summary (metric ->
+mean, plus the pyiqa version and the exact metric variants), a per-image CSV and a Markdown
+table row, so every baseline is re-scored with the same stack (common.md §3.2).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from common.data.io import read_image, to_tensor
+from common.data.test_sets import PairingError, list_images_by_stem, pair_files
+from common.metrics.fr import psnr_y, ssim_y
+from common.metrics.learned import VARIANTS, create_pyiqa_metric, pyiqa_version
+
+OURS = {"psnr": psnr_y, "ssim": ssim_y}
+FULL_REFERENCE = ("psnr", "ssim", "lpips", "dists")
+FOLDER_LEVEL = ("fid",)  # a distance between two image sets, not a per-image score
+LOWER_BETTER = ("lpips", "dists", "niqe", "fid")
+PAPER_ORDER = ("psnr", "ssim", "lpips", "dists", "fid", "niqe", "musiq", "maniqa", "maniqa-pipal", "clipiqa", "topiq_nr")
+
+
+class MetricStack:
+    """Per-image metrics by name: ``psnr``/``ssim`` (ours, Y channel, float64) and pyiqa's
+    ``lpips, dists, niqe, musiq, maniqa, maniqa-pipal, clipiqa, topiq_nr`` (any other pyiqa
+    name also works). ``fid`` is accepted and left to `evaluate_folders` (set-level).
+
+    Learned metrics are built at construction (so a missing weight file fails before any image
+    is scored), from ``weights_dir`` or pyiqa's cache; see common.metrics.learned.
+    """
+
+    def __init__(self, names, device="cpu", weights_dir=None, crop_border: int = 0):
+        self.names = [str(n) for n in names]
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"duplicate metric names in {self.names}")
+        self.device, self.weights_dir, self.crop_border = torch.device(device), weights_dir, int(crop_border)
+        self.variants: dict[str, str] = {}
+        self._learned: dict[str, torch.nn.Module] = {}
+        for n in self.names:
+            if n in OURS:
+                self.variants[n] = f"ours: Y (BT.601 studio), float64, crop_border={self.crop_border}" + (
+                    ", 11x11 gaussian sigma 1.5" if n == "ssim" else "")
+            elif n in FOLDER_LEVEL:
+                self.variants[n] = VARIANTS[n][1]
+            else:
+                self._learned[n], self.variants[n] = create_pyiqa_metric(n, self.device, weights_dir)
+
+    @property
+    def per_image(self) -> list[str]:
+        return [n for n in self.names if n not in FOLDER_LEVEL]
+
+    @property
+    def needs_hr(self) -> list[str]:
+        return [n for n in self.names if n in FULL_REFERENCE or n in FOLDER_LEVEL or
+                (n in self._learned and getattr(self._learned[n], "metric_mode", "NR") == "FR")]
+
+    def info(self) -> dict:
+        return {"pyiqa_version": pyiqa_version(), "torch_version": torch.__version__, "python": platform.python_version(),
+                "crop_border": self.crop_border, "variants": dict(self.variants)}
+
+    @torch.no_grad()
+    def score(self, sr: torch.Tensor, hr: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``{name: float64 Tensor(B)}`` for sr (B,3,H,W) in [0,1] (and hr of the same shape)."""
+        if sr.dim() != 4:
+            raise ValueError(f"sr must be (B,3,H,W), got {tuple(sr.shape)}")
+        need = [n for n in self.needs_hr if n not in FOLDER_LEVEL]
+        if hr is None and need:
+            raise ValueError(f"metrics {need} need an HR reference")
+        if hr is not None and hr.shape != sr.shape:
+            raise ValueError(f"sr {tuple(sr.shape)} and hr {tuple(hr.shape)} differ in shape")
+        out = {}
+        x = sr.detach().float().clamp(0, 1)
+        for n in self.per_image:
+            if n in OURS:
+                out[n] = OURS[n](x, hr.float(), self.crop_border)
+                continue
+            m = self._learned[n]
+            xd = x.to(self.device)
+            v = m(xd, hr.detach().float().clamp(0, 1).to(self.device)) if n in need else m(xd)
+            out[n] = torch.as_tensor(v).detach().to("cpu", torch.float64).reshape(x.shape[0], -1)[:, 0]
+        return out
+
+    def folder_metric(self, name: str, sr_dir, hr_dir) -> float:
+        """Set-level metric (``fid``) between two folders, computed by pyiqa (clean-fid mode)."""
+        if name not in self._learned:
+            self._learned[name], self.variants[name] = create_pyiqa_metric(name, self.device, self.weights_dir)
+        v = self._learned[name](str(sr_dir), str(hr_dir), device=self.device, num_workers=0, verbose=False)
+        return float(v)
+
+
+def _read_pair(name: str, sr_path: Path, hr_path: Path | None):
+    sr = read_image(sr_path)
+    hr = read_image(hr_path) if hr_path is not None else None
+    if hr is not None and sr.shape != hr.shape:
+        raise PairingError(f"{name}: size mismatch, sr {sr.shape[1]}x{sr.shape[0]} ({sr_path}) vs "
+                           f"hr {hr.shape[1]}x{hr.shape[0]} ({hr_path})")
+    return to_tensor(sr)[None], (to_tensor(hr)[None] if hr is not None else None)
+
+
+def _ordered(names):
+    return sorted(names, key=lambda n: PAPER_ORDER.index(n) if n in PAPER_ORDER else len(PAPER_ORDER))
+
+
+def evaluate_folders(sr_dir, hr_dir, metrics, out_json, device="cpu", weights_dir=None, crop_border: int = 0,
+                     set_name: str | None = None, stack: MetricStack | None = None, show_progress: bool = True) -> dict:
+    """Score every image of ``sr_dir`` (against ``hr_dir`` when given) and write
+    ``out_json`` (summary), ``<stem>_per_image.csv`` and ``<stem>.md`` (one Markdown row).
+
+    Returns the summary dict. Missing/extra/mismatched files raise `PairingError` naming them.
+    """
+    from common.logging import progress
+
+    stack = stack or MetricStack(metrics, device=device, weights_dir=weights_dir, crop_border=crop_border)
+    if hr_dir is None and stack.needs_hr:
+        raise ValueError(f"metrics {stack.needs_hr} need hr_dir (full-reference); drop them or give hr_dir")
+    if hr_dir is not None:
+        pairs = pair_files(sr_dir, hr_dir, "sr_dir", "hr_dir")
+    else:
+        found = list_images_by_stem(sr_dir, "sr_dir")
+        from common.data.sources import natural_key
+
+        pairs = [(s, found[s], None) for s in sorted(found, key=natural_key)]
+    rows = []
+    it = progress(pairs, desc=f"eval {set_name or Path(sr_dir).name}", disable=not show_progress)
+    for name, sr_path, hr_path in it:
+        sr, hr = _read_pair(name, sr_path, hr_path)
+        scores = stack.score(sr, hr) if stack.per_image else {}
+        rows.append({"name": name, **{k: float(v[0]) for k, v in scores.items()}})
+    means = {n: sum(r[n] for r in rows) / len(rows) for n in stack.per_image}
+    for n in stack.names:
+        if n in FOLDER_LEVEL:
+            means[n] = stack.folder_metric(n, sr_dir, hr_dir)
+    means = {n: means[n] for n in _ordered(means)}
+
+    out_json = Path(out_json)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    csv_path = out_json.with_name(out_json.stem + "_per_image.csv")
+    md_path = out_json.with_suffix(".md")
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["name"] + [n for n in means if n in stack.per_image])
+        w.writeheader()
+        w.writerows(rows)
+    from common.logging import markdown_table
+
+    label = set_name or Path(sr_dir).name
+    md_path.write_text(markdown_table([{"set": label, "n": len(rows), **means}]) + "\n")
+    summary = {"set": label, "sr_dir": str(sr_dir), "hr_dir": str(hr_dir) if hr_dir else None, "n_images": len(rows),
+               "metrics": means, "lower_better": [n for n in means if n in LOWER_BETTER],
+               "per_image_csv": str(csv_path), "markdown": str(md_path), **stack.info()}
+    out_json.write_text(json.dumps(summary, indent=2, allow_nan=True))
+    return summary
