@@ -1,0 +1,182 @@
+"""Structured config of VARSR training: every key documented, defaults = the official recipe.
+
+Sources of the defaults: VARSR README training command
+(`--depth=24 --batch_size=4 --ep=5 --fp16=1 --tblr=5e-5 --alng=1e-4 --wpe=0.01 --fuse=0`),
+`utils/arg_util.py` and `utils/lr_control.py` (spec varsr.md §5-§8, common.md §1.7).
+
+The dataclasses are registered in Hydra's ConfigStore as ``varsr_train_schema``; the primary
+``configs/varsr/train.yaml`` starts its defaults list with it, so YAML files hold values only and
+a typo in an override is an error at start-up. Model and degradation nodes reuse the owners'
+dataclasses (``VARSRModelConfig``, ``DegradationConfig``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from common.config import CheckpointConfig, OptimConfig, RunConfig
+from common.degradation.presets import DegradationConfig, get_preset
+from varsr.model.config import VARSRModelConfig, model_config
+
+
+@dataclass
+class SourceConfig:
+    """One image source (mirrors ``common.data.sources.ImageSource``)."""
+
+    root: str = ""  # folder / manifest path; "" with kind=bundled = the embedded scikit-image photos
+    kind: str = "folder"  # folder | lsdir | ffhq | manifest | bundled | classes (C2I: one class per sub-folder)
+    label: int = 0  # sr mode: 0 = positive (HQ photo), 1 = negative (low-MOS IQA image); ignored for classes
+    ratio: float = 1.0  # per-epoch draws = round(ratio * len(source)); <1 subsamples, >1 repeats
+    limit: Optional[int] = None  # keep only the first N sorted files (ffhq: 10,000 = FFHQ10k)
+    meta: Optional[str] = None  # lsdir: train.json / list file
+    resize_shorter_to: Optional[int] = None  # per-source shorter-side resize (VARSR: 640 positives, 512 negatives)
+
+
+@dataclass
+class DataConfig:
+    """Training batches: HR crops (+ CPU-sampled kernels) -> on-device degradation -> [-1, 1]."""
+
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(kind="bundled", resize_shorter_to=640)])
+    crop_size: int = 512  # HR crop side; the LR is resized back to this size (1024 prefix tokens at 512)
+    crop_mode: str = "resize_center"  # VARSR: resize shorter side (LANCZOS) then centre crop 512
+    resize_shorter_to: Optional[int] = 640  # round(1.25 * 512); sources may override (negatives: 512)
+    hflip: bool = True  # random horizontal flip in the dataset (the degradation flips again in official code)
+    min_size: int = 0  # skip images whose shorter side is below this (0 = keep all, resize handles it)
+    batch_size: int = 4  # per-rank micro-batch (official: 4 per GPU, 8 GPUs -> 32)
+    num_workers: int = 4  # DataLoader workers (official default 0 runs the degradation in the main process)
+    prefetch_factor: int = 2  # batches prefetched per worker
+    lq_mode: str = "degrade"  # degrade = common.degradation pipeline | bicubic = deterministic x1/scale and back
+    drop_label_prob: float = 0.0  # not used by VARSR (no label dropout: the negative class is the CFG branch)
+
+
+@dataclass
+class ScheduleConfig:
+    """Length and lr schedule. Steps are optimizer steps (one per ``optim.grad_accum`` micro-batches)."""
+
+    epochs: float = 5.0  # official --ep=5
+    max_steps: int = 0  # > 0 overrides epochs
+    warmup_epochs: float = 0.1  # official wp = ep/50 = 0.1 epoch
+    warmup_start: float = 0.005  # official wp0: warm-up starts at 0.005 * peak
+    flat_fraction: float = 0.3  # VARSR lin0: constant for 30 % of the post-warm-up steps (VAR used 5 %)
+    end_ratio: float = 0.01  # official wpe=0.01: final lr = 0.01 * peak
+
+
+@dataclass
+class VARSROptimConfig(OptimConfig):
+    """AdamW (see common OptimConfig: lr 5e-5, betas (0.9, 0.95), wd 0.05, clip 2.0)."""
+
+    no_decay_keys: list[str] = field(default_factory=lambda: [
+        "cls_token", "start_token", "task_token", "cfg_uncond", "pos_embed", "pos_1LC", "pos_start",
+        "start_pos", "lvl_embed", "gamma", "beta", "ada_gss", "moe_bias", "scale_mul", "diffloss",
+    ])  # substrings that exclude a parameter from weight decay (plus all 1-D params and biases)
+    fused: Optional[bool] = None  # fused AdamW; None = on CUDA only
+
+
+@dataclass
+class PrecisionConfig:
+    """Autocast dtype and loss scaling."""
+
+    dtype: str = "fp16"  # fp32 | bf16 | fp16 (official --fp16=1; --fp16=2 is bf16 without scaler)
+    init_scale: float = 2.0**11  # GradScaler initial scale (official AmpOptimizer)
+    growth_interval: int = 1000  # steps without overflow before the scale doubles
+    max_scale: float = 2.0**15  # cap on the loss scale (official clamps the scaler at 2^15)
+    tf32: bool = True  # allow TF32 matmuls on Ampere+ (official)
+
+
+@dataclass
+class ParallelConfig:
+    """How the transformer is wrapped (varsr/parallelize.py)."""
+
+    strategy: str = "ddp"  # ddp | fsdp2 | none
+    activation_checkpointing: bool = False  # recompute each block in backward
+    fsdp_param_dtype: str = "bf16"  # FSDP2 MixedPrecisionPolicy compute dtype of parameters
+    fsdp_reduce_dtype: str = "fp32"  # gradient reduce-scatter dtype
+    reshard_after_forward: bool = True  # free per-block params after forward (ZeRO-3 style)
+    find_unused_parameters: bool = False  # DDP: every parameter receives a gradient every step
+
+
+@dataclass
+class VARSRCheckpointConfig(CheckpointConfig):
+    """Resumable checkpoints (common CheckpointConfig) plus the final official-layout export."""
+
+    export_official: bool = True  # write run_dir/export/{VARSR,VQVAE}.pth in the official trainer layout at the end
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of the transformer weights (not in the official recipe)."""
+
+    enabled: bool = False
+    decay: float = 0.9999  # per optimizer step
+    start_step: int = 0  # copy the weights until this step, then start averaging
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 20  # metrics to wandb (offline) and the console every N optimizer steps
+
+
+@dataclass
+class ValidationConfig:
+    """Periodic validation: a grid LR | SR | HR and PSNR (LPIPS when weights are available)."""
+
+    every_steps: int = 1000  # official evaluates every 1000 iterations; 0 disables
+    root: str = ""  # folder of HR images ("" = embedded photos); LR made with the training degradation
+    num_images: int = 4
+    seed: int = 1234  # degradation seed for the validation LR (same LR every time)
+    cfg: float = 6.0  # CFG weight for sampling (official test default)
+    metrics: list[str] = field(default_factory=lambda: ["psnr", "lpips"])  # lpips skipped without weights
+
+
+@dataclass
+class InitConfig:
+    """Where the weights start (varsr.official loaders)."""
+
+    varsr: str = ""  # official VARSR.pth (or our export) to fine-tune from
+    vqvae: str = ""  # official VQVAE.pth; required for real training (VARSR's own tokenizer)
+    c2i: str = ""  # VARSR_C2I.pth or FoundationVision var_d24.pth: transfer with shape-mismatch drops
+    allow_random_vqvae: bool = False  # tests/benchmarks only: train against a randomly initialised tokenizer
+
+
+@dataclass
+class LossConfig:
+    diff_weight: float = 2.0  # weight of the diffusion-refiner loss (spec §5)
+
+
+@dataclass
+class VARSRTrainConfig:
+    """Root node of ``configs/varsr/train.yaml``."""
+
+    run: RunConfig = field(default_factory=lambda: RunConfig(run_dir="runs/varsr", wandb_project="varsr"))
+    mode: str = "sr"  # sr (LR-conditioned, labels 0/1) | c2i (class-conditional pretraining, label = class)
+    model: VARSRModelConfig = field(default_factory=lambda: model_config("d24"))
+    degradation: DegradationConfig = field(default_factory=lambda: get_preset("varsr_mild"))
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: VARSROptimConfig = field(default_factory=VARSROptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: VARSRCheckpointConfig = field(default_factory=VARSRCheckpointConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+def register_configs() -> None:
+    """Register the schema in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="varsr_train_schema", node=VARSRTrainConfig)
+
+
+def load_train_config(overrides: list[str] | None = None) -> VARSRTrainConfig:
+    """Compose ``configs/varsr/train.yaml`` with overrides and return a typed dataclass."""
+    from common.config import compose_config, to_dataclass
+
+    register_configs()
+    return to_dataclass(VARSRTrainConfig, compose_config("varsr", "train", overrides or []))
+
+
+register_configs()

@@ -1,0 +1,139 @@
+"""All distributed wrapping of the VARSR transformer: DDP, FSDP2, activation checkpointing.
+
+This is the only file in ``varsr`` that touches process groups or wrappers, so the model modules
+stay plain ``nn.Module``s that run unchanged in a CPU unit test. The training loop talks to the
+wrapped model only through the helpers here:
+
+- :func:`parallelize` wraps per :class:`varsr.config.ParallelConfig` (after activation checkpointing);
+- :func:`grad_sync` turns off gradient all-reduce on non-final micro-batches of an accumulation;
+- :func:`get_full_state` / :func:`set_full_state` move model and optimizer state as full,
+  unsharded, name-keyed dicts (official parameter names, no wrapper prefixes), so checkpoints
+  written under DDP load under FSDP2 or on one CPU and vice versa.
+"""
+from __future__ import annotations
+
+import contextlib
+from functools import partial
+
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model under a DDP wrapper (FSDP2 shards in place, so it is its own bare model)."""
+    return model.module if isinstance(model, DDP) else model
+
+
+def _blocks(model: nn.Module) -> nn.ModuleList:
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise TypeError(f"{type(model).__name__} has no ModuleList `blocks`; cannot wrap per block")
+    return blocks
+
+
+def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
+    """Recompute each transformer block in backward (non-reentrant, RNG preserved for drop-path).
+
+    The official code checkpoints every block always, even at inference; here it is a training
+    option. ``checkpoint_wrapper`` hides its ``_checkpoint_wrapped_module.`` infix from
+    ``state_dict`` so checkpoint keys keep the official names.
+    """
+    blocks = _blocks(model)
+    wrap = partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT, preserve_rng_state=True)
+    for i, block in enumerate(blocks):
+        if not hasattr(block, "_checkpoint_wrapped_module"):
+            blocks[i] = wrap(block)
+    return model
+
+
+def parallelize(model: nn.Module, cfg, dist_info) -> nn.Module:
+    """Wrap ``model`` for training.
+
+    ``cfg``: a ParallelConfig (``strategy`` = ddp | fsdp2 | none, ``activation_checkpointing``,
+    ``fsdp_param_dtype``, ``fsdp_reduce_dtype``, ``reshard_after_forward``,
+    ``find_unused_parameters``). ``dist_info``: ``common.dist.DistInfo``. A single process gets
+    the bare model (plus checkpointing) whatever the strategy, so tests and one-GPU runs need no
+    process group.
+    """
+    if cfg.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if dist_info.world_size <= 1 or cfg.strategy == "none":
+        return model
+    if cfg.strategy == "ddp":
+        ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+        # broadcast_buffers=False as in the official trainer: the only buffers are constant
+        # (mask, level ids, zero bias), so re-broadcasting them each step is pure overhead.
+        return DDP(model, device_ids=ids, broadcast_buffers=False,
+                   find_unused_parameters=bool(cfg.find_unused_parameters))
+    if cfg.strategy == "fsdp2":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = init_device_mesh(dist_info.device.type, (dist_info.world_size,))
+        mp = MixedPrecisionPolicy(param_dtype=_DTYPES[cfg.fsdp_param_dtype],
+                                  reduce_dtype=_DTYPES[cfg.fsdp_reduce_dtype])
+        for block in _blocks(model):
+            fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward)
+        # Root wrap covers the prefix encoder, embeddings, head and refiner in one group; the root's
+        # parameters stay unsharded after forward because backward needs them right away.
+        fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+        return model
+    raise ValueError(f"parallel.strategy must be ddp | fsdp2 | none, got {cfg.strategy!r}")
+
+
+@contextlib.contextmanager
+def grad_sync(model: nn.Module, enabled: bool):
+    """Skip gradient all-reduce for non-final micro-batches of gradient accumulation."""
+    if isinstance(model, DDP):
+        if enabled:
+            yield
+        else:
+            with model.no_sync():
+                yield
+        return
+    setter = getattr(model, "set_requires_gradient_sync", None)  # FSDP2 module method
+    if setter is not None:
+        setter(enabled)
+        try:
+            yield
+        finally:
+            setter(True)
+        return
+    yield
+
+
+def _options(full: bool = True) -> StateDictOptions:
+    # cpu_offload keeps a 1B-parameter full state off the GPU; with full_state_dict only rank 0
+    # receives the gathered tensors (other ranks get an empty dict), which is what saving needs.
+    return StateDictOptions(full_state_dict=full, cpu_offload=True)
+
+
+def get_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
+    """``{"model": ..., "optimizer": ...}`` full state dicts keyed by official names (collective).
+
+    Every rank must call this (FSDP2 gathers shards); the content is only guaranteed on rank 0.
+    """
+    out = {"model": get_model_state_dict(model, options=_options())}
+    if optimizer is not None:
+        out["optimizer"] = get_optimizer_state_dict(model, optimizer, options=_options())
+    return out
+
+
+def set_full_state(model: nn.Module, state: dict, optimizer: torch.optim.Optimizer | None = None,
+                   strict: bool = True) -> None:
+    """Load what :func:`get_full_state` produced, on every rank, under any wrapper."""
+    opts = StateDictOptions(full_state_dict=True, strict=strict)
+    set_model_state_dict(model, state["model"], options=opts)
+    if optimizer is not None and "optimizer" in state:
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=opts)

@@ -1,0 +1,374 @@
+"""VARSR training loop: one code path from a CPU unit test to multi-node torchrun.
+
+``Trainer(cfg).fit()`` builds the models (``varsr.model.build_models``), initialises them from
+official checkpoints (``varsr.official``) unless a checkpoint of this run exists, wraps the
+transformer (``varsr.parallelize``), and trains with AMP, gradient accumulation and clipping on
+``varsr.losses.varsr_loss``. State (model, optimizer, scheduler, scaler, step, per-rank RNG,
+data position, EMA) is checkpointed atomically every N steps and at the next step boundary
+after SIGTERM/SIGUSR1; a restarted run resumes from the newest checkpoint through the same code.
+Rank 0 owns the run directory, logging (wandb offline + metrics.jsonl) and validation grids.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+from omegaconf import OmegaConf
+
+from common.checkpoint import (PreemptionHandler, atomic_save, checkpoint_path, latest_checkpoint,
+                               prune_checkpoints, rng_state, safe_load, set_rng_state)
+from common.dist import all_reduce_mean, barrier, init_distributed, seed_everything
+from common.logging import Tracker, get_logger
+from varsr.config import VARSRTrainConfig
+from varsr.data import BatchMaker, build_train_dataset, build_train_loader, step_generator
+from varsr.ema import EMA
+from varsr.optim import LinearSchedule, build_optimizer, build_scheduler, warmup_steps_for
+from varsr.parallelize import get_full_state, grad_sync, parallelize, set_full_state, unwrap
+
+log = get_logger("varsr.train")
+_AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _gather(obj) -> list:
+    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+        return [obj]
+    out = [None] * tdist.get_world_size()
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+class Trainer:
+    def __init__(self, cfg: VARSRTrainConfig):
+        from varsr.model import build_models
+
+        self.cfg = cfg
+        dev = None if cfg.run.device == "auto" else cfg.run.device
+        self.dist = init_distributed(dev)
+        self.device, self.rank, self.world = self.dist.device, self.dist.rank, self.dist.world_size
+        self.run_dir = Path(cfg.run.run_dir)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        barrier()
+        if cfg.parallel.strategy == "fsdp2" and cfg.ema.enabled and self.world > 1:
+            raise ValueError("ema.enabled is not supported with parallel.strategy=fsdp2 (sharded weights)")
+        seed_everything(cfg.run.seed, self.rank)
+        if cfg.precision.tf32 and self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        model, self.vqvae = build_models(cfg.model, device=self.device)
+        self.vqvae.eval().requires_grad_(False)  # frozen tokenizer: targets only
+        resume_from = latest_checkpoint(self.run_dir) if cfg.checkpoint.resume else None
+        if resume_from is None:
+            self._init_weights(model)
+        elif cfg.init.vqvae:  # the tokenizer is not in our checkpoints (it is frozen)
+            self._load_vqvae()
+        model.train()
+        self.model = parallelize(model, cfg.parallel, self.dist)
+        o = cfg.optim
+        self.optimizer = build_optimizer(self.model, o.lr, o.betas, o.eps, o.weight_decay,
+                                         tuple(o.no_decay_keys), o.fused)
+        self.accum = max(1, int(o.grad_accum))
+
+        self.dataset = build_train_dataset(cfg)
+        global_batch = cfg.data.batch_size * self.world
+        self.steps_per_epoch = max(1, math.ceil(len(self.dataset) / global_batch) // self.accum)
+        sc = cfg.schedule
+        self.total_steps = sc.max_steps or max(1, math.ceil(sc.epochs * self.steps_per_epoch))
+        self.schedule = LinearSchedule(self.total_steps, warmup_steps_for(sc.warmup_epochs, self.steps_per_epoch,
+                                       self.total_steps), sc.warmup_start, sc.flat_fraction, sc.end_ratio)
+        self.scheduler = build_scheduler(self.optimizer, self.schedule)
+        p = cfg.precision
+        if p.dtype not in _AMP:
+            raise ValueError(f"precision.dtype must be fp32 | bf16 | fp16, got {p.dtype!r}")
+        self.amp_dtype = _AMP[p.dtype]
+        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=p.init_scale,
+                                           growth_interval=p.growth_interval, enabled=p.dtype == "fp16")
+        self.ema = EMA(unwrap(self.model), cfg.ema.decay, cfg.ema.start_step) if cfg.ema.enabled else None
+        self.step, self._val = 0, None
+        if resume_from is not None:
+            self._resume(resume_from)
+        self.loader, self.sampler = build_train_loader(self.dataset, cfg, self.world, self.rank,
+                                                       start_micro_batch=self.step * self.accum)
+        self.batch_maker = BatchMaker(cfg, self.device)
+        self.tracker = Tracker(cfg.run.wandb_project, self.run_dir, OmegaConf.to_container(OmegaConf.structured(cfg)),
+                               mode=cfg.run.wandb_mode)
+
+    # -- initialisation / resume ----------------------------------------------------------------
+    def _load_vqvae(self) -> None:
+        from varsr.official import load_official_vqvae
+
+        load_official_vqvae(self.cfg.init.vqvae, self.vqvae)
+
+    def _init_weights(self, model) -> None:
+        ic = self.cfg.init
+        if ic.vqvae:
+            self._load_vqvae()
+        elif not ic.allow_random_vqvae:
+            raise ValueError("init.vqvae (VARSR's VQVAE.pth) is required; set init.allow_random_vqvae=true "
+                             "only for tests/benchmarks")
+        if ic.varsr:
+            from varsr.official import load_official_varsr
+
+            load_official_varsr(ic.varsr, model)
+        elif ic.c2i:
+            from varsr.official import transfer_from_c2i
+
+            log.info(f"C2I transfer from {ic.c2i}: {transfer_from_c2i(model, ic.c2i)}")
+
+    def _resume(self, path: Path) -> None:
+        state = safe_load(path, map_location="cpu")
+        for key in ("step", "model", "optimizer", "scheduler", "scaler", "rng"):
+            if key not in state:
+                raise KeyError(f"{path}: checkpoint has no {key!r} entry (not a VARSR training checkpoint?)")
+        set_full_state(self.model, state, self.optimizer)
+        sched = dict(state["scheduler"])
+        sched["lr_lambdas"] = [None] * len(self.optimizer.param_groups)  # schedule comes from the config
+        self.scheduler.load_state_dict(sched)
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
+        self.step = int(state["step"])
+        rngs = state["rng"]
+        if len(rngs) == self.world:
+            set_rng_state(rngs[self.rank])
+        else:  # different world size: fresh but reproducible streams
+            log.warning(f"checkpoint has {len(rngs)} RNG states for {self.world} ranks; reseeding")
+            seed_everything(self.cfg.run.seed + self.step, self.rank)
+        saved_gb = state.get("data", {}).get("global_batch")
+        if saved_gb and saved_gb != self.cfg.data.batch_size * self.world:
+            log.warning(f"global batch changed ({saved_gb} -> {self.cfg.data.batch_size * self.world}); "
+                        "the data position is kept in global batches")
+        log.info(f"resumed from {path} at step {self.step}")
+
+    def save(self) -> Path | None:
+        """Collective: every rank must call it. Rank 0 writes ``ckpt_<step>.pt`` atomically."""
+        full = get_full_state(self.model, self.optimizer)
+        rngs = _gather(rng_state())
+        path = None
+        if self.dist.is_main:
+            sched = self.scheduler.state_dict()
+            sched.pop("lr_lambdas", None)
+            state = {
+                "step": self.step, "model": full["model"], "optimizer": full["optimizer"],
+                "scheduler": sched, "scaler": self.scaler.state_dict(), "rng": rngs,
+                "data": {"global_batches_consumed": self.step * self.accum,
+                         "global_batch": self.cfg.data.batch_size * self.world},
+                "config": OmegaConf.to_yaml(OmegaConf.structured(self.cfg)),
+            }
+            if self.ema is not None:
+                state["ema"] = self.ema.state_dict()
+            path = atomic_save(state, checkpoint_path(self.run_dir, self.step))
+            prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
+        barrier()
+        return path
+
+    # -- one optimizer step ---------------------------------------------------------------------
+    def train_step(self, batches) -> dict:
+        from varsr.losses import varsr_loss
+
+        cfg = self.cfg
+        lr_now = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for micro in range(self.accum):
+            batch = next(batches)
+            gen = step_generator(self.device, cfg.run.seed, self.rank, self.step, micro)
+            hr, lr, label = self.batch_maker(batch, gen)
+            with grad_sync(self.model, micro == self.accum - 1):
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    loss, stats = varsr_loss(self.model, self.vqvae, hr, lr, label, diff_weight=cfg.loss.diff_weight)
+                self.scaler.scale(loss / self.accum).backward()
+            for k, v in {"loss": float(loss.detach()), **stats}.items():
+                totals[k] = totals.get(k, 0.0) + float(v) / self.accum
+        self.scaler.unscale_(self.optimizer)
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn  # FSDP2 returns a DTensor
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scaler.is_enabled() and self.scaler.get_scale() > cfg.precision.max_scale:
+            self.scaler.update(new_scale=cfg.precision.max_scale)  # official cap at 2^15
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(unwrap(self.model), self.step)
+        self.step += 1
+        totals.update(lr=lr_now, grad_norm=float(gn))
+        if self.scaler.is_enabled():
+            totals["loss_scale"] = float(self.scaler.get_scale())
+        return totals
+
+    # -- main loop -------------------------------------------------------------------------------
+    def fit(self, callback=None) -> dict:
+        """Train to ``total_steps`` (or until pre-empted). ``callback(trainer, metrics)`` runs after each step."""
+        cfg = self.cfg
+        preempt = PreemptionHandler() if cfg.checkpoint.save_on_sigterm else None
+        batches, losses, last_saved, stopped = iter(self.loader), [], -1, False
+        samples_per_step = cfg.data.batch_size * self.world * self.accum
+        t_window, n_window = time.perf_counter(), 0
+        try:
+            while self.step < self.total_steps:
+                metrics = self.train_step(batches)
+                losses.append(metrics["loss"])
+                n_window += 1
+                if callback is not None:
+                    callback(self, metrics)
+                if cfg.logging.every_steps > 0 and self.step % cfg.logging.every_steps == 0:
+                    dt = time.perf_counter() - t_window
+                    keys = sorted(metrics)
+                    vals = all_reduce_mean(torch.tensor([metrics[k] for k in keys], device=self.device))
+                    row = {f"train/{k}": float(v) for k, v in zip(keys, vals)}
+                    row["train/samples_per_s"] = samples_per_step * n_window / max(dt, 1e-9)
+                    self.tracker.log(row, self.step)
+                    log.info(f"step {self.step}/{self.total_steps} " +
+                             " ".join(f"{k[6:]}={v:.4g}" for k, v in row.items()))
+                    t_window, n_window = time.perf_counter(), 0
+                stopped = preempt is not None and _any_rank(preempt.requested, self.device)
+                every = cfg.checkpoint.every_steps
+                if stopped or (every > 0 and self.step % every == 0):
+                    self.save()
+                    last_saved = self.step
+                if cfg.validation.every_steps > 0 and self.step % cfg.validation.every_steps == 0 and not stopped:
+                    self.validate()
+                if stopped:
+                    log.warning(f"pre-emption signal: checkpointed step {self.step}, exiting")
+                    break
+            if not stopped:
+                if last_saved != self.step:
+                    self.save()
+                if cfg.checkpoint.export_official:
+                    self.export()
+        finally:
+            if preempt is not None:
+                preempt.restore()
+            self.tracker.finish()
+        return {"step": self.step, "losses": losses, "run_dir": str(self.run_dir), "preempted": stopped}
+
+    # -- validation and export -------------------------------------------------------------------
+    def _sampling_model(self):
+        """The model to sample from: FSDP2 needs all ranks in the forward, DDP/none use rank 0 only."""
+        fsdp = self.cfg.parallel.strategy == "fsdp2" and self.world > 1
+        return (self.model if fsdp else unwrap(self.model)), fsdp
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Sample the validation LRs, save a grid LR | SR | HR, log PSNR (and LPIPS when available)."""
+        if self.cfg.mode != "sr":
+            return {}  # C2I has no LR to super-resolve; its progress shows in the training CE
+        model, collective = self._sampling_model()
+        out = {}
+        if self.dist.is_main or collective:
+            out = self._validate_on(model)
+        barrier()
+        return out
+
+    def _val_pairs(self):
+        if self._val is None:
+            self._val = make_val_pairs(self.cfg, self.device)
+        return self._val
+
+    def _validate_on(self, model) -> dict:
+        from common.logging import save_image_grid
+        from common.metrics import psnr_y
+        from varsr.sample import sample_sr
+
+        v = self.cfg.validation
+        hr, lr = self._val_pairs()
+        was_training = model.training
+        model.eval()
+        try:
+            gen = torch.Generator(device=self.device).manual_seed(v.seed)
+            sr = sample_sr(model, self.vqvae, lr, cfg=v.cfg, generator=gen)
+        finally:
+            model.train(was_training)
+        out = {"val/psnr": float(torch.as_tensor(psnr_y(sr, hr)).float().mean())}
+        if "lpips" in v.metrics:
+            out.update(_lpips(sr, hr, self.device))
+        path = self.run_dir / "val" / f"step_{self.step:08d}.png"
+        rows = [[lr[i].cpu(), sr[i].cpu(), hr[i].cpu()] for i in range(len(hr))]
+        if self.dist.is_main:
+            save_image_grid(rows, path, labels=["LR", "SR", "HR"])
+            self.tracker.log(out, self.step)
+            self.tracker.log_image("val/grid", path, self.step)
+            log.info(f"validation step {self.step}: " + " ".join(f"{k}={x:.4f}" for k, x in out.items()))
+        return out
+
+    def export(self) -> Path | None:
+        """Write ``run_dir/export/{VARSR,VQVAE}.pth`` in the official trainer layout (rank 0)."""
+        from varsr.official import export_official
+
+        model, collective = self._sampling_model()
+        if collective:  # gather the full weights into a CPU copy
+            from varsr.model import build_models
+
+            sd = get_full_state(self.model)["model"]
+            if not self.dist.is_main:
+                barrier()
+                return None
+            model = build_models(self.cfg.model, device="cpu")[0]
+            model.load_state_dict(sd)
+        path = None
+        if self.dist.is_main:
+            path = self.run_dir / "export" / "VARSR.pth"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            export_official(model, self.vqvae, path)
+            log.info(f"exported official-layout weights to {path}")
+        barrier()
+        return path
+
+
+def make_val_pairs(cfg: VARSRTrainConfig, device: torch.device):
+    """(hr, lr) in [0, 1], both (N, 3, S, S) at the crop size; LR from the training degradation
+    with a fixed per-image seed so every validation sees the same inputs."""
+    from common.data import read_image, to_tensor
+    from common.data.sources import walk_images
+    from common.data.train_sets import crop_image
+    from varsr.data import bicubic_lq, bundled_root
+
+    v, d = cfg.validation, cfg.data
+    root = v.root or str(bundled_root())
+    paths = walk_images(root)[: v.num_images]
+    if not paths:
+        raise ValueError(f"validation.root {root} holds no images")
+    rng = np.random.default_rng(v.seed)
+    hr = torch.stack([to_tensor(crop_image(read_image(p), d.crop_size, "resize_center", rng, d.resize_shorter_to))
+                      for p in paths])
+    if d.lq_mode == "bicubic":
+        lr = bicubic_lq(hr, cfg.degradation.scale)
+    else:
+        from common.degradation.pipeline import degrade_image
+
+        lr = torch.stack([degrade_image(h, cfg.degradation, v.seed + i).lq_up for i, h in enumerate(hr)])
+    return hr.to(device), lr.to(device)
+
+
+def _lpips(sr: torch.Tensor, hr: torch.Tensor, device: torch.device) -> dict:
+    """LPIPS through the common metric stack; skipped (logged once) when its weights are missing."""
+    try:
+        from common.metrics import MetricStack
+
+        return {"val/lpips": float(MetricStack(["lpips"], device=str(device)).score(sr, hr)["lpips"].mean())}
+    except Exception as e:  # no network: pyiqa cannot fetch weights
+        if not getattr(_lpips, "warned", False):
+            log.warning(f"LPIPS skipped ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            _lpips.warned = True
+        return {}
+
+
+def train(cfg: VARSRTrainConfig, callback=None) -> dict:
+    """Build a :class:`Trainer` and run it; returns ``{"step", "losses", "run_dir", "preempted"}``."""
+    return Trainer(cfg).fit(callback)
