@@ -151,7 +151,7 @@ def evaluate_folders(sr_dir, hr_dir, metrics, out_json, device="cpu", weights_di
     label = set_name or Path(sr_dir).name
     md_path.write_text(markdown_table([{"set": label, "n": len(rows), **means}]) + "\n")
     summary = {"set": label, "sr_dir": str(sr_dir), "hr_dir": str(hr_dir) if hr_dir else None, "n_images": len(rows),
-               "metrics": means, "lower_better": [n for n in means if n in LOWER_BETTER],
+               "mean": means, "lower_better": [n for n in means if n in LOWER_BETTER],
                "per_image_csv": str(csv_path), "markdown": str(md_path), **stack.info()}
     out_json.write_text(json.dumps(summary, indent=2, allow_nan=True))
     return summary
