@@ -20,14 +20,17 @@ blur: an equivalent Gaussian sigma, summed in quadrature over the blurs that hit
       almost transparent; w = pi/5 -> 2.5 px); the final sinc acts at LQ scale directly;
     - a resolution bottleneck b = min(1, 4*s1, s2) (stage-2 size relative to the LQ size) loses
       detail like a blur of sigma = 0.5*sqrt(1/b^2 - 1).
-    blur_score = clip(sigma_total / BLUR_SIGMA_MAX, 0, 1), BLUR_SIGMA_MAX = 2.0 LQ px.
+    blur_score = clip((sigma_total - BLUR_SIGMA[0]) / (BLUR_SIGMA[1] - BLUR_SIGMA[0]), 0, 1).
 noise: an equivalent additive std in 8-bit units at LQ scale
     - Gaussian sigma as sampled (already x255); Poisson scale s counts as 11.3*s (the std of
       Poisson(x*256)/256 - x at mid-grey x=0.5, times 255);
     - stage-1 noise is averaged down when the image later shrinks to the LQ size: divided by
       max(1, 4*s1); stage-2 noise likewise by max(1, s2);
     - JPEG ringing/blocking adds a noise-like term (95 - q)/65 * 4 per stage (q=30 -> 4 units).
-    noise_score = clip(std_total / NOISE_STD_MAX, 0, 1), NOISE_STD_MAX = 20.
+    noise_score = clip((std_total - NOISE_STD[0]) / (NOISE_STD[1] - NOISE_STD[0]), 0, 1).
+Calibration: BLUR_SIGMA = (0.45, 1.55) LQ px and NOISE_STD = (5, 28) put the terciles of the
+`realesrgan` preset (2,000 draws) at the bucket edges, so its pairs split into about equal
+thirds small/medium/large on each axis; `varsr_mild` pairs then lean towards small/medium.
 Buckets: [0, 1/3) small, [1/3, 2/3) medium, [2/3, 1] large (MM-RealSR / PURE issue #6).
 """
 
@@ -40,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol, runtime_checkable
 
-BLUR_SIGMA_MAX = 2.0
-NOISE_STD_MAX = 20.0
+BLUR_SIGMA = (0.45, 1.55)  # LQ-pixel sigma mapped to score 0 and 1
+NOISE_STD = (5.0, 28.0)  # 8-bit std mapped to score 0 and 1
 POISSON_STD_PER_SCALE = 255.0 * math.sqrt(0.5 / 256.0)  # ≈ 11.3
 LEVELS = ("small", "medium", "large")
 
@@ -114,20 +117,23 @@ class DegradationScores:
 def scores_from_params(params: Mapping[str, Any]) -> DegradationScores:
     """Scores from one `common.degradation` per-image params dict (see module docstring).
 
-    Expected (nested) keys, all optional: `kernel1`, `kernel2`, `sinc` (dicts with kernel_type /
-    sigma_x / sigma_y / omega_c), `second_blur` (bool), `resize1` / `resize2` (dicts with
-    `scale`), `noise1` / `noise2` (dicts with noise_type, sigma, poisson_scale), `jpeg1` /
-    `jpeg2` (quality). Missing stages count as not applied.
+    Reads `kernel1`, `kernel2`, `sinc` (family / sigma_x / sigma_y / omega_c), `stage1` and
+    `stage2` (resize_scale, noise, noise_sigma, poisson_scale, jpeg_quality; stage2.blur says
+    whether kernel2 was applied) and `final.jpeg_quality`. Missing pieces count as not applied.
     """
+    st1 = _get(params, "stage1", default={}) or {}
+    st2 = _get(params, "stage2", default={}) or {}
+    fin = _get(params, "final", default={}) or {}
     k1 = _get(params, "kernel1")
-    k2 = _get(params, "kernel2") if bool(_get(params, "second_blur", "second_blur_applied", default=True)) else None
-    sinc = _get(params, "sinc", "sinc_kernel", "final_sinc")
-    if isinstance(sinc, Mapping) and not bool(_get(sinc, "applied", default=True)):
-        sinc = None
-    s1 = float(_get(_get(params, "resize1", default={}) or {}, "scale", default=1.0))
-    s2 = float(_get(_get(params, "resize2", default={}) or {}, "scale", default=1.0))
-    s1 = max(s1, 1e-3)
-    s2 = max(s2, 1e-3)
+    k2 = _get(params, "kernel2") if bool(_get(st2, "blur", default=False)) else None
+    sinc = _get(params, "sinc", "sinc_kernel")
+    s1 = max(float(_get(st1, "resize_scale", default=1.0)), 1e-3)  # relative to the HR size
+    s2 = max(float(_get(st2, "resize_scale", default=1.0)), 1e-3)  # relative to the LQ size
+    noise1 = {"noise_type": _get(st1, "noise", default="gaussian"), "sigma": _get(st1, "noise_sigma", default=0.0),
+              "poisson_scale": _get(st1, "poisson_scale", default=0.0)}
+    noise2 = {"noise_type": _get(st2, "noise", default="gaussian"), "sigma": _get(st2, "noise_sigma", default=0.0),
+              "poisson_scale": _get(st2, "poisson_scale", default=0.0)}
+    jpeg1, jpeg2 = _get(st1, "jpeg_quality"), _get(fin, "jpeg_quality")
 
     b = min(1.0, 4.0 * s1, s2)
     sig_resize = 0.5 * math.sqrt(max(0.0, 1.0 / b**2 - 1.0))
@@ -138,14 +144,14 @@ def scores_from_params(params: Mapping[str, Any]) -> DegradationScores:
         + sig_resize**2
     )
     std = math.sqrt(
-        (_noise_std(_get(params, "noise1")) / max(1.0, 4.0 * s1)) ** 2
-        + (_noise_std(_get(params, "noise2")) / max(1.0, s2)) ** 2
-        + _jpeg_term(_get(params, "jpeg1", "jpeg_quality1")) ** 2
-        + _jpeg_term(_get(params, "jpeg2", "jpeg_quality2")) ** 2
+        (_noise_std(noise1) / max(1.0, 4.0 * s1)) ** 2
+        + (_noise_std(noise2) / max(1.0, s2)) ** 2
+        + _jpeg_term(jpeg1) ** 2
+        + _jpeg_term(jpeg2) ** 2
     )
     return DegradationScores(
-        blur=min(max(sig / BLUR_SIGMA_MAX, 0.0), 1.0),
-        noise=min(max(std / NOISE_STD_MAX, 0.0), 1.0),
+        blur=min(max((sig - BLUR_SIGMA[0]) / (BLUR_SIGMA[1] - BLUR_SIGMA[0]), 0.0), 1.0),
+        noise=min(max((std - NOISE_STD[0]) / (NOISE_STD[1] - NOISE_STD[0]), 0.0), 1.0),
         blur_sigma_lq=sig,
         noise_std_255=std,
     )
