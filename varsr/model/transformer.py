@@ -1,0 +1,289 @@
+"""VARSR next-scale transformer (`VAR_RoPE`, spec varsr.md section 3).
+
+LR prefix (1024 tokens from `con_embedding`) + SOS (class embedding), teacher-forced scale
+inputs, block-causal mask, AdaLN blocks with L2-normalised q/k, scale-aligned 2-D RoPE, AdaLN
+head, and the diffusion refiner `diffloss`.  Parameter and buffer names equal the official
+state dict.  Inference helpers (`prefix`, `embed_scale`, `run_blocks`, `logits`) take an
+explicit per-layer KV cache; `varsr.sample` drives the scale loop.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import VARSRModelConfig
+from .refiner import DiffLoss
+from .rope import RopeCache, apply_rope
+
+
+class DropPath(nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class ConditionEmbedding(nn.Module):
+    """Strided CNN turning the 512^2 LR into a 32x32 token grid (ControlNet conditioning layout)."""
+
+    def __init__(self, out_dim: int, channels: tuple[int, ...]):
+        super().__init__()
+        self.conv_in = nn.Conv2d(3, channels[0], 3, padding=1)
+        blocks = []
+        for cin, cout in zip(channels[:-1], channels[1:]):
+            blocks += [nn.Conv2d(cin, cin, 3, padding=1), nn.Conv2d(cin, cout, 3, padding=1, stride=2)]
+        self.blocks = nn.ModuleList(blocks)
+        self.conv_out = nn.Conv2d(channels[-1], out_dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.conv_in(x))
+        for blk in self.blocks:
+            h = F.silu(blk(h))
+        return self.conv_out(h)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        # Learnable per-head logit scale on L2-normalised q/k (init ln 4, capped at ln 100).
+        self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
+        self.max_scale_mul = math.log(100)
+        self.q_bias, self.v_bias = nn.Parameter(torch.zeros(dim)), nn.Parameter(torch.zeros(dim))
+        self.register_buffer("zero_k_bias", torch.zeros(dim))
+        self.mat_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, rope, attn_bias=None, cache: dict | None = None):
+        B, L, C = x.shape
+        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+        qkv = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, hd)
+        scale = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
+        q = F.normalize(q, dim=-1).mul(scale)
+        k = F.normalize(k, dim=-1)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        if cache is not None:
+            if "k" in cache:
+                k, v = torch.cat((cache["k"], k), dim=2), torch.cat((cache["v"], v), dim=2)
+            cache["k"], cache["v"] = k, v
+        mask = None if attn_bias is None else attn_bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=1.0)
+        return self.proj(out.transpose(1, 2).reshape(B, L, C))
+
+
+class FFN(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class AdaLNBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float, eps: float):
+        super().__init__()
+        self.C = dim
+        self.attn = SelfAttention(dim, heads)
+        self.ffn = FFN(dim, round(dim * mlp_ratio))
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.ln_wo_grad = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x, cond, rope, attn_bias=None, cache=None, pruner=None):
+        g1, g2, s1, s2, b1, b2 = self.ada_lin(cond).view(-1, 1, 6, self.C).unbind(2)
+        attn = lambda h, r: self.attn(h, r, attn_bias, cache)  # noqa: E731
+        x = x + self._branch("attn", attn, x, s1, b1, g1, rope, pruner)
+        return x + self._branch("ffn", lambda h, r: self.ffn(h), x, s2, b2, g2, rope, pruner)
+
+    def _branch(self, name, fn, x, scale, shift, gamma, rope, pruner):
+        """Residual branch output; a FastVAR pruner (varsr.fastvar) may restrict it to pivotal tokens."""
+        if pruner is None or not pruner.active:
+            out = fn(self.ln_wo_grad(x).mul(scale + 1).add_(shift), rope).mul_(gamma)
+            if pruner is not None:
+                pruner.remember(name, out)
+            return self.drop_path(out)
+        idx = pruner.select(x)
+        xs, rs = pruner.gather(x, idx), pruner.gather_rope(rope, idx)
+        out = fn(self.ln_wo_grad(xs).mul(scale + 1).add_(shift), rs).mul_(gamma)
+        return pruner.restore(name, idx, out)
+
+
+class AdaLNBeforeHead(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.C = dim
+        self.ln_wo_grad = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x, cond):
+        scale, shift = self.ada_lin(cond).view(-1, 1, 2, self.C).unbind(2)
+        return self.ln_wo_grad(x).mul(scale.add(1)).add_(shift)
+
+
+class VARSR(nn.Module):
+    def __init__(self, cfg: VARSRModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        C, K = cfg.embed_dim, cfg.num_scales
+        self.C, self.patch_nums = C, cfg.patch_nums
+        self.first_l = cfg.prefix_len
+        # Registration order mirrors the official state_dict order.
+        self.pos_start = nn.Parameter(torch.zeros(1, self.first_l, C))
+        self.con_embedding = ConditionEmbedding(C, cfg.con_channels)
+        self.word_embed = nn.Linear(cfg.cvae, C)
+        self.class_emb = nn.Embedding(cfg.num_classes, C)
+        self.lvl_embed = nn.Embedding(K, C)
+        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList([AdaLNBlock(C, cfg.heads, cfg.mlp_ratio, dpr[i], cfg.norm_eps)
+                                     for i in range(cfg.depth)])
+        self.head_nm = AdaLNBeforeHead(C, cfg.norm_eps)
+        self.head = nn.Linear(C, cfg.vocab_size)
+        self.decoder_norm = nn.LayerNorm(C, eps=cfg.norm_eps)
+        self.diffloss = DiffLoss(cfg.cvae, C, cfg.diff_width, cfg.diff_depth, cfg.diff_steps,
+                                 cfg.diff_sample_steps)
+        lvl_1L, mask = self._level_and_mask(None)
+        self.register_buffer("lvl_1L", lvl_1L)
+        self.register_buffer("attn_bias_for_masking", mask)
+        grid = cfg.rope_grid or cfg.patch_nums[-1]
+        self.rope = RopeCache(cfg.patch_nums, C // cfg.heads, grid, cfg.rope_theta)
+        self.init_weights()
+
+    # ------------------------------------------------------------------ init
+    def _level_and_mask(self, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Level of every token (0 for LR + SOS, si for scale-si inputs) and the block-causal mask."""
+        lvl = [0] * self.first_l + [si for si, pn in enumerate(self.patch_nums) if si > 0
+                                    for _ in range(pn * pn)]
+        lvl_1L = torch.tensor(lvl, device=device).view(1, -1)
+        allowed = lvl_1L.view(-1, 1) >= lvl_1L.view(1, -1)  # see own and lower levels only
+        mask = torch.where(allowed, 0.0, -torch.inf).reshape(1, 1, len(lvl), len(lvl))
+        return lvl_1L, mask
+
+    @torch.no_grad()
+    def reset_buffers(self) -> None:
+        """Recompute the constant buffers (after `to_empty` from a meta-device build)."""
+        lvl_1L, mask = self._level_and_mask(self.lvl_1L.device)
+        self.lvl_1L.copy_(lvl_1L)
+        self.attn_bias_for_masking.copy_(mask)
+        for blk in self.blocks:
+            blk.attn.zero_k_bias.zero_()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """VAR's init (trunc-normal sqrt(1/3C), scaled AdaLN/head), then MAR's refiner init."""
+        cfg = self.cfg
+        if self.pos_start.is_meta:
+            return
+        std = cfg.init_std if cfg.init_std >= 0 else math.sqrt(1 / self.C / 3)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(m.weight, std=std)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.trunc_normal_(self.pos_start, std=std)
+        self.head.weight.mul_(cfg.init_head)
+        nn.init.zeros_(self.head.bias)
+        self.head_nm.ada_lin[-1].weight.mul_(cfg.init_adaln)
+        nn.init.zeros_(self.head_nm.ada_lin[-1].bias)
+        for blk in self.blocks:
+            blk.attn.proj.weight.div_(math.sqrt(2 * cfg.depth))
+            blk.ffn.fc2.weight.div_(math.sqrt(2 * cfg.depth))
+            w = blk.ada_lin[-1].weight
+            w[2 * self.C:].mul_(cfg.init_adaln)
+            w[: 2 * self.C].mul_(cfg.init_adaln_gamma)
+            nn.init.zeros_(blk.ada_lin[-1].bias)
+            blk.attn.scale_mul_1H11.fill_(math.log(4.0))
+            nn.init.zeros_(blk.attn.q_bias)
+            nn.init.zeros_(blk.attn.v_bias)
+        self.diffloss.net.initialize_weights()
+
+    # ------------------------------------------------------------------ pieces
+    def prefix(self, lr: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """LR in [-1, 1] at the model size -> prefix tokens (B, first_l, C) and AdaLN cond (B, C)."""
+        with torch.autocast(device_type=lr.device.type, enabled=False):  # prefix encoder in fp32
+            con = self.con_embedding(lr.float()).flatten(2).transpose(1, 2)
+        cond = self.class_emb(label)
+        x = torch.cat((con.to(cond.dtype), cond[:, None]), dim=1) + self.pos_start
+        return x + self.lvl_embed.weight[0], cond
+
+    def embed_scale(self, x_in: torch.Tensor, si: int) -> torch.Tensor:
+        """Teacher-forcing / sampled inputs of scale si (B, pn^2, Cvae) -> tokens."""
+        return self.word_embed(x_in.to(self.word_embed.weight.dtype)) + self.lvl_embed.weight[si]
+
+    def rope_rows(self, si: int, device) -> torch.Tensor:
+        """RoPE rows of inference step si (step 0 = the whole prefix)."""
+        tab = self.rope.table(device)
+        if si == 0:
+            return tab[: self.first_l]
+        start = self.first_l + sum(p * p for p in self.patch_nums[1:si])
+        return tab[start: start + self.patch_nums[si] ** 2]
+
+    def run_blocks(self, x, cond, rope, attn_bias=None, caches: list | None = None, pruners=None):
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, cond, rope, attn_bias, None if caches is None else caches[i],
+                    None if pruners is None else pruners(i))
+        return x
+
+    def logits(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=h.device.type, enabled=False):  # head in fp32
+            return self.head(self.head_nm(h.float(), cond.float())).float()
+
+    def refiner_condition(self, h_last: torch.Tensor, tokens_e: torch.Tensor) -> torch.Tensor:
+        """z = decoder_norm(h_last + word_embed(e[idx])) (spec 4)."""
+        return self.decoder_norm(h_last + self.word_embed(tokens_e.to(h_last.dtype)))
+
+    def new_cache(self) -> list[dict]:
+        return [{} for _ in self.blocks]
+
+    # ------------------------------------------------------------------ training forward
+    def forward(self, lr, label, x_inputs, r_last: torch.Tensor | None = None,
+                codebook: torch.Tensor | None = None) -> Any:
+        """Teacher-forced pass -> (logits fp32 (B, L, V), h_last (B, pn_last^2, C)).
+
+        With `r_last` and `codebook` (the VQVAE embedding weight) also returns the refiner loss,
+        computed inside forward so DDP/FSDP wrappers see every parameter use.
+        """
+        x, cond = self.prefix(lr, label)
+        B, n_in = x.shape[0], x_inputs.shape[1]
+        lvl = self.lvl_1L[0, self.first_l:].to(x.device)
+        inp = self.word_embed(x_inputs.to(self.word_embed.weight.dtype)) + self.lvl_embed(lvl)
+        x = torch.cat((x, inp.to(x.dtype)), dim=1)
+        rope = self.rope.table(x.device)[: x.shape[1]]
+        bias = self.attn_bias_for_masking[..., : x.shape[1], : x.shape[1]]
+        h = self.run_blocks(x, cond, rope, bias)
+        n_last = self.patch_nums[-1] ** 2
+        h_last = h[:, -n_last:]
+        logits = self.logits(h[:, self.first_l - 1:], cond)
+        if r_last is None:
+            return logits, h_last
+        diff = self.diffusion_loss(logits, h_last, r_last, codebook)
+        return logits, h_last, diff
+
+    def diffusion_loss(self, logits, h_last, r_last, codebook) -> torch.Tensor:
+        """Refiner target relative to the argmax-predicted last-scale token (official top-k 1)."""
+        n_last = h_last.shape[1]
+        idx_pred = logits[:, -n_last:].detach().argmax(-1)
+        e = F.embedding(idx_pred, codebook.detach()).float()
+        target = (r_last.float() - e) / self.cfg.vae_scale
+        z = self.refiner_condition(h_last, e)
+        mul = self.cfg.diff_batch_mul
+        target = target.reshape(-1, target.shape[-1]).repeat(mul, 1)
+        z = z.reshape(-1, z.shape[-1]).repeat(mul, 1)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self.diffloss(target, z.float())
