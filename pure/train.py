@@ -272,16 +272,13 @@ def train(cfg) -> dict:
 
 def export_hf(eng, lm, out_dir, max_shard_size: str, dist) -> None:
     """Consolidated bf16 HF safetensors shards + config.json (official checkpoint layout)."""
-    from pure.model.chameleon import ChameleonForCausalLM
     from pure.official import save_hf_shards
 
     sd = eng.full_model_state_dict()
     sd = {k[len("lm."):] if k.startswith("lm.") else k: v for k, v in sd.items()}
     if dist.is_main:
-        with torch.device("meta"):
-            host = ChameleonForCausalLM(lm.config)
-        host.load_state_dict({k: v.to(torch.bfloat16) for k, v in sd.items()}, assign=True)
-        save_hf_shards(host, out_dir, max_shard_size=max_shard_size)
+        save_hf_shards(sd, out_dir, max_shard_size=max_shard_size, config=lm.config,
+                       vocabulary_map=getattr(lm.config, "vocabulary_map", None))
     barrier()
 
 
