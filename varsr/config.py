@@ -46,7 +46,6 @@ class DataConfig:
     num_workers: int = 4  # DataLoader workers (official default 0 runs the degradation in the main process)
     prefetch_factor: int = 2  # batches prefetched per worker
     lq_mode: str = "degrade"  # degrade = common.degradation pipeline | bicubic = deterministic x1/scale and back
-    drop_label_prob: float = 0.0  # not used by VARSR (no label dropout: the negative class is the CFG branch)
 
 
 @dataclass
@@ -162,6 +161,31 @@ class VARSRTrainConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     init: InitConfig = field(default_factory=InitConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+
+
+def tiny_train_config(run_dir: str, **sections) -> VARSRTrainConfig:
+    """The tiny CPU configuration used by tests and the CPU benchmark (mirrors ``exp/quick.yaml``).
+
+    Tiny model at 96 px on one bundled photo source, fp32, no workers, deterministic bicubic LR,
+    random tokenizer. ``sections`` replace whole sub-configs, e.g. ``data=DataConfig(...)``.
+    """
+    cfg = VARSRTrainConfig(
+        run=RunConfig(run_dir=str(run_dir), seed=0, wandb_mode="disabled", device="cpu"),
+        model=model_config("tiny"),
+        data=DataConfig(sources=[SourceConfig(kind="bundled", resize_shorter_to=120)], crop_size=96,
+                        resize_shorter_to=120, hflip=False, batch_size=2, num_workers=0, lq_mode="bicubic"),
+        optim=VARSROptimConfig(lr=1e-3),
+        schedule=ScheduleConfig(max_steps=20, warmup_epochs=0.0),
+        precision=PrecisionConfig(dtype="fp32"),
+        parallel=ParallelConfig(strategy="none"),
+        checkpoint=VARSRCheckpointConfig(every_steps=0, keep=2, export_official=False),
+        logging=LoggingConfig(every_steps=0),
+        validation=ValidationConfig(every_steps=0, num_images=2, metrics=["psnr"]),
+        init=InitConfig(allow_random_vqvae=True),
+    )
+    for name, value in sections.items():
+        setattr(cfg, name, value)
+    return cfg
 
 
 def register_configs() -> None:

@@ -98,7 +98,7 @@ class LinearSchedule:
             return self.warmup_start + (1.0 - self.warmup_start) * step / w
         span = max(self.total_steps - 1 - w, 1)
         p = min(max((step - w) / span, 0.0), 1.0)
-        if p < self.flat_fraction:
+        if p < self.flat_fraction or self.flat_fraction >= 1.0:
             return 1.0
         return self.end_ratio + (1.0 - self.end_ratio) * (1.0 - p) / (1.0 - self.flat_fraction)
 

@@ -64,6 +64,11 @@ class Trainer:
         barrier()
         if cfg.parallel.strategy == "fsdp2" and cfg.ema.enabled and self.world > 1:
             raise ValueError("ema.enabled is not supported with parallel.strategy=fsdp2 (sharded weights)")
+        if cfg.mode == "c2i":
+            raise ValueError("mode=c2i needs a C2I-shaped transformer (prefix = SOS only, no LR encoder), "
+                             "which varsr.model does not provide yet; the C2I data path is varsr.data.class_sources")
+        if cfg.mode != "sr":
+            raise ValueError(f"mode must be sr | c2i, got {cfg.mode!r}")
         seed_everything(cfg.run.seed, self.rank)
         if cfg.precision.tf32 and self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
