@@ -127,6 +127,20 @@ def _install_hooks() -> None:
     _state["installed"] = True
 
 
+def _torchvision_local_only(orig):
+    # torchvision would download a missing backbone (and hang or fail deep inside urllib on an
+    # offline node); fail at once with the file name and the folder it belongs in instead.
+    def load_state_dict_from_url(url, model_dir=None, *args, **kwargs):
+        folder = Path(model_dir) if model_dir else Path(torch.hub.get_dir()) / "checkpoints"
+        name = kwargs.get("file_name") or os.path.basename(urlparse(url).path)
+        if not (folder / name).is_file():
+            raise MetricWeightsError(f"backbone weights {name} not found offline in {folder}; download {url} there "
+                                     "(or into weights_dir/checkpoints)")
+        return orig(url, model_dir, *args, **kwargs)
+
+    return load_state_dict_from_url
+
+
 @contextlib.contextmanager
 def _offline_context(weights_dir):
     """Weights dir for pyiqa/torchvision/CLIP lookups and no timm downloads, during construction."""
@@ -136,11 +150,16 @@ def _offline_context(weights_dir):
     _state["weights_dir"] = str(weights_dir) if weights_dir else None
     if weights_dir:
         torch.hub.set_dir(str(weights_dir))  # torchvision -> weights_dir/checkpoints, CLIP -> weights_dir/clip
+    import torchvision.models._api as tv_api
+
+    prev_tv = tv_api.load_state_dict_from_url
     timm.create_model = _timm_no_download(prev_timm)
+    tv_api.load_state_dict_from_url = _torchvision_local_only(prev_tv)
     try:
         yield
     finally:
         timm.create_model = prev_timm
+        tv_api.load_state_dict_from_url = prev_tv
         torch.hub.set_dir(prev_hub)
         _state["weights_dir"] = prev_dir
 
