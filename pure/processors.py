@@ -19,10 +19,9 @@ from typing import Iterable, Sequence
 
 import torch
 
-from pure.tokenizer.special import SpecialIds
+from pure.tokenizer import SpecialIds
+from pure.tokenizer.image import LATENT_PER_GRID
 
-# Latent codes per grid unit: a grid token counts 32 px and the VQ downsamples by 8 (§3.1).
-LATENT_PER_GRID = 4
 # Entropy top-k constants from PURE's warper (§7.2 step 3).
 ENTROPY_K_MAX = 2000
 ENTROPY_CLAMP = 10.0
@@ -114,16 +113,6 @@ class ImageState:
 def state_from_prompt(prompt: Sequence[int], ids=SpecialIds) -> ImageState:
     """State after reading a whole prompt (a balanced LQ block leaves it closed)."""
     return ImageState().advanced(prompt, ids)
-
-
-def image_id_mask(image_ids: Iterable[int] | torch.Tensor, vocab_size: int,
-                  device: torch.device | str = "cpu") -> torch.Tensor:
-    """Bool (V,) mask of the image-code ids (both id ranges; spec §8.3 bug 1)."""
-    mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-    idx = torch.as_tensor(list(image_ids) if not torch.is_tensor(image_ids) else image_ids,
-                          dtype=torch.long, device=device)
-    mask[idx] = True
-    return mask
 
 
 # ---- the individual steps ---------------------------------------------------------------
