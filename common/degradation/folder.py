@@ -1,0 +1,129 @@
+"""Degrade a folder of HR images into an (HR, LR) pair folder with per-image parameters.
+
+The logic behind ``launch/degrade.py``: every readable image is either trimmed to a multiple of
+the scale (default) or randomly cropped (``crop=N``, training style), degraded with the chosen
+preset, and written as ``out_dir/HR/<stem>.png`` (the degraded target: USM-sharpened when the
+preset says so, as SeeSR's offline pairs store it), ``out_dir/LR/<stem>.png`` (exactly 1/scale)
+and one line of ``out_dir/params.jsonl``.  Each image's crop, kernels and random choices come
+from (seed, image index) alone, so a file's pair does not depend on batching or on which other
+files were readable.  Unreadable and too-small files are skipped and counted.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from common.data.io import BadImageError, is_image_file, read_image, to_tensor, write_image
+from common.logging import get_logger, progress
+
+from .kernels import KernelSampler, collate_kernels
+from .pipeline import Degrader
+from .presets import DegradationConfig
+
+
+@dataclass
+class DegradeConfig:
+    """``launch/degrade.py``: HR folder -> HR/LR pair folder."""
+
+    hr_dir: str = "???"  # input folder of HR images (searched recursively, sorted by path)
+    out_dir: str = "???"  # output folder: HR/, LR/, params.jsonl
+    degradation: DegradationConfig = field(default_factory=DegradationConfig)  # preset (config group)
+    seed: int = 0  # with the image index, determines crop, kernels and every random choice
+    crop: Optional[int] = None  # None: whole image trimmed to a multiple of scale; N: random N x N crop
+    batch_size: int = 8  # images degraded together (only images of equal size are batched)
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    limit: Optional[int] = None  # process at most this many files (after sorting)
+    min_size: int = 64  # skip images whose shorter side (after trimming) is below this
+    progress: bool = True  # show a progress bar
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _prepare(img: np.ndarray, crop: Optional[int], scale: int, rng: np.random.Generator):
+    """Random crop (training style) or trim to a multiple of ``scale``; returns (array, [top, left])."""
+    h, w = img.shape[:2]
+    if crop is not None:
+        if h < crop or w < crop:
+            return None, None
+        top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+        return img[top:top + crop, left:left + crop], [top, left]
+    return img[: h - h % scale, : w - w % scale], [0, 0]
+
+
+def degrade_folder(cfg: DegradeConfig) -> dict:
+    """Run the folder degradation; returns counts {"written", "bad", "too_small"}."""
+    log = get_logger("degrade")
+    dcfg = cfg.degradation if isinstance(cfg.degradation, DegradationConfig) else DegradationConfig.from_dict(cfg.degradation)
+    dcfg.validate()
+    if cfg.crop is not None and cfg.crop % dcfg.scale:
+        raise ValueError(f"crop={cfg.crop} must be a multiple of the scale {dcfg.scale}")
+    hr_dir, out = Path(cfg.hr_dir), Path(cfg.out_dir)
+    if not hr_dir.is_dir():
+        raise FileNotFoundError(f"hr_dir {hr_dir} is not a folder")
+    files = sorted(p for p in hr_dir.rglob("*") if p.is_file() and is_image_file(p))
+    if cfg.limit is not None:
+        files = files[: cfg.limit]
+    device = _resolve_device(cfg.device)
+    sampler, degrader = KernelSampler(dcfg), Degrader(dcfg)
+    (out / "HR").mkdir(parents=True, exist_ok=True)
+    (out / "LR").mkdir(parents=True, exist_ok=True)
+    counts = {"written": 0, "bad": 0, "too_small": 0}
+    pending: list[dict] = []
+    used_names: set[str] = set()
+
+    with open(out / "params.jsonl", "w") as jf:
+
+        def flush() -> None:
+            if not pending:
+                return
+            gt = torch.stack([p["gt"] for p in pending]).to(device)
+            kernels = collate_kernels([p["kernels"] for p in pending])
+            params = [p["params"] for p in pending]
+            if dcfg.per_batch_compat:  # official granularity: one set of batch-level choices
+                params = degrader.sample_params(len(pending), pending[0]["gen"], kernels["params"])
+            res = degrader.apply(gt, kernels, params)
+            for i, item in enumerate(pending):
+                write_image(out / "HR" / item["name"], res.gt[i].clamp(0, 1).cpu())
+                write_image(out / "LR" / item["name"], res.lq[i].cpu())
+                record = {"name": item["name"], "source": str(item["path"].relative_to(hr_dir)),
+                          "crop": item["crop"], "hr_size": list(gt.shape[-2:]), **res.params[i]}
+                jf.write(json.dumps(record) + "\n")
+            counts["written"] += len(pending)
+            pending.clear()
+
+        for idx, path in enumerate(progress(files, desc="degrade", disable=not cfg.progress)):
+            try:
+                img = read_image(path)
+            except BadImageError as e:
+                log.warning(str(e))
+                counts["bad"] += 1
+                continue
+            rng = np.random.default_rng([cfg.seed, idx])
+            arr, crop_at = _prepare(img, cfg.crop, dcfg.scale, rng)
+            if arr is None or min(arr.shape[:2]) < max(cfg.min_size, dcfg.scale):
+                counts["too_small"] += 1
+                continue
+            name = path.stem + ".png"
+            if name in used_names:  # e.g. a.jpg and a.png in one folder: keep both, distinctly
+                name = f"{path.stem}_{idx}.png"
+            used_names.add(name)
+            gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+            kernels = sampler(rng)
+            item = {"name": name, "path": path, "crop": crop_at, "gt": to_tensor(arr), "kernels": kernels,
+                    "gen": gen, "params": degrader.sample_params(1, gen, [kernels["params"]])[0]}
+            if pending and (pending[0]["gt"].shape != item["gt"].shape or len(pending) >= cfg.batch_size):
+                flush()
+            pending.append(item)
+        flush()
+    log.info(f"degraded {counts['written']} images into {out} "
+             f"(skipped: {counts['bad']} unreadable, {counts['too_small']} too small)")
+    return counts
