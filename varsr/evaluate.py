@@ -1,0 +1,146 @@
+"""Folder SR with VARSR (+ optional metrics): the body of `launch/sample_varsr.py`.
+
+Reads every LR image of `lr_dir` (LR-only or paired with `hr_dir` by file name), splits the
+list across ranks by index (DiT `sample_ddp` style, each image seeded by seed + its index so
+results do not depend on the world size), writes `<out_dir>/<name>.png`, and on rank 0 scores
+the folder with `common.metrics.evaluate_folders`.  `SampleRunConfig` documents every key of
+`configs/varsr/sample.yaml` and is registered in Hydra's ConfigStore as `varsr_sample_schema`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .fastvar import FastVARConfig
+from .model import build_models
+from .model.config import VARSRModelConfig, config_from_dict, model_config
+from .official import load_official_varsr, load_official_vqvae
+from .sample import resize_bicubic, sample_sr
+from .tiling import sample_tiled
+
+
+@dataclass
+class SampleRunConfig:
+    model: VARSRModelConfig = field(default_factory=lambda: model_config("d24"))  # config group `model`
+    ckpt: Optional[str] = "checkpoints/VARSR.pth"       # transformer weights (official layout or our export)
+    vae_ckpt: Optional[str] = "checkpoints/VQVAE.pth"   # VQVAE weights
+    lr_dir: str = "???"                                 # folder of LR images
+    hr_dir: Optional[str] = None                        # GT folder (same names) -> full-reference metrics
+    out_dir: Optional[str] = None                       # SR PNGs; None -> <hydra run dir>/sr
+    scale: int = 4                                      # output = scale x LR size (unless out_size)
+    out_size: Optional[int] = None                      # force a square output side (e.g. demo sets)
+    cfg: float = 6.0                                    # CFG weight at the last scale (official 6.0)
+    top_k: int = 1                                      # 1 = greedy (official)
+    top_p: float = 0.0                                  # nucleus; 0 disables
+    temperature: float = 1.0                            # token sampling temperature
+    refiner_temperature: float = 1.0                    # diffusion refiner noise scale
+    seed: int = 0                                       # image i uses seed + i
+    color_fix: str = "adain"                            # adain | wavelet | none
+    tile: str = "auto"                                  # auto (tile when scale x LR > model size) | on | off
+    tile_cfg: float = 7.0                               # CFG used for tiles (upstream test_tile.py)
+    tile_overlap: Optional[int] = None                  # tokens; None -> tile / 4 (8)
+    decoder_tile: Optional[int] = None                  # latent tile for decoding huge images; None = one shot
+    fastvar: FastVARConfig = field(default_factory=FastVARConfig)  # cached token pruning (spec 11)
+    export_intermediate: bool = False                   # decode f_hat after each scale -> <name>_scales/
+    intermediate_max: int = 10                          # ... for the first N images only
+    device: str = "auto"                                # auto | cpu | cuda
+    dtype: str = "fp32"                                 # fp32 | fp16 | bf16 (autocast on CUDA)
+    metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim"])  # [] to skip scoring
+    metrics_out: Optional[str] = None                   # JSON path; None -> <out_dir>/../metrics.json
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+    ConfigStore.instance().store(name="varsr_sample_schema", node=SampleRunConfig)
+
+
+def load_models(cfg: SampleRunConfig, device: torch.device):
+    mcfg = cfg.model if isinstance(cfg.model, VARSRModelConfig) else config_from_dict(cfg.model)
+    use_meta = bool(cfg.ckpt and cfg.vae_ckpt)  # real weights: skip random init entirely
+    model, vqvae = build_models(mcfg, "meta" if use_meta else None)
+    if cfg.ckpt:
+        load_official_varsr(cfg.ckpt, model)
+    if cfg.vae_ckpt:
+        load_official_vqvae(cfg.vae_ckpt, vqvae)
+    return model.to(device).eval(), vqvae.to(device).eval()
+
+
+def _pil_resize(img: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 HWC -> (1, 3, size, size) in [0, 1], PIL bicubic as the official test script."""
+    im = Image.fromarray(img).resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def sr_one(model, vqvae, img: np.ndarray, cfg: SampleRunConfig, device, generator, on_scale=None) -> torch.Tensor:
+    """One LR image (uint8 HWC) -> SR (1, 3, H, W) in [0, 1]."""
+    S = model.cfg.image_size
+    h, w = img.shape[:2]
+    tile = cfg.tile == "on" or (cfg.tile == "auto" and max(h, w) * cfg.scale > S)
+    lr = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float().div(255).to(device)
+    if tile:
+        out = sample_tiled(model, vqvae, lr, scale=cfg.scale, cfg=cfg.tile_cfg, top_k=cfg.top_k, top_p=cfg.top_p,
+                           temperature=cfg.temperature, generator=generator, color_fix=cfg.color_fix,
+                           fastvar=cfg.fastvar, overlap=cfg.tile_overlap, decoder_tile=cfg.decoder_tile)
+    else:
+        out = sample_sr(model, vqvae, _pil_resize(img, S).to(device), cfg=cfg.cfg, top_k=cfg.top_k,
+                        top_p=cfg.top_p, generator=generator, color_fix=cfg.color_fix, fastvar=cfg.fastvar,
+                        temperature=cfg.temperature, refiner_temperature=cfg.refiner_temperature,
+                        on_scale=on_scale)
+        out = resize_bicubic(out, (h * cfg.scale, w * cfg.scale))
+    if cfg.out_size:
+        out = resize_bicubic(out, (cfg.out_size, cfg.out_size))
+    return out
+
+
+def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
+    """Sample a folder (distributed when under torchrun); returns metrics (rank 0) or {}."""
+    from common.data.io import read_image, write_image
+    from common.data.test_sets import list_images_by_stem
+    from common.dist import barrier, get_rank, get_world_size, init_distributed, is_main
+    from common.logging import get_logger, progress
+
+    log = get_logger("varsr.sample")
+    info = init_distributed(None if cfg.device == "auto" else cfg.device)
+    device = info.device
+    out_dir = Path(cfg.out_dir or default_out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, vqvae = load_models(cfg, device)
+    files = list_images_by_stem(cfg.lr_dir, "lr_dir")
+    names = sorted(files)
+    rank, world = get_rank(), get_world_size()
+    amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.dtype)
+    t0, done = time.time(), 0
+    for i in progress(range(rank, len(names), world), desc="varsr sr"):
+        name = names[i]
+        img = read_image(files[name])
+        gen = torch.Generator(device=device).manual_seed(cfg.seed + i)
+        on_scale = None
+        if cfg.export_intermediate and i < cfg.intermediate_max:
+            def on_scale(si, f_hat, name=name):
+                pn = model.patch_nums[si]
+                x = (vqvae.decode_fhat(f_hat[:1]).float() + 1) / 2
+                write_image(out_dir / f"{name}_scales" / f"side{pn}.png", x[0])
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None and device.type == "cuda"):
+            sr = sr_one(model, vqvae, img, cfg, device, gen, on_scale)
+        write_image(out_dir / f"{name}.png", sr[0].float().cpu())
+        done += 1
+    log.info("rank %d: %d images in %.1fs -> %s", rank, done, time.time() - t0, out_dir)
+    barrier()
+    if not (is_main() and cfg.metrics):
+        return {}
+    from common.metrics import evaluate_folders
+    out_json = Path(cfg.metrics_out or out_dir.parent / "metrics.json")
+    hr = cfg.hr_dir
+    metrics = list(cfg.metrics) if hr else [m for m in cfg.metrics if m not in ("psnr", "ssim", "lpips", "dists")]
+    if not metrics:
+        return {}
+    return evaluate_folders(out_dir, hr, metrics, out_json, device=str(device))
+
+
+__all__ = ["SampleRunConfig", "register_configs", "run_sampling", "sr_one", "load_models"]
