@@ -12,9 +12,10 @@ import json
 import platform
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from common.data.io import read_image, to_tensor
+from common.data.io import read_image
 from common.data.test_sets import PairingError, list_images_by_stem, pair_files
 from common.metrics.fr import psnr_y, ssim_y
 from common.metrics.learned import VARIANTS, create_pyiqa_metric, pyiqa_version
@@ -75,13 +76,13 @@ class MetricStack:
         if hr is not None and hr.shape != sr.shape:
             raise ValueError(f"sr {tuple(sr.shape)} and hr {tuple(hr.shape)} differ in shape")
         out = {}
-        x = sr.detach().float().clamp(0, 1)
+        x = sr.detach().clamp(0, 1)  # keep float64 inputs float64 for PSNR/SSIM
         for n in self.per_image:
             if n in OURS:
-                out[n] = OURS[n](x, hr.float(), self.crop_border)
+                out[n] = OURS[n](x, hr, self.crop_border)
                 continue
             m = self._learned[n]
-            xd = x.to(self.device)
+            xd = x.float().to(self.device)
             v = m(xd, hr.detach().float().clamp(0, 1).to(self.device)) if n in need else m(xd)
             out[n] = torch.as_tensor(v).detach().to("cpu", torch.float64).reshape(x.shape[0], -1)[:, 0]
         return out
@@ -100,7 +101,9 @@ def _read_pair(name: str, sr_path: Path, hr_path: Path | None):
     if hr is not None and sr.shape != hr.shape:
         raise PairingError(f"{name}: size mismatch, sr {sr.shape[1]}x{sr.shape[0]} ({sr_path}) vs "
                            f"hr {hr.shape[1]}x{hr.shape[0]} ({hr_path})")
-    return to_tensor(sr)[None], (to_tensor(hr)[None] if hr is not None else None)
+    # float64 straight from uint8: PSNR/SSIM then equal the uint8 computation to the last digit
+    as64 = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).to(torch.float64)[None] / 255.0  # noqa: E731
+    return as64(sr), (as64(hr) if hr is not None else None)
 
 
 def _ordered(names):
