@@ -37,7 +37,7 @@ class ChameleonConfig:
     eos_token_id: int = 8710  # <reserved08706>: ends every turn, generation stops on it
     pad_token_id: int | None = 1  # <pad>; right padding under a causal mask makes its value irrelevant
     hidden_act: str = "silu"  # SwiGLU activation (only silu is implemented)
-    vocabulary_map: dict | None = field(default=None, repr=False)  # name -> id, from an HF config.json
+    vocabulary_map: dict | None = field(default=None, repr=False, compare=False)  # name -> id (HF config.json)
 
     @property
     def head_dim(self) -> int:
