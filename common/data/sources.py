@@ -15,7 +15,7 @@ from pathlib import Path
 
 from common.data.io import is_image_file
 
-KINDS = ("folder", "lsdir", "ffhq", "manifest")
+KINDS = ("folder", "lsdir", "ffhq", "manifest", "bundled")
 FFHQ10K = 10_000  # "FFHQ10k" = first 10,000 images in sorted order (SeeSR `num_face`).
 
 
@@ -25,7 +25,8 @@ class ImageSource:
 
     root: folder (folder/lsdir/ffhq) or manifest file (manifest: CSV ``path[,label]`` or a text
       list of paths, one per line; basicsr ``meta_info`` lines ``name.png (h,w,c)`` also work).
-    kind: "folder" | "lsdir" | "ffhq" | "manifest".
+    kind: "folder" | "lsdir" | "ffhq" | "manifest" | "bundled" (the six scikit-image photos,
+      written at 512 into ``root`` or, when root is "", into ``$XDG_CACHE_HOME/arsr/bundled``).
     label: class label of every image (0 positive / HQ, 1 VARSR negative); a manifest's
       ``label`` column overrides it per row.
     ratio: per-epoch sampling weight relative to the source's size: each epoch draws
@@ -159,6 +160,11 @@ def list_source(src: ImageSource) -> list[tuple[str, int]]:
     else:
         if src.kind == "lsdir":
             paths = _list_lsdir(src)
+        elif src.kind == "bundled":
+            from common.data.bundled import write_bundled_dataset
+
+            cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "arsr" / "bundled"
+            paths = walk_images(write_bundled_dataset(src.root or cache) / "HR")
         else:  # folder, ffhq
             paths = walk_images(src.root)
         items = [(p, src.label) for p in paths]
