@@ -125,8 +125,17 @@ class Degrader:
 
     # ------------------------------------------------------------------ application
     def __call__(self, gt: torch.Tensor, kernels: dict, generator: torch.Generator | None = None) -> DegradationResult:
+        self._check(gt, kernels)
         params = self.sample_params(gt.shape[0], generator, kernels.get("params"))
         return self.apply(gt, kernels, params)
+
+    @staticmethod
+    def _check(gt: torch.Tensor, kernels: dict) -> None:
+        if gt.dim() != 4 or gt.shape[1] != 3:
+            raise ValueError(f"Degrader expects gt of shape (B,3,H,W), got {tuple(gt.shape)}")
+        for key in ("kernel1", "kernel2", "sinc_kernel"):
+            if key not in kernels or kernels[key].shape[0] != gt.shape[0]:
+                raise ValueError(f"Degrader: kernels[{key!r}] missing or not one per image (batch {gt.shape[0]})")
 
     def _noise(self, xs: list[torch.Tensor], params: list[dict], stage: str, gens) -> list[torch.Tensor]:
         compat = self.cfg.per_batch_compat
@@ -158,8 +167,7 @@ class Degrader:
     def apply(self, gt: torch.Tensor, kernels: dict, params: list[dict]) -> DegradationResult:
         """Degrade ``gt`` (B,3,H,W) in [0,1] with given kernels and params (a pure function)."""
         c = self.cfg
-        if gt.dim() != 4 or gt.shape[1] != 3:
-            raise ValueError(f"Degrader expects gt of shape (B,3,H,W), got {tuple(gt.shape)}")
+        self._check(gt, kernels)
         b, _, h, w = gt.shape
         if len(params) != b:
             raise ValueError(f"Degrader.apply: {len(params)} param dicts for a batch of {b}")
