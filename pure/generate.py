@@ -40,6 +40,9 @@ class Decoder:
         self.fed: list[list[int]] = [list(map(int, p)) for p in prompts]
         self.cache = model.new_cache(self.B, capacity=capacity)
         self.forwards = 0
+        # Official-SJD compat (spec §8.3 bug 2): the uncond row starts at this prompt index
+        # (len(prompt) - 1, keeping the prompt's last 8710) instead of at the image start.
+        self.uncond_fixed_base: int | None = None
 
     # ------------------------------------------------------------------------------ geometry
     def _last_start(self, tokens: Sequence[int], offset: int) -> int | None:
@@ -51,6 +54,8 @@ class Decoder:
 
     def _bases(self, window: list[list[int]]) -> torch.Tensor:
         """Per sample, the slot the unconditional row starts at (its last image start)."""
+        if self.uncond_fixed_base is not None:
+            return self.pad + self.uncond_fixed_base
         out = []
         for b in range(self.B):
             start = self._last_start(window[b], self.cache.length)
@@ -74,6 +79,8 @@ class Decoder:
             start = self._last_start(self.fed[b], int(self.pad[b])) if st.open else None
             if self.use_cfg and start is not None:
                 split = min(split, start)
+        if self.use_cfg and self.uncond_fixed_base is not None:
+            split = min(split, int(self.pad.min()) + self.uncond_fixed_base)
         ids = torch.tensor([[SpecialIds.BOS] * int(self.pad[b]) + self.fed[b] for b in range(self.B)],
                            device=self.device)
         tail = ids[:, split:].tolist()

@@ -228,8 +228,16 @@ def probs_from_scores(scores: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One multinomial draw per row -> (N,) int64."""
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    """One draw per row -> (N,) or () int64, by inverse CDF in float64.
+
+    One uniform per row (so SJD's draws are cheap and reproducible); `torch.multinomial` costs
+    ~60 ms per 16 x 73,728 window on CPU. Zero-probability ids are never returned: the search
+    picks the first id whose cumulative mass exceeds u, and the cdf only rises on positive mass."""
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(cdf.shape[:-1], generator=generator, dtype=torch.float64,
+                   device=generator.device if generator is not None else cdf.device).to(cdf.device)
+    idx = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1), right=True).squeeze(-1)
+    return idx.clamp_max(probs.shape[-1] - 1)
 
 
 def next_token_probs(cond, states, cfg, image_mask, uncond=None, uncond_rows=None, ids=SpecialIds):
