@@ -182,7 +182,10 @@ class ChameleonModel(nn.Module):
     def __init__(self, cfg: ChameleonConfig):
         super().__init__()
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # `_weight` skips nn.Embedding's own init: init_weights() does it, and normal_ on `meta`
+        # goes through a slow decomposition path (seconds) for no effect.
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
+                                         _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(ChameleonDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -233,6 +236,8 @@ class ChameleonForCausalLM(nn.Module):
         """N(0, initializer_range) for Linear/Embedding, ones for norms, β = 0 for QK-norm.
         Safe on `meta` (no allocation); call again after `to_empty()` if not loading weights."""
         std = self.config.initializer_range
+        if any(p.is_meta for p in self.parameters()):
+            return  # nothing to fill yet; call again after to_empty()
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 m.weight.normal_(0.0, std)

@@ -176,8 +176,10 @@ class VectorQuantizer(nn.Module):
     def __init__(self, cfg: VQConfig):
         super().__init__()
         self.l2_norm = cfg.codebook_l2_norm
-        self.embedding = nn.Embedding(cfg.codebook_size, cfg.codebook_embed_dim)
-        nn.init.uniform_(self.embedding.weight, -1.0 / cfg.codebook_size, 1.0 / cfg.codebook_size)
+        self.embedding = nn.Embedding(cfg.codebook_size, cfg.codebook_embed_dim,
+                                      _weight=torch.empty(cfg.codebook_size, cfg.codebook_embed_dim))
+        if not self.embedding.weight.is_meta:  # init on meta is a slow no-op
+            nn.init.uniform_(self.embedding.weight, -1.0 / cfg.codebook_size, 1.0 / cfg.codebook_size)
         # usage statistics kept by LlamaGen during training; only needed for the strict load
         self.register_buffer("codebook_used", torch.zeros(cfg.usage_buffer_len))
 

@@ -14,8 +14,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from .special import ImageCodeMap, SpecialIds, code_token_name
 
 _TOKENIZER_FILES = ("tokenizer.json", "text_tokenizer.json")
-# Specials that must sit at fixed ids in any tokenizer we accept (checked on load).
-_FIXED = {"<s>": SpecialIds.BOS, "<eoss>": SpecialIds.IMG_END, "<racm3:break>": SpecialIds.IMG_START,
+# Specials the whole pipeline hard-codes; a tokenizer placing them elsewhere is rejected on load.
+# BOS is deliberately absent: it is read from the file (spec §2), 0 in the released tokenizer.
+_FIXED = {"<eoss>": SpecialIds.IMG_END, "<racm3:break>": SpecialIds.IMG_START,
           SpecialIds.reserved_name(SpecialIds.EOT): SpecialIds.EOT,
           SpecialIds.reserved_name(SpecialIds.ROW_END): SpecialIds.ROW_END}
 
@@ -73,7 +74,7 @@ class TextTokenizer:
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         ids = self.tk.encode(text, add_special_tokens=False).ids
-        return ([SpecialIds.BOS] if add_bos else []) + ids
+        return ([self.bos_id] if add_bos else []) + ids
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.tk.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
@@ -86,7 +87,9 @@ class TextTokenizer:
 
     @property
     def bos_id(self) -> int:
-        return SpecialIds.BOS
+        """The tokenizer's own `<s>` id (not the HF config's bos_token_id default of 1)."""
+        found = self.tk.token_to_id("<s>")
+        return SpecialIds.BOS if found is None else found
 
     @property
     def eos_id(self) -> int:
