@@ -148,7 +148,9 @@ def _read_meta(meta) -> list[dict]:
     out = []
     for m in cfg["META"]:
         path = Path(m["path"])
-        out.append(dict(m, path=str(path if path.is_absolute() else (p.parent / path))))
+        if not path.is_absolute() and (p.parent / path).exists():
+            path = p.parent / path  # relative to the YAML; otherwise relative to the working dir (official)
+        out.append(dict(m, path=str(path)))
     return out
 
 

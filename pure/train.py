@@ -180,8 +180,10 @@ def build_loader(cfg, dist):
     return ds, sampler, loader
 
 
-def train(cfg) -> dict:
-    """Run (or resume) training; returns {"losses": [...], "step": int, "run_dir": str}."""
+def train(cfg, on_step=None) -> dict:
+    """Run (or resume) training; returns {"losses": [...], "step": int, "run_dir": str}.
+
+    `on_step(step, loss)` is called after every optimizer step (tests use it to send SIGTERM)."""
     from pure.parallelize import build_engine
 
     dist = init_distributed(None if cfg.run.device == "auto" else cfg.run.device)
@@ -202,18 +204,21 @@ def train(cfg) -> dict:
     if latest is not None:
         extra = eng.load(latest)
         step = int(extra["step"])
+        log.info("resumed from %s at step %d", latest, step)
+    sampler.epoch, sampler.consumed = divmod(step, spe)  # data position is a function of the step
+    # Creating the iterator draws a base seed from the global RNG: do it before restoring RNGs so a
+    # resumed run continues exactly the streams of the uninterrupted one (dropout masks included).
+    it = iter(loader)
+    if latest is not None:
         rngs = extra.get("rng") or []
         if len(rngs) == dist.world_size:  # same world size: continue every rank's streams exactly
             ckpt_io.set_rng_state(rngs[dist.rank])
-        log.info("resumed from %s at step %d", latest, step)
-    sampler.epoch, sampler.consumed = divmod(step, spe)  # data position is a function of the step
 
     tracker = Tracker(cfg.run.wandb_project, run_dir, config=None, mode=cfg.run.wandb_mode if cfg.log.wandb else "disabled")
     pre = ckpt_io.PreemptionHandler() if cfg.ckpt.save_on_sigterm else None
     n_flops_tok = None
     losses, t0, tok_acc, pad_acc, seen_acc = [], time.time(), 0, 0, 0
     use_amp = dist.device.type == "cuda" and cfg.parallel.autocast and cfg.parallel.backend != "deepspeed"
-    it = iter(loader)
     eng.module.train()
 
     def save(s):
@@ -255,6 +260,8 @@ def train(cfg) -> dict:
                      step, total, loss_mean, acc["ce_text"], acc["ce_image"], gnorm or 0, metrics["lr"],
                      metrics["tokens_per_s"], metrics["mfu"])
             t0, tok_acc, pad_acc, seen_acc = time.time(), 0, 0, 0
+        if on_step is not None:
+            on_step(step, loss_mean)
         preempted = pre is not None and bool(all_reduce_mean(torch.tensor(float(pre.requested))) > 0)
         if (cfg.ckpt.every_steps and step % cfg.ckpt.every_steps == 0) or preempted or step == total:
             save(step)
@@ -282,8 +289,8 @@ def export_hf(eng, lm, out_dir, max_shard_size: str, dist) -> None:
     barrier()
 
 
-def main(cfg) -> dict:
+def main(cfg, on_step=None) -> dict:
     try:
-        return train(cfg)
+        return train(cfg, on_step)
     finally:
         destroy_distributed()

@@ -1,0 +1,152 @@
+"""PURE training: loss vs an independent reference, schedule, overfitting, kill+resume, vocab
+extension, HF export, config composition. Tiny model with a shrunken vocabulary (9,216 ids still
+hold every special id) keeps each test at a few seconds on CPU."""
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from pure.config import PureTrainConfig
+from pure.data import merge_indices, write_shard
+from pure.train import PureLoss, extend_vocabulary, lr_at, main
+
+VOCAB = 9216
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls: one intra-op thread is several times faster than two on a loaded 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_records(n, seed=0, prompt=12, lo=24, hi=40):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        L = int(rng.integers(lo, hi))
+        tok = rng.integers(4, 8000, L).tolist()
+        tok[0] = 0
+        tok[prompt:prompt + 3] = [8197, 8806, 8806]  # an image block start inside the answer
+        tok[-2:] = [8196, 8710]
+        out.append({"token": tok, "label": [-100] * prompt + tok[prompt:], "id": f"r{i}"})
+    return out
+
+
+def make_cfg(tmp_path, n_records=8, **over):
+    data = tmp_path / "data"
+    if not (data / "record.json").exists():
+        write_shard(data / "shard_0", make_records(n_records))
+        merge_indices(data)
+    cfg = OmegaConf.structured(PureTrainConfig)
+    cfg.model = {"size": "tiny", "vocab_size": VOCAB}
+    cfg.data.meta = str(data / "record.json")
+    cfg.data.batch_size, cfg.data.num_workers, cfg.data.pad_to_multiple = 2, 0, 8
+    cfg.parallel.backend, cfg.parallel.param_dtype = "none", "fp32"
+    cfg.parallel.activation_checkpointing = False
+    cfg.run.run_dir, cfg.run.wandb_mode, cfg.run.device = str(tmp_path / "run"), "disabled", "cpu"
+    cfg.optim.lr, cfg.optim.warmup_epochs = 3e-3, 0.0
+    cfg.log.every_steps, cfg.ckpt.every_steps, cfg.dropout = 100, 0, 0.0
+    for k, v in over.items():
+        OmegaConf.update(cfg, k, v)
+    return cfg
+
+
+def test_loss_matches_reference_cross_entropy():
+    from pure.model import ChameleonForCausalLM, chameleon_config
+
+    torch.manual_seed(0)
+    lm = ChameleonForCausalLM(chameleon_config("tiny", vocab_size=VOCAB))
+    recs = make_records(2, seed=3)
+    L = min(len(r["token"]) for r in recs)
+    ids = torch.tensor([r["token"][:L] for r in recs])
+    lab = torch.tensor([r["label"][:L] for r in recs])
+    w = 1e-3
+    loss, stats = PureLoss(lm, z_loss_weight=w, chunk=7)(ids, lab)
+    logits = lm(ids)[:, :-1].reshape(-1, VOCAB)
+    tgt = lab[:, 1:].reshape(-1)
+    ce = F.cross_entropy(logits, tgt, ignore_index=-100)
+    z = torch.logsumexp(logits, -1)[tgt != -100].pow(2).mean()  # shifted mask
+    assert torch.allclose(loss, ce + w * z, atol=1e-5)
+    assert abs(stats["ce"] - ce) < 1e-5 and stats["n_image"] + stats["n_text"] == int((tgt != -100).sum())
+    assert math.isclose(float(stats["ce"]), math.log(VOCAB), rel_tol=0.05)  # ≈ ln V at init
+
+
+def test_lr_schedule_closed_form():
+    assert lr_at(0, 100, 10, 4e-4) == 0.0
+    assert lr_at(5, 100, 10, 4e-4) == pytest.approx(2e-4)
+    assert lr_at(10, 100, 10, 4e-4) == pytest.approx(4e-4)
+    assert lr_at(55, 100, 10, 4e-4) == pytest.approx(2e-4)
+    assert lr_at(100, 100, 10, 4e-4, min_lr=1e-5) == pytest.approx(1e-5)
+
+
+def test_overfit_one_batch(tmp_path):
+    cfg = make_cfg(tmp_path, n_records=2, epochs=40, **{"optim.lr": 1e-2})
+    losses = main(cfg)["losses"]
+    assert len(losses) == 40 and losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
+
+
+def test_sigterm_checkpoint_and_resume_reproduce(tmp_path):
+    # 8 records -> 4 steps/epoch -> 12 steps; dropout + activation checkpointing: RNG streams must resume too
+    over = {"epochs": 3, "dropout": 0.1, "parallel.activation_checkpointing": True}
+    ref = main(make_cfg(tmp_path / "a", **over))["losses"]
+
+    def kill_at_5(step, loss):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    b = make_cfg(tmp_path / "b", **over)
+    first = main(b, on_step=kill_at_5)
+    assert first["step"] == 5 and (tmp_path / "b/run/checkpoints/ckpt_00000005.pt").is_file()
+    second = main(b)
+    assert second["step"] == 12
+    np.testing.assert_allclose(first["losses"] + second["losses"], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_extend_vocabulary_keeps_old_predictions():
+    from pure.model import ChameleonForCausalLM, chameleon_config
+
+    torch.manual_seed(0)
+    lm = ChameleonForCausalLM(chameleon_config("tiny", vocab_size=VOCAB))
+    ids = torch.randint(0, VOCAB, (1, 16))
+    before = lm(ids)
+    old_img_mean = lm.model.embed_tokens.weight[4:8196].mean(0).clone()
+    extend_vocabulary(lm, VOCAB + 512)
+    after = lm(ids)
+    assert after.shape[-1] == VOCAB + 512 and lm.config.vocab_size == VOCAB + 512
+    assert torch.equal(after[..., :VOCAB], before) and after[..., VOCAB:].eq(0).all()
+    new = lm.model.embed_tokens.weight[VOCAB:]
+    assert torch.allclose(new.mean(0), old_img_mean, atol=0.01)
+
+
+def test_hf_export_roundtrip(tmp_path):
+    from pure.model import ChameleonForCausalLM, chameleon_config
+    from pure.official import load_hf_shards
+
+    cfg = make_cfg(tmp_path, n_records=2, epochs=1, **{"export.hf_dir": str(tmp_path / "hf"),
+                                                         "export.max_shard_size": "1MB"})
+    main(cfg)
+    sd = torch.load(tmp_path / "run/checkpoints/ckpt_00000001.pt", weights_only=True)["model"]
+    fresh = ChameleonForCausalLM(chameleon_config("tiny", vocab_size=VOCAB))
+    load_hf_shards(fresh, tmp_path / "hf")
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, sd["lm." + k].to(torch.bfloat16).float()), k
+    assert len(list((tmp_path / "hf").glob("model-*.safetensors"))) > 1
+
+
+@pytest.mark.parametrize("exp", ["quick", "lsdir_ffhq", "zero2", "zero3"])
+def test_every_exp_config_composes(exp):
+    from common.config import compose_config, validate
+
+    cfg = validate(PureTrainConfig, compose_config("pure", "train", [f"+exp={exp}"]))
+    assert cfg.optim.betas == [0.9, 0.95] and cfg.optim.grad_clip == 4.0
+    if exp == "lsdir_ffhq":  # official hyper-parameters
+        assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.epochs, cfg.dropout) == (4e-4, 0.1, 2.0, 0.05)
+        assert cfg.data.batch_size == 4 and cfg.optim.warmup_epochs == 0.5 and cfg.model.size == "7b"
