@@ -58,9 +58,11 @@ class Trainer:
         self.dist = init_distributed(dev)
         self.device, self.rank, self.world = self.dist.device, self.dist.rank, self.dist.world_size
         self.run_dir = Path(cfg.run.run_dir)
+        node = OmegaConf.structured(cfg)  # built once: OmegaConf conversion is slow for this tree
+        self.config_yaml, config_dict = OmegaConf.to_yaml(node), OmegaConf.to_container(node)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+            (self.run_dir / "config.yaml").write_text(self.config_yaml)
         barrier()
         if cfg.parallel.strategy == "fsdp2" and cfg.ema.enabled and self.world > 1:
             raise ValueError("ema.enabled is not supported with parallel.strategy=fsdp2 (sharded weights)")
@@ -109,8 +111,7 @@ class Trainer:
         self.loader, self.sampler = build_train_loader(self.dataset, cfg, self.world, self.rank,
                                                        start_micro_batch=self.step * self.accum)
         self.batch_maker = BatchMaker(cfg, self.device)
-        self.tracker = Tracker(cfg.run.wandb_project, self.run_dir, OmegaConf.to_container(OmegaConf.structured(cfg)),
-                               mode=cfg.run.wandb_mode)
+        self.tracker = Tracker(cfg.run.wandb_project, self.run_dir, config_dict, mode=cfg.run.wandb_mode)
 
     # -- initialisation / resume ----------------------------------------------------------------
     def _load_vqvae(self) -> None:
@@ -172,7 +173,7 @@ class Trainer:
                 "scheduler": sched, "scaler": self.scaler.state_dict(), "rng": rngs,
                 "data": {"global_batches_consumed": self.step * self.accum,
                          "global_batch": self.cfg.data.batch_size * self.world},
-                "config": OmegaConf.to_yaml(OmegaConf.structured(self.cfg)),
+                "config": self.config_yaml,
             }
             if self.ema is not None:
                 state["ema"] = self.ema.state_dict()

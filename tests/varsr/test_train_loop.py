@@ -1,0 +1,133 @@
+"""VARSR trainer behaviour on the tiny CPU config: overfitting, exact resume, crash-safe checkpoints."""
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.checkpoint import latest_checkpoint, list_checkpoints, safe_load
+from varsr.config import SourceConfig, tiny_train_config
+from varsr.train import Trainer
+
+
+def _one_image_cfg(run_dir, steps):
+    cfg = tiny_train_config(str(run_dir))
+    cfg.data.sources = [SourceConfig(kind="bundled", limit=1, resize_shorter_to=120)]  # one batch, repeated
+    cfg.schedule.max_steps = steps
+    return cfg
+
+
+@pytest.mark.slow  # 30 tiny steps: ~15 s idle, a minute on a loaded 2-core machine
+def test_overfit_one_batch(tmp_path):
+    cfg = _one_image_cfg(tmp_path, 30)
+    cfg.optim.lr = 3e-3
+    cfg.schedule.flat_fraction = 1.0  # constant lr: the point is the optimisation, not the schedule
+    trainer = Trainer(cfg)
+    ce = []
+    out = trainer.fit(callback=lambda t, m: ce.append(m["ce"]))
+    assert out["step"] == 30
+    assert ce[-1] <= 0.2 * ce[0], ce  # CE on the memorised batch falls by >= 80 %
+    assert min(out["losses"][-5:]) < 0.5 * out["losses"][0]  # total (CE + 2 x refiner) falls too
+
+
+def _params(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.mark.slow  # three trainer builds + 8 steps: ~20-40 s on a loaded 2-core machine
+def test_kill_and_resume_matches_uninterrupted(tmp_path):
+    n, k = 4, 2
+    cfg = tiny_train_config(str(tmp_path / "full"))
+    cfg.schedule.max_steps = n
+    ref = Trainer(cfg)
+    ref_out = ref.fit()
+    ref_params = _params(ref)
+
+    cfg_b = tiny_train_config(str(tmp_path / "resumed"))
+    cfg_b.schedule.max_steps = n
+
+    def preempt(trainer, metrics):  # SIGTERM as SLURM/torchrun would send it, mid-run
+        if trainer.step == k:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    first = Trainer(cfg_b).fit(callback=preempt)
+    assert first["preempted"] and first["step"] == k
+    assert [s for s, _ in list_checkpoints(cfg_b.run.run_dir)] == [k]
+    second_trainer = Trainer(cfg_b)  # auto-resume from run_dir
+    assert second_trainer.step == k
+    second = second_trainer.fit()
+    assert second["step"] == n
+    assert first["losses"] + second["losses"] == ref_out["losses"]  # bit-identical loss sequence
+    for name, v in _params(second_trainer).items():
+        assert torch.equal(v, ref_params[name]), name
+    st = safe_load(latest_checkpoint(cfg_b.run.run_dir))
+    assert st["step"] == n and st["data"]["global_batches_consumed"] == n
+    assert {"model", "optimizer", "scheduler", "scaler", "rng"} <= set(st)
+
+
+def test_crash_during_checkpoint_keeps_previous(tmp_path, monkeypatch):
+    cfg = tiny_train_config(str(tmp_path))
+    cfg.schedule.max_steps = 1
+    trainer = Trainer(cfg)
+    trainer.fit()  # writes ckpt_00000001.pt
+    good = latest_checkpoint(tmp_path)
+    assert good is not None and good.name == "ckpt_00000001.pt"
+    good_bytes = good.read_bytes()
+
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **kw):  # write part of the file, then die mid-write
+        f.write(b"\x80\x02partial-pickle")
+        raise KeyboardInterrupt("killed while writing")
+
+    trainer.step = 2
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save()
+    monkeypatch.setattr(torch, "save", real_save)
+    assert latest_checkpoint(tmp_path) == good and good.read_bytes() == good_bytes
+    assert [p.name for p in Path(tmp_path, "checkpoints").iterdir()] == ["ckpt_00000001.pt"]  # temp removed
+
+    # a SIGKILL leaves a temp file behind instead: it must be ignored on resume
+    Path(tmp_path, "checkpoints", ".ckpt_00000002.pt.abc.tmp").write_bytes(b"\x80\x02trunc")
+    resumed = Trainer(cfg)
+    assert resumed.step == 1
+    for name, v in resumed.model.state_dict().items():
+        assert torch.equal(v, trainer.model.state_dict()[name]), name
+
+
+def first_step_grads(cfg) -> dict:
+    """Gradients (unscaled, clipped) of the first optimizer step, captured after it."""
+    grads = {}
+
+    def grab(trainer, metrics):
+        if trainer.step == 1:
+            grads.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters()
+                          if p.grad is not None})
+            grads["__loss__"] = torch.tensor(metrics["loss"])
+
+    cfg.schedule.max_steps = 1
+    Trainer(cfg).fit(callback=grab)
+    return grads
+
+
+def test_grad_accumulation_equals_big_batch(tmp_path):
+    """2 micro-batches of 2 == one batch of 4. Gradients are compared, not weights: Adam turns
+    float-rounding differences of near-zero gradients into lr-sized steps. The refiner weight is 0
+    because its timestep/noise draws depend on the micro-batch shape."""
+    results = []
+    for bs, accum in ((4, 1), (2, 2)):
+        cfg = tiny_train_config(str(tmp_path / f"b{bs}"))
+        cfg.data.batch_size, cfg.optim.grad_accum, cfg.loss.diff_weight = bs, accum, 0.0
+        results.append(first_step_grads(cfg))
+    assert set(results[0]) == set(results[1]) and len(results[0]) > 10
+    for name, g in results[0].items():
+        assert torch.allclose(g, results[1][name], atol=1e-7, rtol=1e-4), name
+
+
+def test_c2i_mode_fails_with_one_line(tmp_path):
+    cfg = tiny_train_config(str(tmp_path))
+    cfg.mode = "c2i"
+    with pytest.raises(ValueError, match="C2I-shaped transformer"):
+        Trainer(cfg)
