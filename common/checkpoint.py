@@ -33,7 +33,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: str | os.PathLike, write_fn) -> Path:
+def atomic_write(path: str | os.PathLike, write_fn) -> Path:
+    """Call ``write_fn(binary_file)`` on a temp file and move it over ``path`` only once complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -52,16 +53,24 @@ def _atomic_write(path: str | os.PathLike, write_fn) -> Path:
     return path
 
 
+_atomic_write = atomic_write  # kept for callers written before the public name
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """All-or-nothing write of a small file (JSON indexes, progress files, configs)."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
 def atomic_save(obj, path: str | os.PathLike) -> Path:
     """``torch.save`` that is all-or-nothing on POSIX filesystems."""
-    return _atomic_write(path, lambda f: torch.save(obj, f))
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_safetensors_atomic(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> Path:
     from safetensors.torch import save
 
     blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
-    return _atomic_write(path, lambda f: f.write(blob))
+    return atomic_write(path, lambda f: f.write(blob))
 
 
 def safe_load(path: str | os.PathLike, map_location="cpu"):

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.checkpoint import _atomic_write, save_safetensors_atomic
+from common.checkpoint import atomic_write_bytes, save_safetensors_atomic
 from pure.model.config import ChameleonConfig, hf_config_dict
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -125,7 +125,7 @@ def parse_size(size: int | str) -> int:
 
 
 def _write_json(obj, path: Path) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=False).encode()))
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=False).encode())
 
 
 def save_hf_shards(model_or_state_dict, out_dir, max_shard_size: int | str = "5GB",
