@@ -5,13 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .model.vqvae import VQVAE
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare VARSR module under DDP (`.module`) / torch.compile (`._orig_mod`)."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
-    return model
+from .parallelize import unwrap
 
 
 def varsr_loss(model, vqvae: VQVAE, hr: torch.Tensor, lr: torch.Tensor, label: torch.Tensor,
@@ -32,7 +26,7 @@ def varsr_loss(model, vqvae: VQVAE, hr: torch.Tensor, lr: torch.Tensor, label: t
     ce = ce_tok.mean()
     loss = ce + diff_weight * diff
     with torch.no_grad():
-        n_last = _unwrap(model).patch_nums[-1] ** 2
+        n_last = unwrap(model).patch_nums[-1] ** 2
         acc = (logits.argmax(-1) == gt).float()
         stats = {"loss": loss.item(), "ce": ce.item(), "diff": diff.item(),
                  "ce_tail": ce_tok[:, -n_last:].mean().item(), "acc": acc.mean().item() * 100,

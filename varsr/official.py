@@ -22,6 +22,8 @@ import torch.nn as nn
 
 from common.checkpoint import atomic_save, save_safetensors_atomic
 
+from .parallelize import unwrap as _bare  # bare module under DDP
+
 VAR_KEY, VAE_KEY = ("trainer", "var_wo_ddp"), ("trainer", "vae_local")
 # Tolerated shape mismatch (official loader does the same): VQVAE usage statistics per scale.
 _TOLERATED = ("quantize.ema_vocab_hit_SV",)
@@ -138,12 +140,6 @@ def transfer_from_c2i(model: nn.Module, path_or_sd) -> dict[str, list[str]]:
 
 def _full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t  # FSDP2 DTensor -> full tensor
-
-
-def _bare(m: nn.Module) -> nn.Module:
-    while hasattr(m, "module") or hasattr(m, "_orig_mod"):
-        m = getattr(m, "module", None) or getattr(m, "_orig_mod")
-    return m
 
 
 def export_official(model: nn.Module, vqvae: nn.Module | None, path) -> Path:

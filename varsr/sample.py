@@ -14,12 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .fastvar import make_state
-
-
-def _core(model):
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
-    return model
+from .parallelize import unwrap as _core  # bare module under DDP
 
 
 def cfg_ramp(cfg: float, si: int, num_scales: int) -> float:
