@@ -1,0 +1,52 @@
+"""PURE restoration of a folder (thin Hydra entry point; logic in pure.evaluate / pure.restore).
+
+    python launch/sample_pure.py lr_dir=data/RealSR/LR hr_dir=data/RealSR/HR
+    python launch/sample_pure.py -m cfg=0.8,1.0 temperature=0.7,0.9 lr_dir=...   # sweep
+    python launch/sample_pure.py sjd.enabled=true sjd.window=16 lr_dir=...        # SJD
+    torchrun --nproc_per_node=8 launch/sample_pure.py lr_dir=...                  # split by index
+
+Experiment files (`+exp=...`) are shared with training; their training-only keys (run, optim,
+data, ...) are ignored here, except that `run.device` fills `device` when it was left at auto.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from common.config import to_dataclass  # noqa: E402  (also registers the shared config search path)
+from pure.evaluate import PureSampleConfig, register_configs, run_restore  # noqa: E402
+
+register_configs()
+
+
+def sample_view(cfg: DictConfig) -> dict:
+    """Keep the keys PureSampleConfig knows; borrow the device from a training `run` block."""
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    known = {f.name for f in dataclasses.fields(PureSampleConfig)}
+    out = {k: v for k, v in raw.items() if k in known}
+    run = raw.get("run") or {}
+    if out.get("device", "auto") == "auto" and run.get("device"):
+        out["device"] = run["device"]
+    ignored = sorted(k for k in raw if k not in known and k != "hydra")
+    if ignored:
+        print(f"sample_pure: ignoring training-only keys {ignored}", file=sys.stderr)
+    return out
+
+
+@hydra.main(config_path="../configs/pure", config_name="sample", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_cfg = to_dataclass(PureSampleConfig, sample_view(cfg))
+    run_restore(run_cfg, default_out=Path(HydraConfig.get().runtime.output_dir) / "sr")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Folder restoration with PURE (+ metrics): the body of `launch/sample_pure.py`.
+
+Every LR image of `lr_dir` is restored by `pure.restore.Restorer`; the list is split across
+ranks by index (DiT `sample_ddp` style; a batch is seeded with seed + its first index, so with
+batch_size 1 results do not depend on the world size). Each image gives `<out_dir>/<name>.png`
+and `<out_dir>/<name>.json` (degradation sentence, caption, token/forward counts). Rank 0 then
+writes `summary.json` and scores the folder with `common.metrics.evaluate_folders`.
+`PureSampleConfig` documents every key of configs/pure/sample.yaml (`pure_sample_schema`).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from pure.jacobi import SJDConfig
+from pure.processors import SamplingConfig
+
+
+@dataclass
+class SJDSection:
+    """Speculative Jacobi decoding (spec §8); off = plain AR decoding."""
+
+    enabled: bool = False
+    window: int = 16                    # tokens per forward (1 committed + up to 15 drafts)
+    active_from: int = 3                # Jacobi only for generated offsets in [active_from, active_until)
+    active_until: int = 4150            # official 64*64 + 64 - 10
+    scheme: str = "speculative_jacobi"  # or "jacobi" (greedy, lossless w.r.t. greedy AR)
+    uncond_compat: bool = False         # official SJD unconditional context (spec §8.3 bug 2)
+    mean_k_compat: bool = False         # official one-k-per-window top-k (bug 3)
+
+
+@dataclass
+class PureSampleConfig:
+    model: Any = None                   # ChameleonConfig fields (config group `model`); config.json in ckpt_dir wins
+    ckpt_dir: Optional[str] = "checkpoints/PURE"  # HF shards + config.json (nonwhy/PURE or our export); None = random
+    vq_ckpt: Optional[str] = "checkpoints/vq_ds8_c2i.pt"  # LlamaGen VQ-8; None = seeded random VQ (plumbing only)
+    vq_size: str = "ds8"                # ds8 (released) | tiny (tests)
+    tokenizer: Optional[str] = None     # tokenizer JSON or dir; None -> ckpt_dir if it has one, else stand-in
+    lr_dir: str = "???"                 # folder of LQ images
+    hr_dir: Optional[str] = None        # GT folder (same names) -> full-reference metrics
+    out_dir: Optional[str] = None       # PNG + JSON per image; None -> <hydra run dir>/sr
+    out_size: Optional[int] = None      # resize outputs to this square side (e.g. GT size of demo sets)
+    resolution: int = 512               # model input/output side (README: LQ resized to 512)
+    cfg: float = 0.8                    # CFG weight g (README 0.8; 1.0 disables the uncond pass)
+    temperature: float = 0.9            # README 0.9; 0 = greedy
+    top_k: int = 1                      # text top-k outside images (README 1)
+    entropy_top_k: bool = True          # PURE's entropy-adaptive k inside images
+    max_new_tokens: int = 8192          # README value; a 512 answer needs ~4.3k
+    image_only: bool = False            # prefill <8197><h><w>, stop at the image end (no text answer)
+    sjd: SJDSection = field(default_factory=SJDSection)
+    batch_size: int = 1                 # images per AR generation (SJD always runs one at a time)
+    seed: int = 0                       # batch starting at index i uses seed + i
+    color_fix: str = "wavelet"          # wavelet (official) | adain | none
+    device: str = "auto"                # auto | cpu | cuda
+    dtype: str = "bf16"                 # bf16 | fp16 | fp32 weights on CUDA (CPU always fp32)
+    skip_existing: bool = True          # keep PNG+JSON already written (resume after preemption)
+    metrics: Any = None                 # metric names, or the `metrics` group's {name: spec}; empty/None = no scoring
+    metrics_out: Optional[str] = None   # JSON path; None -> <out_dir>/../metrics.json
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="pure_sample_schema", node=PureSampleConfig)
+
+
+def sampling_config(cfg: PureSampleConfig) -> SamplingConfig:
+    return SamplingConfig(temperature=cfg.temperature, cfg=cfg.cfg, text_top_k=cfg.top_k,
+                          entropy_top_k=cfg.entropy_top_k)
+
+
+def sjd_config(cfg: PureSampleConfig) -> SJDConfig | None:
+    s = cfg.sjd
+    if not s.enabled:
+        return None
+    return SJDConfig(window=s.window, active_from=s.active_from, active_until=s.active_until, scheme=s.scheme,
+                     uncond_compat=s.uncond_compat, mean_k_compat=s.mean_k_compat)
+
+
+def _dtype(cfg: PureSampleConfig, device: torch.device) -> torch.dtype:
+    if device.type != "cuda":
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.dtype]
+
+
+def load_components(cfg: PureSampleConfig, device: torch.device):
+    """(model, vq, tokenizer) as the config says; weights via pure.official."""
+    from common.logging import get_logger
+    from pure.model import ChameleonForCausalLM, chameleon_config, config_from_dict, from_hf_config_json
+    from pure.model.vq import VQModel, vq_config
+    from pure.official import load_hf_shards, load_llamagen_vq
+    from pure.tokenizer import TextTokenizer, build_test_tokenizer
+
+    log = get_logger("pure.sample")
+    ckpt = Path(cfg.ckpt_dir) if cfg.ckpt_dir else None
+    if ckpt is not None and (ckpt / "config.json").is_file():
+        mcfg = from_hf_config_json(ckpt)
+    elif cfg.model is not None:
+        mcfg = config_from_dict(cfg.model)
+    else:
+        mcfg = chameleon_config("7b")
+    mcfg.dropout = 0.0
+    dtype = _dtype(cfg, device)
+    if ckpt is not None:
+        if not ckpt.is_dir():
+            raise FileNotFoundError(f"ckpt_dir not found: {ckpt}")
+        with torch.device("meta"):
+            model = ChameleonForCausalLM(mcfg)
+        load_hf_shards(model, ckpt, dtype=dtype, device=device)
+    else:
+        log.warning("no ckpt_dir: randomly initialised %d-layer model (plumbing only)", mcfg.num_hidden_layers)
+        torch.manual_seed(cfg.seed)
+        model = ChameleonForCausalLM(mcfg).to(device, dtype)
+    torch.manual_seed(cfg.seed)  # a random VQ must be the same on every rank and every run
+    vq = VQModel(vq_config(cfg.vq_size))
+    if cfg.vq_ckpt:
+        load_llamagen_vq(vq, cfg.vq_ckpt)
+    else:
+        log.warning("no vq_ckpt: randomly initialised VQ (plumbing only)")
+    tok_path = cfg.tokenizer
+    if tok_path is None and ckpt is not None and any((ckpt / n).is_file() for n in ("tokenizer.json", "text_tokenizer.json")):
+        tok_path = str(ckpt)
+    if tok_path is None:
+        log.warning("no tokenizer: using the stand-in test tokenizer")
+        tok_path = build_test_tokenizer((Path(cfg.out_dir).parent if cfg.out_dir else Path(".")) / "test_tokenizer")
+    return model.eval(), vq.to(device).eval(), TextTokenizer.from_file(tok_path)
+
+
+def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
+    """Restore a folder (distributed under torchrun); returns metrics + summary on rank 0, else {}."""
+    from common.data.io import read_image, write_image
+    from common.data.test_sets import list_images_by_stem
+    from common.dist import barrier, get_rank, get_world_size, init_distributed, is_main
+    from common.logging import get_logger, progress
+    from pure.restore import Restorer
+
+    log = get_logger("pure.sample")
+    info = init_distributed(None if cfg.device == "auto" else cfg.device)
+    device = info.device
+    out_dir = Path(cfg.out_dir or default_out)
+    cfg.out_dir = str(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, vq, tok = load_components(cfg, device)
+    restorer = Restorer(model, vq, tok, sampling_config(cfg), sjd_config(cfg), resolution=cfg.resolution,
+                        max_new_tokens=cfg.max_new_tokens, color_fix=cfg.color_fix,
+                        image_only=cfg.image_only)
+    files = list_images_by_stem(cfg.lr_dir, "lr_dir")
+    names = sorted(files)
+    rank, world = get_rank(), get_world_size()
+    mine = [i for i in range(rank, len(names), world)
+            if not (cfg.skip_existing and (out_dir / f"{names[i]}.png").is_file() and (out_dir / f"{names[i]}.json").is_file())]
+    bs = 1 if cfg.sjd.enabled else max(1, cfg.batch_size)
+    t0 = time.time()
+    for start in progress(range(0, len(mine), bs), desc="pure restore"):
+        idx = mine[start:start + bs]
+        gen = torch.Generator(device=device).manual_seed(cfg.seed + idx[0])
+        results = restorer.restore([read_image(files[names[i]]) for i in idx], gen)
+        for i, res in zip(idx, results):
+            img = res.image
+            if cfg.out_size:
+                img = torch.nn.functional.interpolate(img[None], size=(cfg.out_size, cfg.out_size), mode="bicubic",
+                                                      align_corners=False)[0].clamp(0, 1)
+            write_image(out_dir / f"{names[i]}.png", img)
+            (out_dir / f"{names[i]}.json").write_text(json.dumps({"name": names[i], **res.record()}, indent=1))
+            if not res.ok:
+                log.warning("%s: no valid image generated; wrote the bicubic LQ instead", names[i])
+    log.info("rank %d: %d images in %.1fs -> %s", rank, len(mine), time.time() - t0, out_dir)
+    barrier()
+    if not is_main():
+        return {}
+    records = [json.loads((out_dir / f"{n}.json").read_text()) for n in names if (out_dir / f"{n}.json").is_file()]
+    summary = {"images": len(records), "failed": sum(not r["ok"] for r in records),
+               "mean_seconds": sum(r["seconds"] for r in records) / max(1, len(records)),
+               "mean_forwards": sum(r["forwards"] for r in records) / max(1, len(records)),
+               "mean_new_tokens": sum(r["new_tokens"] for r in records) / max(1, len(records))}
+    (out_dir.parent / "summary.json").write_text(json.dumps(summary, indent=1))
+    names_wanted = list(cfg.metrics or [])  # a dict from the config group gives its keys
+    metrics = names_wanted if cfg.hr_dir else [m for m in names_wanted if m not in ("psnr", "ssim", "lpips", "dists")]
+    if not metrics:
+        return {"summary": summary}
+    from common.metrics import evaluate_folders
+
+    out_json = Path(cfg.metrics_out or out_dir.parent / "metrics.json")
+    return {"summary": summary, **evaluate_folders(out_dir, cfg.hr_dir, metrics, out_json, device=str(device))}
+
+
+__all__ = ["PureSampleConfig", "SJDSection", "load_components", "register_configs", "run_restore",
+           "sampling_config", "sjd_config"]
