@@ -5,7 +5,7 @@ Rows: (a) the VARSR/SeeSR per-sample CPU class re-enacted with basicsr's own pri
 Degrader on CPU; (c) the same on CUDA when available.  Kernel sampling is timed in every
 row because the VARSR class does it inside the same call.  Prints a Markdown table.
 
-    python bench/degradation.py [--preset varsr_mild] [--images 32] [--batches 1 8 32] [--threads 2]
+    python bench/degradation.py [--preset varsr_mild] [--rounds 1] [--batches 1 8 32] [--threads 1]
 """
 from __future__ import annotations
 
@@ -104,60 +104,61 @@ class VarsrPerImage:
         return torch.clamp((x * 255.0).round(), 0, 255) / 255.0
 
 
-def _time(fn, n_calls: int, device: str) -> float:
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    fn()  # warm-up (allocations, cuDNN/oneDNN algorithm choice)
-    sync()
-    t = time.perf_counter()
-    for _ in range(n_calls):
-        fn()
-    sync()
-    return time.perf_counter() - t
-
-
-def run(preset: str, images: int, batches: list[int], devices: list[str], seed: int = 0) -> list[dict]:
+def run(preset: str, batches: list[int], devices: list[str], rounds: int = 1, seed: int = 0) -> list[dict]:
+    """Images/s per row. Rows are timed in interleaved rounds (each round every row degrades
+    max(batches) images) so a machine whose load drifts during the run biases no row."""
     cfg = get_preset(preset)
-    pool = _crops(max(batches + [1]))
-    rows = []
+    n_round = max(batches)
+    pool = _crops(n_round)
     random.seed(seed)
     np.random.seed(seed)
-    ref = VarsrPerImage(cfg)
-    with torch.no_grad():
-        dt = _time(lambda: ref(pool[:1]), images, "cpu")
-    rows.append({"path": "per-image, VARSR way (basicsr, batch 1)", "device": "cpu", "batch": 1,
-                 "images/s": images / dt})
-    sampler, deg = KernelSampler(cfg), Degrader(cfg)
+    ref, sampler, deg = VarsrPerImage(cfg), KernelSampler(cfg), Degrader(cfg)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+
+    def batched(gt):
+        return deg(gt, collate_kernels([sampler(rng) for _ in range(gt.shape[0])]), gen).lq
+
+    rows = [{"path": "per-image, VARSR way (basicsr, batch 1)", "device": "cpu", "batch": 1,
+             "fn": lambda i: ref(pool[i % n_round:i % n_round + 1]), "calls": n_round, "sec": 0.0}]
     for device in devices:
+        gts = {b: pool[:b].to(device) for b in batches}
         for b in batches:
-            gt = pool[:b].to(device)
-
-            def step():
-                kernels = collate_kernels([sampler(rng) for _ in range(b)])
-                return deg(gt, kernels, gen).lq
-
-            calls = max(1, math.ceil(images / b))
-            with torch.no_grad():
-                dt = _time(step, calls, device)
-            rows.append({"path": "batched Degrader", "device": device, "batch": b, "images/s": calls * b / dt})
-    base = rows[0]["images/s"]
+            rows.append({"path": "batched Degrader", "device": device, "batch": b,
+                         "fn": (lambda i, g=gts[b]: batched(g)), "calls": math.ceil(n_round / b), "sec": 0.0})
+    with torch.no_grad():
+        for r in rows:  # warm-up: allocator, oneDNN/cuDNN/cuFFT plans, basicsr import
+            r["fn"](0)
+        for _ in range(rounds):
+            for r in rows:
+                sync = torch.cuda.synchronize if r["device"] == "cuda" else (lambda: None)
+                sync()
+                t = time.perf_counter()
+                for i in range(r["calls"]):
+                    r["fn"](i)
+                sync()
+                r["sec"] += time.perf_counter() - t
+    out = []
     for r in rows:
-        r["speed-up vs per-image"] = r["images/s"] / base
-    return rows
+        ips = rounds * r["calls"] * r["batch"] / r["sec"]
+        out.append({"path": r["path"], "device": r["device"], "batch": r["batch"], "images/s": ips})
+    for r in out:
+        r["speed-up vs per-image"] = r["images/s"] / out[0]["images/s"]
+    return out
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="varsr_mild", help="realesrgan | varsr_mild")
-    ap.add_argument("--images", type=int, default=16, help="images timed per row (after one warm-up call)")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved timing rounds (each: max(batches) images per row)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: a dataset worker's share; 0 leaves torch's default)")
     ap.add_argument("--no-cuda", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
-    rows = run(args.preset, args.images, args.batches, devices)
+    rows = run(args.preset, args.batches, devices, args.rounds)
     print(f"preset={args.preset}, 512x512 GT, torch threads={torch.get_num_threads()}\n")
     print(markdown_table(rows))
 

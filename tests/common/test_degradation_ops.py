@@ -28,11 +28,26 @@ def _padded_kernels(b, ks, size=21, seed=0):
 def test_filter2d_matches_basicsr_per_sample_and_shared():
     x = torch.rand(3, 3, 40, 52)
     k = _padded_kernels(3, [7, 13, 21])
-    assert torch.allclose(ops.filter2d(x, k), bsr.filter2D(x, k), atol=1e-6)
-    assert torch.allclose(ops.filter2d(x, k[:1]), bsr.filter2D(x, k[:1]), atol=1e-6)
+    assert torch.equal(ops.filter2d(x, k, method="direct"), bsr.filter2D(x, k))
+    assert torch.equal(ops.filter2d(x, k[:1], method="direct"), bsr.filter2D(x, k[:1]))
     ident = torch.zeros(3, 21, 21)
     ident[:, 10, 10] = 1
     assert torch.equal(ops.filter2d(x, ident), bsr.filter2D(x, ident))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 70, 97), (1, 3, 64, 64)])
+def test_filter2d_fft_path_matches_basicsr(shape):
+    x = torch.rand(*shape)
+    k = _padded_kernels(shape[0], [21, 15][: shape[0]])
+    assert ops.FFT_MIN_KERNEL <= 15 and min(shape[2:]) >= ops.FFT_MIN_SIDE  # "auto" takes the FFT path
+    ref = bsr.filter2D(x, k)
+    for method in ("fft", "auto"):
+        assert torch.allclose(ops.filter2d(x, k, method=method), ref, atol=5e-6)
+    assert torch.allclose(ops.filter2d(x, k[:1], method="fft"), bsr.filter2D(x, k[:1]), atol=5e-6)
+
+
+def test_fft_sizes_are_5_smooth():
+    assert [ops._fft_size(n) for n in (532, 64, 97, 1)] == [540, 64, 100, 1]
 
 
 def test_crop_kernel_support_keeps_the_nonzero_core():
@@ -41,11 +56,12 @@ def test_crop_kernel_support_keeps_the_nonzero_core():
     assert c.shape[-1] == 11 and torch.isclose(c.sum(), k.sum())
 
 
-def test_usm_matches_basicsr():
-    x = torch.rand(2, 3, 64, 70)
+@pytest.mark.parametrize("shape", [(2, 3, 40, 56), (1, 3, 72, 90)])  # direct conv / FFT path
+def test_usm_matches_basicsr(shape):
+    x = torch.rand(*shape)
     d = (ops.usm_sharp(x) - bsr.USMSharp()(x)).abs()
-    # separable vs 2-D accumulation: float rounding only (a mask flip would show as ~1e-3)
-    assert d.max() < 1e-4 and d.mean() < 1e-6
+    # FFT rounding can flip the threshold mask at an isolated pixel (effect <= ~1e-3 there)
+    assert d.max() < 2e-3 and d.mean() < 2e-6
     assert torch.equal(ops.usm_gaussian(50), torch.from_numpy(__import__("cv2").getGaussianKernel(51, 0)[:, 0]).float())
 
 
