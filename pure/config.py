@@ -79,24 +79,6 @@ class ExportConfig:
 
 
 @dataclass
-class PureTrainConfig:
-    """Everything `launch/train_pure.py` accepts."""
-
-    run: RunConfig = field(default_factory=lambda: RunConfig(run_dir="runs/pure", wandb_project="pure"))
-    ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)
-    optim: PureOptimConfig = field(default_factory=PureOptimConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    data: PureDataConfig = field(default_factory=PureDataConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    init: InitConfig = field(default_factory=InitConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    model: Any = None  # ChameleonConfig fields (configs/pure/model/*.yaml), validated by pure.model
-    epochs: float = 2.0  # official 2 epochs
-    max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
-    dropout: float = 0.05  # residual dropout during training (overrides model.dropout)
-
-
-@dataclass
 class PretokenizeConfig:
     """Everything `launch/pretokenize_pure.py` accepts."""
 
@@ -115,6 +97,29 @@ class PretokenizeConfig:
     max_seq_len: int = 11776  # reject longer records instead of truncating them
     seed: int = 0
     device: str = "auto"
+    batch_size: int = 4  # images degraded + encoded together
+    limit: int | None = None  # only the first N items (smoke runs)
+    convert_official: str | None = None  # official record JSON of pickles to convert instead
+    trusted: bool = False  # required with convert_official: unpickling executes code
+
+
+@dataclass
+class PureTrainConfig:
+    """Everything `launch/train_pure.py` accepts."""
+
+    run: RunConfig = field(default_factory=lambda: RunConfig(run_dir="runs/pure", wandb_project="pure"))
+    ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)
+    optim: PureOptimConfig = field(default_factory=PureOptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: PureDataConfig = field(default_factory=PureDataConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    model: Any = None  # ChameleonConfig fields (configs/pure/model/*.yaml), validated by pure.model
+    epochs: float = 2.0  # official 2 epochs
+    max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
+    dropout: float = 0.05  # residual dropout during training (overrides model.dropout)
+    pretokenize: PretokenizeConfig = field(default_factory=PretokenizeConfig)  # data prep of this experiment
 
 
 def register_configs() -> None:
