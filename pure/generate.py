@@ -43,6 +43,7 @@ class Decoder:
         # Official-SJD compat (spec §8.3 bug 2): the uncond row starts at this prompt index
         # (len(prompt) - 1, keeping the prompt's last 8710) instead of at the image start.
         self.uncond_fixed_base: int | None = None
+        self._start_memo: dict[int, tuple[int, int | None]] = {}
 
     # ------------------------------------------------------------------------------ geometry
     def _last_start(self, tokens: Sequence[int], offset: int) -> int | None:
@@ -60,9 +61,23 @@ class Decoder:
         for b in range(self.B):
             start = self._last_start(window[b], self.cache.length)
             if start is None:
-                start = self._last_start(self.fed[b], int(self.pad[b]))
+                start = self._fed_start(b)
             out.append(int(self.pad[b]) if start is None else start)
         return torch.tensor(out, device=self.device)
+
+    def _fed_start(self, b: int) -> int | None:
+        """Slot of the last image start among fed tokens, memoised per fed length (the scan
+        would otherwise walk ~4k tokens back on every decoding step)."""
+        key = len(self.fed[b])
+        if self._start_memo.get(b, (None,))[0] != key:
+            prev = self._start_memo.get(b)
+            if prev is not None and prev[0] < key:  # only new tokens need a look
+                found = self._last_start(self.fed[b][prev[0]:], int(self.pad[b]) + prev[0])
+                start = found if found is not None else prev[1]
+            else:
+                start = self._last_start(self.fed[b], int(self.pad[b]))
+            self._start_memo[b] = (key, start)
+        return self._start_memo[b][1]
 
     # ------------------------------------------------------------------------------- forward
     @torch.no_grad()
@@ -126,12 +141,14 @@ class Decoder:
         return logits, None
 
     def rollback(self, keep: int) -> None:
-        """Keep the first `keep` fed tokens of every sample (all rows share one length)."""
+        """Keep the first `keep` fed tokens of sample 0 (every row drops as many, since all
+        rows share one cache length; SJD uses B = 1)."""
         drop = len(self.fed[0]) - keep
         if drop < 0:
             raise ValueError(f"rollback to {keep} tokens but only {len(self.fed[0])} were fed")
         self.cache.truncate(self.cache.length - drop)
-        self.fed = [f[:keep] for f in self.fed]
+        self.fed = [f[: len(f) - drop] for f in self.fed]
+        self._start_memo.clear()  # a dropped token may have been the image start
 
 
 @dataclass
