@@ -57,7 +57,7 @@ def run_and_dump(run_dir, world: int, strategy: str = "ddp") -> Path:
 def test_two_process_matches_single_process(tmp_path, strategy):
     ref = torch.load(run_and_dump(tmp_path / "single", 1), weights_only=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            __file__, str(tmp_path / "ddp"), strategy]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -131,3 +131,22 @@ def test_c2i_mode_fails_with_one_line(tmp_path):
     cfg.mode = "c2i"
     with pytest.raises(ValueError, match="C2I-shaped transformer"):
         Trainer(cfg)
+
+
+def test_validation_grid_and_official_export(tmp_path):
+    from varsr.model import build_models
+    from varsr.official import load_official_varsr
+
+    cfg = tiny_train_config(str(tmp_path))
+    cfg.schedule.max_steps = 1
+    cfg.validation.every_steps = 1
+    cfg.checkpoint.export_official = True
+    trainer = Trainer(cfg)
+    trainer.fit()
+    assert (tmp_path / "val" / "step_00000001.png").is_file()
+    rows = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "val/psnr" in line]
+    assert rows and float(rows[0].split('"val/psnr": ')[1].split(",")[0].rstrip("}")) > 0
+    model, _ = build_models(cfg.model)
+    load_official_varsr(tmp_path / "export" / "VARSR.pth", model)  # strict official layout
+    for name, v in model.state_dict().items():
+        assert torch.equal(v, trainer.model.state_dict()[name]), name
