@@ -71,7 +71,9 @@ class Trainer:
                              "which varsr.model does not provide yet; the C2I data path is varsr.data.class_sources")
         if cfg.mode != "sr":
             raise ValueError(f"mode must be sr | c2i, got {cfg.mode!r}")
-        seed_everything(cfg.run.seed, self.rank)
+        # Same seed on every rank while building: FSDP2 shards each rank's local init (no broadcast)
+        # and the frozen tokenizer is never synchronised, so all ranks must construct identical weights.
+        seed_everything(cfg.run.seed, 0)
         if cfg.precision.tf32 and self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -84,6 +86,7 @@ class Trainer:
         elif cfg.init.vqvae:  # the tokenizer is not in our checkpoints (it is frozen)
             self._load_vqvae()
         model.train()
+        seed_everything(cfg.run.seed, self.rank)  # per-rank streams from here on (drop-path, refiner noise)
         self.model = parallelize(model, cfg.parallel, self.dist)
         o = cfg.optim
         self.optimizer = build_optimizer(self.model, o.lr, o.betas, o.eps, o.weight_decay,
