@@ -6,7 +6,9 @@
     torchrun --nproc_per_node=8 launch/sample_pure.py lr_dir=...                  # split by index
 
 Experiment files (`+exp=...`) are shared with training; their training-only keys (run, optim,
-data, ...) are ignored here, except that `run.device` fills `device` when it was left at auto.
+data, ...) are ignored here, except that `run.device` fills `device` when it was left at auto,
+and an optional `sample:` block in the experiment (like its `pretokenize:` block) sets sampling
+keys for that experiment, e.g. `sample: {resolution: 128, vq_ckpt: null}`.
 """
 from __future__ import annotations
 
@@ -27,14 +29,20 @@ register_configs()
 
 
 def sample_view(cfg: DictConfig) -> dict:
-    """Keep the keys PureSampleConfig knows; borrow the device from a training `run` block."""
+    """Keep the keys PureSampleConfig knows; borrow the device from a training `run` block and
+    apply an experiment's `sample:` block."""
     raw = OmegaConf.to_container(cfg, resolve=True)
     known = {f.name for f in dataclasses.fields(PureSampleConfig)}
     out = {k: v for k, v in raw.items() if k in known}
+    block = raw.get("sample") or {}
+    unknown = sorted(set(block) - known)
+    if unknown:
+        raise ValueError(f"sample_pure: unknown keys {unknown} in the experiment's `sample:` block")
+    out.update(block)
     run = raw.get("run") or {}
     if out.get("device", "auto") == "auto" and run.get("device"):
         out["device"] = run["device"]
-    ignored = sorted(k for k in raw if k not in known and k != "hydra")
+    ignored = sorted(k for k in raw if k not in known and k not in ("hydra", "sample"))
     if ignored:
         print(f"sample_pure: ignoring training-only keys {ignored}", file=sys.stderr)
     return out

@@ -84,6 +84,10 @@ def test_sample_config_composes_with_sweep_keys_and_training_exp():
     cfg = to_dataclass(PureSampleConfig, mod.sample_view(raw))
     assert (cfg.cfg, cfg.temperature, cfg.sjd.enabled, cfg.sjd.window) == (1.0, 0.7, True, 8)
     assert cfg.model["hidden_size"] == 64 and cfg.device == "cpu"  # from +exp=quick
+    from omegaconf import OmegaConf
+    with_block = OmegaConf.merge(OmegaConf.to_container(raw), {"sample": {"resolution": 128, "vq_ckpt": None}})
+    cfg = to_dataclass(PureSampleConfig, mod.sample_view(with_block))
+    assert cfg.resolution == 128 and cfg.vq_ckpt is None
     default = to_dataclass(PureSampleConfig, compose_config("pure", "sample", ["lr_dir=x"]))
     assert (default.cfg, default.temperature, default.top_k, default.max_new_tokens) == (0.8, 0.9, 1, 8192)
     assert list(default.metrics) == ["psnr", "ssim"] and default.sjd.window == 16 and not default.sjd.enabled
