@@ -134,3 +134,22 @@ def test_generation_stops_on_eot(model, image_mask):
     m = AlwaysEot(chameleon_config("tiny")).eval()
     out = generate(m, [[0, 9100]], SamplingConfig(temperature=0.9, cfg=0.8), image_mask, max_new_tokens=50, seed=0)
     assert out.tokens == [[]] and out.finished == [True] and out.forwards == 1
+
+
+def test_batched_decoder_rows_open_images_at_different_steps(model):
+    """Two left-padded samples whose images start at different steps: each unconditional row
+    sees only its own [8197, h, w, ...] with positions from 0."""
+    prompts = [[0, 9100, S.EOT], [0, 9100, 9200, 9300, S.EOT]]
+    streams = [[9400] + HEADER + [70000, 5000, 71000], [9500, 9600, 9700] + HEADER + [6000]]
+    dec = Decoder(model, prompts, use_cfg=True)
+    dec.prefill()
+    seqs = [list(p) for p in prompts]
+    for step in range(len(streams[0])):
+        cond, unc = dec.forward([[streams[0][step]], [streams[1][step]]])
+        for b in range(2):
+            seqs[b].append(streams[b][step])
+            assert torch.allclose(cond[b, -1], full_logits(model, seqs[b]), atol=1e-4, rtol=1e-4)
+            gen = seqs[b][len(prompts[b]):]
+            if S.IMG_START in gen:
+                start = len(prompts[b]) + gen.index(S.IMG_START)
+                assert torch.allclose(unc[b, -1], full_logits(model, seqs[b], start), atol=1e-4, rtol=1e-4)
