@@ -101,6 +101,18 @@ def load_official_varsr(path, model: nn.Module) -> nn.Module:
     return model
 
 
+def load_official_c2i(path, model: nn.Module) -> nn.Module:
+    """Load VARSR_C2I.pth (['trainer']['var_wo_ddp']) strictly into a C2I model (lr_prefix=False).
+
+    The released file matches `model_config("c2i_d24")` (3831 classes incl. null, 12 scales).
+    """
+    cfg = getattr(_bare(model), "cfg", None)
+    if cfg is None or cfg.lr_prefix:
+        raise CheckpointError(f"{path}: a C2I checkpoint needs a C2I model (lr_prefix=False, e.g. "
+                              "model_config('c2i_d24')); to start SR training from it use transfer_from_c2i")
+    return load_official_varsr(path, model)
+
+
 def load_official_vqvae(path, vqvae: nn.Module) -> nn.Module:
     """Load VQVAE.pth (['trainer']['vae_local']) strictly; `ema_vocab_hit_SV` shape may differ."""
     load_state_strict(vqvae, _extract(_read(path), VAE_KEY, path), path)

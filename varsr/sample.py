@@ -4,7 +4,8 @@ Spec varsr.md sections 6 and 9.  The negative class (label 1, "low quality") is 
 its weight ramps linearly over scales (t = cfg * si / (K - 1)).  Token draws use a dedicated
 generator (top-k 1, i.e. greedy, by default).  Larger images: `sample_tiled` (varsr.tiling).
 Official quirks not reproduced (spec 12): no extra unguided last-scale draw, the refiner is
-unguided only when t == 0, no hard-coded CUDA or 1024-token reshapes.
+unguided only when t == 0, no hard-coded CUDA or 1024-token reshapes.  `scale_loop` is shared
+with class-to-image sampling (varsr.sample_c2i).
 """
 from __future__ import annotations
 
@@ -17,9 +18,14 @@ from .fastvar import make_state
 from .parallelize import unwrap as _core  # bare module under DDP
 
 
-def cfg_ramp(cfg: float, si: int, num_scales: int) -> float:
-    """Guidance weight at scale si: 0 at the 1x1 map, cfg at the last scale."""
-    return cfg * si / (num_scales - 1)
+def cfg_ramp(cfg: float, si: int, num_scales: int, power: float = 1.0) -> float:
+    """Guidance weight at scale si: 0 at the 1x1 map, cfg at the last scale.
+
+    power 1 (linear) is the SR schedule; the C2I model uses power 2 (spec 6).
+    """
+    if power == 1:  # keep the SR arithmetic unchanged (bit-identical to earlier outputs)
+        return cfg * si / (num_scales - 1)
+    return cfg * (si / (num_scales - 1)) ** power
 
 
 def sample_tokens(logits: torch.Tensor, top_k: int = 1, top_p: float = 0.0, temperature: float = 1.0,
@@ -57,25 +63,41 @@ def generate_fhat(model, vqvae, lr: torch.Tensor, cfg: float = 6.0, top_k: int =
     consistency test).  `on_scale(si, f_hat)` is called after every scale (intermediate export).
     """
     core = _core(model)
-    pns, K, B = core.patch_nums, len(core.patch_nums), lr.shape[0]
-    quant = vqvae.quantize
+    B, K = lr.shape[0], len(core.patch_nums)
     doubled = cfg != 0  # cfg 0: the negative branch would get weight 0 at every scale
     labels = torch.full((B,), label, dtype=torch.long, device=lr.device)
     if doubled:  # negative class = num_classes - 1 ("low quality"); shares LR prefix and tokens
         labels = torch.cat([labels, torch.full_like(labels, core.cfg.num_classes - 1)])
         lr = torch.cat([lr, lr])
     x, cond = core.prefix(lr, labels)
+    return scale_loop(core, vqvae, x, cond, B, [cfg_ramp(cfg, si, K) for si in range(K)] if doubled else None,
+                      top_k, top_p, temperature, generator, fastvar, refine, refiner_temperature, on_scale,
+                      return_logits)
+
+
+def scale_loop(core, vqvae, x: torch.Tensor, cond: torch.Tensor, B: int, ramp: list[float] | None,
+               top_k: int, top_p: float, temperature: float, generator: torch.Generator | None, fastvar,
+               refine: bool, refiner_temperature: float, on_scale, return_logits: bool):
+    """KV-cached next-scale loop shared by SR and C2I sampling.
+
+    `x`, `cond`: prefix tokens and AdaLN condition from `core.prefix`, already doubled
+    ([cond; guidance branch], 2B rows) when `ramp` (guidance weight t per scale) is given;
+    logits = (1 + t) l_cond - t l_branch.  The refiner is guided with the last scale's t.
+    """
+    pns, K = core.patch_nums, len(core.patch_nums)
+    quant = vqvae.quantize
+    doubled = ramp is not None
     caches, state = core.new_cache(), make_state(fastvar, pns)
     G = pns[-1]
-    f_hat = torch.zeros(B, quant.cvae, G, G, device=lr.device, dtype=quant.embedding.weight.dtype)
+    f_hat = torch.zeros(B, quant.cvae, G, G, device=x.device, dtype=quant.embedding.weight.dtype)
     all_logits, t, h = [], 0.0, None
     for si in range(K):
         if state is not None:
             state.set_step(si)
         h = core.run_blocks(x, cond, core.rope_rows(si, x.device), None, caches, state)
         logits = core.logits(h[:, -1:] if si == 0 else h, cond)  # step 0: read the SOS output
-        t = cfg_ramp(cfg, si, K)
         if doubled:
+            t = ramp[si]
             logits = (1 + t) * logits[:B] - t * logits[B:]
         if return_logits:
             all_logits.append(logits)

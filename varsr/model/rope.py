@@ -13,9 +13,12 @@ from typing import Sequence
 import torch
 
 
-def rope_grids(patch_nums: Sequence[int]) -> list[int]:
-    """Grid list of the training sequence: LR grid, SOS (1x1), then the inputs of scales 1..K-1."""
-    return [patch_nums[-1], 1, *patch_nums[1:]]
+def rope_grids(patch_nums: Sequence[int], lr_prefix: bool = True) -> list[int]:
+    """Grid list of the training sequence: LR grid (SR only), SOS (1x1), then the inputs of scales 1..K-1.
+
+    Without the LR prefix (C2I) this is just the scale list, since patch_nums[0] is the 1x1 SOS map.
+    """
+    return [*([patch_nums[-1]] if lr_prefix else []), 1, *patch_nums[1:]]
 
 
 def build_rope_table(grids: Sequence[int], head_dim: int, grid: int,
@@ -43,8 +46,9 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 class RopeCache:
     """Lazily builds the table per device (plain attribute, so meta-device models stay cheap)."""
 
-    def __init__(self, patch_nums: Sequence[int], head_dim: int, grid: int, theta: float):
-        self.args = (rope_grids(patch_nums), head_dim, grid, theta)
+    def __init__(self, patch_nums: Sequence[int], head_dim: int, grid: int, theta: float,
+                 lr_prefix: bool = True):
+        self.args = (rope_grids(patch_nums, lr_prefix), head_dim, grid, theta)
         self._tables: dict[str, torch.Tensor] = {}
 
     def table(self, device: torch.device) -> torch.Tensor:

@@ -1,9 +1,10 @@
-"""VARSR next-scale transformer (`VAR_RoPE`, spec varsr.md section 3).
+"""VARSR next-scale transformer (`VAR_RoPE`, spec varsr.md section 3; C2I `ImgVAR_RoPE`, section 7).
 
 LR prefix (1024 tokens from `con_embedding`) + SOS (class embedding), teacher-forced scale
 inputs, block-causal mask, AdaLN blocks with L2-normalised q/k, scale-aligned 2-D RoPE, AdaLN
 head, and the diffusion refiner `diffloss`.  Parameter and buffer names equal the official
-state dict.  Inference helpers (`prefix`, `embed_scale`, `run_blocks`, `logits`) take an
+state dict.  With `cfg.lr_prefix=False` the same class is the class-to-image model: no
+`con_embedding`, prefix = SOS only, RoPE/levels/mask over the scales only.  Inference helpers (`prefix`, `embed_scale`, `run_blocks`, `logits`) take an
 explicit per-layer KV cache; `varsr.sample` drives the scale loop.
 """
 from __future__ import annotations
@@ -140,7 +141,9 @@ class VARSR(nn.Module):
         self.first_l = cfg.prefix_len
         # Registration order mirrors the official state_dict order.
         self.pos_start = nn.Parameter(torch.zeros(1, self.first_l, C))
-        self.con_embedding = ConditionEmbedding(C, cfg.con_channels)
+        self.lr_prefix = cfg.lr_prefix
+        if cfg.lr_prefix:  # the C2I model has no LR encoder (and no such keys in its checkpoint)
+            self.con_embedding = ConditionEmbedding(C, cfg.con_channels)
         self.word_embed = nn.Linear(cfg.cvae, C)
         self.class_emb = nn.Embedding(cfg.num_classes, C)
         self.lvl_embed = nn.Embedding(K, C)
@@ -156,12 +159,12 @@ class VARSR(nn.Module):
         self.register_buffer("lvl_1L", lvl_1L)
         self.register_buffer("attn_bias_for_masking", mask)
         grid = cfg.rope_grid or cfg.patch_nums[-1]
-        self.rope = RopeCache(cfg.patch_nums, C // cfg.heads, grid, cfg.rope_theta)
+        self.rope = RopeCache(cfg.patch_nums, C // cfg.heads, grid, cfg.rope_theta, cfg.lr_prefix)
         self.init_weights()
 
     # ------------------------------------------------------------------ init
     def _level_and_mask(self, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """Level of every token (0 for LR + SOS, si for scale-si inputs) and the block-causal mask."""
+        """Level of every token (0 for the prefix, si for scale-si inputs) and the block-causal mask."""
         lvl = [0] * self.first_l + [si for si, pn in enumerate(self.patch_nums) if si > 0
                                     for _ in range(pn * pn)]
         lvl_1L = torch.tensor(lvl, device=device).view(1, -1)
@@ -214,11 +217,20 @@ class VARSR(nn.Module):
         self.diffloss.net.initialize_weights()
 
     # ------------------------------------------------------------------ pieces
-    def prefix(self, lr: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """LR in [-1, 1] at the model size -> prefix tokens (B, first_l, C) and AdaLN cond (B, C)."""
+    def prefix(self, lr: torch.Tensor | None, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix tokens (B, first_l, C) and AdaLN cond (B, C).
+
+        SR: LR in [-1, 1] at the model size -> [LR tokens, SOS].  C2I: lr must be None -> [SOS].
+        """
+        cond = self.class_emb(label)
+        if not self.lr_prefix:
+            if lr is not None:  # silently ignoring an LR would hide an SR/C2I config mix-up
+                raise ValueError("this is a C2I model (lr_prefix=False): pass lr=None")
+            return cond[:, None] + self.pos_start + self.lvl_embed.weight[0], cond
+        if lr is None:
+            raise ValueError("this is an SR model (lr_prefix=True): an LR image is required")
         with torch.autocast(device_type=lr.device.type, enabled=False):  # prefix encoder in fp32
             con = self.con_embedding(lr.float()).flatten(2).transpose(1, 2)
-        cond = self.class_emb(label)
         x = torch.cat((con.to(cond.dtype), cond[:, None]), dim=1) + self.pos_start
         return x + self.lvl_embed.weight[0], cond
 
@@ -255,6 +267,9 @@ class VARSR(nn.Module):
     def forward(self, lr, label, x_inputs, r_last: torch.Tensor | None = None,
                 codebook: torch.Tensor | None = None) -> Any:
         """Teacher-forced pass -> (logits fp32 (B, L, V), h_last (B, pn_last^2, C)).
+
+        `lr` (B, 3, S, S) in [-1, 1] for SR, None for C2I.  Labels are used as given: the C2I
+        label dropout lives in `varsr.losses` (training only), so this pass stays deterministic.
 
         With `r_last` and `codebook` (the VQVAE embedding weight) also returns the refiner loss,
         computed inside forward so DDP/FSDP wrappers see every parameter use.
