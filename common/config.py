@@ -112,3 +112,29 @@ class OptimConfig:
     weight_decay: float = 0.05  # decoupled weight decay
     grad_clip: float = 2.0  # max global grad norm (<= 0 disables)
     grad_accum: int = 1  # micro-batches per optimizer step
+
+
+def run_app(app: str, config_name: str, schema: type, fn, argv: list[str] | None = None, typed: bool = True):
+    """Shared body of the ``launch/`` entry points.
+
+    A plain call (also under torchrun / the deepspeed launcher) composes the config on every rank
+    with the compose API, so no rank changes directory or makes its own output folder. With
+    ``-m``/``--multirun`` the same job goes through ``@hydra.main`` instead, which is what makes
+    Hydra sweeps and the submitit SLURM launcher (``-m hydra/launcher=slurm``) work. ``fn``
+    receives the config validated against ``schema`` (a dataclass instance when ``typed``).
+    """
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    args = [a for a in args if not a.startswith("--local_rank")]  # the deepspeed launcher appends it
+    convert = to_dataclass if typed else validate
+    if "-m" in args or "--multirun" in args:
+        import hydra
+
+        @hydra.main(version_base="1.3", config_path=app_config_dir(app), config_name=config_name)
+        def _job(cfg):
+            return fn(convert(schema, cfg))
+
+        sys.argv = [sys.argv[0], *args]
+        return _job()
+    return fn(convert(schema, compose_config(app, config_name, args)))

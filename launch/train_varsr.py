@@ -3,8 +3,8 @@
 Every rank composes ``configs/varsr/train.yaml`` with Hydra's compose API (no ``@hydra.main``,
 so no rank changes directory or creates its own output folder); rank 0 owns ``run.run_dir``.
 Multi-node: ``torchrun --nnodes=N --node_rank=i --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT
---nproc_per_node=8 launch/train_varsr.py ...``. Re-running the same command resumes from the
-newest checkpoint in the run directory.
+--nproc_per_node=8 launch/train_varsr.py ...``; SLURM: ``-m hydra/launcher=slurm``.
+Re-running the same command resumes from the newest checkpoint in the run directory.
 
 Examples: ``python launch/train_varsr.py +exp=quick`` (tiny, CPU, minutes);
 ``torchrun --nproc_per_node=8 launch/train_varsr.py +exp=lsdir_ffhq run.run_dir=runs/varsr_d24``.
@@ -16,8 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
 
+from common.config import run_app  # noqa: E402
 from common.dist import destroy_distributed  # noqa: E402
-from varsr.config import load_train_config  # noqa: E402
+from varsr.config import VARSRTrainConfig, register_configs  # noqa: E402
 from varsr.train import train  # noqa: E402
 
 
@@ -26,8 +27,9 @@ def main(argv: list[str] | None = None) -> dict:
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return {}
+    register_configs()
     try:
-        return train(load_train_config(args))
+        return run_app("varsr", "train", VARSRTrainConfig, train, args)
     finally:
         destroy_distributed()
 
