@@ -91,3 +91,23 @@ def test_sample_config_composes_with_sweep_keys_and_training_exp():
     default = to_dataclass(PureSampleConfig, compose_config("pure", "sample", ["lr_dir=x"]))
     assert (default.cfg, default.temperature, default.top_k, default.max_new_tokens) == (0.8, 0.9, 1, 8192)
     assert list(default.metrics) == ["psnr", "ssim"] and default.sjd.window == 16 and not default.sjd.enabled
+
+
+def test_load_components_from_hf_export(tmp_path, tiny_model, test_tokenizer_path):
+    """ckpt_dir holding our HF export (+ tokenizer.json): config.json wins over the model group,
+    weights load strictly onto a meta-built model, the tokenizer is found beside them."""
+    import shutil
+
+    from pure.evaluate import load_components
+    from pure.official import save_hf_shards
+
+    ckpt = tmp_path / "export"
+    save_hf_shards(tiny_model, ckpt, max_shard_size="2MB", config=tiny_model.config, dtype=None)
+    shutil.copy(test_tokenizer_path, ckpt / "tokenizer.json")
+    cfg = PureSampleConfig(model={"size": "7b"}, ckpt_dir=str(ckpt), vq_ckpt=None, vq_size="tiny", lr_dir="x",
+                           device="cpu")
+    model, vq, tok = load_components(cfg, torch.device("cpu"))
+    assert model.config.hidden_size == 64 and not any(p.is_meta for p in model.parameters())
+    for (k, a), (_, b) in zip(sorted(model.state_dict().items()), sorted(tiny_model.state_dict().items())):
+        assert torch.equal(a, b), k
+    assert tok.code_map.num_codes == 16384 and vq.config.codebook_size == 64
