@@ -94,11 +94,13 @@ def filter2d(x: torch.Tensor, kernels: torch.Tensor, method: str = "auto") -> to
     xp = _pad(x, (k // 2,) * 4)
     if method == "fft" or (method == "auto" and k >= FFT_MIN_KERNEL and min(h, w) >= FFT_MIN_SIDE):
         return _fft_correlate(xp, kernels, h, w)
-    if kernels.shape[0] == 1:
-        out = F.conv2d(xp.reshape(b * c, 1, *xp.shape[-2:]), kernels.view(1, 1, k, k))
-    else:
-        weight = kernels.repeat_interleave(c, dim=0).view(b * c, 1, k, k)
-        out = F.conv2d(xp.reshape(1, b * c, *xp.shape[-2:]), weight, groups=b * c)
+    # cuDNN may run convs in TF32 (PyTorch's default), ~1e-3 relative error: not for data synthesis.
+    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+        if kernels.shape[0] == 1:
+            out = F.conv2d(xp.reshape(b * c, 1, *xp.shape[-2:]), kernels.view(1, 1, k, k))
+        else:
+            weight = kernels.repeat_interleave(c, dim=0).view(b * c, 1, k, k)
+            out = F.conv2d(xp.reshape(1, b * c, *xp.shape[-2:]), weight, groups=b * c)
     return out.view(b, c, h, w)
 
 

@@ -73,6 +73,8 @@ class Degrader:
     """Config-driven second-order degradation; see the module docstring."""
 
     def __init__(self, cfg: DegradationConfig):
+        if not isinstance(cfg, DegradationConfig):  # a Hydra/OmegaConf node or a plain dict
+            cfg = DegradationConfig.from_dict(cfg)
         cfg.validate()
         self.cfg = cfg
 
