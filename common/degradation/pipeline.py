@@ -12,6 +12,15 @@ split in two so that a recorded parameter list reproduces the output exactly:
 
 Images whose random resizes give them the same size are processed together (grouped conv,
 batched JPEG), the rest one group per size.
+
+Per-image ``params`` layout (all JSON-able): ``preset``, ``scale``, ``usm_gt``,
+``per_batch_compat``, ``noise_seed``; ``kernel1`` / ``kernel2`` / ``sinc`` (from the sampler:
+``family``, ``size``, ``sigma_x``, ``sigma_y``, ``theta``, ``beta``, ``omega_c``); ``stage1`` and
+``stage2`` (``resize`` up|down|keep, ``resize_scale``, ``resize_mode``, ``noise``
+gaussian|poisson, ``noise_sigma`` (8-bit units) or ``poisson_scale``, ``gray_noise``, ``size``
+[h, w] after the resize; stage1 also ``jpeg_quality``, stage2 also ``blur``); ``final``
+(``order`` resize_sinc_jpeg|jpeg_resize_sinc, ``resize_mode``, ``jpeg_quality``);
+``resize_back_mode`` (None unless cfg.resize_back).
 """
 from __future__ import annotations
 
