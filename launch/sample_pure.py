@@ -3,7 +3,7 @@
     python launch/sample_pure.py lr_dir=data/RealSR/LR hr_dir=data/RealSR/HR
     python launch/sample_pure.py -m cfg=0.8,1.0 temperature=0.7,0.9 lr_dir=...   # sweep
     python launch/sample_pure.py sjd.enabled=true sjd.window=16 lr_dir=...        # SJD
-    torchrun --nproc_per_node=8 launch/sample_pure.py lr_dir=...                  # split by index
+    torchrun --nproc_per_node=8 launch/sample_pure.py lr_dir=... out_dir=OUT/sr     # split by index
 
 Experiment files (`+exp=...`) are shared with training; their training-only keys (run, optim,
 data, ...) are ignored here, except that `run.device` fills `device` when it was left at auto,
@@ -52,7 +52,12 @@ def sample_view(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    import os
+
     run_cfg = to_dataclass(PureSampleConfig, sample_view(cfg))
+    if run_cfg.out_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # each rank gets its own Hydra run dir (a timestamp), so the shards would scatter
+        raise SystemExit("sample_pure: under torchrun give out_dir=... so every rank writes to the same folder")
     run_restore(run_cfg, default_out=Path(HydraConfig.get().runtime.output_dir) / "sr")
 
 
