@@ -107,12 +107,15 @@ class Degrader:
 
     def sample_params(self, batch: int, generator: torch.Generator | None = None,
                       kernel_params: Sequence[dict] | None = None) -> list[dict]:
-        """Draw every random choice for ``batch`` images from ``generator`` (CPU)."""
+        """Draw every random choice for ``batch`` images from ``generator`` (on any device)."""
         c = self.cfg
         if generator is None:  # convenience only: derive a seed from torch's global RNG
             generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
-        u = torch.rand(batch, len(_U), generator=generator, dtype=torch.float64).numpy()
-        seeds = torch.randint(0, 2**62, (batch,), generator=generator).tolist()
+        # The generator may live on the training device (e.g. keyed per step on CUDA): draw there,
+        # read back once; the choices are host-side decisions.
+        dev = generator.device
+        u = torch.rand(batch, len(_U), generator=generator, dtype=torch.float64, device=dev).cpu().numpy()
+        seeds = torch.randint(0, 2**62, (batch,), generator=generator, device=dev).tolist()
         if c.per_batch_compat:
             cols = [_U[k] for k in _PER_BATCH]
             u[:, cols] = u[0, cols]

@@ -110,3 +110,13 @@ def test_rejects_bad_shapes():
     cfg = get_preset("varsr_mild")
     with pytest.raises(ValueError, match=r"\(B,3,H,W\)"):
         Degrader(cfg)(torch.rand(3, 32, 32), sample_kernels(cfg, 1, np.random.default_rng(0)))
+
+
+def test_accepts_hydra_node_and_matches_dataclass():
+    from omegaconf import OmegaConf
+
+    cfg = get_preset("varsr_mild")
+    gt, k = _gt(2), sample_kernels(cfg, 2, np.random.default_rng(4))
+    a = Degrader(OmegaConf.structured(cfg))(gt, k, torch.Generator().manual_seed(4))
+    b = Degrader(cfg)(gt, k, torch.Generator().manual_seed(4))
+    assert torch.equal(a.lq_up, b.lq_up) and a.params == b.params
