@@ -30,27 +30,29 @@ PAPER_ORDER = ("psnr", "ssim", "lpips", "dists", "fid", "niqe", "musiq", "maniqa
 class MetricStack:
     """Per-image metrics by name: ``psnr``/``ssim`` (ours, Y channel, float64) and pyiqa's
     ``lpips, dists, niqe, musiq, maniqa, maniqa-pipal, clipiqa, topiq_nr`` (any other pyiqa
-    name also works). ``fid`` is accepted and left to `evaluate_folders` (set-level).
+    name also works). ``fid`` is set-level: `score` skips it, `folder_metric` / `evaluate_folders`
+    compute it.
 
     Learned metrics are built at construction (so a missing weight file fails before any image
     is scored), from ``weights_dir`` or pyiqa's cache; see common.metrics.learned.
     """
 
-    def __init__(self, names, device="cpu", weights_dir=None, crop_border: int = 0):
+    def __init__(self, names, device="cpu", weights_dir=None, crop_border: int = 0, metric_kwargs: dict | None = None):
         self.names = [str(n) for n in names]
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"duplicate metric names in {self.names}")
         self.device, self.weights_dir, self.crop_border = torch.device(device), weights_dir, int(crop_border)
         self.variants: dict[str, str] = {}
         self._learned: dict[str, torch.nn.Module] = {}
+        kw = metric_kwargs or {}  # per-metric pyiqa options (non-default variants, e.g. fid dims); recorded
         for n in self.names:
             if n in OURS:
                 self.variants[n] = f"ours: Y (BT.601 studio), float64, crop_border={self.crop_border}" + (
                     ", 11x11 gaussian sigma 1.5" if n == "ssim" else "")
-            elif n in FOLDER_LEVEL:
-                self.variants[n] = VARIANTS[n][1]
             else:
-                self._learned[n], self.variants[n] = create_pyiqa_metric(n, self.device, weights_dir)
+                self._learned[n], self.variants[n] = create_pyiqa_metric(n, self.device, weights_dir, **kw.get(n, {}))
+                if kw.get(n):
+                    self.variants[n] += f" with {kw[n]}"
 
     @property
     def per_image(self) -> list[str]:
@@ -90,8 +92,9 @@ class MetricStack:
     def folder_metric(self, name: str, sr_dir, hr_dir) -> float:
         """Set-level metric (``fid``) between two folders, computed by pyiqa (clean-fid mode)."""
         if name not in self._learned:
-            self._learned[name], self.variants[name] = create_pyiqa_metric(name, self.device, self.weights_dir)
-        v = self._learned[name](str(sr_dir), str(hr_dir), device=self.device, num_workers=0, verbose=False)
+            raise ValueError(f"{name} is not in this MetricStack ({self.names})")
+        # pyiqa moves the metric to its own device and passes it on; only loader options go here
+        v = self._learned[name](str(sr_dir), str(hr_dir), num_workers=0, verbose=False)
         return float(v)
 
 

@@ -186,3 +186,29 @@ def test_paired_folder_errors_name_files(tmp_path):
     write_image(hr / "b.png", _img(30, 30))
     with pytest.raises(PairingError, match=r"b: HR 30x30"):
         PairedFolder(lr, hr, scale=4)[1]
+
+
+def test_bundled_dataset(tmp_path):
+    from common.data.bundled import BUNDLED, bundled_pairs, write_bundled_dataset
+    from common.data.io import read_image
+
+    out = write_bundled_dataset(tmp_path, size=96)
+    names = sorted(p.stem for p in (out / "HR").iterdir())
+    assert names == sorted(BUNDLED) and "moon" not in names and len(names) == 6
+    assert all(read_image(p).shape == (96, 96, 3) for p in (out / "HR").iterdir())
+    name, lr, hr = bundled_pairs(size=64)[0]
+    assert lr.shape == (16, 16, 3) and hr.shape == (64, 64, 3)
+    assert len(list_source(ImageSource("", kind="bundled"))) == 6
+
+
+def test_collate_with_real_kernel_sampler(tmp_path):
+    from common.degradation import KernelSampler, get_preset
+
+    _folder(tmp_path / "k", 2, 48, 48)
+    ds = HRTrainDataset([ImageSource(str(tmp_path / "k"))], crop_size=32, seed=0,
+                        kernel_sampler=KernelSampler(get_preset("varsr_mild")))
+    batch = collate_train([ds[0], ds[1]])
+    assert batch["kernels"]["kernel1"].shape == (2, 21, 21)
+    again = HRTrainDataset([ImageSource(str(tmp_path / "k"))], crop_size=32, seed=0,
+                           kernel_sampler=KernelSampler(get_preset("varsr_mild")))[1]
+    torch.testing.assert_close(again["kernels"]["kernel1"], batch["kernels"]["kernel1"][1])
