@@ -10,12 +10,13 @@ looked up, in order, in ``weights_dir`` and in pyiqa's cache (``$TORCH_HOME/hub/
     weights_dir/checkpoints/      torchvision backbones (alexnet-owt-7be5be79.pth, vgg16-397923af.pth)
     weights_dir/clip/             OpenAI CLIP (RN50.pt) for clipiqa
 
-Three deliberate changes to how pyiqa loads weights (hooks installed once, see
+Deliberate changes to how pyiqa loads weights (hooks installed once, see
 `_install_hooks`): (1) file names are resolved locally as above, with a one-line error naming
 the missing file instead of a download attempt; (2) checkpoints are read with
 ``torch.load(weights_only=True)`` (pyiqa itself uses ``weights_only=False`` on files we do
 not control); (3) timm backbones are built with ``pretrained=False`` (MANIQA, TOPIQ): their
-weights are part of the metric's own checkpoint, which pyiqa then loads strictly.
+weights are part of the metric's own checkpoint, which pyiqa then loads strictly; (4) torchvision
+and CLIP files that are missing raise instead of being downloaded.
 NIQE works with no download by converting basicsr's shipped ``niqe_pris_params.npz``.
 """
 from __future__ import annotations
@@ -141,6 +142,19 @@ def _torchvision_local_only(orig):
     return load_state_dict_from_url
 
 
+def _clip_local_only(orig):
+    # pyiqa's CLIP loader re-downloads on a missing file or a checksum mismatch; offline we
+    # want the file name and the folder instead.
+    def _download(url, root):
+        target = Path(root) / os.path.basename(url)
+        if not target.is_file():
+            raise MetricWeightsError(f"CLIP weights {target.name} not found offline in {root}; download {url} there "
+                                     "(or into weights_dir/clip)")
+        return orig(url, root)
+
+    return _download
+
+
 @contextlib.contextmanager
 def _offline_context(weights_dir):
     """Weights dir for pyiqa/torchvision/CLIP lookups and no timm downloads, during construction."""
@@ -152,14 +166,18 @@ def _offline_context(weights_dir):
         torch.hub.set_dir(str(weights_dir))  # torchvision -> weights_dir/checkpoints, CLIP -> weights_dir/clip
     import torchvision.models._api as tv_api
 
-    prev_tv = tv_api.load_state_dict_from_url
+    import pyiqa.archs.clip_model as clip_model
+
+    prev_tv, prev_clip = tv_api.load_state_dict_from_url, clip_model._download
     timm.create_model = _timm_no_download(prev_timm)
     tv_api.load_state_dict_from_url = _torchvision_local_only(prev_tv)
+    clip_model._download = _clip_local_only(prev_clip)
     try:
         yield
     finally:
         timm.create_model = prev_timm
         tv_api.load_state_dict_from_url = prev_tv
+        clip_model._download = prev_clip
         torch.hub.set_dir(prev_hub)
         _state["weights_dir"] = prev_dir
 

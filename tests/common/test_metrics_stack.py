@@ -61,8 +61,19 @@ def test_untrusted_pickle_refused(tmp_path):
 def test_missing_weights_name_the_file(tmp_path):
     with pytest.raises(MetricWeightsError, match="alexnet-owt-7be5be79.pth"):
         MetricStack(["lpips"], weights_dir=tmp_path)  # backbone missing: no download attempt
+    with pytest.raises(MetricWeightsError, match="RN50.pt"):
+        MetricStack(["clipiqa"], weights_dir=tmp_path)  # CLIP: no download either
     with pytest.raises(ValueError, match="unknown metric"):
         MetricStack(["psnr", "no_such_metric"])
+
+
+def test_no_reference_folder_without_hr(tmp_path):
+    from common.data.bundled import bundled_photos, fit_square
+
+    write_image(tmp_path / "lq" / "astronaut.png", fit_square(bundled_photos()[0][1], 192))
+    s = evaluate_folders(tmp_path / "lq", None, ["niqe"], tmp_path / "nr.json", weights_dir=tmp_path / "w",
+                         show_progress=False)
+    assert s["hr_dir"] is None and s["n_images"] == 1 and np.isfinite(s["mean"]["niqe"])
 
 
 @pytest.fixture(scope="module")
