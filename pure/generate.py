@@ -188,14 +188,22 @@ def split_answer(tokens: Sequence[int]) -> tuple[list[int], list[list[int]]]:
     return text, blocks
 
 
-def decode_answer(out: GenerationOutput, code_map: ImageCodeMap, tokenizer=None,
-                  prompt_tails: Sequence[Sequence[int]] | None = None) -> GenerationOutput:
-    """Fill `texts` and `images` (first complete image per sample, None if unparsable).
+def open_tail(prompt: Sequence[int]) -> list[int]:
+    """The part of `prompt` from an image start it leaves open (e.g. `<8197><h><w>`), else []."""
+    prompt = [int(t) for t in prompt]
+    if not ImageState().advanced(prompt).open:
+        return []
+    return prompt[max(i for i, t in enumerate(prompt) if t == SpecialIds.IMG_START):]
 
-    `prompt_tails[b]` is prepended before parsing (an image header written into the prompt)."""
+
+def decode_answer(out: GenerationOutput, code_map: ImageCodeMap, tokenizer=None,
+                  prompts: Sequence[Sequence[int]] | None = None) -> GenerationOutput:
+    """Fill `texts` and `images` (first parsable image per sample, else None).
+
+    With `prompts`, an image header the prompt left open is prepended before parsing."""
     out.texts, out.images = [], []
     for b, toks in enumerate(out.tokens):
-        head = list(prompt_tails[b]) if prompt_tails is not None else []
+        head = open_tail(prompts[b]) if prompts is not None else []
         text, blocks = split_answer(head + list(toks))
         out.texts.append(tokenizer.decode(text) if tokenizer is not None else "")
         codes = None
@@ -219,9 +227,11 @@ def _generator(seed: int | None, generator: torch.Generator | None, device) -> t
 def generate(model, prompts: Sequence[Sequence[int]], sampling: SamplingConfig | None = None,
              image_mask: torch.Tensor | None = None, max_new_tokens: int = 8192,
              generator: torch.Generator | None = None, seed: int | None = None,
-             eos_id: int = SpecialIds.EOT, trace: bool = False, capacity: int | None = None) -> GenerationOutput:
+             eos_id: int = SpecialIds.EOT, trace: bool = False, capacity: int | None = None,
+             code_map: ImageCodeMap | None = None, tokenizer=None) -> GenerationOutput:
     """Sample up to `max_new_tokens` per prompt, one token per forward, stopping on 8710.
 
+    With `code_map` (and `tokenizer` for the text) the output's `images`/`texts` are filled.
     `image_mask`: bool (V,) of image ids (default: the two real id ranges). Rows that have
     finished keep being fed 8710 (their outputs are ignored) so every row keeps one length.
     `trace=True` records each step's raw cond/uncond logits (tests compare them against full
@@ -259,4 +269,5 @@ def generate(model, prompts: Sequence[Sequence[int]], sampling: SamplingConfig |
         feed = [[eos_id if done[b] else nxt[b]] for b in range(dec.B)]
         cond, uncond = dec.forward(feed)
         cond, uncond = cond[:, -1], None if uncond is None else uncond[:, -1]
-    return GenerationOutput(tokens=out, finished=done, forwards=dec.forwards, trace=steps)
+    result = GenerationOutput(tokens=out, finished=done, forwards=dec.forwards, trace=steps)
+    return decode_answer(result, code_map, tokenizer, prompts) if code_map is not None else result

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from pure.generate import Decoder, GenerationOutput
+from pure.generate import Decoder, GenerationOutput, decode_answer
 from pure.processors import (ImageState, SamplingConfig, cfg_rows, entropy, entropy_top_k, probs_from_scores,
                              process_scores, sample, top_k_filter)
 from pure.tokenizer import ImageCodeMap, SpecialIds
@@ -156,7 +156,8 @@ def sjd_decode(dec: Decoder, sampling: SamplingConfig, sjd: SJDConfig, image_mas
 def speculative_generate(model, prompts, sampling: SamplingConfig | None = None, sjd: SJDConfig | None = None,
                          image_mask: torch.Tensor | None = None, max_new_tokens: int = 11776,
                          generator: torch.Generator | None = None, seed: int | None = None,
-                         eos_id: int = SpecialIds.EOT) -> GenerationOutput:
+                         eos_id: int = SpecialIds.EOT, code_map: ImageCodeMap | None = None,
+                         tokenizer=None) -> GenerationOutput:
     """SJD counterpart of `pure.generate.generate` (same output type; samples run one by one
     because accepted lengths differ per sample and the cache rows share one length)."""
     sampling, sjd = sampling or SamplingConfig(), sjd or SJDConfig()
@@ -173,4 +174,5 @@ def speculative_generate(model, prompts, sampling: SamplingConfig | None = None,
         tokens.append(toks[:-1] if fin else toks)
         finished.append(fin)
         forwards += dec.forwards
-    return GenerationOutput(tokens=tokens, finished=finished, forwards=forwards)
+    result = GenerationOutput(tokens=tokens, finished=finished, forwards=forwards)
+    return decode_answer(result, code_map, tokenizer, prompts) if code_map is not None else result

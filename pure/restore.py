@@ -120,8 +120,7 @@ class Restorer:
         t0 = time.time()
         prepared = [self.prepare(lq) for lq in lqs]
         out = self._generate([p for _, p in prepared], generator)
-        tails = [p[-3:] for _, p in prepared] if self.image_only else None
-        decode_answer(out, self.tok.code_map, self.tok, prompt_tails=tails)
+        decode_answer(out, self.tok.code_map, self.tok, prompts=[p for _, p in prepared])
         seconds = (time.time() - t0) / len(lqs)
         results = []
         for b, (lq, _) in enumerate(prepared):

@@ -122,6 +122,12 @@ def test_stop_token_and_answer_parsing():
     out = decode_answer(GenerationOutput(tokens=[[9100] + block, [9100, S.IMG_START]], finished=[True, False],
                                          forwards=0), cmap)
     assert torch.equal(out.images[0], codes) and out.images[1] is None
+    # an image header left open by the prompt is taken into account
+    from pure.generate import open_tail
+    assert open_tail([0, 5] + block + [S.EOT] + HEADER) == HEADER and open_tail([0] + block) == []
+    out = decode_answer(GenerationOutput(tokens=[block[3:]], finished=[True], forwards=0), cmap,
+                        prompts=[[0, 9100] + HEADER])
+    assert torch.equal(out.images[0], codes)
 
 
 def test_generation_stops_on_eot(model, image_mask):

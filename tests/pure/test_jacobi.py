@@ -31,9 +31,9 @@ def test_greedy_sjd_equals_greedy_ar_with_fewer_forwards(model, image_mask):
     greedy = SamplingConfig(temperature=0.0, cfg=0.8)
     ar = generate(model, [prompt], greedy, image_mask, max_new_tokens=73)
     sjd = speculative_generate(model, [prompt], greedy, SJDConfig(scheme="jacobi", active_from=0),
-                               image_mask, max_new_tokens=73, seed=0)
+                               image_mask, max_new_tokens=73, seed=0, code_map=ImageCodeMap.synthetic())
     assert sjd.tokens == ar.tokens
-    codes = decode_answer(sjd, ImageCodeMap.synthetic(), prompt_tails=[header(2)]).images[0]
+    codes = sjd.images[0]
     assert codes is not None and codes.shape == (8, 8)
     # both id ranges are produced (official SJD could never emit 65536..73727, bug 1)
     toks = torch.tensor(sjd.tokens[0])
@@ -135,7 +135,8 @@ def test_compat_flags(model, image_mask):
     ref = model(torch.tensor([[S.EOT] + stream]))[0, 1:]
     assert torch.allclose(unc[0], ref, atol=1e-4, rtol=1e-4)
     # both compat switches together still produce a well-formed image
-    out = speculative_generate(model, [[0, 9100, S.EOT] + header(1)], SamplingConfig(),
+    prompt = [0, 9100, S.EOT] + header(1)
+    out = speculative_generate(model, [prompt], SamplingConfig(),
                                SJDConfig(active_from=0, uncond_compat=True, mean_k_compat=True), image_mask,
                                max_new_tokens=21, seed=0)
-    assert decode_answer(out, ImageCodeMap.synthetic(), prompt_tails=[header(1)]).images[0].shape == (4, 4)
+    assert decode_answer(out, ImageCodeMap.synthetic(), prompts=[prompt]).images[0].shape == (4, 4)
