@@ -18,7 +18,7 @@ import torch
 from common.data.io import read_image
 from common.data.test_sets import PairingError, list_images_by_stem, pair_files
 from common.metrics.fr import psnr_y, ssim_y
-from common.metrics.learned import VARIANTS, create_pyiqa_metric, pyiqa_version
+from common.metrics.learned import create_pyiqa_metric, pyiqa_version
 
 OURS = {"psnr": psnr_y, "ssim": ssim_y}
 FULL_REFERENCE = ("psnr", "ssim", "lpips", "dists")
