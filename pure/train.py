@@ -186,7 +186,9 @@ def train(cfg, on_step=None) -> dict:
     `on_step(step, loss)` is called after every optimizer step (tests use it to send SIGTERM)."""
     from pure.parallelize import build_engine
 
+    global log
     dist = init_distributed(None if cfg.run.device == "auto" else cfg.run.device)
+    log = get_logger("pure.train")  # again after init: non-zero ranks drop to WARNING
     seed_everything(cfg.run.seed, dist.rank)
     run_dir = Path(cfg.run.run_dir)
     if dist.is_main:
@@ -196,7 +198,9 @@ def train(cfg, on_step=None) -> dict:
     total = cfg.max_steps or math.ceil(cfg.epochs * spe)
     warmup = int(round(cfg.optim.warmup_epochs * spe))
 
+    seed_everything(cfg.run.seed, 0)  # same initial weights on every rank (FSDP2 shards each rank's copy)
     lm = build_lm(cfg, dist.device)
+    seed_everything(cfg.run.seed, dist.rank)  # distinct per-rank streams from here on (dropout)
     root = PureLoss(lm, cfg.optim.z_loss_weight).to(dist.device)
     eng = build_engine(root, lm, cfg.optim, cfg.parallel, dist, cfg.data.batch_size)
     step = 0
@@ -249,15 +253,15 @@ def train(cfg, on_step=None) -> dict:
         if step % cfg.log.every_steps == 0 or step == total:
             dt = max(time.time() - t0, 1e-9)
             tps = tok_acc / dt  # per rank
-            metrics = {"loss": loss_mean, "ce_text": acc["ce_text"], "ce_image": acc["ce_image"],
-                       "z_loss": acc["z_loss"], "grad_norm": gnorm, "lr": eng.optimizer.param_groups[0]["lr"],
+            ce_t, ce_i, zl = all_reduce_mean(torch.tensor([acc["ce_text"], acc["ce_image"], acc["z_loss"]])).tolist()
+            metrics = {"loss": loss_mean, "ce_text": ce_t, "ce_image": ce_i, "z_loss": zl, "grad_norm": gnorm, "lr": eng.optimizer.param_groups[0]["lr"],
                        "tokens_per_s": tps * dist.world_size, "mfu": tps * n_flops_tok / cfg.log.peak_flops,
                        "padding_waste": pad_acc / max(seen_acc, 1), "epoch": step / spe}
             if torch.cuda.is_available():
                 metrics["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
             tracker.log(metrics, step)
             log.info("step %d/%d loss %.4f (text %.3f image %.3f) gnorm %.3g lr %.3g tok/s %.0f MFU %.3f",
-                     step, total, loss_mean, acc["ce_text"], acc["ce_image"], gnorm or 0, metrics["lr"],
+                     step, total, loss_mean, ce_t, ce_i, gnorm or 0, metrics["lr"],
                      metrics["tokens_per_s"], metrics["mfu"])
             t0, tok_acc, pad_acc, seen_acc = time.time(), 0, 0, 0
         if on_step is not None:
