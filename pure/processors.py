@@ -212,6 +212,8 @@ def process_scores(cond: torch.Tensor, states: Sequence[ImageState], cfg: Sampli
     kinds = torch.tensor([s.mask_kind() for s in states], dtype=torch.long)
     if bool((kinds != FREE).any()):
         scores = apply_structure_mask(scores, kinds, image_mask, ids)
+    if cfg.greedy and not return_k:
+        return scores  # top-k always keeps the argmax: skip the entropy and the k-th value search
     in_image = torch.tensor([s.open for s in states], device=scores.device)
     k = torch.full((scores.shape[0],), cfg.text_top_k, dtype=torch.long, device=scores.device)
     if cfg.entropy_top_k and bool(in_image.any()):
