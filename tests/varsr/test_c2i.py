@@ -14,8 +14,13 @@ from varsr.sample_c2i import generate_c2i_fhat, sample_c2i
 
 @pytest.fixture(scope="module")
 def c2i():
+    """Tiny C2I model with non-negligible branch gains (init gamma is 1e-5), so attention, RoPE and
+    the KV cache visibly shape the logits and a caching/mask error cannot hide."""
     torch.manual_seed(0)
     model, vqvae = build_models("c2i_tiny")
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.ada_lin[-1].bias[: 2 * model.C].fill_(1.0)  # gamma_1, gamma_2
     return model.eval(), vqvae
 
 
