@@ -1,7 +1,7 @@
 """PURE restoration of a folder (thin Hydra entry point; logic in pure.evaluate / pure.restore).
 
     python launch/sample_pure.py lr_dir=data/RealSR/LR hr_dir=data/RealSR/HR
-    python launch/sample_pure.py -m cfg=0.8,1.0 temperature=0.7,0.9 lr_dir=...   # sweep
+    python launch/sample_pure.py -m cfg=0.8,1.0 temperature=0.7,0.9 lr_dir=...   # sweep (out_dir/<overrides>/sr)
     python launch/sample_pure.py sjd.enabled=true sjd.window=16 lr_dir=...        # SJD
     torchrun --nproc_per_node=8 launch/sample_pure.py lr_dir=... out_dir=OUT/sr     # split by index
 
@@ -58,7 +58,11 @@ def main(cfg: DictConfig) -> None:
     if run_cfg.out_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # each rank gets its own Hydra run dir (a timestamp), so the shards would scatter
         raise SystemExit("sample_pure: under torchrun give out_dir=... so every rank writes to the same folder")
-    run_restore(run_cfg, default_out=Path(HydraConfig.get().runtime.output_dir) / "sr")
+    hc = HydraConfig.get()
+    if run_cfg.out_dir is not None and str(hc.mode) == "RunMode.MULTIRUN":
+        # a sweep with one out_dir: give each job its own sub-folder (cfg=0.8,temperature=0.7/...)
+        run_cfg.out_dir = str(Path(run_cfg.out_dir) / (hc.job.override_dirname or f"job{hc.job.num}") / "sr")
+    run_restore(run_cfg, default_out=Path(hc.runtime.output_dir) / "sr")
 
 
 if __name__ == "__main__":
