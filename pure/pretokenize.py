@@ -92,7 +92,9 @@ def build_components(cfg, device: torch.device):
     deg_cfg = get_preset(cfg.degradation)
     ds = HRTrainDataset([ImageSource(root=r) for r in roots], crop_size=cfg.target_size, crop_mode="random",
                         kernel_sampler=KernelSampler(deg_cfg), seed=cfg.seed)
-    vq = VQModel(vq_config("ds8"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # a random VQ (no checkpoint) must be the same in every worker/resume
+        vq = VQModel(vq_config("ds8"))
     if cfg.vq_ckpt:
         from pure.official import load_llamagen_vq
 
