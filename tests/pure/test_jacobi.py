@@ -140,3 +140,17 @@ def test_compat_flags(model, image_mask):
                                SJDConfig(active_from=0, uncond_compat=True, mean_k_compat=True), image_mask,
                                max_new_tokens=21, seed=0)
     assert decode_answer(out, ImageCodeMap.synthetic(), prompts=[prompt]).images[0].shape == (4, 4)
+
+
+def test_mean_k_compat_uses_one_k_per_window(image_mask):
+    from pure.jacobi import _window_probs
+    from pure.processors import ImageState, entropy, entropy_top_k
+
+    torch.manual_seed(5)
+    cond = torch.randn(3, 73728) * torch.tensor([[1.0], [3.0], [6.0]])  # very different entropies
+    states = [ImageState().advanced([S.IMG_START])] * 3  # image open, no grid yet: no mask, no CFG
+    cfg = SamplingConfig(temperature=0.9, cfg=1.0)
+    per_pos = (_window_probs(cond, None, states, cfg, image_mask, mean_k=False) > 0).sum(-1)
+    assert per_pos.unique().numel() == 3
+    mean_k = (_window_probs(cond, None, states, cfg, image_mask, mean_k=True) > 0).sum(-1)
+    assert mean_k.tolist() == [int(entropy_top_k(entropy(cond).mean()))] * 3
