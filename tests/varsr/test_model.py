@@ -20,8 +20,13 @@ ref_required = pytest.mark.skipif(not REF.exists(), reason="reference key lists 
 
 @pytest.fixture(scope="module")
 def tiny():
+    """Tiny SR model with live branch gains: at init the AdaLN gammas are ~1e-5, so attention (and
+    with it the KV cache, the mask and RoPE) barely touches the logits and their errors would hide."""
     torch.manual_seed(0)
     model, vqvae = build_models("tiny")
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.ada_lin[-1].bias[: 2 * model.C].fill_(1.0)  # gamma_1, gamma_2
     return model.eval(), vqvae
 
 
@@ -132,20 +137,32 @@ def test_respacing_and_schedule():
     assert np.allclose(np.cumprod(1 - gd.betas), np.cumprod(1 - base.betas)[gd.timestep_map.numpy()])
 
 
-def test_kv_cache_matches_teacher_forcing(tiny):
-    model, vqvae = tiny
-    torch.manual_seed(2)
-    lr = torch.rand(2, 3, 96, 96) * 2 - 1
-    gen = torch.Generator().manual_seed(0)
-    _, logits = generate_fhat(model, vqvae, lr, cfg=0.0, top_k=1, generator=gen, return_logits=True)
-    idx = [lg.argmax(-1) for lg in logits]
-    x_in = vqvae.quantize.teacher_forcing_inputs(idx)
+def _cached_and_teacher_forced(model, vqvae, lr):
+    """Greedy KV-cached logits and the teacher-forced (label 0, label 1) logits of the same tokens."""
+    _, logits = generate_fhat(model, vqvae, lr, cfg=0.0, top_k=1, generator=torch.Generator().manual_seed(0),
+                              return_logits=True)
+    x_in = vqvae.quantize.teacher_forcing_inputs([lg.argmax(-1) for lg in logits])
     with torch.no_grad():
         tf0, _ = model(lr, torch.zeros(2, dtype=torch.long), x_in)
         tf1, _ = model(lr, torch.ones(2, dtype=torch.long), x_in)
-    cached = torch.cat(logits, 1)
+    return torch.cat(logits, 1), tf0, tf1
+
+
+def test_kv_cache_matches_teacher_forcing(tiny, monkeypatch):
+    model, vqvae = tiny
+    assert all(bool((b.ada_lin[-1].bias.detach()[: 2 * model.C] == 1.0).all()) for b in model.blocks)
+    torch.manual_seed(2)
+    lr = torch.rand(2, 3, 96, 96) * 2 - 1
+    cached, tf0, tf1 = _cached_and_teacher_forced(model, vqvae, lr)
     assert (tf0 - cached).abs().max() < 1e-5
-    assert (tf1 - cached).abs().max() > 1e-3
+    assert (tf1 - cached).abs().max() > 1e-3  # the label conditions the logits
+    # Teeth: the same comparison with the cached path's RoPE rows scrambled (reversed within each
+    # step, as a wrong row offset or order would do) must fail clearly, else the test is blind to RoPE.
+    real_rows = model.rope_rows
+    monkeypatch.setattr(model, "rope_rows", lambda si, device: real_rows(si, device).flip(0))
+    bad, tf0_bad, _ = _cached_and_teacher_forced(model, vqvae, lr)
+    monkeypatch.undo()
+    assert (tf0_bad - bad).abs().max() > 1e-3
 
 
 def test_cfg_ramp_and_guided_logits(tiny):
