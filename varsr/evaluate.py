@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ class SampleRunConfig:
     intermediate_max: int = 10                          # ... for the first N images only
     device: str = "auto"                                # auto | cpu | cuda
     dtype: str = "fp32"                                 # fp32 | fp16 | bf16 (autocast on CUDA)
-    metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim"])  # [] to skip scoring
+    metrics: Any = None  # metric names, or the `metrics` group's {name: spec}; empty/None = no scoring
     metrics_out: Optional[str] = None                   # JSON path; None -> <out_dir>/../metrics.json
 
 
@@ -132,12 +132,12 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
         done += 1
     log.info("rank %d: %d images in %.1fs -> %s", rank, done, time.time() - t0, out_dir)
     barrier()
-    if not (is_main() and cfg.metrics):
+    if not (is_main() and cfg.metrics):  # a dict from the config group gives its keys below
         return {}
     from common.metrics import evaluate_folders
     out_json = Path(cfg.metrics_out or out_dir.parent / "metrics.json")
     hr = cfg.hr_dir
-    metrics = list(cfg.metrics) if hr else [m for m in cfg.metrics if m not in ("psnr", "ssim", "lpips", "dists")]
+    metrics = list(cfg.metrics or []) if hr else [m for m in cfg.metrics if m not in ("psnr", "ssim", "lpips", "dists")]
     if not metrics:
         return {}
     return evaluate_folders(out_dir, hr, metrics, out_json, device=str(device))
