@@ -36,8 +36,8 @@ class DemoConfig:
     out_dir: str = "runs/demo"  # everything is written below this directory
     seed: int = 0  # seed of the degradation and of both training runs
     degradation: str = "varsr_mild"  # degradation preset for the synthetic test set
-    test_size: int = 128  # HR side of the test crops (LR is test_size / 4, upsampled back for the models)
-    varsr_steps: int = 300  # optimizer steps of the tiny VARSR run
+    test_size: int = 96  # HR side of the test crops = the tiny models' image size (LR is test_size / 4)
+    varsr_steps: int = 120  # optimizer steps of the tiny VARSR run
     pure_steps: int = 60  # optimizer steps of the tiny PURE run
     metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim", "niqe"])  # offline metrics
     skip: list[str] = field(default_factory=list)  # stages to skip: varsr, pure
@@ -123,11 +123,14 @@ def main(raw) -> None:
 
     if "varsr" not in cfg.skip:
         vrun = out / "varsr"
+        # The tiny VQVAE is trained with nothing (random init): the export holds it next to the
+        # transformer (official layout, 'vae_local'), so the same file serves as both checkpoints.
         run([py, "launch/train_varsr.py", "+exp=quick", f"run.run_dir={vrun}", f"run.seed={cfg.seed}",
-             f"data.hr_dir={photos / 'HR'}", f"train.max_steps={cfg.varsr_steps}", *hydra_quiet], logs / "train_varsr.log")
-        run([py, "launch/sample_varsr.py", "model=tiny", f"ckpt={vrun / 'export' / 'VARSR.pth'}",
-             f"vae_ckpt={vrun / 'export' / 'VQVAE.pth'}", f"lr_dir={test / 'LR'}", f"out_dir={out / 'sr_varsr'}",
-             f"out_size={cfg.test_size}", *hydra_quiet], logs / "sample_varsr.log")
+             f"schedule.max_steps={cfg.varsr_steps}"], logs / "train_varsr.log")
+        export = vrun / "export" / "VARSR.pth"
+        run([py, "launch/sample_varsr.py", "model=tiny", f"ckpt={export}", f"vae_ckpt={export}",
+             f"lr_dir={test / 'LR'}", f"out_dir={out / 'sr_varsr'}", f"out_size={cfg.test_size}", "metrics=[]",
+             "device=cpu", *hydra_quiet], logs / "sample_varsr.log")
         score("varsr", out / "sr_varsr")
 
     if "pure" not in cfg.skip:
