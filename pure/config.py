@@ -54,6 +54,7 @@ class PureDataConfig:
     packing: bool = False  # pack several records per row (cross-contamination-free via position reset); off = pad
     pad_to_multiple: int = 64  # right-pad each batch to a multiple of this (kernel friendliness)
     num_workers: int = 2
+    online: bool = False  # degrade + VQ-encode HR crops per batch on the device (settings from `pretokenize`)
 
 
 @dataclass

@@ -213,12 +213,43 @@ class OnlinePairs:
         self.pad_to_multiple, self.seed = pad_to_multiple, seed
 
     def __iter__(self):
+        # Create the DataLoader iterator now (it draws a seed from the global RNG), not lazily at the
+        # first batch: train.py restores RNG streams right after iter() for exact resumes.
+        return self._batches(iter(self.loader))
+
+    def _batches(self, it):
         from pure.data import Collate
 
         collate = Collate(self.pad_to_multiple)
-        for batch in self.loader:
+        for batch in it:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(batch["index"][0]))
             ids = [image_id(p, self.roots) for p in batch["path"]]
             recs = self.enc(batch["hr"].to(self.device), batch["kernels"], ids, gen)
             if recs:
                 yield collate([(r["token"], r["label"]) for r in recs])
+
+
+class _UniformRecords:
+    """Length-free stand-in so online mode reuses LengthGroupedSampler (global batches, rank slices,
+    per-epoch shuffles, position = step) over HR image indices."""
+
+    def __init__(self, n: int):
+        import numpy as np
+
+        self.records = [{"type": "sr", "ratio": 1.0}] * n
+        self.lengths = np.zeros(n, dtype=np.int64)
+
+
+def build_online_loader(cfg, dist):
+    """(sampler, iterable of padded batches) for `data.online=true`, from the `pretokenize` block."""
+    from torch.utils.data import DataLoader
+
+    from common.data.train_sets import collate_train
+    from pure.data import LengthGroupedSampler
+
+    ds, enc, roots = build_components(cfg.pretokenize, dist.device)
+    enc.max_seq_len = cfg.data.max_seq_len
+    sampler = LengthGroupedSampler(_UniformRecords(len(ds)), cfg.data.batch_size, dist.world_size, dist.rank,
+                                   cfg.optim.grad_accum, cfg.data.window_mult, cfg.run.seed)
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate_train, num_workers=cfg.data.num_workers)
+    return sampler, OnlinePairs(loader, enc, dist.device, roots, cfg.data.pad_to_multiple, cfg.pretokenize.seed)

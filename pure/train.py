@@ -168,6 +168,13 @@ def build_loader(cfg, dist):
 
     from pure.data import Collate, LengthGroupedSampler, TokenShardDataset
 
+    if cfg.data.online:
+        from pure.pretokenize import build_online_loader
+
+        sampler, batches = build_online_loader(cfg, dist)
+        if sampler.steps_per_epoch() == 0:
+            raise ValueError(f"fewer HR images than one global batch of {sampler.global_batch}")
+        return None, sampler, batches
     ds = TokenShardDataset(cfg.data.meta, cfg.data.max_seq_len)
     if len(ds) == 0:
         raise ValueError(f"no training records in {cfg.data.meta} ({ds.dropped} longer than max_seq_len)")

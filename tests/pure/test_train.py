@@ -150,3 +150,24 @@ def test_every_exp_config_composes(exp):
     if exp == "lsdir_ffhq":  # official hyper-parameters
         assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.epochs, cfg.dropout) == (4e-4, 0.1, 2.0, 0.05)
         assert cfg.data.batch_size == 4 and cfg.optim.warmup_epochs == 0.5 and cfg.model.size == "7b"
+
+
+def test_online_mode_trains_from_images(tmp_path):
+    """data.online: HR crops -> degrade -> VQ encode -> sequences per batch, no shards on disk."""
+    from PIL import Image
+
+    d = tmp_path / "hr"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    cfg = make_cfg(tmp_path, n_records=2, epochs=2, **{"data.online": True, "data.pad_to_multiple": 8,
+                                                        "pretokenize.images": [str(d)],
+                                                        "pretokenize.target_size": 64,
+                                                        "pretokenize.out_dir": str(tmp_path / "tok"),
+                                                        "pretokenize.device": "cpu"})
+    cfg.model = {"size": "tiny"}  # online records use the real 73,728-id vocabulary
+    res = main(cfg)
+    assert res["step"] == 4 and all(np.isfinite(res["losses"]))
+    assert abs(res["losses"][0] - math.log(73728)) < 0.5
+    assert not list(tmp_path.glob("tok/shard_*"))
