@@ -45,13 +45,15 @@ class ParallelConfig:
 
 @dataclass
 class PureDataConfig:
-    """Pre-tokenised shards (pure/pretokenize.py) or an online degrade+encode dataset."""
+    """Pre-tokenised shards (pure/pretokenize.py) or an online degrade+encode dataset.
+
+    No sequence packing: a 512 px PURE record is ~8.5 k tokens and max_seq_len 11,776, so two never
+    fit one row; length-grouped batches (window_mult) already keep right-padding small."""
 
     meta: str = "configs/pure/data/bundled.yaml"  # data YAML: META: [{path: record.json, ratio, type}]
     batch_size: int = 4  # micro-batch per rank (official 4 per GPU)
     max_seq_len: int = 11776  # longer records are dropped at load time (official max_seq_len)
     window_mult: int = 500  # sampler shuffles within windows of global_batch * window_mult (official 500)
-    packing: bool = False  # pack several records per row (cross-contamination-free via position reset); off = pad
     pad_to_multiple: int = 64  # right-pad each batch to a multiple of this (kernel friendliness)
     num_workers: int = 2
     online: bool = False  # degrade + VQ-encode HR crops per batch on the device (settings from `pretokenize`)

@@ -1,9 +1,11 @@
 """PURE training: loss vs an independent reference, schedule, overfitting, kill+resume, vocab
 extension, HF export, config composition. Tiny model with a shrunken vocabulary (9,216 ids still
 hold every special id) keeps each test at a few seconds on CPU."""
+import json
 import math
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,3 +173,17 @@ def test_online_mode_trains_from_images(tmp_path):
     assert res["step"] == 4 and all(np.isfinite(res["losses"]))
     assert abs(res["losses"][0] - math.log(73728)) < 0.5
     assert not list(tmp_path.glob("tok/shard_*"))
+
+
+GOLDEN_LOSSES = Path(__file__).parent / "golden_train_losses.json"
+
+
+def test_loss_golden(tmp_path):
+    """8 steps of the tiny config with a fixed seed (dropout + activation checkpointing on) must
+    reproduce the stored curve; an intended change to the math regenerates the golden in the same
+    commit (`ARSR_UPDATE_GOLDEN=1`)."""
+    cfg = make_cfg(tmp_path, epochs=2, dropout=0.05, **{"parallel.activation_checkpointing": True})
+    losses = main(cfg)["losses"]
+    if os.environ.get("ARSR_UPDATE_GOLDEN"):
+        GOLDEN_LOSSES.write_text(json.dumps({"losses": losses}, indent=1))
+    np.testing.assert_allclose(losses, json.loads(GOLDEN_LOSSES.read_text())["losses"], rtol=1e-4)
