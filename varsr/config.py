@@ -24,7 +24,8 @@ class SourceConfig:
     """One image source (mirrors ``common.data.sources.ImageSource``)."""
 
     root: str = ""  # folder / manifest path; "" with kind=bundled = the embedded scikit-image photos
-    kind: str = "folder"  # folder | lsdir | ffhq | manifest | bundled | classes (C2I: one class per sub-folder)
+    kind: str = "folder"  # folder | lsdir | ffhq | manifest | bundled | classes (C2I: one class per sub-folder,
+    #                       label = index of the sub-folder in sorted order)
     label: int = 0  # sr mode: 0 = positive (HQ photo), 1 = negative (low-MOS IQA image); ignored for classes
     ratio: float = 1.0  # per-epoch draws = round(ratio * len(source)); <1 subsamples, >1 repeats
     limit: Optional[int] = None  # keep only the first N sorted files (ffhq: 10,000 = FFHQ10k)
@@ -38,8 +39,9 @@ class DataConfig:
 
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(kind="bundled", resize_shorter_to=640)])
     crop_size: int = 512  # HR crop side; the LR is resized back to this size (1024 prefix tokens at 512)
-    crop_mode: str = "resize_center"  # VARSR: resize shorter side (LANCZOS) then centre crop 512
-    resize_shorter_to: Optional[int] = 640  # round(1.25 * 512); sources may override (negatives: 512)
+    crop_mode: str = "resize_center"  # VARSR: resize shorter side (LANCZOS) then centre crop 512;
+    #                                   C2I (spec 7): resize_random (same resize, random crop)
+    resize_shorter_to: Optional[int] = 640  # round(1.25 * 512); sources may override (negatives: 512); C2I: 576
     hflip: bool = True  # random horizontal flip in the dataset (the degradation flips again in official code)
     min_size: int = 0  # skip images whose shorter side is below this (0 = keep all, resize handles it)
     batch_size: int = 4  # per-rank micro-batch (official: 4 per GPU, 8 GPUs -> 32)
@@ -117,23 +119,27 @@ class LoggingConfig:
 
 @dataclass
 class ValidationConfig:
-    """Periodic validation: a grid LR | SR | HR and PSNR (LPIPS when weights are available)."""
+    """Periodic validation. sr: a grid LR | SR | HR and PSNR (LPIPS when weights are available).
+    c2i: a grid with one row of ``samples_per_class`` samples per class (``varsr.sample_c2i``)."""
 
     every_steps: int = 1000  # official evaluates every 1000 iterations; 0 disables
-    root: str = ""  # folder of HR images ("" = embedded photos); LR made with the training degradation
-    num_images: int = 4
-    seed: int = 1234  # degradation seed for the validation LR (same LR every time)
-    cfg: float = 6.0  # CFG weight for sampling (official test default)
-    metrics: list[str] = field(default_factory=lambda: ["psnr", "lpips"])  # lpips skipped without weights
+    root: str = ""  # sr: folder of HR images ("" = embedded photos); LR made with the training degradation
+    num_images: int = 4  # sr: images in the grid; c2i: classes shown when `classes` is empty
+    seed: int = 1234  # sr: degradation seed of the validation LR; both: sampling seed (same inputs every time)
+    cfg: float = 6.0  # CFG weight for sampling (official SR test default 6.0; C2I test_C2I.py uses 4.0)
+    metrics: list[str] = field(default_factory=lambda: ["psnr", "lpips"])  # sr; lpips skipped without weights
+    classes: list[int] = field(default_factory=list)  # c2i: class ids, one grid row each ([] = first num_images)
+    samples_per_class: int = 4  # c2i: samples per row (top_k 20, top_p 0.75 as in test_C2I.py)
 
 
 @dataclass
 class InitConfig:
     """Where the weights start (varsr.official loaders)."""
 
-    varsr: str = ""  # official VARSR.pth (or our export) to fine-tune from
+    varsr: str = ""  # sr: official VARSR.pth (or our export) to fine-tune from
     vqvae: str = ""  # official VQVAE.pth; required for real training (VARSR's own tokenizer)
-    c2i: str = ""  # VARSR_C2I.pth or FoundationVision var_d24.pth: transfer with shape-mismatch drops
+    c2i: str = ""  # sr: VARSR_C2I.pth or FoundationVision var_d24.pth: transfer with shape-mismatch drops
+    c2i_official: str = ""  # c2i: VARSR_C2I.pth (or our C2I export) loaded strictly to continue pretraining
     allow_random_vqvae: bool = False  # tests/benchmarks only: train against a randomly initialised tokenizer
 
 
@@ -186,6 +192,27 @@ def tiny_train_config(run_dir: str, **sections) -> VARSRTrainConfig:
     for name, value in sections.items():
         setattr(cfg, name, value)
     return cfg
+
+
+def check_train_config(cfg: VARSRTrainConfig) -> None:
+    """Cross-key consistency that the schema cannot express; one-line ValueError on a mismatch."""
+    if cfg.mode not in ("sr", "c2i"):
+        raise ValueError(f"mode must be sr | c2i, got {cfg.mode!r}")
+    m, ic = cfg.model, cfg.init
+    if cfg.mode == "c2i" and m.lr_prefix:
+        raise ValueError("mode=c2i needs a C2I-shaped transformer (model.lr_prefix=false, e.g. model=c2i_d24 "
+                         "or model=c2i_tiny), got an SR model (lr_prefix=true)")
+    if cfg.mode == "sr" and not m.lr_prefix:
+        raise ValueError("mode=sr needs an SR transformer (model.lr_prefix=true); lr_prefix=false is the "
+                         "C2I pretraining model (mode=c2i)")
+    if cfg.data.crop_size != m.image_size:
+        raise ValueError(f"data.crop_size={cfg.data.crop_size} must equal the model's image size {m.image_size} "
+                         f"(16 x last patch_num {m.patch_nums[-1]})")
+    if cfg.mode == "c2i" and (ic.varsr or ic.c2i):
+        raise ValueError("init.varsr / init.c2i initialise an SR model; for mode=c2i use init.c2i_official")
+    if cfg.mode == "sr" and ic.c2i_official:
+        raise ValueError("init.c2i_official loads a C2I model (mode=c2i); to start SR training from a C2I "
+                         "checkpoint use init.c2i (transfer)")
 
 
 def register_configs() -> None:

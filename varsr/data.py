@@ -43,6 +43,20 @@ def class_sources(root: str | Path, ratio: float = 1.0, limit: int | None = None
             for i, d in enumerate(dirs)]
 
 
+def check_c2i_classes(cfg) -> int:
+    """C2I: the data must be one ``classes`` source whose sub-folder count + 1 (the null class)
+    equals ``model.num_classes``; returns the number of real classes, else a one-line ValueError."""
+    srcs = list(cfg.data.sources)
+    if len(srcs) != 1 or srcs[0].kind != "classes":
+        raise ValueError("mode=c2i needs exactly one data source of kind 'classes' (one sub-folder per class), "
+                         f"got kinds {[s.kind for s in srcs]}")
+    n = len(class_sources(srcs[0].root))
+    if cfg.model.num_classes != n + 1:
+        raise ValueError(f"model.num_classes={cfg.model.num_classes} does not fit the data: {srcs[0].root} has "
+                         f"{n} class folders, so num_classes must be {n + 1} (the last class is the null class)")
+    return n
+
+
 def build_sources(data_cfg, cache_dir: str | Path | None = None) -> list[ImageSource]:
     """Turn ``DataConfig.sources`` into ``ImageSource``s (``bundled`` and ``classes`` expanded here)."""
     out: list[ImageSource] = []

@@ -3,7 +3,9 @@
 ``Trainer(cfg).fit()`` builds the models (``varsr.model.build_models``), initialises them from
 official checkpoints (``varsr.official``) unless a checkpoint of this run exists, wraps the
 transformer (``varsr.parallelize``), and trains with AMP, gradient accumulation and clipping on
-``varsr.losses.varsr_loss``. State (model, optimizer, scheduler, scaler, step, per-rank RNG,
+``varsr.losses.varsr_loss``. ``mode=sr`` trains the LR-conditioned model; ``mode=c2i`` the
+class-to-image pretraining model (spec 7: ``lr_prefix=False``, folder-per-class data, no LR,
+label dropout to the null class inside the loss) through the same loop. State (model, optimizer, scheduler, scaler, step, per-rank RNG,
 data position, EMA) is checkpointed atomically every N steps and at the next step boundary
 after SIGTERM/SIGUSR1; a restarted run resumes from the newest checkpoint through the same code.
 Rank 0 owns the run directory, logging (wandb offline + metrics.jsonl) and validation grids.
@@ -23,8 +25,8 @@ from common.checkpoint import (PreemptionHandler, atomic_save, checkpoint_path, 
                                prune_checkpoints, rng_state, safe_load, set_rng_state)
 from common.dist import all_reduce_mean, barrier, init_distributed, seed_everything
 from common.logging import Tracker, get_logger
-from varsr.config import VARSRTrainConfig
-from varsr.data import BatchMaker, build_train_dataset, build_train_loader, step_generator
+from varsr.config import VARSRTrainConfig, check_train_config
+from varsr.data import BatchMaker, build_train_dataset, build_train_loader, check_c2i_classes, step_generator
 from varsr.ema import EMA
 from varsr.optim import LinearSchedule, build_optimizer, build_scheduler, warmup_steps_for
 from varsr.parallelize import get_full_state, grad_sync, parallelize, set_full_state, unwrap
@@ -66,11 +68,8 @@ class Trainer:
         barrier()
         if cfg.parallel.strategy == "fsdp2" and cfg.ema.enabled and self.world > 1:
             raise ValueError("ema.enabled is not supported with parallel.strategy=fsdp2 (sharded weights)")
-        if cfg.mode == "c2i":
-            raise ValueError("mode=c2i needs a C2I-shaped transformer (prefix = SOS only, no LR encoder), "
-                             "which varsr.model does not provide yet; the C2I data path is varsr.data.class_sources")
-        if cfg.mode != "sr":
-            raise ValueError(f"mode must be sr | c2i, got {cfg.mode!r}")
+        check_train_config(cfg)  # before any model is built: mismatches fail in seconds
+        self.num_real_classes = check_c2i_classes(cfg) if cfg.mode == "c2i" else None
         # Same seed on every rank while building: FSDP2 shards each rank's local init (no broadcast)
         # and the frozen tokenizer is never synchronised, so all ranks must construct identical weights.
         seed_everything(cfg.run.seed, 0)
@@ -129,7 +128,11 @@ class Trainer:
         elif not ic.allow_random_vqvae:
             raise ValueError("init.vqvae (VARSR's VQVAE.pth) is required; set init.allow_random_vqvae=true "
                              "only for tests/benchmarks")
-        if ic.varsr:
+        if ic.c2i_official:  # mode=c2i (check_train_config)
+            from varsr.official import load_official_c2i
+
+            load_official_c2i(ic.c2i_official, model)
+        elif ic.varsr:
             from varsr.official import load_official_varsr
 
             load_official_varsr(ic.varsr, model)
@@ -196,11 +199,13 @@ class Trainer:
         for micro in range(self.accum):
             batch = next(batches)
             gen = step_generator(self.device, cfg.run.seed, self.rank, self.step, micro)
-            hr, lr, label = self.batch_maker(batch, gen)
+            hr, lr, label = self.batch_maker(batch, gen)  # lr is None in c2i mode
             with grad_sync(self.model, micro == self.accum - 1):
                 with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                     enabled=self.amp_dtype is not None):
-                    loss, stats = varsr_loss(self.model, self.vqvae, hr, lr, label, diff_weight=cfg.loss.diff_weight)
+                    # c2i: label dropout draws from `gen` (keyed by step) -> resume-exact; sr: no draws
+                    loss, stats = varsr_loss(self.model, self.vqvae, hr, lr, label, diff_weight=cfg.loss.diff_weight,
+                                             generator=gen)
                 self.scaler.scale(loss / self.accum).backward()
             for k, v in {"loss": float(loss.detach()), **stats}.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / self.accum
@@ -275,9 +280,8 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Sample the validation LRs, save a grid LR | SR | HR, log PSNR (and LPIPS when available)."""
-        if self.cfg.mode != "sr":
-            return {}  # C2I has no LR to super-resolve; its progress shows in the training CE
+        """sr: sample the validation LRs, save a grid LR | SR | HR, log PSNR (and LPIPS when available).
+        c2i: save a grid with one row of samples per validation class."""
         model, collective = self._sampling_model()
         out = {}
         if self.dist.is_main or collective:
@@ -290,34 +294,54 @@ class Trainer:
             self._val = make_val_pairs(self.cfg, self.device)
         return self._val
 
-    def _validate_on(self, model) -> dict:
-        from common.logging import save_image_grid
-        from common.metrics import psnr_y
-        from varsr.sample import sample_sr
+    def _val_classes(self) -> list[int]:
+        v, n = self.cfg.validation, self.num_real_classes
+        classes = list(v.classes) or list(range(min(v.num_images, n)))
+        bad = [c for c in classes if not 0 <= c < n]
+        if bad:
+            raise ValueError(f"validation.classes {bad} out of range: the data has {n} classes (0..{n - 1})")
+        return classes
 
-        v = self.cfg.validation
-        hr, lr = self._val_pairs()
+    def _sample_eval(self, model, fn):
+        """Run ``fn(generator)`` with the model in eval mode and the validation seed."""
         was_training = model.training
         model.eval()
         try:
-            gen = torch.Generator(device=self.device).manual_seed(v.seed)
-            sr = sample_sr(model, self.vqvae, lr, cfg=v.cfg, generator=gen)
+            return fn(torch.Generator(device=self.device).manual_seed(self.cfg.validation.seed))
         finally:
             model.train(was_training)
-        out = {"val/psnr": float(torch.as_tensor(psnr_y(sr, hr)).float().mean())}
-        if "lpips" in v.metrics:
-            out.update(_lpips(sr, hr, self.device))
-        path = self.run_dir / "val" / f"step_{self.step:08d}.png"
-        rows = [[lr[i].cpu(), sr[i].cpu(), hr[i].cpu()] for i in range(len(hr))]
+
+    def _validate_on(self, model) -> dict:
+        from common.logging import save_image_grid
+
+        v = self.cfg.validation
+        out, path = {}, self.run_dir / "val" / f"step_{self.step:08d}.png"
+        if self.cfg.mode == "c2i":
+            from varsr.sample_c2i import sample_c2i
+
+            classes, k = self._val_classes(), max(1, v.samples_per_class)
+            labels = torch.tensor(classes, device=self.device).repeat_interleave(k)
+            imgs = self._sample_eval(model, lambda g: sample_c2i(model, self.vqvae, labels, cfg=v.cfg, generator=g))
+            rows, heads = [list(imgs[i * k:(i + 1) * k].cpu()) for i in range(len(classes))], None
+        else:
+            from common.metrics import psnr_y
+            from varsr.sample import sample_sr
+
+            hr, lr = self._val_pairs()
+            sr = self._sample_eval(model, lambda g: sample_sr(model, self.vqvae, lr, cfg=v.cfg, generator=g))
+            out["val/psnr"] = float(torch.as_tensor(psnr_y(sr, hr)).float().mean())
+            if "lpips" in v.metrics:
+                out.update(_lpips(sr, hr, self.device))
+            rows, heads = [[lr[i].cpu(), sr[i].cpu(), hr[i].cpu()] for i in range(len(hr))], ["LR", "SR", "HR"]
         if self.dist.is_main:
-            save_image_grid(rows, path, labels=["LR", "SR", "HR"])
+            save_image_grid(rows, path, labels=heads)
             self.tracker.log(out, self.step)
             self.tracker.log_image("val/grid", path, self.step)
             log.info(f"validation step {self.step}: " + " ".join(f"{k}={x:.4f}" for k, x in out.items()))
         return out
 
     def export(self) -> Path | None:
-        """Write ``run_dir/export/{VARSR,VQVAE}.pth`` in the official trainer layout (rank 0)."""
+        """Write ``run_dir/export/VARSR.pth`` (c2i: ``VARSR_C2I.pth``) in the official trainer layout (rank 0)."""
         from varsr.official import export_official
 
         model, collective = self._sampling_model()
@@ -332,7 +356,7 @@ class Trainer:
             model.load_state_dict(sd)
         path = None
         if self.dist.is_main:
-            path = self.run_dir / "export" / "VARSR.pth"
+            path = self.run_dir / "export" / ("VARSR_C2I.pth" if self.cfg.mode == "c2i" else "VARSR.pth")
             path.parent.mkdir(parents=True, exist_ok=True)
             export_official(model, self.vqvae, path)
             log.info(f"exported official-layout weights to {path}")
