@@ -121,6 +121,9 @@ class Engine:
         barrier()
 
     def load(self, path: Path) -> dict:
+        # Every rank reads the full file and keeps its shard. Simple and world-size independent;
+        # for 7B that is ~85 GB of host RAM per rank for a moment (model + AdamW moments, fp32).
+        # (broadcast_from_rank0 for the optimizer deadlocked under gloo in torch 2.14.)
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         state = ckpt_io.safe_load(path)
@@ -252,8 +255,27 @@ def apply_fsdp2(root: nn.Module, lm: nn.Module, par_cfg, dist) -> None:
     fully_shard(root, reshard_after_forward=False, **kw)
 
 
-def build_engine(root: nn.Module, lm: nn.Module, optim_cfg, par_cfg, dist, micro_batch: int) -> Engine:
-    """Apply activation checkpointing + the configured sharding and build the optimizer."""
+def fsdp2_meta_init(dist) -> bool:
+    """FSDP2 on several ranks builds the model on `meta` and broadcasts rank 0's weights
+    (official: "rank 0 loads weights and broadcasts"), so no rank but 0 ever holds a full copy."""
+    return dist.world_size > 1
+
+
+def materialize_from_rank0(root: nn.Module, full_state: dict | None, dist) -> None:
+    """Allocate a meta-built, already sharded `root` on the device and fill it from rank 0's full
+    state dict (keys as `root.state_dict()`); other ranks pass None."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    root.to_empty(device=dist.device)
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(root, full_state if dist.is_main else {}, options=opts)
+
+
+def build_engine(root: nn.Module, lm: nn.Module, optim_cfg, par_cfg, dist, micro_batch: int,
+                 full_state: dict | None = None) -> Engine:
+    """Apply activation checkpointing + the configured sharding and build the optimizer.
+
+    `full_state`: rank 0's weights for a meta-built root under multi-rank FSDP2 (fsdp2_meta_init)."""
     backend = par_cfg.backend
     if par_cfg.activation_checkpointing:
         apply_activation_checkpointing(lm)
@@ -262,6 +284,8 @@ def build_engine(root: nn.Module, lm: nn.Module, optim_cfg, par_cfg, dist, micro
     if backend == "fsdp2":
         if dist.world_size > 1 or dist.backend is not None:
             apply_fsdp2(root, lm, par_cfg, dist)
+            if any(p.is_meta for p in root.parameters()):
+                materialize_from_rank0(root, full_state, dist)
         eng = Engine(root, optim_cfg, dist)
         eng.kind = "fsdp2"
         return eng

@@ -105,8 +105,10 @@ def flops_per_token(model_cfg, seq_len: int) -> float:
 
 
 # ------------------------------------------------------------------------------ model init
-def build_lm(cfg, device: torch.device):
-    """ChameleonForCausalLM from cfg.model (+ official weights, + vocabulary extension)."""
+def build_lm(cfg, device: torch.device, meta: bool = False):
+    """ChameleonForCausalLM from cfg.model (+ official weights, + vocabulary extension).
+
+    meta=True: final shapes on the meta device, no weights (filled later from rank 0)."""
     from pure.model.chameleon import ChameleonForCausalLM
     from pure.model.config import ChameleonConfig, chameleon_config
 
@@ -115,6 +117,9 @@ def build_lm(cfg, device: torch.device):
     mcfg = chameleon_config(size, **m) if size else dataclass_from_dict(ChameleonConfig, m)
     mcfg.dropout = float(cfg.dropout)
     target_vocab = mcfg.vocab_size
+    if meta:
+        with torch.device("meta"):
+            return ChameleonForCausalLM(mcfg)
     if cfg.init.extend_vocab_from:
         mcfg.vocab_size = int(cfg.init.extend_vocab_from)
     lm = ChameleonForCausalLM(mcfg)
@@ -187,11 +192,21 @@ def build_loader(cfg, dist):
     return ds, sampler, loader
 
 
+def _plain(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    import dataclasses
+
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+
+
 def train(cfg, on_step=None) -> dict:
     """Run (or resume) training; returns {"losses": [...], "step": int, "run_dir": str}.
 
     `on_step(step, loss)` is called after every optimizer step (tests use it to send SIGTERM)."""
-    from pure.parallelize import build_engine
+    from pure.parallelize import build_engine, fsdp2_meta_init
 
     global log
     dist = init_distributed(None if cfg.run.device == "auto" else cfg.run.device)
@@ -205,11 +220,23 @@ def train(cfg, on_step=None) -> dict:
     total = cfg.max_steps or math.ceil(cfg.epochs * spe)
     warmup = int(round(cfg.optim.warmup_epochs * spe))
 
-    seed_everything(cfg.run.seed, 0)  # same initial weights on every rank (FSDP2 shards each rank's copy)
-    lm = build_lm(cfg, dist.device)
+    seed_everything(cfg.run.seed, 0)  # same initial weights on every rank
+    full_state = None
+    meta_init = cfg.parallel.backend == "fsdp2" and fsdp2_meta_init(dist)
+    if meta_init:
+        # Every rank builds on meta; rank 0 alone materialises (random init or HF shards) on CPU,
+        # and build_engine broadcasts its weights into the shards.
+        if dist.is_main:
+            full_state = PureLoss(build_lm(cfg, torch.device("cpu"))).state_dict()
+        lm = build_lm(cfg, torch.device("meta"), meta=True)
+    else:
+        lm = build_lm(cfg, dist.device)
     seed_everything(cfg.run.seed, dist.rank)  # distinct per-rank streams from here on (dropout)
-    root = PureLoss(lm, cfg.optim.z_loss_weight).to(dist.device)
-    eng = build_engine(root, lm, cfg.optim, cfg.parallel, dist, cfg.data.batch_size)
+    root = PureLoss(lm, cfg.optim.z_loss_weight)
+    if not meta_init:
+        root = root.to(dist.device)
+    eng = build_engine(root, lm, cfg.optim, cfg.parallel, dist, cfg.data.batch_size, full_state)
+    del full_state
     step = 0
     latest = ckpt_io.latest_checkpoint(run_dir) if cfg.ckpt.resume else None
     if latest is not None:
@@ -225,7 +252,8 @@ def train(cfg, on_step=None) -> dict:
         if len(rngs) == dist.world_size:  # same world size: continue every rank's streams exactly
             ckpt_io.set_rng_state(rngs[dist.rank])
 
-    tracker = Tracker(cfg.run.wandb_project, run_dir, config=None, mode=cfg.run.wandb_mode if cfg.log.wandb else "disabled")
+    tracker = Tracker(cfg.run.wandb_project, run_dir, config=_plain(cfg),
+                      mode=cfg.run.wandb_mode if cfg.log.wandb else "disabled")
     pre = ckpt_io.PreemptionHandler() if cfg.ckpt.save_on_sigterm else None
     n_flops_tok = None
     losses, t0, tok_acc, pad_acc, seen_acc = [], time.time(), 0, 0, 0

@@ -67,9 +67,12 @@ def test_two_process_matches_single_process(tmp_path, reference, backend):
 
 
 @pytest.mark.slow
-def test_deepspeed_preempt_and_resume(tmp_path, reference):
-    """SIGTERM at step 3 -> DeepSpeed checkpoint (temp dir renamed when complete) -> resume -> same curve."""
-    first = _run(tmp_path, "deepspeed", 2, 1, 1, kill_at=3)
-    assert len(first) == 3 and (tmp_path / "run_deepspeed/checkpoints/ckpt_00000003.pt/state").is_dir()
-    both = _run(tmp_path, "deepspeed", 2, 1, 1)
+@pytest.mark.parametrize("backend", ["deepspeed", "fsdp2"])
+def test_preempt_and_resume(tmp_path, reference, backend):
+    """SIGTERM at step 3 on both ranks -> checkpoint (DeepSpeed: temp dir renamed when complete;
+    FSDP2: full state dict written by rank 0, scattered from rank 0 on load) -> resume -> same curve."""
+    first = _run(tmp_path, backend, 2, 1, 1, kill_at=3)
+    ckpt = tmp_path / f"run_{backend}/checkpoints/ckpt_00000003.pt"
+    assert len(first) == 3 and ((ckpt / "state").is_dir() if backend == "deepspeed" else ckpt.is_file())
+    both = _run(tmp_path, backend, 2, 1, 1)
     np.testing.assert_allclose(both, reference, rtol=1e-4, atol=1e-4)
