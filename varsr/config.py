@@ -31,6 +31,7 @@ class SourceConfig:
     limit: Optional[int] = None  # keep only the first N sorted files (ffhq: 10,000 = FFHQ10k)
     meta: Optional[str] = None  # lsdir: train.json / list file
     resize_shorter_to: Optional[int] = None  # per-source shorter-side resize (VARSR: 640 positives, 512 negatives)
+    holdout: int = 0  # classes: keep the last N sorted images of each class out of training (official C2I: 50)
 
 
 @dataclass

@@ -31,16 +31,31 @@ def bundled_root(cache_dir: str | Path | None = None) -> Path:
     return write_bundled_dataset(base / "bundled_512") / "HR"
 
 
-def class_sources(root: str | Path, ratio: float = 1.0, limit: int | None = None) -> list[ImageSource]:
-    """C2I: one ImageSource per sub-folder of ``root`` (sorted), label = its index."""
+def class_sources(root: str | Path, ratio: float = 1.0, limit: int | None = None,
+                  holdout: int = 0) -> list[ImageSource]:
+    """C2I: one ImageSource per sub-folder of ``root`` (sorted), label = its index.
+
+    ``holdout`` keeps the last N (natural-sorted) images of every class out of training, the
+    official C2I validation split (50 per class, spec 7); it lists each folder once more.
+    """
+    from common.data import list_source
+
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"C2I class root is not a folder: {root}")
     dirs = sorted(d for d in root.iterdir() if d.is_dir())
     if not dirs:
         raise ValueError(f"C2I class root {root} has no class sub-folders")
-    return [ImageSource(root=str(d), kind="folder", label=i, ratio=ratio, limit=limit, name=f"class:{d.name}")
-            for i, d in enumerate(dirs)]
+    out = []
+    for i, d in enumerate(dirs):
+        src = ImageSource(root=str(d), kind="folder", label=i, ratio=ratio, limit=limit, name=f"class:{d.name}")
+        if holdout > 0:
+            n = len(list_source(src))
+            if n <= holdout:
+                raise ValueError(f"C2I class folder {d} has {n} images, not more than holdout={holdout}")
+            src.limit = n - holdout
+        out.append(src)
+    return out
 
 
 def check_c2i_classes(cfg) -> int:
@@ -62,7 +77,7 @@ def build_sources(data_cfg, cache_dir: str | Path | None = None) -> list[ImageSo
     out: list[ImageSource] = []
     for s in data_cfg.sources:
         if s.kind == "classes":
-            out += class_sources(s.root, s.ratio, s.limit)
+            out += class_sources(s.root, s.ratio, s.limit, s.holdout)
             continue
         kind, root = s.kind, s.root
         if kind == "bundled":

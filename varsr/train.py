@@ -5,7 +5,8 @@ official checkpoints (``varsr.official``) unless a checkpoint of this run exists
 transformer (``varsr.parallelize``), and trains with AMP, gradient accumulation and clipping on
 ``varsr.losses.varsr_loss``. ``mode=sr`` trains the LR-conditioned model; ``mode=c2i`` the
 class-to-image pretraining model (spec 7: ``lr_prefix=False``, folder-per-class data, no LR,
-label dropout to the null class inside the loss) through the same loop. State (model, optimizer, scheduler, scaler, step, per-rank RNG,
+label dropout to the null class inside the loss) through the same loop.
+State (model, optimizer, scheduler, scaler, step, per-rank RNG,
 data position, EMA) is checkpointed atomically every N steps and at the next step boundary
 after SIGTERM/SIGUSR1; a restarted run resumes from the newest checkpoint through the same code.
 Rank 0 owns the run directory, logging (wandb offline + metrics.jsonl) and validation grids.
@@ -337,7 +338,8 @@ class Trainer:
             save_image_grid(rows, path, labels=heads)
             self.tracker.log(out, self.step)
             self.tracker.log_image("val/grid", path, self.step)
-            log.info(f"validation step {self.step}: " + " ".join(f"{k}={x:.4f}" for k, x in out.items()))
+            vals = " ".join(f"{k}={x:.4f}" for k, x in out.items())
+            log.info(f"validation step {self.step}: {vals} -> {path}")
         return out
 
     def export(self) -> Path | None:

@@ -3,6 +3,7 @@ the loss falls when overfitting, the per-class validation grid is written, the e
 round-trip through init.c2i_official, config/data mismatches fail with one line, and resume is exact."""
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,9 +61,12 @@ def test_c2i_overfits(tmp_path, class_root):
 
 def test_c2i_class_grid_export_and_init(tmp_path, class_root):
     cfg = c2i_cfg(tmp_path / "run", class_root, steps=1)
+    cfg.data.sources[0].holdout = 1  # spec 7 validation split: the last image of each class is held out
     cfg.validation.every_steps, cfg.validation.num_images, cfg.validation.samples_per_class = 1, 3, 2
     cfg.checkpoint.export_official = True
     trainer = Trainer(cfg)
+    kept = sorted((it[1], Path(it[0]).name) for items in trainer.dataset.items for it in items)
+    assert kept == [(0, "astronaut.png"), (1, "coffee.png"), (2, "hubble_deep_field.png")], kept
     out = trainer.fit()
     assert out["step"] == 1 and np.isfinite(out["losses"][0])
     grid = tmp_path / "run" / "val" / "step_00000001.png"
@@ -82,28 +86,23 @@ def test_c2i_class_grid_export_and_init(tmp_path, class_root):
 
 
 def test_mismatches_fail_with_one_line(tmp_path, class_root):
+    def setter(section, key, value):
+        return lambda cfg: setattr(getattr(cfg, section) if section else cfg, key, value)
+
     cases = [
-        (dict(model=model_config("c2i_tiny", num_classes=5)), "num_classes=5 .* has 3 class folders.* must be 4"),
-        (dict(model=model_config("c2i_tiny", num_classes=3)), "must be 4"),
-        (dict(model=model_config("tiny")), "C2I-shaped transformer"),
-        (dict(mode="sr"), "lr_prefix=true"),
-        (dict(crop=64), "crop_size=64 must equal the model's image size 96"),
-        (dict(init_varsr="x.pth"), "init.c2i_official"),
-        (dict(sources=[SourceConfig(kind="bundled")]), "kind 'classes'"),
-        (dict(sources=[SourceConfig(root=str(tmp_path / "nope"), kind="classes")]), "not a folder"),
+        (setter("", "model", model_config("c2i_tiny", num_classes=5)),
+         "num_classes=5 .* has 3 class folders.* must be 4"),
+        (setter("", "model", model_config("c2i_tiny", num_classes=3)), "must be 4"),
+        (setter("", "model", model_config("tiny")), "C2I-shaped transformer"),
+        (setter("", "mode", "sr"), "lr_prefix=true"),
+        (setter("data", "crop_size", 64), "crop_size=64 must equal the model's image size 96"),
+        (setter("init", "varsr", "x.pth"), "init.c2i_official"),
+        (setter("data", "sources", [SourceConfig(kind="bundled")]), "kind 'classes'"),
+        (setter("data", "sources", [SourceConfig(root=str(tmp_path / "nope"), kind="classes")]), "not a folder"),
     ]
     for change, pattern in cases:
         cfg = c2i_cfg(tmp_path, class_root)
-        if "model" in change:
-            cfg.model = change["model"]
-        if "mode" in change:
-            cfg.mode = change["mode"]
-        if "crop" in change:
-            cfg.data.crop_size = change["crop"]
-        if "init_varsr" in change:
-            cfg.init.varsr = change["init_varsr"]
-        if "sources" in change:
-            cfg.data.sources = change["sources"]
+        change(cfg)
         with pytest.raises((ValueError, FileNotFoundError), match=pattern) as err:
             Trainer(cfg)
         assert "\n" not in str(err.value), str(err.value)
