@@ -114,6 +114,38 @@ class OptimConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
 
 
+class _OneLineErrors:
+    """Turn user-facing errors (bad paths, bad config values, bad overrides) into one line + exit 2.
+
+    A traceback through Hydra and the training loop tells a user nothing about the typo in their
+    command line; set ``ARSR_DEBUG=1`` to get the traceback anyway.
+    """
+
+    USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError, KeyError)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        import os
+        import sys
+
+        if exc is None or os.environ.get("ARSR_DEBUG"):
+            return False
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        if isinstance(exc, self.USER_ERRORS + (HydraException, OmegaConfBaseException)):
+            lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+            msg = " ".join(lines)[:400] if lines else type(exc).__name__
+            print(f"error: {msg}  (ARSR_DEBUG=1 shows the traceback)", file=sys.stderr)
+            raise SystemExit(2)
+        return False
+
+
+one_line_errors = _OneLineErrors
+
+
 def run_app(app: str, config_name: str, schema: type, fn, argv: list[str] | None = None, typed: bool = True):
     """Shared body of the ``launch/`` entry points.
 
@@ -136,5 +168,7 @@ def run_app(app: str, config_name: str, schema: type, fn, argv: list[str] | None
             return fn(convert(schema, cfg))
 
         sys.argv = [sys.argv[0], *args]
-        return _job()
-    return fn(convert(schema, compose_config(app, config_name, args)))
+        with one_line_errors():
+            return _job()
+    with one_line_errors():
+        return fn(convert(schema, compose_config(app, config_name, args)))
