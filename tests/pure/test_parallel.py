@@ -24,7 +24,8 @@ WORKER = textwrap.dedent('''
     kill_at = int(sys.argv[5])
     cfg = make_cfg(out, **{{"parallel.backend": backend, "optim.grad_accum": accum, "data.batch_size": mb,
                            "epochs": 2, "parallel.activation_checkpointing": True, "parallel.zero_stage": 3,
-                           "run.run_dir": str(out / ("run_" + backend))}})
+                           "run.run_dir": str(out / ("run_" + backend)),
+                           "export.hf_dir": str(out / ("hf_" + backend))}})
     import os, signal
     def on_step(step, loss):  # simulate a scheduler's pre-emption signal on every rank
         if step == kill_at:
@@ -64,6 +65,11 @@ def test_two_process_matches_single_process(tmp_path, reference, backend):
     assert len(losses) == len(reference) == 8
     np.testing.assert_allclose(losses, reference, rtol=1e-4, atol=1e-4)
     assert reference[-1] < reference[0]
+    # the consolidated HF export (gathered from ZeRO-3 partitions / FSDP2 shards) loads strictly
+    from pure.model import ChameleonForCausalLM, chameleon_config
+    from pure.official import load_hf_shards
+
+    load_hf_shards(ChameleonForCausalLM(chameleon_config("tiny", vocab_size=9216)), tmp_path / f"hf_{backend}")
 
 
 @pytest.mark.slow
