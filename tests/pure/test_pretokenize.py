@@ -62,6 +62,7 @@ def test_format_and_layout(tmp_path, images, test_tokenizer_path, test_tokenizer
     assert answer.split(",")[0] in ("Small blur", "Medium blur", "Large blur") and answer.endswith("noise. ")
 
 
+@pytest.mark.slow  # ~20 s on 2 loaded cores: three pipeline runs with a 70 M-parameter VQ
 def test_resume_after_crash_is_identical(tmp_path, images, test_tokenizer_path, monkeypatch):
     ref = _cfg(tmp_path / "ref", images, test_tokenizer_path)
     pt.pretokenize(ref, batch_size=2)
