@@ -2,8 +2,8 @@
 
 Module/parameter names mirror LlamaGen's so the official `{"model": state_dict}` loads with
 strict=True (reference/llamagen_vq_ds8.json, 300 keys, 70,109,835 params, including the
-`quantize.codebook_used` (65536,) buffer). Only inference paths are implemented (codes in,
-codes out); the VQ is frozen in PURE.
+`quantize.codebook_used` (65536,) buffer). PURE keeps the VQ frozen (codes in, codes out);
+`forward_train` exists only for tokenizer fine-tuning (pure/vq_finetune.py).
 """
 from __future__ import annotations
 
@@ -200,6 +200,20 @@ class VectorQuantizer(nn.Module):
         """Long (B, h, w) -> (B, D, h, w) (normalised) code vectors."""
         return self.codebook()[codes].permute(0, 3, 1, 2)
 
+    def forward_train(self, z: torch.Tensor, beta: float = 0.25
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """LlamaGen's training quantisation: (z_q with a straight-through gradient, commitment,
+        codebook) with commitment = beta * ||z - sg(z_q)||^2 and codebook = ||z_q - sg(z)||^2,
+        both on l2-normalised vectors when `l2_norm` (as LlamaGen; entropy loss off there too)."""
+        z = z.float()
+        if self.l2_norm:
+            z = F.normalize(z, dim=1)
+        codes = self.codes(z.detach())  # normalising twice is a no-op
+        z_q = self.lookup(codes).float()
+        commit = beta * F.mse_loss(z, z_q.detach())
+        codebook = F.mse_loss(z_q, z.detach())
+        return z + (z_q - z).detach(), commit, codebook
+
 
 class VQModel(nn.Module):
     """encode_codes: image in [-1, 1] (B, 3, H, W) -> Long (B, H/ds, W/ds); decode_codes: inverse."""
@@ -230,3 +244,9 @@ class VQModel(nn.Module):
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         """Reconstruction through the quantiser (codes -> decode)."""
         return self.decode_codes(self.encode_codes(img))
+
+    def forward_train(self, img: torch.Tensor, beta: float = 0.25
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Tokenizer training forward: image in [-1, 1] -> (reconstruction, losses)."""
+        z_q, commit, codebook = self.quantize.forward_train(self.quant_conv(self.encoder(img)), beta)
+        return self.decoder(self.post_quant_conv(z_q)), {"commit": commit, "codebook": codebook}

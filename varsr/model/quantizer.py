@@ -2,8 +2,9 @@
 
 Only the paths VARSR needs are implemented: encoding HR latents into per-scale indices plus the
 continuous last-scale remainder `r_last`, building teacher-forcing inputs, and accumulating
-sampled indices at inference.  The last scale is discrete *without* phi (HART-style); the
-official VAE-training path that still applies phi there is deliberately not reproduced.
+sampled indices at inference, plus `forward_train` for tokenizer fine-tuning.  The last scale
+is discrete *without* phi (HART-style) everywhere, including `forward_train`: the official
+VAE-training path that still applies phi there is deliberately not reproduced.
 """
 from __future__ import annotations
 
@@ -118,6 +119,34 @@ class MultiScaleQuantizer(nn.Module):
             f_hat = f_hat + self.embed_up(si, idx_list[si])
             outs.append(self.next_input(si, f_hat))
         return torch.cat(outs, dim=1)
+
+    def forward_train(self, f: torch.Tensor, beta: float = 0.25
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokenizer training (VAR's VectorQuantizer2 recipe, last scale without phi as in 2.3).
+
+        Returns (f_hat with a straight-through gradient to f, commitment, codebook) losses, each
+        averaged over scales: commitment = beta * ||f - sg(f_hat_k)||^2 trains the encoder,
+        codebook = ||f_hat_k - sg(f)||^2 trains the embedding and the phi convs (no EMA).
+        """
+        f = f.float()
+        B, C = f.shape[:2]
+        f_det = f.detach()
+        r = f_det.clone()  # residual only drives the (non-differentiable) lookups
+        f_hat = torch.zeros_like(f)
+        commit, codebook = f.new_zeros(()), f.new_zeros(())
+        K = len(self.patch_nums)
+        for si, pn in enumerate(self.patch_nums):
+            z = self.down(r, pn) if si < K - 1 else r
+            with torch.no_grad():
+                idx = self.lookup(z.permute(0, 2, 3, 1).reshape(-1, C)).view(B, pn * pn)
+            h = self.embed_up(si, idx)
+            f_hat = f_hat + h
+            r = r - h.detach()
+            # Losses on the running sum (as VAR): every scale is pushed to explain f jointly.
+            commit = commit + F.mse_loss(f, f_hat.detach())
+            codebook = codebook + F.mse_loss(f_hat, f_det)
+        f_ste = f + (f_hat - f).detach()
+        return f_ste, commit * (beta / K), codebook / K
 
     # ---------------------------------------------------------------- inference
     def accumulate(self, si: int, idx_Bl: torch.Tensor, f_hat: torch.Tensor

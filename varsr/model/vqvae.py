@@ -176,3 +176,14 @@ class VQVAE(nn.Module):
     def decode_fhat(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Accumulated latent -> image in [-1, 1]."""
         return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)
+
+    def forward_train(self, x: torch.Tensor, beta: float = 0.25
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Tokenizer training forward: image in [-1, 1] -> (unclamped reconstruction, losses).
+
+        Unclamped so pixels outside [-1, 1] still get a gradient; the losses are the
+        commitment and codebook terms of `MultiScaleQuantizer.forward_train`.
+        """
+        f_ste, commit, codebook = self.quantize.forward_train(self.img_to_f(x.float()), beta)
+        recon = self.decoder(self.post_quant_conv(f_ste))
+        return recon, {"commit": commit, "codebook": codebook}
