@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from common.config import compose_config, to_dataclass
 from pure.config import PretokenizeConfig
-from pure.pretokenize import convert_official, finalize, pretokenize
+from pure.pretokenize import convert_official, finalize, prepare_images, pretokenize
 
 
 def _worker(rank: int, world: int, cfg: PretokenizeConfig) -> None:
@@ -25,15 +25,17 @@ def run(argv: list[str]):
     if cfg.convert_official:
         return convert_official(cfg.convert_official, cfg.out_dir, trusted=cfg.trusted, shard_size=cfg.shard_size)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun: one shard stream per rank
-        from common.dist import barrier, destroy_distributed, init_distributed
+        from common.dist import barrier, broadcast_object, destroy_distributed, init_distributed
 
-        info = init_distributed("cpu")  # gloo is enough for the final barrier
+        info = init_distributed("cpu")  # gloo is enough for the barriers
         try:
+            cfg = broadcast_object(prepare_images(cfg) if info.is_main else None)  # rank 0 writes, all read
             _worker(info.rank, info.world_size, cfg)
             barrier()
             return finalize(cfg.out_dir) if info.is_main else None
         finally:
             destroy_distributed()
+    cfg = prepare_images(cfg)
     if cfg.num_workers > 1:
         mp.spawn(_worker, args=(cfg.num_workers, cfg), nprocs=cfg.num_workers, join=True)
     else:

@@ -124,6 +124,14 @@ def _resolve_images(p: str, out_dir: str) -> Path:
     return Path(p)
 
 
+def prepare_images(cfg):
+    """Resolve special image entries ('bundled') once, before workers start, so parallel workers
+    never write the same files; returns a copy of cfg with plain folder paths."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, images=[str(_resolve_images(p, cfg.out_dir)) for p in cfg.images])
+
+
 def _progress_path(out_dir: Path, rank: int) -> Path:
     return out_dir / f"progress_r{rank:03d}.json"
 
