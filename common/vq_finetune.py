@@ -151,8 +151,8 @@ def finetune(model: torch.nn.Module, step_fn: StepFn, batches: Callable[[int], I
         opt.step()
         step += 1
         bar.update(1)
-        row = {k: float(v) for k, v in terms.items()}
-        row.update(loss=float(loss), grad_norm=float(gnorm),
+        row = {k: float(v.detach()) for k, v in terms.items()}
+        row.update(loss=float(loss.detach()), grad_norm=float(gnorm),
                    psnr=psnr01(((recon.detach().float() + 1) / 2).clamp(0, 1), hr01))
         for k, v in row.items():
             window.setdefault(k, []).append(v)
