@@ -18,13 +18,23 @@ import torch
 from common.dist import get_rank
 
 
+class _RankFilter(_logging.Filter):
+    """Stamp each record with the rank at emit time (loggers are often made before init_process_group)."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        record.rank = get_rank()
+        return True
+
+
 def get_logger(name: str = "arsr") -> _logging.Logger:
     logger = _logging.getLogger(name)
     if not logger.handlers:
         h = _logging.StreamHandler(sys.stdout)
-        h.setFormatter(_logging.Formatter(f"[%(asctime)s r{get_rank()} %(name)s] %(message)s", "%H:%M:%S"))
+        h.addFilter(_RankFilter())
+        h.setFormatter(_logging.Formatter("[%(asctime)s r%(rank)s %(name)s] %(message)s", "%H:%M:%S"))
         logger.addHandler(h)
         logger.propagate = False
+    # Re-evaluated on every call so a logger created before the process group still quiets ranks > 0.
     logger.setLevel(_logging.INFO if get_rank() == 0 else _logging.WARNING)
     return logger
 
