@@ -1,22 +1,24 @@
 """Train PURE: `python launch/train_pure.py +exp=lsdir_ffhq [key=value ...]`.
 
 One GPU: plain python. Many: `torchrun --nproc_per_node 8 launch/train_pure.py +exp=lsdir_ffhq`
-(FSDP2, default) or `... +exp=zero3` / the `deepspeed` launcher. Every rank composes the same
-config with Hydra's compose API (no per-rank output folders); schema: pure/config.py.
+(FSDP2, default) or `... +exp=zero3` / the `deepspeed` launcher; SLURM: `-m hydra/launcher=slurm`.
+Every rank composes the same config with Hydra's compose API (no per-rank output folders);
+schema: pure/config.py. Re-running the same command resumes from the newest checkpoint.
 """
 import sys
+from pathlib import Path
 
-from common.config import compose_config, validate
-from pure.config import PureTrainConfig
-from pure.train import main
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
+
+from common.config import run_app  # noqa: E402
+from pure.config import PureTrainConfig, register_configs  # noqa: E402
+from pure.train import main  # noqa: E402
 
 
-def run(argv: list[str]) -> dict:
-    # The deepspeed launcher appends --local_rank=N; torchrun-style env vars carry the same information.
-    overrides = [a for a in argv if not a.startswith("--local_rank")]
-    cfg = validate(PureTrainConfig, compose_config("pure", "train", overrides))
-    return main(cfg)
+def run(argv: list[str] | None = None) -> dict:
+    register_configs()
+    return run_app("pure", "train", PureTrainConfig, main, argv, typed=False)
 
 
 if __name__ == "__main__":
-    run(sys.argv[1:])
+    run()

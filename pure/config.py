@@ -123,6 +123,7 @@ class PureTrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
     dropout: float = 0.05  # residual dropout during training (overrides model.dropout)
     pretokenize: PretokenizeConfig = field(default_factory=PretokenizeConfig)  # data prep of this experiment
+    sample: Any = None  # sampling keys of this experiment, read by launch/sample_pure.py (ignored here)
 
 
 def register_configs() -> None:
