@@ -4,7 +4,12 @@
         crop_size=512 batch_size=8 steps=20000 lr=1e-4 out=runs/vq/VQVAE_ft.pth
     python launch/finetune_vq.py app=pure size=full init=vq_ds8_c2i.pt 'data.sources=[{root: /my/photos}]' \\
         crop_size=256 out=runs/vq/vq_ds8_ft.pt
-    python launch/finetune_vq.py app=varsr size=tiny steps=150 out=runs/vq/tiny_vqvae.pth  # CPU, ~a minute
+    python launch/finetune_vq.py app=pure size=tiny crop_size=32 batch_size=4 lr=2e-3 steps=600 \
+        out=runs/vq/tiny_vq.pt   # CPU from scratch: ~330 CPU-s, ~17 dB PSNR on held-out 96 px crops
+
+From scratch the tiny tokenizers learn slowly on CPU (measured on the bundled photos: the tiny
+VARSR VQVAE stays near 12 dB for its first 200 steps; the tiny VQ-8 reaches ~17 dB after 600);
+fine-tuning from a released tokenizer (`init=`) is the intended use.
 
 Writes ``out`` in the layout the apps load (VARSR: {'trainer': {'vae_local'}} for
 `varsr.official.load_official_vqvae`; PURE: {'model'} for `pure.official.load_llamagen_vq`),
@@ -52,7 +57,7 @@ class VQFinetuneConfig:
     batch_size: int = 8  # images per step
     num_workers: int = 0  # DataLoader workers (0: load in the main process, fine for small crops)
     steps: int = 1000  # optimizer steps
-    lr: float = 1e-4  # AdamW lr (1e-3 trains the tiny tokenizers from scratch in ~a minute)
+    lr: float = 1e-4  # AdamW lr (fine-tuning; 1e-3..2e-3 for the tiny tokenizers from scratch)
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global grad norm (<= 0 disables)
     beta: float = 0.25  # commitment weight (VAR / LlamaGen default)
