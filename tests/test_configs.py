@@ -29,7 +29,7 @@ def claim(folder: str) -> list[str]:
 
 
 CLAIMED.update({"varsr/train.yaml", "varsr/sample.yaml", "pure/train.yaml", "pure/sample.yaml",
-                "common/degrade.yaml", "common/evaluate.yaml"})
+                "common/degrade.yaml", "common/evaluate.yaml", "common/vq_finetune.yaml"})
 
 
 # ---------------------------------------------------------------- VARSR
@@ -144,6 +144,20 @@ def test_metric_configs_name_known_metrics(name):
 
     cfg = compose_config("common", "evaluate", [f"metrics={name}", "sr_dir=/a", "out=/b.json"])
     assert set(cfg.metrics) and set(cfg.metrics) <= set(PAPER_ORDER)
+
+
+@pytest.mark.parametrize("app", ["varsr", "pure"])
+def test_vq_finetune_config(app, repo_root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("finetune_vq", repo_root / "launch" / "finetune_vq.py")
+    mod = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules["finetune_vq"] = mod  # dataclasses resolve field types through sys.modules
+    spec.loader.exec_module(mod)
+    cfg = to_dataclass(mod.VQFinetuneConfig, compose_config("common", "vq_finetune", [f"app={app}", "data=lsdir_ffhq"]))
+    assert cfg.app == app and cfg.steps > 0 and cfg.data.sources
 
 
 @pytest.mark.parametrize("name", claim("common/hydra/launcher"))
