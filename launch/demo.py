@@ -79,8 +79,9 @@ def write_report(out: Path, rows: list[dict], columns: dict[str, Path], hr_dir: 
     grid_rows = [[load(d / n) for d in columns.values()] for n in names]
     save_image_grid(grid_rows, out / "grid.png", labels=list(columns))
     (out / "report.md").write_text(
-        "# arsr demo report\n\nTiny models trained for minutes on the bundled photos: these numbers only "
-        "show that every stage runs end to end.\n\n" + markdown_table(rows) + "\n\n![grid](grid.png)\n"
+        "# arsr demo report\n\nTiny models trained for minutes on the bundled photos, decoding through "
+        "untrained (random) tiny image tokenizers: the SR columns are noise and the numbers only show that "
+        "every stage (degrade, train, export, sample, evaluate) runs end to end. Real weights: see README.\n\n" + markdown_table(rows) + "\n\n![grid](grid.png)\n"
     )
 
 
