@@ -47,3 +47,20 @@ def test_tokenizer(test_tokenizer_path):
 def code_map():
     """Synthetic ImageCodeMap: codes 0..8191 -> ids 4..8195, 8192..16383 -> 65536..73727."""
     return ImageCodeMap.synthetic()
+
+
+@pytest.fixture(scope="module")
+def model():
+    """Tiny decoder in eval mode, seeded, shared by a module's generation tests."""
+    from pure.model import ChameleonForCausalLM, chameleon_config
+
+    torch.manual_seed(0)
+    return ChameleonForCausalLM(chameleon_config("tiny")).eval()
+
+
+@pytest.fixture(scope="module")
+def image_mask():
+    """Vocabulary mask of the 16,384 image ids (both id ranges)."""
+    from pure.tokenizer import ImageCodeMap
+
+    return ImageCodeMap.synthetic().image_mask()

@@ -11,17 +11,6 @@ from pure.tokenizer import ImageCodeMap, SpecialIds as S
 HEADER = [S.IMG_START, S.SIZE_BASE + 1, S.SIZE_BASE + 1]  # 4x4 latents: 21 tokens after <h><w>
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return ChameleonForCausalLM(chameleon_config("tiny")).eval()
-
-
-@pytest.fixture(scope="module")
-def image_mask():
-    return ImageCodeMap.synthetic().image_mask()
-
-
 def full_logits(model, seq, start=0):
     """Last-position logits of a cache-free forward over seq[start:], positions from 0."""
     ids = torch.tensor([seq[start:]])

@@ -6,24 +6,12 @@ import torch
 
 from pure.generate import Decoder, decode_answer, generate
 from pure.jacobi import SJDConfig, residual_distribution, sjd_decode, speculative_generate, verify
-from pure.model import ChameleonForCausalLM, chameleon_config
 from pure.processors import SamplingConfig
 from pure.tokenizer import ImageCodeMap, SpecialIds as S
 
 
 def header(g):
     return [S.IMG_START, S.SIZE_BASE + g, S.SIZE_BASE + g]
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return ChameleonForCausalLM(chameleon_config("tiny")).eval()
-
-
-@pytest.fixture(scope="module")
-def image_mask():
-    return ImageCodeMap.synthetic().image_mask()
 
 
 def test_greedy_sjd_equals_greedy_ar_with_fewer_forwards(model, image_mask):

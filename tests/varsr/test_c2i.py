@@ -10,18 +10,12 @@ from varsr.model.rope import build_rope_table
 from varsr.official import CheckpointError, export_official, load_official_c2i, transfer_from_c2i
 from varsr.sample import cfg_ramp
 from varsr.sample_c2i import generate_c2i_fhat, sample_c2i
+from tests.varsr.conftest import lively
 
 
 @pytest.fixture(scope="module")
 def c2i():
-    """Tiny C2I model with non-negligible branch gains (init gamma is 1e-5), so attention, RoPE and
-    the KV cache visibly shape the logits and a caching/mask error cannot hide."""
-    torch.manual_seed(0)
-    model, vqvae = build_models("c2i_tiny")
-    with torch.no_grad():
-        for blk in model.blocks:
-            blk.ada_lin[-1].bias[: 2 * model.C].fill_(1.0)  # gamma_1, gamma_2
-    return model.eval(), vqvae
+    return lively("c2i_tiny")
 
 
 def _x_inputs(vqvae, logits):

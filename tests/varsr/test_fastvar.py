@@ -5,17 +5,12 @@ import torch
 from varsr.fastvar import FastVARConfig, FastVARState, keep_count
 from varsr.model import build_models
 from varsr.sample import generate_fhat
+from tests.varsr.conftest import lively
 
 
 @pytest.fixture(scope="module")
 def tiny_lively():
-    """Tiny model with non-negligible branch gains, so pruning visibly changes the output."""
-    torch.manual_seed(0)
-    model, vqvae = build_models("tiny")
-    with torch.no_grad():
-        for blk in model.blocks:
-            blk.ada_lin[-1].bias[: 2 * model.C].fill_(1.0)  # gamma_1, gamma_2
-    return model.eval(), vqvae
+    return lively("tiny")
 
 
 def test_keep_counts():

@@ -13,6 +13,7 @@ from varsr.model.diffusion import GaussianDiffusion, respaced_steps
 from varsr.model.quantizer import phi_index_map
 from varsr.model.rope import apply_rope, build_rope_table, rope_grids
 from varsr.sample import cfg_ramp, generate_fhat
+from tests.varsr.conftest import lively
 
 REF = Path("/work/shared/reference")
 ref_required = pytest.mark.skipif(not REF.exists(), reason="reference key lists not mounted")
@@ -20,14 +21,7 @@ ref_required = pytest.mark.skipif(not REF.exists(), reason="reference key lists 
 
 @pytest.fixture(scope="module")
 def tiny():
-    """Tiny SR model with live branch gains: at init the AdaLN gammas are ~1e-5, so attention (and
-    with it the KV cache, the mask and RoPE) barely touches the logits and their errors would hide."""
-    torch.manual_seed(0)
-    model, vqvae = build_models("tiny")
-    with torch.no_grad():
-        for blk in model.blocks:
-            blk.ada_lin[-1].bias[: 2 * model.C].fill_(1.0)  # gamma_1, gamma_2
-    return model.eval(), vqvae
+    return lively("tiny")
 
 
 def _layout(module):
