@@ -18,7 +18,6 @@ import torch
 
 
 def bench_one(mcfg, seq: int, batch: int, steps: int, device, peak_flops: float, ac: bool, amp: bool) -> dict:
-    from types import SimpleNamespace
 
     from common.dist import DistInfo
     from pure.config import ParallelConfig, PureOptimConfig

@@ -1,11 +1,10 @@
 """AR generation (spec §7, §12.3): KV-cached logits == full forward, batched CFG == separate
 cond/uncond passes, left-padded batches == single prompts, answer parsing."""
-import pytest
 import torch
 
 from pure.generate import Decoder, decode_answer, generate, split_answer
 from pure.model import ChameleonForCausalLM, chameleon_config
-from pure.processors import ImageState, SamplingConfig, cfg_rows, probs_from_scores, process_scores, sample
+from pure.processors import ImageState, SamplingConfig, probs_from_scores, process_scores, sample
 from pure.tokenizer import ImageCodeMap, SpecialIds as S
 
 HEADER = [S.IMG_START, S.SIZE_BASE + 1, S.SIZE_BASE + 1]  # 4x4 latents: 21 tokens after <h><w>

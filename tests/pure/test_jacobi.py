@@ -1,7 +1,6 @@
 """Speculative Jacobi Decoding (spec §8, §12.6): greedy SJD == greedy AR with fewer forwards,
 acceptance rule with fixed uniforms, residual resampling keeps the target distribution, and
 the rolled-back KV cache equals a fresh cache over the committed tokens."""
-import pytest
 import torch
 
 from pure.generate import Decoder, decode_answer, generate

@@ -1,5 +1,4 @@
 """Shared VARSR fixtures."""
-import pytest
 import torch
 
 from varsr.model import build_models

@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from varsr.fastvar import FastVARConfig, FastVARState, keep_count
-from varsr.model import build_models
 from varsr.sample import generate_fhat
 from tests.varsr.conftest import lively
 

@@ -275,7 +275,6 @@ class VARSR(nn.Module):
         computed inside forward so DDP/FSDP wrappers see every parameter use.
         """
         x, cond = self.prefix(lr, label)
-        B, n_in = x.shape[0], x_inputs.shape[1]
         lvl = self.lvl_1L[0, self.first_l:].to(x.device)
         inp = self.word_embed(x_inputs.to(self.word_embed.weight.dtype)) + self.lvl_embed(lvl)
         x = torch.cat((x, inp.to(x.dtype)), dim=1)
