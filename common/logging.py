@@ -198,3 +198,33 @@ def write_table(rows: list[dict], path_stem) -> dict[str, Path]:
         w.writerows(rows)
     out["md"].write_text(markdown_table(rows) + "\n")
     return out
+
+
+def plot_curves(series: dict[str, tuple[str | Path, list[str]]], path) -> Path:
+    """One panel per run: the chosen scalar keys of a ``metrics.jsonl`` against the step.
+
+    ``series`` maps a panel title to (metrics.jsonl path, [keys]); missing keys are skipped, so the
+    same call works for runs that log different scalars.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.2), squeeze=False)
+    for ax, (title, (jsonl, keys)) in zip(axes[0], series.items()):
+        rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            if pts:
+                ax.plot(*zip(*pts), label=key)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

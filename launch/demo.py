@@ -67,7 +67,7 @@ def write_report(out: Path, rows: list[dict], columns: dict[str, Path], hr_dir: 
     import torch
     from PIL import Image
 
-    from common.logging import markdown_table, save_image_grid, write_table
+    from common.logging import markdown_table, plot_curves, save_image_grid, write_table
 
     write_table(rows, out / "metrics")
     names = sorted(p.name for p in hr_dir.glob("*.png"))[:4]
@@ -78,10 +78,17 @@ def write_report(out: Path, rows: list[dict], columns: dict[str, Path], hr_dir: 
 
     grid_rows = [[load(d / n) for d in columns.values()] for n in names]
     save_image_grid(grid_rows, out / "grid.png", labels=list(columns))
+    curves = {title: (out / run / "metrics.jsonl", keys) for title, run, keys in (
+        ("VARSR (CE + 2 x refiner)", "varsr", ["train/loss", "train/ce", "train/diff"]),
+        ("PURE (next-token CE)", "pure", ["loss", "ce_text", "ce_image"])) if (out / run / "metrics.jsonl").exists()}
+    if curves:
+        plot_curves(curves, out / "curves.png")
     (out / "report.md").write_text(
         "# arsr demo report\n\nTiny models trained for minutes on the bundled photos, decoding through "
         "untrained (random) tiny image tokenizers: the SR columns are noise and the numbers only show that "
-        "every stage (degrade, train, export, sample, evaluate) runs end to end. Real weights: see README.\n\n" + markdown_table(rows) + "\n\n![grid](grid.png)\n"
+        "every stage (degrade, train, export, sample, evaluate) runs end to end. Real weights: see README.\n\n"
+        + markdown_table(rows) + "\n\n![grid](grid.png)\n"
+        + ("\n![training curves](curves.png)\n" if curves else "")
     )
 
 

@@ -50,3 +50,15 @@ def test_tracker_offline_writes_jsonl(tmp_path):
     tr.finish()
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert row == {"step": 3, "loss": 1.5, "lr": 1e-4}
+
+
+def test_plot_curves_from_metrics_jsonl(tmp_path):
+    from common.logging import plot_curves
+
+    tr = Tracker("arsr-test", tmp_path / "run", {}, mode="disabled")
+    for step in range(1, 6):
+        tr.log({"loss": 1.0 / step}, step=step)
+    tr.finish()
+    p = plot_curves({"run": (tmp_path / "run" / "metrics.jsonl", ["loss", "absent"])}, tmp_path / "c.png")
+    w, h = Image.open(p).size
+    assert (w, h) == (500, 320)
