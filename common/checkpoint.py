@@ -53,9 +53,6 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
     return path
 
 
-_atomic_write = atomic_write  # kept for callers written before the public name
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """All-or-nothing write of a small file (JSON indexes, progress files, configs)."""
     return atomic_write(path, lambda f: f.write(data))

@@ -37,7 +37,7 @@ def write_shard(path: str | Path, records: list[dict]) -> list[dict]:
 
     Returns the index entries. Labels must be -100 or equal to the token at each position.
     """
-    from common.checkpoint import _atomic_write, save_safetensors_atomic
+    from common.checkpoint import atomic_write, save_safetensors_atomic
 
     path = Path(path)
     toks, masks, offs, index = [], [], [0], []
@@ -61,13 +61,13 @@ def write_shard(path: str | Path, records: list[dict]) -> list[dict]:
     }
     save_safetensors_atomic(tensors, path.with_name(path.name + ".safetensors"))
     lines = "".join(json.dumps(e) + "\n" for e in index).encode()
-    _atomic_write(path.with_name(path.name + ".jsonl"), lambda f: f.write(lines))
+    atomic_write(path.with_name(path.name + ".jsonl"), lambda f: f.write(lines))
     return index
 
 
 def merge_indices(out_dir: str | Path, name: str = "record.json") -> Path:
     """Merge every `*.jsonl` shard index in out_dir into one record list (paths relative to out_dir)."""
-    from common.checkpoint import _atomic_write
+    from common.checkpoint import atomic_write
 
     out_dir = Path(out_dir)
     recs = []
@@ -76,7 +76,7 @@ def merge_indices(out_dir: str | Path, name: str = "record.json") -> Path:
             continue  # an index whose shard never finished writing
         recs.extend(json.loads(l) for l in idx.read_text().splitlines() if l.strip())
     blob = json.dumps(recs).encode()
-    return _atomic_write(out_dir / name, lambda f: f.write(blob))
+    return atomic_write(out_dir / name, lambda f: f.write(blob))
 
 
 # ------------------------------------------------------------------------------ dataset
