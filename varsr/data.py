@@ -228,3 +228,27 @@ def step_generator(device: torch.device, seed: int, rank: int, step: int, micro:
     mixed = np.random.SeedSequence([int(seed), int(rank), int(step), int(micro)]).generate_state(1, np.uint64)[0]
     g.manual_seed(int(mixed) & ((1 << 63) - 1))
     return g
+
+
+def make_val_pairs(cfg, device: torch.device):
+    """(hr, lr) in [0, 1], both (N, 3, S, S) at the crop size; LR from the training degradation
+    with a fixed per-image seed so every validation sees the same inputs."""
+    from common.data import read_image, to_tensor
+    from common.data.sources import walk_images
+    from common.data.train_sets import crop_image
+
+    v, d = cfg.validation, cfg.data
+    root = v.root or str(bundled_root())
+    paths = walk_images(root)[: v.num_images]
+    if not paths:
+        raise ValueError(f"validation.root {root} holds no images")
+    rng = np.random.default_rng(v.seed)
+    hr = torch.stack([to_tensor(crop_image(read_image(p), d.crop_size, "resize_center", rng, d.resize_shorter_to))
+                      for p in paths])
+    if d.lq_mode == "bicubic":
+        lr = bicubic_lq(hr, cfg.degradation.scale)
+    else:
+        from common.degradation.pipeline import degrade_image
+
+        lr = torch.stack([degrade_image(h, cfg.degradation, v.seed + i).lq_up for i, h in enumerate(hr)])
+    return hr.to(device), lr.to(device)

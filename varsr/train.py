@@ -17,7 +17,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as tdist
 from omegaconf import OmegaConf
@@ -27,7 +26,8 @@ from common.checkpoint import (PreemptionHandler, atomic_save, checkpoint_path, 
 from common.dist import all_reduce_mean, barrier, init_distributed, seed_everything
 from common.logging import Tracker, get_logger
 from varsr.config import VARSRTrainConfig, check_train_config
-from varsr.data import BatchMaker, build_train_dataset, build_train_loader, check_c2i_classes, step_generator
+from varsr.data import (BatchMaker, build_train_dataset, build_train_loader, check_c2i_classes, make_val_pairs,
+                        step_generator)
 from varsr.ema import EMA
 from varsr.optim import LinearSchedule, build_optimizer, build_scheduler, warmup_steps_for
 from varsr.parallelize import get_full_state, grad_sync, parallelize, set_full_state, unwrap
@@ -364,31 +364,6 @@ class Trainer:
             log.info(f"exported official-layout weights to {path}")
         barrier()
         return path
-
-
-def make_val_pairs(cfg: VARSRTrainConfig, device: torch.device):
-    """(hr, lr) in [0, 1], both (N, 3, S, S) at the crop size; LR from the training degradation
-    with a fixed per-image seed so every validation sees the same inputs."""
-    from common.data import read_image, to_tensor
-    from common.data.sources import walk_images
-    from common.data.train_sets import crop_image
-    from varsr.data import bicubic_lq, bundled_root
-
-    v, d = cfg.validation, cfg.data
-    root = v.root or str(bundled_root())
-    paths = walk_images(root)[: v.num_images]
-    if not paths:
-        raise ValueError(f"validation.root {root} holds no images")
-    rng = np.random.default_rng(v.seed)
-    hr = torch.stack([to_tensor(crop_image(read_image(p), d.crop_size, "resize_center", rng, d.resize_shorter_to))
-                      for p in paths])
-    if d.lq_mode == "bicubic":
-        lr = bicubic_lq(hr, cfg.degradation.scale)
-    else:
-        from common.degradation.pipeline import degrade_image
-
-        lr = torch.stack([degrade_image(h, cfg.degradation, v.seed + i).lq_up for i, h in enumerate(hr)])
-    return hr.to(device), lr.to(device)
 
 
 def _lpips(sr: torch.Tensor, hr: torch.Tensor, device: torch.device) -> dict:
