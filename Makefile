@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/degradation.py
 	$(BIN)/python bench/train_varsr.py
 	$(BIN)/python bench/train_pure.py
+	$(BIN)/python bench/generate_pure.py
 
 clean-venv:
 	rm -rf $(VENV)
