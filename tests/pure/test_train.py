@@ -20,13 +20,7 @@ from pure.train import PureLoss, extend_vocabulary, lr_at, main
 VOCAB = 9216
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one intra-op thread is several times faster than two on a loaded 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_records(n, seed=0, prompt=12, lo=24, hi=40):
