@@ -2,6 +2,10 @@
 
 Everything here degrades to a no-op single process when the script is not launched by torchrun,
 so the same training code runs in a unit test, on one GPU and on many nodes.
+
+Collectives: app code (``pure/``, ``varsr/``, ``launch/``) never calls ``torch.distributed``
+collectives itself (a test enforces it); it uses the helpers here, which put every tensor on the
+process group's device (CUDA for NCCL, CPU for gloo) and hand the result back on the caller's device.
 """
 from __future__ import annotations
 
@@ -99,26 +103,87 @@ def is_main() -> bool:
     return get_rank() == 0
 
 
-def barrier() -> None:
-    if get_world_size() > 1:
-        dist.barrier()
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+def group_device(group=None) -> torch.device:
+    """The device a collective on ``group`` must use: CUDA for NCCL, CPU for gloo (and no group).
+
+    NCCL only moves CUDA tensors; handing it a CPU tensor raises on the first multi-rank step,
+    which gloo/single-process tests never notice. Every helper below routes through this.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return torch.device("cpu")
+    backend = str(dist.get_backend(group)).lower()
+    if "nccl" in backend:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _on_group_device(t, group=None) -> torch.Tensor:
+    """A fresh tensor holding ``t`` (tensor or number/list) on ``group``'s device (never aliases ``t``)."""
+    dev = group_device(group)
+    if isinstance(t, torch.Tensor):
+        return t.detach().to(dev, copy=True)
+    return torch.as_tensor(t, dtype=torch.float64 if not isinstance(t, bool) else torch.float32, device=dev)
+
+
+def _reduce(t, op, group=None) -> torch.Tensor:
+    src_dev = t.device if isinstance(t, torch.Tensor) else torch.device("cpu")
+    out = _on_group_device(t, group)
+    if _active():
+        dist.all_reduce(out, op=op, group=group)
+    return out.to(src_dev)
+
+
+def barrier(group=None) -> None:
+    if _active():
+        # NCCL's barrier guesses a device from the rank when none is given; name the bound one.
+        dev = group_device(group)
+        if dev.type == "cuda":
+            dist.barrier(group=group, device_ids=[dev.index])
+        else:
+            dist.barrier(group=group)
+
+
+def all_reduce_sum(t, group=None) -> torch.Tensor:
+    """Sum of ``t`` over ranks as a new tensor on ``t``'s device (numbers become float64 CPU tensors)."""
+    return _reduce(t, dist.ReduceOp.SUM, group)
+
+
+def all_reduce_mean(t, group=None) -> torch.Tensor:
     """Mean of ``t`` over ranks (returns a new tensor; identity in a single process)."""
-    if get_world_size() == 1:
-        return t.clone()
-    out = t.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / get_world_size()
+    n = dist.get_world_size(group) if _active() else 1
+    return _reduce(t, dist.ReduceOp.SUM, group) / n
 
 
-def broadcast_object(obj):
-    """Send a picklable object from rank 0 to every rank (used for run-dir names, not for weights)."""
-    if get_world_size() == 1:
+def all_reduce_max(t, group=None) -> torch.Tensor:
+    return _reduce(t, dist.ReduceOp.MAX, group)
+
+
+def any_rank(flag: bool, group=None) -> bool:
+    """True on every rank when ``flag`` is true on at least one (pre-emption, early stop)."""
+    return bool(all_reduce_max(torch.tensor([1.0 if flag else 0.0]), group).item())
+
+
+def all_gather_object(obj, group=None) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (small picklable objects: RNG states, stats)."""
+    if not _active():
+        return [obj]
+    out = [None] * dist.get_world_size(group)
+    # The object collectives pickle into a byte tensor placed on torch.cuda.current_device() for
+    # NCCL; init_distributed binds that device to the local rank, so nothing else is needed here.
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def broadcast_object(obj, src: int = 0, group=None):
+    """Send a picklable object from ``src`` to every rank (used for run-dir names, not for weights)."""
+    if not _active():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=src, group=group)
     return box[0]
 
 

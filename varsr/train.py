@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as tdist
 from omegaconf import OmegaConf
 
 from common.checkpoint import (PreemptionHandler, atomic_save, checkpoint_path, latest_checkpoint,
                                prune_checkpoints, rng_state, safe_load, set_rng_state)
-from common.dist import all_reduce_mean, barrier, init_distributed, seed_everything
+from common.dist import all_gather_object, all_reduce_mean, any_rank, barrier, init_distributed, seed_everything
 from common.logging import Tracker, get_logger
 from varsr.config import VARSRTrainConfig, check_train_config
 from varsr.data import (BatchMaker, build_train_dataset, build_train_loader, check_c2i_classes, make_val_pairs,
@@ -34,22 +33,6 @@ from varsr.parallelize import get_full_state, grad_sync, parallelize, set_full_s
 
 log = get_logger("varsr.train")
 _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _gather(obj) -> list:
-    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
-        return [obj]
-    out = [None] * tdist.get_world_size()
-    tdist.all_gather_object(out, obj)
-    return out
-
-
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    if not (tdist.is_available() and tdist.is_initialized()):
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 class Trainer:
@@ -170,7 +153,7 @@ class Trainer:
     def save(self) -> Path | None:
         """Collective: every rank must call it. Rank 0 writes ``ckpt_<step>.pt`` atomically."""
         full = get_full_state(self.model, self.optimizer)
-        rngs = _gather(rng_state())
+        rngs = all_gather_object(rng_state())
         path = None
         if self.dist.is_main:
             sched = self.scheduler.state_dict()
@@ -252,7 +235,7 @@ class Trainer:
                     log.info(f"step {self.step}/{self.total_steps} " +
                              " ".join(f"{k[6:]}={v:.4g}" for k, v in row.items()))
                     t_window, n_window = time.perf_counter(), 0
-                stopped = preempt is not None and _any_rank(preempt.requested, self.device)
+                stopped = preempt is not None and any_rank(preempt.requested)
                 every = cfg.checkpoint.every_steps
                 if stopped or (every > 0 and self.step % every == 0):
                     self.save()
