@@ -64,13 +64,14 @@ def run(cfg: EvaluateConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path="../configs/common", config_name="evaluate")
-def main(raw: DictConfig) -> None:
+def main(raw: DictConfig) -> dict:
     cfg = validate(EvaluateConfig, raw)
     try:
         summary = run(cfg)
     except (ValueError, FileNotFoundError, ImportError) as e:  # pairing/weights/config: one line, no traceback
         raise SystemExit(f"evaluate: {e}") from None
     print(json.dumps({"set": summary["set"], "n_images": summary["n_images"], "mean": summary["mean"]}, indent=2))
+    return summary  # a sweep's summary callback (common.sweep) tabulates it
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def sample_view(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path="../configs/pure", config_name="sample", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     import os
@@ -62,7 +62,7 @@ def main(cfg: DictConfig) -> None:
     if run_cfg.out_dir is not None and str(hc.mode) == "RunMode.MULTIRUN":
         # a sweep with one out_dir: give each job its own sub-folder (cfg=0.8,temperature=0.7/...)
         run_cfg.out_dir = str(Path(run_cfg.out_dir) / (hc.job.override_dirname or f"job{hc.job.num}") / "sr")
-    run_restore(run_cfg, default_out=Path(hc.runtime.output_dir) / "sr")
+    return run_restore(run_cfg, default_out=Path(hc.runtime.output_dir) / "sr")
 
 
 if __name__ == "__main__":

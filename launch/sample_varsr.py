@@ -23,11 +23,11 @@ register_configs()
 
 
 @hydra.main(config_path="../configs/varsr", config_name="sample", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     run_cfg = to_dataclass(SampleRunConfig, cfg)
-    run_sampling(run_cfg, default_out=Path(HydraConfig.get().runtime.output_dir) / "sr")
+    return run_sampling(run_cfg, default_out=Path(HydraConfig.get().runtime.output_dir) / "sr")
 
 
 if __name__ == "__main__":

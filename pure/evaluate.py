@@ -179,8 +179,9 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
                "mean_forwards": sum(r["forwards"] for r in records) / max(1, len(records)),
                "mean_new_tokens": sum(r["new_tokens"] for r in records) / max(1, len(records))}
     (out_dir.parent / "summary.json").write_text(json.dumps(summary, indent=1))
-    names_wanted = list(cfg.metrics or [])  # a dict from the config group gives its keys
-    metrics = names_wanted if cfg.hr_dir else [m for m in names_wanted if m not in ("psnr", "ssim", "lpips", "dists")]
+    from common.metrics.select import scorable_metrics
+
+    metrics = scorable_metrics(cfg.metrics, cfg.hr_dir is not None)  # no HR: the no-reference ones (NIQE at least)
     if not metrics:
         return {"summary": summary}
     from common.metrics import evaluate_folders

@@ -136,8 +136,10 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
         return {}
     from common.metrics import evaluate_folders
     out_json = Path(cfg.metrics_out or out_dir.parent / "metrics.json")
+    from common.metrics.select import scorable_metrics
+
     hr = cfg.hr_dir
-    metrics = list(cfg.metrics or []) if hr else [m for m in cfg.metrics if m not in ("psnr", "ssim", "lpips", "dists")]
+    metrics = scorable_metrics(cfg.metrics, hr is not None)  # no HR: the no-reference ones (NIQE at least)
     if not metrics:
         return {}
     return evaluate_folders(out_dir, hr, metrics, out_json, device=str(device))
