@@ -5,7 +5,7 @@
 
 Synthetic sequences shaped like PURE's (prompt half masked, the answer half supervised), one
 process, the same PureLoss + Engine as training (AdamW, clipping, activation checkpointing).
-MFU = tokens/s x FLOPs/token (6N + 12*L*C*T, pure.train.flops_per_token) / peak FLOP/s.
+MFU = tokens/s x FLOPs/token (6N + 12*L*C*T, pure.optim.flops_per_token) / peak FLOP/s.
 On CUDA the 7B width (4096) is tried with 32, 16, 8, 4 layers: full 7B AdamW states (~113 GB)
 do not fit one GPU without sharding, so the table says which depth does.
 """
@@ -21,9 +21,10 @@ def bench_one(mcfg, seq: int, batch: int, steps: int, device, peak_flops: float,
 
     from common.dist import DistInfo
     from pure.config import ParallelConfig, PureOptimConfig
+    from pure.losses import PureLoss
     from pure.model import ChameleonForCausalLM
+    from pure.optim import flops_per_token
     from pure.parallelize import build_engine
-    from pure.train import PureLoss, flops_per_token
 
     torch.manual_seed(0)
     lm = ChameleonForCausalLM(mcfg).to(device)

@@ -26,6 +26,7 @@ class PureOptimConfig(OptimConfig):
     grad_accum: int = 1  # micro-batches per optimizer step
     warmup_epochs: float = 0.5  # linear warm-up from 0 over this many epochs (per-iteration update)
     min_lr: float = 0.0  # end of the half-cosine
+    fused: bool | None = None  # fused AdamW kernel; None = when every parameter is on CUDA (common.parallel)
     z_loss_weight: float = 0.0  # w * mean(logsumexp^2) over supervised (shifted) positions; official 0
 
 
@@ -39,7 +40,17 @@ class ParallelConfig:
     param_dtype: str = "bf16"  # compute dtype of parameters (FSDP2 MixedPrecisionPolicy / DeepSpeed bf16)
     reduce_dtype: str = "fp32"  # gradient reduction dtype (FSDP2)
     autocast: bool = True  # bf16 autocast around the forward on CUDA (official); ignored on CPU
-    activation_checkpointing: bool = True  # non-reentrant checkpoint of every decoder layer
+    activation_checkpointing: str = "full"  # full (true) | selective | none (false): recompute each decoder
+    #   layer in backward; selective keeps matmul/attention outputs and recomputes the rest (common.parallel)
+    compile: bool = False  # torch.compile each decoder layer before sharding (backend fsdp2 | none, not deepspeed)
+    compile_backend: str = "inductor"  # torch.compile backend (inductor | aot_eager | eager)
+    cpu_offload: bool = False  # optimizer-state CPU offload: FSDP2 CPUOffloadPolicy / DeepSpeed ZeRO-Offload
+    #   (offload_optimizer: cpu). Lets 7B full fine-tuning fit one 80 GB GPU: without it a rank holds fp32
+    #   params 28 GB + grads 28 GB + AdamW moments 56 GB = 112 GB; with FSDP2 offload all 112 GB live in
+    #   host RAM and the GPU holds one layer's bf16 params (~0.4 GB) + embed/lm_head (~1.2 GB) + checkpointed
+    #   activations (~0.3 GB per layer at 4 x 8.7k tokens); with ZeRO-2 offload the GPU keeps bf16 params +
+    #   bf16 grads (28 GB) and the host the fp32 master weights, grads and moments (112 GB). A single process is
+    #   started through torchrun (world of one) so the sharding backend has a process group.
     reshard_after_forward: bool = True  # FSDP2 FULL_SHARD (True) vs SHARD_GRAD_OP-like (False)
 
 
@@ -55,13 +66,18 @@ class PureDataConfig:
     max_seq_len: int = 11776  # longer records are dropped at load time (official max_seq_len)
     window_mult: int = 500  # sampler shuffles within windows of global_batch * window_mult (official 500)
     pad_to_multiple: int = 64  # right-pad each batch to a multiple of this (kernel friendliness)
-    num_workers: int = 2
+    num_workers: int = 2  # DataLoader worker processes (0 = load in the training process)
+    prefetch_factor: int = 2  # batches each worker prepares ahead (num_workers > 0)
+    persistent_workers: bool = True  # keep workers alive between iterators (num_workers > 0)
+    pin_memory: bool | None = None  # page-locked batches for async host->GPU copies; None = on CUDA
     online: bool = False  # degrade + VQ-encode HR crops per batch on the device (settings from `pretokenize`)
 
 
 @dataclass
-class LogConfig:
-    every_steps: int = 10  # log loss / tokens/s / MFU every N optimizer steps
+class LoggingConfig:
+    """Metrics to wandb (offline by default), metrics.jsonl and the console (same section as VARSR's)."""
+
+    every_steps: int = 10  # read the device-side loss/stat sums and log their window mean every N optimizer steps
     peak_flops: float = 989e12  # per-device peak for MFU (H100 SXM bf16 dense); set ~1e12 for CPU
     wandb: bool = True  # track with wandb (mode from run.wandb_mode)
 
@@ -111,11 +127,11 @@ class PureTrainConfig:
     """Everything `launch/train_pure.py` accepts."""
 
     run: RunConfig = field(default_factory=lambda: RunConfig(run_dir="runs/pure", wandb_project="pure"))
-    ckpt: CheckpointConfig = field(default_factory=CheckpointConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     optim: PureOptimConfig = field(default_factory=PureOptimConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: PureDataConfig = field(default_factory=PureDataConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     init: InitConfig = field(default_factory=InitConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     model: Any = None  # ChameleonConfig fields (configs/pure/model/*.yaml), validated by pure.model
@@ -124,6 +140,8 @@ class PureTrainConfig:
     dropout: float = 0.05  # residual dropout during training (overrides model.dropout)
     pretokenize: PretokenizeConfig = field(default_factory=PretokenizeConfig)  # data prep of this experiment
     sample: Any = None  # sampling keys of this experiment, read by launch/sample_pure.py (ignored here)
+    nproc: str = "auto"  # ranks launch/train_pure.py starts itself when not under torchrun/deepspeed/SLURM:
+    #   auto = visible CUDA devices (1 on CPU), or an integer (nproc=2 run.device=cpu: 2 gloo ranks)
 
 
 def register_configs() -> None:

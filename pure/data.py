@@ -229,3 +229,37 @@ class Collate:
     def __call__(self, items):
         ids, lab, n_pad = pad_batch(items, self.pad_to_multiple)
         return {"input_ids": ids, "labels": lab, "n_pad": n_pad, "n_tokens": int(sum(len(t) for t, _ in items))}
+
+
+# ------------------------------------------------------------------------------ training loader
+def build_train_loader(cfg, dist):
+    """(dataset, sampler, iterable of batches) for `cfg.data`: pre-tokenised shards, or online
+    degrade + VQ-encode (`data.online`, dataset None). Too little data for one global batch is a
+    one-line error."""
+    from torch.utils.data import DataLoader
+
+    if cfg.data.online:
+        from pure.pretokenize import build_online_loader
+
+        sampler, batches = build_online_loader(cfg, dist)
+        if sampler.steps_per_epoch() == 0:
+            raise ValueError(f"fewer HR images than one global batch of {sampler.global_batch}")
+        return None, sampler, batches
+    ds = TokenShardDataset(cfg.data.meta, cfg.data.max_seq_len)
+    if len(ds) == 0:
+        raise ValueError(f"no training records in {cfg.data.meta} ({ds.dropped} longer than max_seq_len)")
+    sampler = LengthGroupedSampler(ds, cfg.data.batch_size, dist.world_size, dist.rank,
+                                   cfg.optim.grad_accum, cfg.data.window_mult, cfg.run.seed)
+    if sampler.steps_per_epoch() == 0:
+        raise ValueError(f"{len(ds)} records is fewer than one global batch of {sampler.global_batch}")
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=Collate(cfg.data.pad_to_multiple),
+                        **data_loader_kwargs(cfg.data, dist.device))
+    return ds, sampler, loader
+
+
+def data_loader_kwargs(data_cfg, device) -> dict:
+    """Workers / pinned memory / prefetch from `cfg.data` (common.parallel.loader_kwargs)."""
+    from common.parallel import loader_kwargs
+
+    return loader_kwargs(data_cfg.num_workers, device, data_cfg.prefetch_factor, data_cfg.persistent_workers,
+                         data_cfg.pin_memory)

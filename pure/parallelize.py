@@ -15,7 +15,6 @@ state exists and resuming needs only the step counter.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -23,39 +22,22 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 
 from common import checkpoint as ckpt_io
+from common import parallel as par
 from common.dist import barrier
+from pure.optim import make_optimizer
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+DTYPES = par.DTYPES  # the one dtype map (common.parallel); kept here for callers of pure.parallelize
 
 
-def apply_activation_checkpointing(lm: nn.Module) -> None:
-    """Recompute every decoder layer in backward (non-reentrant, so kwargs and no-grad inputs work).
+def apply_activation_checkpointing(lm: nn.Module, mode="full") -> None:
+    """Recompute every decoder layer in backward (common.parallel: full | selective, non-reentrant).
 
-    We wrap the bound `forward` instead of inserting a wrapper module, so state-dict keys stay
+    The bound `forward` is wrapped instead of inserting a wrapper module, so state-dict keys stay
     the HF names (checkpoint_wrapper would add `_checkpoint_wrapped_module.`).
     """
-    for layer in lm.model.layers:
-        if getattr(layer, "_pure_ac", False):
-            continue
-        inner = layer.forward
-
-        @functools.wraps(inner)
-        def fwd(*args, __inner=inner, **kwargs):
-            if not torch.is_grad_enabled():
-                return __inner(*args, **kwargs)
-            return checkpoint(__inner, *args, use_reentrant=False, **kwargs)
-
-        layer.forward = fwd
-        layer._pure_ac = True
-
-
-def make_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
-    """AdamW with weight decay on all parameters (official PURE: no exclusion of norms/embeddings)."""
-    kw = dict(lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay)
-    return torch.optim.AdamW(params, **kw)
+    par.apply_activation_checkpointing(lm.model.layers, mode)
 
 
 class Engine:
@@ -88,7 +70,7 @@ class Engine:
         """True when the next `step` call will update the weights."""
         return self._micro % self.grad_accum == 0
 
-    def step(self) -> float | None:
+    def step(self) -> torch.Tensor | None:
         """Clip + AdamW at accumulation boundaries; returns the pre-clip grad norm there, else None."""
         if not self.boundary():
             return None
@@ -98,7 +80,7 @@ class Engine:
             norm = norm.full_tensor()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm.detach()  # a device tensor: the loop reads it once per logging window, not per step
 
     # ---- checkpoints: full (unsharded) state dicts, so a run can resume on any world size ----
     def _state_options(self):
@@ -216,6 +198,13 @@ def deepspeed_config(optim_cfg, par_cfg, micro_batch: int, world_size: int) -> d
     if bf16:
         # Accumulate and all-reduce gradients in fp32 like FSDP's reduce_dtype.
         cfg["data_types"] = {"grad_accum_dtype": "fp32"}
+    if getattr(par_cfg, "cpu_offload", False):
+        # ZeRO-Offload: fp32 master weights, gradients and AdamW moments in host memory, step on the CPU
+        # (memory arithmetic: pure/config.py ParallelConfig.cpu_offload). pin_memory only helps CUDA copies.
+        if int(par_cfg.zero_stage) < 1:
+            raise ValueError("parallel.cpu_offload with DeepSpeed needs parallel.zero_stage >= 1 (ZeRO-Offload)")
+        cuda = torch.cuda.is_available()
+        cfg["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": cuda}
     if par_cfg.deepspeed_config:
         cfg = _deep_merge(cfg, _read_cfg(par_cfg.deepspeed_config))
     return cfg
@@ -241,12 +230,9 @@ def _deep_merge(a: dict, b: dict) -> dict:
 
 def apply_fsdp2(root: nn.Module, lm: nn.Module, par_cfg, dist) -> None:
     """FULL_SHARD per decoder layer, embed_tokens and lm_head, then the root (final norm etc.)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
-    mesh = init_device_mesh(dist.device.type, (dist.world_size,))
-    mp = MixedPrecisionPolicy(param_dtype=DTYPES[par_cfg.param_dtype], reduce_dtype=DTYPES[par_cfg.reduce_dtype])
-    kw = dict(mesh=mesh, mp_policy=mp)
+    kw = par.fsdp2_kwargs(dist, par_cfg.param_dtype, par_cfg.reduce_dtype, getattr(par_cfg, "cpu_offload", False))
     fully_shard(lm.model.embed_tokens, reshard_after_forward=par_cfg.reshard_after_forward, **kw)
     for layer in lm.model.layers:
         fully_shard(layer, reshard_after_forward=par_cfg.reshard_after_forward, **kw)
@@ -261,12 +247,13 @@ def fsdp2_meta_init(dist) -> bool:
     return dist.world_size > 1
 
 
-def materialize_from_rank0(root: nn.Module, full_state: dict | None, dist) -> None:
-    """Allocate a meta-built, already sharded `root` on the device and fill it from rank 0's full
-    state dict (keys as `root.state_dict()`); other ranks pass None."""
+def materialize_from_rank0(root: nn.Module, full_state: dict | None, dist, cpu_offload: bool = False) -> None:
+    """Allocate a meta-built, already sharded `root` on the device (host memory under CPU offload,
+    where FSDP2 keeps the shards) and fill it from rank 0's full state dict (keys as
+    `root.state_dict()`); other ranks pass None."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    root.to_empty(device=dist.device)
+    root.to_empty(device="cpu" if cpu_offload else dist.device)
     opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     set_model_state_dict(root, full_state if dist.is_main else {}, options=opts)
 
@@ -277,15 +264,22 @@ def build_engine(root: nn.Module, lm: nn.Module, optim_cfg, par_cfg, dist, micro
 
     `full_state`: rank 0's weights for a meta-built root under multi-rank FSDP2 (fsdp2_meta_init)."""
     backend = par_cfg.backend
-    if par_cfg.activation_checkpointing:
-        apply_activation_checkpointing(lm)
+    offload = bool(getattr(par_cfg, "cpu_offload", False))
+    if offload and (backend == "none" or dist.backend is None):
+        raise ValueError("parallel.cpu_offload needs parallel.backend=fsdp2 | deepspeed and a process group "
+                         "(launch/train_pure.py starts a torchrun world of one for it)")
+    apply_activation_checkpointing(lm, par_cfg.activation_checkpointing)
+    if getattr(par_cfg, "compile", False):
+        if backend == "deepspeed":  # ZeRO-3 gathers parameters in hooks that dynamo cannot trace per block
+            raise ValueError("parallel.compile is for backend fsdp2 | none; DeepSpeed runs eager here")
+        par.compile_blocks(lm.model.layers, backend=par_cfg.compile_backend)
     if backend == "deepspeed":
         return DeepSpeedEngine(root, optim_cfg, par_cfg, dist, micro_batch)
     if backend == "fsdp2":
         if dist.world_size > 1 or dist.backend is not None:
             apply_fsdp2(root, lm, par_cfg, dist)
             if any(p.is_meta for p in root.parameters()):
-                materialize_from_rank0(root, full_state, dist)
+                materialize_from_rank0(root, full_state, dist, offload)
         eng = Engine(root, optim_cfg, dist)
         eng.kind = "fsdp2"
         return eng

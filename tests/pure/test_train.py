@@ -13,9 +13,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from pure.build import extend_vocabulary
 from pure.config import PureTrainConfig
 from pure.data import merge_indices, write_shard
-from pure.train import PureLoss, extend_vocabulary, lr_at, main
+from pure.losses import PureLoss
+from pure.optim import lr_at
+from pure.train import main
 
 VOCAB = 9216
 
@@ -49,7 +52,7 @@ def make_cfg(tmp_path, n_records=8, **over):
     cfg.parallel.activation_checkpointing = False
     cfg.run.run_dir, cfg.run.wandb_mode, cfg.run.device = str(tmp_path / "run"), "disabled", "cpu"
     cfg.optim.lr, cfg.optim.warmup_epochs = 3e-3, 0.0
-    cfg.log.every_steps, cfg.ckpt.every_steps, cfg.dropout = 100, 0, 0.0
+    cfg.logging.every_steps, cfg.checkpoint.every_steps, cfg.dropout = 100, 0, 0.0
     for k, v in over.items():
         OmegaConf.update(cfg, k, v)
     return cfg
