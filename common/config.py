@@ -12,11 +12,14 @@ wrong type is a one-line error at start-up rather than a crash hours into a run.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from common.paths import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_ROOT = REPO_ROOT / "configs"
@@ -44,14 +47,17 @@ def app_config_dir(app: str) -> str:
     return str(CONFIG_ROOT / app)
 
 
-def compose_config(app: str, config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
-    """Compose a config with Hydra's compose API (tests, and every rank under torchrun)."""
+def compose_config(app: str, config_name: str = "train", overrides: list[str] | None = None,
+                   hydra_node: bool = False) -> DictConfig:
+    """Compose a config with Hydra's compose API (tests, and every rank under torchrun).
+
+    ``hydra_node`` keeps Hydra's own ``hydra`` node (run dir, command-line overrides) in the result."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=app_config_dir(app), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides or []))
+        return compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=hydra_node)
 
 
 def validate(schema: type, cfg: DictConfig | dict) -> Any:
@@ -65,9 +71,98 @@ def validate(schema: type, cfg: DictConfig | dict) -> Any:
     cfg = {k: v for k, v in dict(cfg).items() if k != "hydra"}
     base = OmegaConf.structured(schema)
     try:
-        return OmegaConf.merge(base, cfg)
-    except Exception as e:  # omegaconf errors are multi-line; keep the useful first line
-        raise ValueError(f"invalid {schema.__name__} config: {str(e).splitlines()[0]}") from None
+        merged = OmegaConf.merge(base, cfg)
+    except Exception as e:  # omegaconf errors are multi-line; keep the useful first line and the key
+        key = getattr(e, "full_key", None)
+        raise ValueError(f"invalid {schema.__name__} config{f' key {key}' if key else ''}: "
+                         f"{str(e).splitlines()[0]}") from None
+    check_values(merged)
+    return merged
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An allowed range or set of values of one config key (see `checks`)."""
+
+    ok: Any  # callable: value -> bool
+    allowed: str  # what the error message says is allowed
+
+
+def at_least(lo) -> Rule:
+    return Rule(lambda v: v >= lo, f">= {lo}")
+
+
+def between(lo, hi) -> Rule:
+    return Rule(lambda v: lo <= v <= hi, f"between {lo} and {hi}")
+
+
+def one_of(*choices) -> Rule:
+    return Rule(lambda v: v in choices, "one of " + ", ".join(str(c) for c in choices))
+
+
+DEVICE = Rule(lambda v: v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v) is not None, "auto, cpu, cuda or cuda:N")
+
+
+def checks(**rules: Rule):
+    """Class decorator: value rules of a schema's keys, checked by `validate` when the config is built.
+
+    Types are OmegaConf's job; ranges and enums are declared here, next to the documented keys,
+    so ``data.batch_size=-1`` or ``color_fix=bogus`` is a one-line error naming the key and what is
+    allowed, before any model loads. ``None`` (an Optional left unset) and ``???`` are not checked.
+    Subclasses inherit and may extend the rules.
+    """
+    def deco(cls):
+        cls.__config_checks__ = {**getattr(cls, "__config_checks__", {}), **rules}
+        return cls
+    return deco
+
+
+def check_values(cfg, prefix: str = "") -> None:
+    """Apply the `checks` rules of every schema node of a merged structured config (recursively)."""
+    from omegaconf import ListConfig
+
+    rules = getattr(OmegaConf.get_type(cfg), "__config_checks__", {}) if isinstance(cfg, DictConfig) else {}
+    for key, rule in rules.items():
+        if key not in cfg or OmegaConf.is_missing(cfg, key) or cfg[key] is None:
+            continue
+        value = cfg[key]
+        try:
+            ok = rule.ok(value)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{prefix}{key}={value!r} is not allowed: must be {rule.allowed}")
+    items = cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else enumerate(cfg)
+    for key, _ in list(items):
+        node = cfg._get_node(key)
+        if isinstance(node, (DictConfig, ListConfig)) and not node._is_none() and not node._is_missing():
+            check_values(node, f"{prefix}{key}.")
+
+
+def cli_keys(overrides) -> set[str]:
+    """Dotted keys a list of Hydra command-line overrides sets (``a.b=1``, ``+a=1``, ``++a.b=2``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return {o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides or []))}
+
+
+def apply_preset(values: dict, preset: dict, given: set[str], prefix: str = "") -> dict:
+    """Fill ``values`` from an experiment's ``preset`` block without touching keys in ``given``.
+
+    Code that reads a preset block (e.g. an experiment's ``sample:`` keys) runs after Hydra has
+    applied the command line, so applied blindly it would replace what the user typed; the
+    command line must always win, at any depth (``sjd.window=8`` beats ``sample.sjd.window``).
+    """
+    out = dict(values)
+    for key, val in (preset or {}).items():
+        full = f"{prefix}{key}"
+        if full in given:
+            continue
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = apply_preset(out[key], val, given, f"{full}.")
+        else:
+            out[key] = val
+    return out
 
 
 def to_dataclass(schema: type, cfg) -> Any:
@@ -121,7 +216,8 @@ class _OneLineErrors:
     command line; set ``ARSR_DEBUG=1`` to get the traceback anyway.
     """
 
-    USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError, KeyError)
+    USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError, KeyError,
+                   UserError)
 
     def __enter__(self):
         return self
@@ -146,7 +242,8 @@ class _OneLineErrors:
 one_line_errors = _OneLineErrors
 
 
-def run_app(app: str, config_name: str, schema: type, fn, argv: list[str] | None = None, typed: bool = True):
+def run_app(app: str, config_name: str, schema: type, fn, argv: list[str] | None = None, typed: bool = True,
+            spawn_script: str | None = None, view=None):
     """Shared body of the ``launch/`` entry points.
 
     A plain call (also under torchrun / the deepspeed launcher) composes the config on every rank
@@ -154,21 +251,54 @@ def run_app(app: str, config_name: str, schema: type, fn, argv: list[str] | None
     ``-m``/``--multirun`` the same job goes through ``@hydra.main`` instead, which is what makes
     Hydra sweeps and the submitit SLURM launcher (``-m hydra/launcher=slurm``) work. ``fn``
     receives the config validated against ``schema`` (a dataclass instance when ``typed``).
+    ``spawn_script`` (training launchers pass their own path): when no launcher started this
+    process, start the ``nproc`` ranks as torchrun would and return ``{"spawned": True}``
+    (``common.spawn``); a failed rank's exit code becomes this process's exit code.
+    ``view(cfg, hydra_cfg)`` (sampling launchers) maps the composed config to what ``schema``
+    validates, given Hydra's own node (``overrides.task``, ``run.dir``, ``mode``, ``job``): e.g. an
+    experiment's preset block applied below the command line, a default output folder.
+    Every error inside goes through `one_line_errors` (also inside a sweep job, where Hydra would
+    otherwise print its traceback).
     """
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
     args = [a for a in args if not a.startswith("--local_rank")]  # the deepspeed launcher appends it
     convert = to_dataclass if typed else validate
+
+    def _prepare(cfg, hc):
+        return convert(schema, cfg if view is None else view(cfg, hc))
+
+    def _spawn_or_run(cfg, overrides: list[str]):
+        if spawn_script is not None:
+            from common.spawn import maybe_spawn
+
+            code = maybe_spawn(cfg, spawn_script, overrides)  # children compose `overrides` again
+            if code is not None:
+                if code:
+                    raise SystemExit(code)
+                return {"spawned": True}
+        return fn(cfg)
+
     if "-m" in args or "--multirun" in args:
         import hydra
 
         @hydra.main(version_base="1.3", config_path=app_config_dir(app), config_name=config_name)
         def _job(cfg):
-            return fn(convert(schema, cfg))
+            from hydra.core.hydra_config import HydraConfig
+
+            hc = HydraConfig.get()
+            with one_line_errors():
+                return _spawn_or_run(_prepare(cfg, hc), list(hc.overrides.task))
 
         sys.argv = [sys.argv[0], *args]
         with one_line_errors():
             return _job()
     with one_line_errors():
-        return fn(convert(schema, compose_config(app, config_name, args)))
+        cfg, hc = compose_config(app, config_name, args, hydra_node=view is not None), None
+        if view is not None:
+            from omegaconf import open_dict
+
+            with open_dict(cfg):
+                hc = cfg.pop("hydra")
+        return _spawn_or_run(_prepare(cfg, hc), args)

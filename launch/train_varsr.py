@@ -1,4 +1,8 @@
-"""Train VARSR: ``[torchrun --nproc_per_node=8] python launch/train_varsr.py [+exp=NAME] [key=value ...]``.
+"""Train VARSR: ``python launch/train_varsr.py [+exp=NAME] [key=value ...]``.
+
+Plain python uses every GPU of the node: not started by torchrun / the deepspeed launcher / SLURM,
+it starts ``nproc`` ranks itself as ``torchrun --standalone --nproc_per_node=N`` would
+(``nproc=auto`` = visible GPUs; ``nproc=2 run.device=cpu`` = 2 gloo ranks; ``common/spawn.py``).
 
 Every rank composes ``configs/varsr/train.yaml`` with Hydra's compose API (no ``@hydra.main``,
 so no rank changes directory or creates its own output folder); rank 0 owns ``run.run_dir``.
@@ -29,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     register_configs()
     try:
-        return run_app("varsr", "train", VARSRTrainConfig, train, args)
+        return run_app("varsr", "train", VARSRTrainConfig, train, args, spawn_script=__file__)
     finally:
         destroy_distributed()
 

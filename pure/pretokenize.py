@@ -232,7 +232,8 @@ class OnlinePairs:
         for batch in it:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(batch["index"][0]))
             ids = [image_id(p, self.roots) for p in batch["path"]]
-            recs = self.enc(batch["hr"].to(self.device), batch["kernels"], ids, gen)
+            # Degradation + VQ encoding run batched on the training device (kernels follow `hr` there).
+            recs = self.enc(batch["hr"].to(self.device, non_blocking=True), batch["kernels"], ids, gen)
             if recs:
                 yield collate([(r["token"], r["label"]) for r in recs])
 
@@ -253,11 +254,12 @@ def build_online_loader(cfg, dist):
     from torch.utils.data import DataLoader
 
     from common.data.train_sets import collate_train
-    from pure.data import LengthGroupedSampler
+    from pure.data import LengthGroupedSampler, data_loader_kwargs
 
     ds, enc, roots = build_components(cfg.pretokenize, dist.device)
     enc.max_seq_len = cfg.data.max_seq_len
     sampler = LengthGroupedSampler(_UniformRecords(len(ds)), cfg.data.batch_size, dist.world_size, dist.rank,
                                    cfg.optim.grad_accum, cfg.data.window_mult, cfg.run.seed)
-    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate_train, num_workers=cfg.data.num_workers)
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate_train,
+                        **data_loader_kwargs(cfg.data, dist.device))
     return sampler, OnlinePairs(loader, enc, dist.device, roots, cfg.data.pad_to_multiple, cfg.pretokenize.seed)

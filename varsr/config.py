@@ -46,8 +46,11 @@ class DataConfig:
     hflip: bool = True  # random horizontal flip in the dataset (the degradation flips again in official code)
     min_size: int = 0  # skip images whose shorter side is below this (0 = keep all, resize handles it)
     batch_size: int = 4  # per-rank micro-batch (official: 4 per GPU, 8 GPUs -> 32)
-    num_workers: int = 4  # DataLoader workers (official default 0 runs the degradation in the main process)
+    num_workers: int = 4  # DataLoader workers: read + crop + kernel sampling (the degradation itself runs
+    #                       batched on the training device in varsr.data.BatchMaker)
     prefetch_factor: int = 2  # batches prefetched per worker
+    persistent_workers: bool = True  # keep workers alive between iterators (num_workers > 0)
+    pin_memory: Optional[bool] = None  # page-locked batches for async host->GPU copies; None = on CUDA
     lq_mode: str = "degrade"  # degrade = common.degradation pipeline | bicubic = deterministic x1/scale and back
 
 
@@ -90,7 +93,13 @@ class ParallelConfig:
     """How the transformer is wrapped (varsr/parallelize.py)."""
 
     strategy: str = "ddp"  # ddp | fsdp2 | none
-    activation_checkpointing: bool = False  # recompute each block in backward
+    activation_checkpointing: str = "none"  # none (false) | full (true) | selective: recompute each block in
+    #   backward; selective keeps matmul/attention outputs and recomputes the element-wise rest (common.parallel)
+    compile: bool = False  # torch.compile each transformer block in place before DDP/FSDP2 wrapping
+    compile_backend: str = "inductor"  # torch.compile backend (inductor | aot_eager | eager)
+    cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy (strategy=fsdp2): fp32 params, grads and AdamW state in
+    #   host RAM, optimizer step on the CPU; a single process is started as a torchrun world of one. d24 (~1B
+    #   params: 4 + 4 + 8 = 16 GB of fp32 state) fits one GPU anyway; offload frees that for larger batches.
     fsdp_param_dtype: str = "bf16"  # FSDP2 MixedPrecisionPolicy compute dtype of parameters
     fsdp_reduce_dtype: str = "fp32"  # gradient reduce-scatter dtype
     reshard_after_forward: bool = True  # free per-block params after forward (ZeRO-3 style)
@@ -168,6 +177,8 @@ class VARSRTrainConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     init: InitConfig = field(default_factory=InitConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    nproc: str = "auto"  # ranks launch/train_varsr.py starts itself when not under torchrun/deepspeed/SLURM:
+    #   auto = visible CUDA devices (1 on CPU), or an integer (nproc=2 run.device=cpu: 2 gloo ranks)
 
 
 def tiny_train_config(run_dir: str, **sections) -> VARSRTrainConfig:

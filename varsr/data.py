@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common.data import HRTrainDataset, ImageSource, collate_train, write_bundled_dataset
+from common.parallel import loader_kwargs
 
 
 def bundled_root(cache_dir: str | Path | None = None) -> Path:
@@ -164,17 +165,17 @@ def build_train_dataset(cfg, cache_dir: str | Path | None = None) -> HRTrainData
                           kernel_sampler=sampler, seed=cfg.run.seed)
 
 
-def build_train_loader(dataset: HRTrainDataset, cfg, world_size: int, rank: int,
-                       start_micro_batch: int = 0) -> tuple[DataLoader, ResumableBatchSampler]:
+def build_train_loader(dataset: HRTrainDataset, cfg, world_size: int, rank: int, start_micro_batch: int = 0,
+                       device: torch.device | str = "cpu") -> tuple[DataLoader, ResumableBatchSampler]:
+    """Per-rank DataLoader; workers/pinned memory/prefetch per ``cfg.data`` (``common.parallel.loader_kwargs``)."""
     d = cfg.data
     sampler = ResumableBatchSampler(len(dataset), d.batch_size, world_size, rank, cfg.run.seed, start_micro_batch)
-    kw = dict(num_workers=d.num_workers, collate_fn=collate_train, pin_memory=torch.cuda.is_available())
-    if d.num_workers > 0:
-        kw.update(prefetch_factor=d.prefetch_factor, persistent_workers=False)
+    kw = loader_kwargs(d.num_workers, device, d.prefetch_factor, d.persistent_workers, d.pin_memory)
     # A private generator: creating the iterator must not draw from the global torch RNG,
     # otherwise a resumed run's RNG stream would be one draw off the uninterrupted run's.
     gen = torch.Generator().manual_seed(cfg.run.seed * 1000 + rank)
-    return DataLoader(EpochIndexed(dataset), batch_sampler=sampler, generator=gen, **kw), sampler
+    return DataLoader(EpochIndexed(dataset), batch_sampler=sampler, collate_fn=collate_train, generator=gen,
+                      **kw), sampler
 
 
 def _kernels_to(kernels: dict, device: torch.device) -> dict:

@@ -67,9 +67,10 @@ def build_optimizer(model: nn.Module, lr: float, betas=(0.9, 0.95), eps: float =
                     weight_decay: float = 0.05, no_decay_keys=NO_DECAY_KEYS,
                     fused: bool | None = None) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`. ``fused`` defaults to True on CUDA only."""
+    from common.parallel import fused_adamw
+
     groups = param_groups(model, weight_decay, no_decay_keys)
-    if fused is None:
-        fused = all(p.is_cuda for g in groups for p in g["params"])
+    fused = fused_adamw(fused, (p for g in groups for p in g["params"]))
     # AdamW ignores unknown group keys ("names", "group") but keeps them in state_dict, which
     # makes a checkpoint self-describing.
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=bool(fused) or None)

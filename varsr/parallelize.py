@@ -1,4 +1,4 @@
-"""All distributed wrapping of the VARSR transformer: DDP, FSDP2, activation checkpointing.
+"""All distributed wrapping of the VARSR transformer: DDP, FSDP2 (+ CPU offload), activation checkpointing, compile.
 
 This is the only file in ``varsr`` that touches process groups or wrappers, so the model modules
 stay plain ``nn.Module``s that run unchanged in a CPU unit test. The training loop talks to the
@@ -13,11 +13,9 @@ wrapped model only through the helpers here:
 from __future__ import annotations
 
 import contextlib
-from functools import partial
 
 import torch
 from torch import nn
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -27,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from common import parallel as par
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -42,33 +40,35 @@ def _blocks(model: nn.Module) -> nn.ModuleList:
     return blocks
 
 
-def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
-    """Recompute each transformer block in backward (non-reentrant, RNG preserved for drop-path).
+def apply_activation_checkpointing(model: nn.Module, mode="full") -> nn.Module:
+    """Recompute each transformer block in backward (``common.parallel``: full | selective).
 
     The official code checkpoints every block always, even at inference; here it is a training
-    option. ``checkpoint_wrapper`` hides its ``_checkpoint_wrapped_module.`` infix from
-    ``state_dict`` so checkpoint keys keep the official names.
+    option. Non-reentrant with the RNG state replayed, so drop-path masks match; names unchanged.
     """
-    blocks = _blocks(model)
-    wrap = partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT, preserve_rng_state=True)
-    for i, block in enumerate(blocks):
-        if not hasattr(block, "_checkpoint_wrapped_module"):
-            blocks[i] = wrap(block)
+    par.apply_activation_checkpointing(_blocks(model), mode)
     return model
 
 
 def parallelize(model: nn.Module, cfg, dist_info) -> nn.Module:
-    """Wrap ``model`` for training.
+    """Wrap ``model`` for training: activation checkpointing, per-block compile, then DDP/FSDP2.
 
     ``cfg``: a ParallelConfig (``strategy`` = ddp | fsdp2 | none, ``activation_checkpointing``,
-    ``fsdp_param_dtype``, ``fsdp_reduce_dtype``, ``reshard_after_forward``,
-    ``find_unused_parameters``). ``dist_info``: ``common.dist.DistInfo``. A single process gets
-    the bare model (plus checkpointing) whatever the strategy, so tests and one-GPU runs need no
-    process group.
+    ``compile``, ``cpu_offload``, ``fsdp_param_dtype``, ``fsdp_reduce_dtype``,
+    ``reshard_after_forward``, ``find_unused_parameters``). ``dist_info``: ``common.dist.DistInfo``.
+    A single process gets the bare model (plus checkpointing/compile) whatever the strategy, so
+    tests and one-GPU runs need no process group; ``cpu_offload`` shards even a world of one.
     """
-    if cfg.activation_checkpointing:
-        apply_activation_checkpointing(model)
-    if dist_info.world_size <= 1 or cfg.strategy == "none":
+    offload = bool(getattr(cfg, "cpu_offload", False))
+    if offload and cfg.strategy != "fsdp2":
+        raise ValueError(f"parallel.cpu_offload needs parallel.strategy=fsdp2 (got {cfg.strategy!r})")
+    if offload and dist_info.backend is None:
+        raise ValueError("parallel.cpu_offload needs a process group: start through launch/train_varsr.py "
+                         "(it starts a torchrun world of one) or torchrun")
+    apply_activation_checkpointing(model, cfg.activation_checkpointing)
+    if cfg.compile:
+        par.compile_blocks(_blocks(model), backend=cfg.compile_backend)
+    if (dist_info.world_size <= 1 and not offload) or cfg.strategy == "none":
         return model
     if cfg.strategy == "ddp":
         ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
@@ -77,17 +77,14 @@ def parallelize(model: nn.Module, cfg, dist_info) -> nn.Module:
         return DDP(model, device_ids=ids, broadcast_buffers=False,
                    find_unused_parameters=bool(cfg.find_unused_parameters))
     if cfg.strategy == "fsdp2":
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import fully_shard
 
-        mesh = init_device_mesh(dist_info.device.type, (dist_info.world_size,))
-        mp = MixedPrecisionPolicy(param_dtype=_DTYPES[cfg.fsdp_param_dtype],
-                                  reduce_dtype=_DTYPES[cfg.fsdp_reduce_dtype])
+        kw = par.fsdp2_kwargs(dist_info, cfg.fsdp_param_dtype, cfg.fsdp_reduce_dtype, offload)
         for block in _blocks(model):
-            fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward)
+            fully_shard(block, reshard_after_forward=cfg.reshard_after_forward, **kw)
         # Root wrap covers the prefix encoder, embeddings, head and refiner in one group; the root's
         # parameters stay unsharded after forward because backward needs them right away.
-        fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+        fully_shard(model, reshard_after_forward=False, **kw)
         return model
     raise ValueError(f"parallel.strategy must be ddp | fsdp2 | none, got {cfg.strategy!r}")
 

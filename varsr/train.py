@@ -24,6 +24,7 @@ from common.checkpoint import (PreemptionHandler, atomic_save, checkpoint_path, 
                                prune_checkpoints, rng_state, safe_load, set_rng_state)
 from common.dist import all_gather_object, all_reduce_mean, any_rank, barrier, init_distributed, seed_everything
 from common.logging import Tracker, get_logger
+from common.parallel import get_dtype
 from varsr.config import VARSRTrainConfig, check_train_config
 from varsr.data import (BatchMaker, build_train_dataset, build_train_loader, check_c2i_classes, make_val_pairs,
                         step_generator)
@@ -32,7 +33,6 @@ from varsr.optim import LinearSchedule, build_optimizer, build_scheduler, warmup
 from varsr.parallelize import get_full_state, grad_sync, parallelize, set_full_state, unwrap
 
 log = get_logger("varsr.train")
-_AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Trainer:
@@ -85,9 +85,8 @@ class Trainer:
                                        self.total_steps), sc.warmup_start, sc.flat_fraction, sc.end_ratio)
         self.scheduler = build_scheduler(self.optimizer, self.schedule)
         p = cfg.precision
-        if p.dtype not in _AMP:
-            raise ValueError(f"precision.dtype must be fp32 | bf16 | fp16, got {p.dtype!r}")
-        self.amp_dtype = _AMP[p.dtype]
+        amp = get_dtype(p.dtype)
+        self.amp_dtype = None if amp == torch.float32 else amp  # fp32: autocast off
         self.scaler = torch.amp.GradScaler(self.device.type, init_scale=p.init_scale,
                                            growth_interval=p.growth_interval, enabled=p.dtype == "fp16")
         self.ema = EMA(unwrap(self.model), cfg.ema.decay, cfg.ema.start_step) if cfg.ema.enabled else None
@@ -95,7 +94,7 @@ class Trainer:
         if resume_from is not None:
             self._resume(resume_from)
         self.loader, self.sampler = build_train_loader(self.dataset, cfg, self.world, self.rank,
-                                                       start_micro_batch=self.step * self.accum)
+                                                       start_micro_batch=self.step * self.accum, device=self.device)
         self.batch_maker = BatchMaker(cfg, self.device)
         self.tracker = Tracker(cfg.run.wandb_project, self.run_dir, config_dict, mode=cfg.run.wandb_mode)
 
