@@ -233,6 +233,9 @@ class _OneLineErrors:
 
         if isinstance(exc, self.USER_ERRORS + (HydraException, OmegaConfBaseException)):
             lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+            cause = exc.__cause__  # Hydra's "Error merging override x=y" keeps the reason here
+            if cause is not None and str(cause).strip():
+                lines.append("(" + str(cause).strip().splitlines()[0] + ")")
             msg = " ".join(lines)[:400] if lines else type(exc).__name__
             print(f"error: {msg}  (ARSR_DEBUG=1 shows the traceback)", file=sys.stderr)
             raise SystemExit(2)

@@ -1,0 +1,211 @@
+"""Folder-tool safety shared by degradation, sampling (both apps) and evaluation.
+
+Three promises every folder tool makes, implemented once here:
+
+- Inputs are never overwritten: `prepare_output_dir` refuses an output folder that is, contains
+  or is inside an input folder, comparing resolved real paths (so a symlink or ``..`` cannot
+  sneak an output into an input), before anything is written or any model is loaded.
+- Bad paths are one line: `require_dir` / `require_file` tell "does not exist" from "is a file,
+  not a folder" (and the reverse), naming the config key to change.
+- A folder run finishes: `SkipLog` reads each image, warns once per unreadable file (naming it),
+  counts, and turns the count into the exit code.
+
+Exit codes (README "Bad input"): 0 all done, 2 user error (nothing or not everything could
+start: one line on stderr), 3 done with skips (every readable image processed, the others listed
+in the log and counted in the final line).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Mapping
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 2
+EXIT_SKIPPED = 3
+
+
+class UserError(Exception):
+    """A problem the user fixes by changing a path or a config value; the message is one line.
+
+    `common.config.one_line_errors` prints it without a traceback and exits with code 2.
+    """
+
+
+class OutputOverlapError(UserError):
+    """The output folder is, contains or is inside an input folder."""
+
+
+def _real(path) -> Path:
+    # resolve() follows every symlink that exists and keeps the not-yet-created tail as written
+    return Path(os.path.expanduser(str(path))).resolve()
+
+
+def require_dir(path, key: str) -> Path:
+    """``path`` as a Path when it is an existing folder; otherwise a one-line error naming ``key``."""
+    p = Path(os.path.expanduser(str(path)))
+    if not p.exists():
+        raise FileNotFoundError(f"{key}={path} does not exist; give an existing folder")
+    if not p.is_dir():
+        raise NotADirectoryError(f"{key}={path} is a file, not a folder; give the folder that holds the images")
+    return p
+
+
+def require_file(path, key: str) -> Path:
+    """``path`` as a Path when it is an existing file; otherwise a one-line error naming ``key``."""
+    p = Path(os.path.expanduser(str(path)))
+    if not p.exists():
+        raise FileNotFoundError(f"{key}={path} does not exist; give the path of an existing file")
+    if p.is_dir():
+        raise IsADirectoryError(f"{key}={path} is a folder, not a file; give the file inside it")
+    return p
+
+
+def check_apart(out, out_key: str, inputs: Mapping[str, object], contains_ok: bool = False) -> None:
+    """Refuse an output folder that is, contains or is inside any of ``inputs`` ({key: path|None}).
+
+    ``contains_ok``: the caller writes only a few named files directly into ``out`` (a metrics
+    JSON beside the SR folder), so ``out`` may be a parent of an input, never the input or inside it.
+    """
+    o = _real(out)
+    for key, inp in inputs.items():
+        if inp is None:
+            continue
+        i = _real(inp)
+        if o == i or i in o.parents or (o in i.parents and not contains_ok):
+            how = "is" if o == i else ("is inside" if i in o.parents else "contains")
+            raise OutputOverlapError(
+                f"{out_key}={out} {how} the input folder {key}={inp} (real paths {o} and {i}); outputs must "
+                f"never overwrite inputs: choose an {out_key} outside {key}")
+
+
+def prepare_output_dir(out, out_key: str, inputs: Mapping[str, object]) -> Path:
+    """Check ``out`` against ``inputs`` (see `check_apart`), then create it and make sure it is writable."""
+    check_apart(out, out_key, inputs)
+    p = Path(os.path.expanduser(str(out)))
+    if p.exists() and not p.is_dir():
+        raise NotADirectoryError(f"{out_key}={out} is a file, not a folder; give a folder for the outputs")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a parent is a file
+        raise NotADirectoryError(f"{out_key}={out}: a parent of it is a file; give a folder for the outputs") from None
+    except OSError as e:  # read-only file system, permission denied, /proc ...
+        raise PermissionError(f"{out_key}={out} cannot be created ({e.strerror or type(e).__name__}); choose a "
+                              "writable folder") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise PermissionError(f"{out_key}={out} is not writable; choose a writable folder")
+    return p
+
+
+def check_existing(out_dir: Path, outputs: Mapping[str, list[str]], out_key: str, skip_existing: bool,
+                   overwrite: bool) -> set[str]:
+    """Names (keys of ``outputs``: name -> its output file names in ``out_dir``) already done.
+
+    ``skip_existing`` keeps outputs that are complete (resume); ``overwrite`` replaces them
+    (atomically, as every writer here writes to a temp name and renames); with neither, existing
+    outputs are a one-line error before any work starts, so a second run never silently replaces
+    the first run's results. Returns the names to skip.
+    """
+    existing = sorted(f for files in outputs.values() for f in files if (out_dir / f).exists())
+    if existing and not (skip_existing or overwrite):
+        few = ", ".join(existing[:3]) + (" ..." if len(existing) > 3 else "")
+        raise UserError(f"{out_key}={out_dir} already holds {len(existing)} output(s) ({few}); set "
+                        "skip_existing=true to keep them or overwrite=true to replace them")
+    if not skip_existing:
+        return set()
+    return {n for n, files in outputs.items() if all((out_dir / f).exists() for f in files)}
+
+
+def start_folder_run(cfg, default_out, weights: Mapping[str, object], outputs) -> tuple[dict, Path, set[str]]:
+    """Checks every sampling run makes before a model loads; ``(files by stem, out_dir, names done)``.
+
+    ``cfg`` has ``lr_dir``, ``hr_dir``, ``out_dir``, ``metrics_out``, ``skip_existing`` and
+    ``overwrite``; ``weights`` ({key: path or None}) must exist; ``outputs(name)`` lists the files
+    one input gives in ``out_dir``.
+    """
+    from common.data.test_sets import list_images_by_stem
+
+    files = list_images_by_stem(cfg.lr_dir, "lr_dir")
+    if cfg.hr_dir is not None:
+        require_dir(cfg.hr_dir, "hr_dir")
+    for key, path in weights.items():  # file or folder: the loaders check which, naming the file
+        if path and not Path(os.path.expanduser(str(path))).exists():
+            raise FileNotFoundError(f"{key}={path} does not exist; put the weights there or set {key}= to their path")
+    inputs = {"lr_dir": cfg.lr_dir, "hr_dir": cfg.hr_dir}
+    if cfg.metrics_out:
+        check_apart(Path(cfg.metrics_out).parent, "metrics_out", inputs, contains_ok=True)
+    out_dir = prepare_output_dir(cfg.out_dir or default_out, "out_dir", inputs)
+    done = check_existing(out_dir, {n: outputs(n) for n in files}, "out_dir", cfg.skip_existing, cfg.overwrite)
+    return files, out_dir, done
+
+
+class SkipLog:
+    """Skip-and-count for a folder run: each unreadable input is one warning line naming the file.
+
+    ``read(path)`` returns the uint8 image or None (skipped); ``finish(done)`` logs the final count,
+    raises a one-line `UserError` when nothing at all was readable, and returns the counts that
+    `exit_code` turns into 0 or 3. Under torchrun, ``finish`` sums the counts over ranks.
+    """
+
+    def __init__(self, what: str, logger=None):
+        from common.logging import get_logger
+
+        self.what, self.log = what, logger or get_logger(what)
+        self.skipped: list[str] = []
+
+    def skip(self, path, reason: str) -> None:
+        self.skipped.append(str(path))
+        self.log.warning("skipped %s: %s", path, reason)
+
+    def read(self, path):
+        from common.data.io import BadImageError, read_image
+
+        try:
+            return read_image(path)
+        except BadImageError as e:
+            self.skip(path, e.reason)
+            return None
+
+    def finish(self, done: int, extra: str = "", gather: bool = True) -> dict:
+        """Counts over all ranks (a collective: every rank calls it, unless ``gather=False``)."""
+        from common.dist import all_gather_object
+
+        per_rank = all_gather_object((done, self.skipped)) if gather else [(done, self.skipped)]
+        done = sum(d for d, _ in per_rank)
+        skipped = sorted(s for _, ss in per_rank for s in ss)
+        if skipped and not done:
+            raise UserError(f"{self.what}: none of the {len(skipped)} input file(s) could be read "
+                            f"(first: {skipped[0]}); check the input folder")
+        self.log.info("%s: %d done, %d skipped (unreadable)%s", self.what, done, len(skipped), extra)
+        return {"done": done, "skipped": len(skipped), "skipped_files": skipped}
+
+
+def exit_code(result) -> int:
+    """0 when a folder run processed everything, 3 (`EXIT_SKIPPED`) when it skipped some inputs."""
+    return EXIT_SKIPPED if isinstance(result, Mapping) and result.get("skipped") else EXIT_OK
+
+
+__all__ = ["EXIT_OK", "EXIT_SKIPPED", "EXIT_USER_ERROR", "OutputOverlapError", "SkipLog", "UserError", "check_apart",
+           "check_existing", "exit_code", "prepare_output_dir", "require_dir", "require_file"]
+
+
+def sampling_out_dir(out_dir, hydra_cfg, world_size: int = 1) -> str:
+    """The output folder of a sampling run: ``out_dir``, or ``<Hydra run dir>/sr`` when unset.
+
+    In a sweep (``-m``) the default is the job's own folder, and an explicit ``out_dir`` gets one
+    sub-folder per job (``cfg=0.8,temperature=0.7/sr``) so sweep points never overwrite each
+    other. Under torchrun every rank would invent its own time-stamped default, so ``out_dir`` is
+    required there.
+    """
+    multirun = hydra_cfg is not None and str(hydra_cfg.get("mode")) == "RunMode.MULTIRUN"
+    if out_dir is not None:
+        if not multirun:
+            return str(out_dir)
+        job = hydra_cfg.job
+        return str(Path(out_dir) / (job.get("override_dirname") or f"job{job.get('num')}") / "sr")
+    if world_size > 1:
+        raise UserError("under torchrun give out_dir=... so every rank writes to the same folder")
+    if hydra_cfg is None:
+        return "sr"
+    base = hydra_cfg.runtime.get("output_dir") if multirun else None
+    return str(Path(base or hydra_cfg.run.dir) / "sr")
