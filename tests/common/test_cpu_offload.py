@@ -80,7 +80,8 @@ def test_varsr_offload_needs_fsdp2(tmp_path):
 
     model, _ = build_models("tiny")
     with pytest.raises(ValueError, match="strategy=fsdp2"):
-        parallelize(model, ParallelConfig(strategy="ddp", cpu_offload=True), DistInfo(0, 1, 0, torch.device("cpu"), None))
+        parallelize(model, ParallelConfig(strategy="ddp", cpu_offload=True),
+                    DistInfo(0, 1, 0, torch.device("cpu"), None))
 
 
 def _pure_cfg(tmp_path, name, **over):
@@ -108,8 +109,8 @@ def test_pure_offload_matches_plain(tmp_path, world_of_one, backend):
 
 
 def test_deepspeed_config_switch():
-    from pure.config import PureOptimConfig
     from pure.config import ParallelConfig as PureParallel
+    from pure.config import PureOptimConfig
     from pure.parallelize import deepspeed_config
 
     par = PureParallel(backend="deepspeed", zero_stage=3, cpu_offload=True)
