@@ -147,7 +147,7 @@ def main(raw) -> None:
         # LQ/HQ pairs of the bundled photos -> degradation text + VQ codes -> sharded token files.
         run([py, "launch/pretokenize_pure.py", "+exp=quick", f"pretokenize.out_dir={tokens}"], logs / "pretokenize_pure.log")
         run([py, "launch/train_pure.py", "+exp=quick", f"run.run_dir={prun}", f"run.seed={cfg.seed}",
-             f"data.meta={tokens / 'record.json'}", f"max_steps={cfg.pure_steps}", f"export.hf_dir={prun / 'export'}"],
+             f"data.meta={tokens / 'record.json'}", f"schedule.max_steps={cfg.pure_steps}", f"export.hf_dir={prun / 'export'}"],
             logs / "train_pure.log")
         run([py, "launch/sample_pure.py", "+exp=quick", f"ckpt_dir={prun / 'export'}", f"lr_dir={test / 'LR'}",
              f"out_dir={out / 'sr_pure'}", f"out_size={cfg.test_size}", "metrics=[]", "device=cpu", *hydra_quiet],

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from common.config import dataclass_from_dict
+from pure.official import load_hf_shards, read_hf_config
 
 
 def model_config(cfg):
@@ -22,6 +23,11 @@ def model_config(cfg):
     size = m.pop("size", None)
     mcfg = chameleon_config(size, **m) if size else dataclass_from_dict(ChameleonConfig, m)
     mcfg.dropout = float(cfg.dropout)
+    # The size registry knows the architecture, not the tokenizer: carry the starting checkpoint's
+    # vocabulary_map over, so the export is a checkpoint the official code can open.
+    base = read_hf_config(cfg.init.from_hf)
+    if base and base.get("vocabulary_map") is not None:
+        mcfg.vocabulary_map = base["vocabulary_map"]
     return mcfg
 
 
@@ -40,8 +46,6 @@ def build_lm(cfg, device: torch.device, meta: bool = False):
         mcfg.vocab_size = int(cfg.init.extend_vocab_from)
     lm = ChameleonForCausalLM(mcfg)
     if cfg.init.from_hf:
-        from pure.official import load_hf_shards
-
         load_hf_shards(lm, cfg.init.from_hf)
     if cfg.init.extend_vocab_from:
         extend_vocabulary(lm, target_vocab, seed=cfg.run.seed)

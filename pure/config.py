@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.config import CheckpointConfig, OptimConfig, RunConfig
+from common.ema import EMAConfig
 
 
 @dataclass
 class PureOptimConfig(OptimConfig):
-    """AdamW + warm-up/cosine schedule; defaults from PURE's train.sh."""
+    """AdamW; defaults from PURE's train.sh (the lr schedule is the `schedule` section)."""
 
     lr: float = 4e-4  # peak LR (20x Lumina-mGPT's 2e-5)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -24,10 +25,25 @@ class PureOptimConfig(OptimConfig):
     weight_decay: float = 0.1  # applied to ALL parameters, norms and embeddings included (official)
     grad_clip: float = 4.0  # global grad-norm clip
     grad_accum: int = 1  # micro-batches per optimizer step
+    fused: bool | None = None  # fused AdamW kernel; None = when every parameter is on CUDA (common.parallel)
+
+
+@dataclass
+class ScheduleConfig:
+    """Length and lr schedule (same section as VARSR's). Steps are optimizer steps (one per
+    `optim.grad_accum` micro-batches); the lr is set every step (pure.optim.lr_at)."""
+
+    epochs: float = 2.0  # official 2 epochs
+    max_steps: int = 0  # > 0 stops after this many optimizer steps instead of running all epochs
     warmup_epochs: float = 0.5  # linear warm-up from 0 over this many epochs (per-iteration update)
     min_lr: float = 0.0  # end of the half-cosine
-    fused: bool | None = None  # fused AdamW kernel; None = when every parameter is on CUDA (common.parallel)
-    z_loss_weight: float = 0.0  # w * mean(logsumexp^2) over supervised (shifted) positions; official 0
+
+
+@dataclass
+class LossConfig:
+    """Training objective (pure.losses.PureLoss): CE over supervised next tokens (+ z-loss)."""
+
+    z_loss_weight: float = 0.0  # w * mean(logsumexp^2) over positions whose own label is supervised; official 0
 
 
 @dataclass
@@ -93,8 +109,11 @@ class InitConfig:
 
 @dataclass
 class ExportConfig:
-    hf_dir: str | None = None  # write HF-layout safetensors shards here at the end (None = off)
-    max_shard_size: str = "5GB"
+    """HF-layout export at the end of training (official `from_pretrained` loads it)."""
+
+    hf_dir: str | None = None  # write HF-layout safetensors shards + config.json here at the end (None = off)
+    max_shard_size: str = "5GB"  # per shard file (HF size string)
+    dtype: str = "bf16"  # tensor dtype of the shards: bf16 (released PURE) | fp32 | fp16
 
 
 @dataclass
@@ -129,14 +148,15 @@ class PureTrainConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(run_dir="runs/pure", wandb_project="pure"))
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     optim: PureOptimConfig = field(default_factory=PureOptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: PureDataConfig = field(default_factory=PureDataConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     init: InitConfig = field(default_factory=InitConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     model: Any = None  # ChameleonConfig fields (configs/pure/model/*.yaml), validated by pure.model
-    epochs: float = 2.0  # official 2 epochs
-    max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
     dropout: float = 0.05  # residual dropout during training (overrides model.dropout)
     pretokenize: PretokenizeConfig = field(default_factory=PretokenizeConfig)  # data prep of this experiment
     sample: Any = None  # sampling keys of this experiment, read by launch/sample_pure.py (ignored here)
@@ -150,3 +170,6 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="pure_train_schema", node=PureTrainConfig)
     cs.store(name="pure_pretokenize_schema", node=PretokenizeConfig)
+
+
+register_configs()  # the schema heads configs/pure/train.yaml's defaults list

@@ -130,9 +130,14 @@ def _write_json(obj, path: Path) -> None:
 
 def save_hf_shards(model_or_state_dict, out_dir, max_shard_size: int | str = "5GB",
                    config: ChameleonConfig | None = None, vocabulary_map: dict | None = None,
-                   dtype: torch.dtype | None = torch.bfloat16) -> Path:
+                   dtype: torch.dtype | None = torch.bfloat16, base_config: dict | None = None) -> Path:
     """Write `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json` (+ config.json
     when `config` is given) into `out_dir`; return the index path.
+
+    `base_config`: the `config.json` of the checkpoint training started from. Every field of it
+    is kept as it was (the official `from_pretrained` needs e.g. `vocabulary_map`, and fields we
+    do not model must survive); only what the new weights change is rewritten (`vocab_size`
+    after a vocabulary extension, `torch_dtype`), and fields it lacks are added from `config`.
 
     Tensors are cast per shard (`dtype=None` keeps them), so peak extra memory is one shard.
     Every file is written atomically, the index last; shards of an older export that the new
@@ -162,13 +167,39 @@ def save_hf_shards(model_or_state_dict, out_dir, max_shard_size: int | str = "5G
         del tensors
     if config is not None:
         torch_dtype = str(dtype or next(iter(sd.values())).dtype).removeprefix("torch.")
-        _write_json(hf_config_dict(config, vocabulary_map, torch_dtype), out_dir / "config.json")
+        _write_json(merged_hf_config(hf_config_dict(config, vocabulary_map, torch_dtype), base_config),
+                    out_dir / "config.json")
     index = out_dir / INDEX_NAME
     _write_json({"metadata": {"total_size": sum(item(t) for t in sd.values())}, "weight_map": weight_map}, index)
     for stale in out_dir.iterdir():
         if _SHARD_RE.match(stale.name) and stale.name not in names:
             stale.unlink()
     return index
+
+
+def read_hf_config(ckpt_dir) -> dict | None:
+    """The `config.json` next to HF shards (None when `ckpt_dir` is unset or has none)."""
+    if not ckpt_dir:
+        return None
+    path = Path(ckpt_dir)
+    path = (path if path.is_dir() else path.parent) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+def merged_hf_config(ours: dict, base: dict | None) -> dict:
+    """`base` with every field kept, plus the fields only `ours` has; the weight-describing
+    `vocab_size` and `torch_dtype` come from `ours` (the exported tensors)."""
+    if not base:
+        return ours
+    out = dict(base)
+    out.update({k: v for k, v in ours.items() if k not in base})
+    out.update(vocab_size=ours["vocab_size"], torch_dtype=ours["torch_dtype"])
+    return out
 
 
 def load_llamagen_vq(vq: nn.Module, path, strict: bool = True) -> nn.Module:

@@ -23,13 +23,17 @@ import torch
 
 from common import checkpoint as ckpt_io
 from common.dist import (
+    all_gather_object,
     all_reduce_mean,
+    any_rank,
     barrier,
     destroy_distributed,
     init_distributed,
     seed_everything,
 )
+from common.ema import EMA, eval_weights
 from common.logging import Tracker, get_logger
+from common.parallel import get_dtype
 from pure.build import build_lm
 from pure.data import build_train_loader
 from pure.losses import PureLoss
@@ -37,22 +41,6 @@ from pure.optim import flops_per_token, lr_at
 
 log = get_logger("pure.train")
 _LOGGED = ("loss", "ce_text", "ce_image", "z_loss", "grad_norm")  # device-accumulated per logging window
-
-
-def _gather_rng(dist) -> list:
-    state = ckpt_io.rng_state()
-    if dist.world_size == 1:
-        return [state]
-    out = [None] * dist.world_size
-    torch.distributed.all_gather_object(out, state)
-    return out
-
-
-def _any_rank(flag: bool, device: torch.device, world_size: int) -> bool:
-    """True on every rank when any rank saw `flag` (the pre-emption signal): all ranks must agree to save."""
-    if world_size == 1:
-        return flag
-    return bool(all_reduce_mean(torch.tensor([float(flag)], device=device)) > 0)
 
 
 def _plain(cfg) -> dict:
@@ -80,8 +68,9 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         _, self.sampler, self.loader = build_train_loader(cfg, dist)
         self.steps_per_epoch = spe = self.sampler.steps_per_epoch()
-        self.total_steps = cfg.max_steps or math.ceil(cfg.epochs * spe)
-        self.warmup_steps = round(cfg.optim.warmup_epochs * spe)
+        sc = cfg.schedule
+        self.total_steps = sc.max_steps or math.ceil(sc.epochs * spe)
+        self.warmup_steps = round(sc.warmup_epochs * spe)
 
         seed_everything(cfg.run.seed, 0)  # same initial weights on every rank
         full_state = None
@@ -95,17 +84,24 @@ class Trainer:
         else:
             self.lm = build_lm(cfg, dist.device)
         seed_everything(cfg.run.seed, dist.rank)  # distinct per-rank streams from here on (dropout)
-        root = PureLoss(self.lm, cfg.optim.z_loss_weight)
+        root = PureLoss(self.lm, cfg.loss.z_loss_weight)
         if not meta_init:
             root = root.to(dist.device)
         self.engine = build_engine(root, self.lm, cfg.optim, cfg.parallel, dist, cfg.data.batch_size, full_state)
         del full_state
+        if cfg.ema.enabled and cfg.parallel.backend == "deepspeed" and cfg.parallel.zero_stage >= 3:
+            raise ValueError("ema.enabled needs full or FSDP2-sharded parameters; DeepSpeed ZeRO-3 partitions them "
+                             "(use parallel.backend=fsdp2 or zero_stage <= 2)")
+        # Over `lm` (HF names); under FSDP2 its parameters and so the average are this rank's shards.
+        self.ema = EMA(self.lm, cfg.ema.decay, cfg.ema.start_step) if cfg.ema.enabled else None
         self.step = 0
         # ---- resume (training-state manager) -------------------------------------------------
         latest = ckpt_io.latest_checkpoint(self.run_dir) if cfg.checkpoint.resume else None
         if latest is not None:
             extra = self.engine.load(latest)
             self.step = int(extra["step"])
+            if self.ema is not None and "ema" in extra:
+                self.ema.load_state_dict(extra["ema"])
             log.info("resumed from %s at step %d", latest, self.step)
         self.sampler.epoch, self.sampler.consumed = divmod(self.step, spe)  # data position = f(step)
         # Creating the iterator draws a base seed from the global RNG: do it before restoring RNGs so a
@@ -124,7 +120,9 @@ class Trainer:
     # ---- save (training-state manager) --------------------------------------------------------
     def save(self) -> None:
         """Collective: every rank calls it at the same step."""
-        extra = {"step": self.step, "rng": _gather_rng(self.dist), "sampler": self.sampler.state_dict()}
+        extra = {"step": self.step, "rng": all_gather_object(ckpt_io.rng_state()), "sampler": self.sampler.state_dict()}
+        if self.ema is not None:
+            extra["ema"] = self.ema.state_dict(full=True)
         self.engine.save(ckpt_io.checkpoint_path(self.run_dir, self.step), extra)
         if self.dist.is_main:
             ckpt_io.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
@@ -135,7 +133,7 @@ class Trainer:
         for `_LOGGED` plus host-side token counts."""
         cfg, eng = self.cfg, self.engine
         accum = cfg.optim.grad_accum
-        eng.set_lr(lr_at(self.step, self.total_steps, self.warmup_steps, cfg.optim.lr, cfg.optim.min_lr))
+        eng.set_lr(lr_at(self.step, self.total_steps, self.warmup_steps, cfg.optim.lr, cfg.schedule.min_lr))
         acc = torch.zeros(len(_LOGGED) - 1, device=self.device)  # loss, ce_text, ce_image, z_loss
         n_tokens = n_pad = n_seen = 0
         for _ in range(accum):
@@ -151,6 +149,8 @@ class Trainer:
             n_seen += ids.numel()
             self._flops_tok = self._flops_tok or flops_per_token(self.lm.config, ids.shape[1])
         gnorm = eng.step()
+        if self.ema is not None:
+            self.ema.update(self.lm, self.step)
         self.step += 1
         gnorm = torch.as_tensor(float("nan") if gnorm is None else gnorm, device=self.device).float().reshape(1)
         return {"values": torch.cat([acc, gnorm]), "n_tokens": n_tokens, "n_pad": n_pad, "n_seen": n_seen}
@@ -195,7 +195,8 @@ class Trainer:
                     tok[k] += out[k]
                 if on_step is not None:
                     on_step(self.step, out["values"][0])
-                stopped = pre is not None and _any_rank(pre.requested, self.device, dist.world_size)
+                # The one per-step collective: every rank must agree to checkpoint at the same step.
+                stopped = pre is not None and any_rank(pre.requested)
                 if stopped or (every_log > 0 and self.step % every_log == 0) or self.step == self.total_steps:
                     flush()
                 every = cfg.checkpoint.every_steps
@@ -216,15 +217,23 @@ class Trainer:
         return {"losses": losses, "step": self.step, "run_dir": str(self.run_dir), "preempted": stopped}
 
     def export(self) -> None:
-        """Consolidated HF safetensors shards + config.json (official checkpoint layout), rank 0 writes."""
-        from pure.official import save_hf_shards
+        """Consolidated HF safetensors shards + config.json (official checkpoint layout), rank 0 writes.
+
+        Weights: the EMA when enabled and `ema.use_for_eval`, else the trained ones; dtype
+        `export.dtype`. config.json keeps every field of `init.from_hf`'s config.json."""
+        from pure.official import read_hf_config, save_hf_shards
 
         cfg = self.cfg.export
-        sd = self.engine.full_model_state_dict()
+        dtype = get_dtype(cfg.dtype)
+        with eval_weights(self.ema, self.lm, self.cfg.ema.use_for_eval):
+            sd = self.engine.full_model_state_dict()  # collective under FSDP2 / ZeRO-3
         sd = {k.removeprefix("lm."): v for k, v in sd.items()}
         if self.dist.is_main:
             save_hf_shards(sd, cfg.hf_dir, max_shard_size=cfg.max_shard_size, config=self.lm.config,
-                           vocabulary_map=getattr(self.lm.config, "vocabulary_map", None))
+                           vocabulary_map=getattr(self.lm.config, "vocabulary_map", None), dtype=dtype,
+                           base_config=read_hf_config(self.cfg.init.from_hf))
+            log.info("exported HF shards (%s%s) to %s", cfg.dtype,
+                     ", EMA weights" if self.ema is not None and self.cfg.ema.use_for_eval else "", cfg.hf_dir)
         barrier()
 
 

@@ -16,6 +16,7 @@ from typing import Optional
 
 from common.config import CheckpointConfig, OptimConfig, RunConfig
 from common.degradation.presets import DegradationConfig, get_preset
+from common.ema import EMAConfig  # shared with PURE: enabled, decay, start_step, use_for_eval
 from varsr.model.config import VARSRModelConfig, model_config
 
 
@@ -111,15 +112,6 @@ class VARSRCheckpointConfig(CheckpointConfig):
     """Resumable checkpoints (common CheckpointConfig) plus the final official-layout export."""
 
     export_official: bool = True  # write run_dir/export/{VARSR,VQVAE}.pth in the official trainer layout at the end
-
-
-@dataclass
-class EMAConfig:
-    """Exponential moving average of the transformer weights (not in the official recipe)."""
-
-    enabled: bool = False
-    decay: float = 0.9999  # per optimizer step
-    start_step: int = 0  # copy the weights until this step, then start averaging
 
 
 @dataclass

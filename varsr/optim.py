@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from common.ema import clean_param_name  # wrapper-free names, shared with the EMA
+
 # Substrings that put a parameter in the no-decay group. The list is the official one (VAR's list
 # reused by VARSR, which adds "diffloss" so the whole refiner MLP is never decayed). Many entries
 # name modules our model does not have; they are kept so a VAR/C2I-shaped model groups the same way.
@@ -24,20 +26,6 @@ NO_DECAY_KEYS: tuple[str, ...] = (
     "pos_embed", "pos_1LC", "pos_start", "start_pos", "lvl_embed",
     "gamma", "beta", "ada_gss", "moe_bias", "scale_mul", "diffloss",
 )
-
-# Prefixes/infixes that wrappers insert into parameter names (DDP, torch.compile, activation
-# checkpointing, FSDP1). FSDP2 keeps the original names.
-_WRAPPER_TOKENS = ("_orig_mod.", "_checkpoint_wrapped_module.", "_fsdp_wrapped_module.")
-
-
-def clean_param_name(name: str) -> str:
-    """The parameter name as the unwrapped model would report it."""
-    for tok in _WRAPPER_TOKENS:
-        name = name.replace(tok, "")
-    if name.startswith("module."):
-        name = name[len("module."):]
-    return name
-
 
 def is_no_decay(name: str, param: torch.Tensor, no_decay_keys=NO_DECAY_KEYS) -> bool:
     """Official rule: 1-D tensors, biases and any name containing a no-decay key."""

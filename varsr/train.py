@@ -23,12 +23,12 @@ from omegaconf import OmegaConf
 from common.checkpoint import (PreemptionHandler, atomic_save, checkpoint_path, latest_checkpoint,
                                prune_checkpoints, rng_state, safe_load, set_rng_state)
 from common.dist import all_gather_object, all_reduce_mean, any_rank, barrier, init_distributed, seed_everything
+from common.ema import EMA, eval_weights
 from common.logging import Tracker, get_logger
 from common.parallel import get_dtype
 from varsr.config import VARSRTrainConfig, check_train_config
 from varsr.data import (BatchMaker, build_train_dataset, build_train_loader, check_c2i_classes, make_val_pairs,
                         step_generator)
-from varsr.ema import EMA
 from varsr.optim import LinearSchedule, build_optimizer, build_scheduler, warmup_steps_for
 from varsr.parallelize import get_full_state, grad_sync, parallelize, set_full_state, unwrap
 
@@ -268,7 +268,8 @@ class Trainer:
         model, collective = self._sampling_model()
         out = {}
         if self.dist.is_main or collective:
-            out = self._validate_on(model)
+            with eval_weights(self.ema, model, self.cfg.ema.use_for_eval):  # EMA weights when enabled
+                out = self._validate_on(model)
         barrier()
         return out
 
@@ -332,7 +333,8 @@ class Trainer:
         if collective:  # gather the full weights into a CPU copy
             from varsr.model import build_models
 
-            sd = get_full_state(self.model)["model"]
+            with eval_weights(self.ema, model, self.cfg.ema.use_for_eval):
+                sd = get_full_state(self.model)["model"]
             if not self.dist.is_main:
                 barrier()
                 return None
@@ -342,8 +344,11 @@ class Trainer:
         if self.dist.is_main:
             path = self.run_dir / "export" / ("VARSR_C2I.pth" if self.cfg.mode == "c2i" else "VARSR.pth")
             path.parent.mkdir(parents=True, exist_ok=True)
-            export_official(model, self.vqvae, path)
-            log.info(f"exported official-layout weights to {path}")
+            ema = None if collective else self.ema  # the gathered copy already holds the EMA weights
+            with eval_weights(ema, model, self.cfg.ema.use_for_eval):
+                export_official(model, self.vqvae, path)
+            log.info(f"exported official-layout weights to {path}"
+                     + (" (EMA)" if self.ema is not None and self.cfg.ema.use_for_eval else ""))
         barrier()
         return path
 

@@ -23,7 +23,7 @@ WORKER = textwrap.dedent('''
     backend, out, accum, mb = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     kill_at = int(sys.argv[5])
     cfg = make_cfg(out, **{{"parallel.backend": backend, "optim.grad_accum": accum, "data.batch_size": mb,
-                           "epochs": 2, "parallel.activation_checkpointing": True, "parallel.zero_stage": 3,
+                           "schedule.epochs": 2, "parallel.activation_checkpointing": True, "parallel.zero_stage": 3,
                            "run.run_dir": str(out / ("run_" + backend)),
                            "export.hf_dir": str(out / ("hf_" + backend))}})
     import os, signal

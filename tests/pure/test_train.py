@@ -51,7 +51,7 @@ def make_cfg(tmp_path, n_records=8, **over):
     cfg.parallel.backend, cfg.parallel.param_dtype = "none", "fp32"
     cfg.parallel.activation_checkpointing = False
     cfg.run.run_dir, cfg.run.wandb_mode, cfg.run.device = str(tmp_path / "run"), "disabled", "cpu"
-    cfg.optim.lr, cfg.optim.warmup_epochs = 3e-3, 0.0
+    cfg.optim.lr, cfg.schedule.warmup_epochs = 3e-3, 0.0
     cfg.logging.every_steps, cfg.checkpoint.every_steps, cfg.dropout = 100, 0, 0.0
     for k, v in over.items():
         OmegaConf.update(cfg, k, v)
@@ -87,14 +87,14 @@ def test_lr_schedule_closed_form():
 
 
 def test_overfit_one_batch(tmp_path):
-    cfg = make_cfg(tmp_path, n_records=2, epochs=40, **{"optim.lr": 1e-2})
+    cfg = make_cfg(tmp_path, n_records=2, **{"schedule.epochs": 40, "optim.lr": 1e-2})
     losses = main(cfg)["losses"]
     assert len(losses) == 40 and losses[-1] < 0.2 * losses[0], (losses[0], losses[-1])
 
 
 def test_sigterm_checkpoint_and_resume_reproduce(tmp_path):
     # 8 records -> 4 steps/epoch -> 12 steps; dropout + activation checkpointing: RNG streams must resume too
-    over = {"epochs": 3, "dropout": 0.1, "parallel.activation_checkpointing": True}
+    over = {"schedule.epochs": 3, "dropout": 0.1, "parallel.activation_checkpointing": True}
     ref = main(make_cfg(tmp_path / "a", **over))["losses"]
 
     def kill_at_5(step, loss):
@@ -129,7 +129,7 @@ def test_hf_export_roundtrip(tmp_path):
     from pure.model import ChameleonForCausalLM, chameleon_config
     from pure.official import load_hf_shards
 
-    cfg = make_cfg(tmp_path, n_records=2, epochs=1, **{"export.hf_dir": str(tmp_path / "hf"),
+    cfg = make_cfg(tmp_path, n_records=2, **{"schedule.epochs": 1, "export.hf_dir": str(tmp_path / "hf"),
                                                          "export.max_shard_size": "1MB"})
     main(cfg)
     sd = torch.load(tmp_path / "run/checkpoints/ckpt_00000001.pt", weights_only=True)["model"]
@@ -147,8 +147,8 @@ def test_every_exp_config_composes(exp):
     cfg = validate(PureTrainConfig, compose_config("pure", "train", [f"+exp={exp}"]))
     assert cfg.optim.betas == [0.9, 0.95] and cfg.optim.grad_clip == 4.0
     if exp == "lsdir_ffhq":  # official hyper-parameters
-        assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.epochs, cfg.dropout) == (4e-4, 0.1, 2.0, 0.05)
-        assert cfg.data.batch_size == 4 and cfg.optim.warmup_epochs == 0.5 and cfg.model.size == "7b"
+        assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.schedule.epochs, cfg.dropout) == (4e-4, 0.1, 2.0, 0.05)
+        assert cfg.data.batch_size == 4 and cfg.schedule.warmup_epochs == 0.5 and cfg.model.size == "7b"
 
 
 def test_online_mode_trains_from_images(tmp_path):
@@ -160,7 +160,7 @@ def test_online_mode_trains_from_images(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(4):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    cfg = make_cfg(tmp_path, n_records=2, epochs=2, **{"data.online": True, "data.pad_to_multiple": 8,
+    cfg = make_cfg(tmp_path, n_records=2, **{"schedule.epochs": 2, "data.online": True, "data.pad_to_multiple": 8,
                                                         "pretokenize.images": [str(d)],
                                                         "pretokenize.target_size": 64,
                                                         "pretokenize.out_dir": str(tmp_path / "tok"),
@@ -179,7 +179,7 @@ def test_loss_golden(tmp_path):
     """8 steps of the tiny config with a fixed seed (dropout + activation checkpointing on) must
     reproduce the stored curve; an intended change to the math regenerates the golden in the same
     commit (`ARSR_UPDATE_GOLDEN=1`)."""
-    cfg = make_cfg(tmp_path, epochs=2, dropout=0.05, **{"parallel.activation_checkpointing": True})
+    cfg = make_cfg(tmp_path, dropout=0.05, **{"schedule.epochs": 2, "parallel.activation_checkpointing": True})
     losses = main(cfg)["losses"]
     if os.environ.get("ARSR_UPDATE_GOLDEN"):
         GOLDEN_LOSSES.write_text(json.dumps({"losses": losses}, indent=1))
