@@ -87,6 +87,8 @@ def init_distributed(device: str | None = None, timeout_min: int = 30) -> DistIn
 
 
 def destroy_distributed() -> None:
+    global _CPU_GROUP
+    _CPU_GROUP = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -185,6 +187,18 @@ def broadcast_object(obj, src: int = 0, group=None):
     box = [obj]
     dist.broadcast_object_list(box, src=src, group=group)
     return box[0]
+
+
+_CPU_GROUP = None
+
+
+def new_cpu_group():
+    """A gloo group over all ranks (created once; collective): for CPU-side work that runs next to
+    NCCL training, e.g. DCP's collectives of an async checkpoint save on a background thread."""
+    global _CPU_GROUP
+    if _CPU_GROUP is None and _active():
+        _CPU_GROUP = dist.new_group(backend="gloo")
+    return _CPU_GROUP
 
 
 def seed_everything(seed: int, rank: int = 0) -> int:

@@ -1,0 +1,287 @@
+"""The one training-state manager of VARSR, PURE and tokenizer fine-tuning: layout, save, discovery, resume.
+
+On-disk layout (one per run, every backend)::
+
+    <run_dir>/checkpoints/step_<n:08d>/
+        meta.json          {"step", "format": "dcp" | "deepspeed", "world_size", "extra": {...}}
+        state/             DCP: .metadata + one __<rank>_0.distcp per rank (model, optimizer, objects)
+        ds/                DeepSpeed engine files instead of state/ (format "deepspeed")
+        universal/         DeepSpeed universal form, made on demand for a different world size
+        rng/rank_<r>.pt    every rank's RNG streams (weights_only-safe tensors and numbers)
+        COMPLETE           written last
+
+A save goes to ``checkpoints/.tmp_step_<n>/`` and is renamed once every rank has finished, so a
+killed save never looks like a checkpoint; such orphans are deleted when the next run starts.
+Discovery/auto-resume rule: the newest ``step_<n>`` with ``COMPLETE`` whose files pass
+verification (safe metadata, shards long enough, no pickled globals beyond the allowlist) and
+load; a bad one is skipped with a warning naming the bad file and the previous one is used.
+
+Model and optimizer go through ``torch.distributed.checkpoint.state_dict`` (FQN-keyed, sharded
+under FSDP2), so each rank writes and reads only its shards and any world size can resume.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.distributed.checkpoint.api import CheckpointException
+
+from common.checkpoint import _fsync_dir, atomic_save, atomic_write_bytes, rng_state, safe_load, set_rng_state
+from common.dist import barrier, broadcast_object, get_rank, get_world_size
+from common.logging import get_logger
+
+log = get_logger("arsr.checkpoint")
+STEP_RE = re.compile(r"^step_(\d{8,})$")
+TMP_PREFIX = ".tmp_step_"
+COMPLETE = "COMPLETE"
+
+
+def checkpoint_root(run_dir) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def step_dir(run_dir, step: int) -> Path:
+    return checkpoint_root(run_dir) / f"step_{int(step):08d}"
+
+
+def list_steps(run_dir) -> list[tuple[int, Path]]:
+    """Every ``step_<n>`` directory (complete or not), oldest first."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_RE.match(p.name)) and p.is_dir())
+
+
+def read_meta(path) -> dict:
+    return json.loads((Path(path) / "meta.json").read_text())
+
+
+def verify(path) -> dict:
+    """Meta of a complete, safe-looking checkpoint; ValueError naming the first bad file otherwise."""
+    path = Path(path)
+    if not (path / COMPLETE).is_file():
+        raise ValueError(f"{path / COMPLETE}: missing (save did not finish)")
+    try:
+        meta = read_meta(path)
+        int(meta["step"])
+    except Exception as e:
+        raise ValueError(f"{path / 'meta.json'}: unreadable ({type(e).__name__}: {e})") from None
+    allowed: set[str] = set()
+    if meta.get("format") == "deepspeed":
+        from common.checkpoint_ds import allowed_global_names
+
+        allowed = allowed_global_names()
+    else:
+        from common.checkpoint_dcp import verify_sharded
+
+        verify_sharded(path / "state")
+    for f in sorted(path.rglob("*.pt")):
+        try:
+            unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(f)) - allowed
+        except Exception as e:  # truncated zip, not a torch file
+            raise ValueError(f"{f}: unreadable ({type(e).__name__}: {e})") from None
+        if unsafe:
+            raise ValueError(f"{f}: holds pickled globals {sorted(unsafe)} (refusing to unpickle)")
+    return meta
+
+
+def resumable(run_dir) -> list[tuple[Path, dict]]:
+    """Complete checkpoints that pass :func:`verify`, newest first; bad ones are warned about by name."""
+    good = []
+    for _, path in reversed(list_steps(run_dir)):
+        try:
+            good.append((path, verify(path)))
+        except ValueError as e:
+            log.warning(f"skipping checkpoint {path.name}: {e}")
+    return good
+
+
+def clean_orphans(run_dir) -> list[Path]:
+    """Delete temp directories/files left by a save that was killed (call on one rank, before training)."""
+    root = checkpoint_root(run_dir)
+    removed = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(TMP_PREFIX) or (p.name.startswith(".") and p.name.endswith(".tmp")):
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(p)
+    if removed:
+        log.warning(f"removed {len(removed)} unfinished checkpoint temp(s): {', '.join(p.name for p in removed)}")
+    return removed
+
+
+@dataclass
+class Resumed:
+    """What a resume restored: the step, the app's JSON ``extra`` and whether RNG streams were restored."""
+
+    step: int
+    path: Path
+    extra: dict = field(default_factory=dict)
+    rng_restored: bool = False
+
+
+class TrainState:
+    """Save/resume model, optimizer, stateful objects (scheduler, scaler, EMA), RNG, step and ``extra``.
+
+    ``model``: the (wrapped) module, or a DeepSpeed engine when ``engine`` is given. ``objects``:
+    name -> object with ``state_dict``/``load_state_dict`` (scheduler, GradScaler, EMA...).
+    Every method that touches files is collective: all ranks call it.
+    """
+
+    def __init__(self, run_dir, model, optimizer=None, objects: dict | None = None, keep: int = 2,
+                 async_save: bool = False, engine=None):
+        self.run_dir, self.model, self.optimizer = Path(run_dir), model, optimizer
+        self.objects = dict(objects or {})
+        self.keep, self.async_save, self.engine = int(keep), bool(async_save), engine
+        self._pending = None
+        self._group = None
+        if get_rank() == 0:
+            clean_orphans(self.run_dir)
+        barrier()
+
+    # -- state dicts ------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+        if self.optimizer is not None:
+            msd, osd = get_state_dict(self.model, self.optimizer)
+            state = {"model": msd, "optim": osd}
+        else:
+            state = {"model": get_model_state_dict(self.model)}
+        state["objects"] = {k: _plain_state(v.state_dict()) for k, v in self.objects.items()}
+        return state
+
+    def _apply(self, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+
+        if self.optimizer is not None:
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                           optim_state_dict=state["optim"])
+        else:
+            set_model_state_dict(self.model, state["model"])
+        for k, obj in self.objects.items():
+            obj.load_state_dict(state["objects"][k])
+
+    def _ckpt_group(self):
+        """A gloo group for DCP's own collectives: async saves run them on a background thread, which
+        must not interleave with the training thread's NCCL collectives on the default group."""
+        if self._group is None and get_world_size() > 1:
+            from common.dist import new_cpu_group
+
+            self._group = new_cpu_group()
+        return self._group
+
+    # -- save -------------------------------------------------------------------------------------
+    def save(self, step: int, extra: dict | None = None) -> Path:
+        """Write ``step_<step>`` (collective). With ``async_save`` the DCP write finishes in the
+        background and the directory appears at the next ``save``/``wait``."""
+        self.wait()
+        final = step_dir(self.run_dir, step)
+        tmp = final.parent / f"{TMP_PREFIX}{int(step):08d}"
+        if get_rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        atomic_save(rng_state(), tmp / "rng" / f"rank_{get_rank():05d}.pt")
+        meta = {"step": int(step), "world_size": get_world_size(), "time": time.time(), "extra": extra or {},
+                "format": "deepspeed" if self.engine is not None else "dcp"}
+        if self.engine is not None:
+            self.engine.save_checkpoint(str(tmp), tag="ds", save_latest=False)
+            future = None
+        else:
+            from common.checkpoint_dcp import save_sharded
+
+            future = save_sharded(self._state(), tmp / "state", self._ckpt_group(), self.async_save)
+        self._pending = (future, tmp, final, meta)
+        if future is None:
+            self.wait()
+        return final
+
+    def wait(self) -> None:
+        """Finish a pending (async) save: every rank's shards are on disk, then rank 0 publishes it."""
+        if self._pending is None:
+            return
+        future, tmp, final, meta = self._pending
+        self._pending = None
+        if future is not None:
+            future.result()
+        barrier()
+        if get_rank() == 0:
+            atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=1).encode())
+            atomic_write_bytes(tmp / COMPLETE, b"")
+            if final.exists():  # re-saving a step (e.g. after a resume at that step) replaces it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+            self.prune()
+        barrier()
+
+    def prune(self) -> None:
+        if self.keep > 0:
+            for _, p in list_steps(self.run_dir)[:-self.keep]:
+                shutil.rmtree(p, ignore_errors=True)
+
+    # -- resume -----------------------------------------------------------------------------------
+    def resume(self) -> Resumed | None:
+        """Load the newest good checkpoint (see module docstring); None when there is none."""
+        candidates = broadcast_object([(str(p), m) for p, m in resumable(self.run_dir)] if get_rank() == 0 else None)
+        for path, meta in candidates:
+            try:
+                return self.load(Path(path), meta)
+            except (ValueError, KeyError, OSError, pickle.UnpicklingError, CheckpointException) as e:
+                # CheckpointException: DCP gathered a failure from some rank (all ranks raise it)
+                log.warning(f"skipping checkpoint {Path(path).name}: {_first_line(e)}; trying the previous one")
+        return None
+
+    def load(self, path: Path, meta: dict | None = None) -> Resumed:
+        meta = meta or verify(path)
+        if meta.get("format") == "deepspeed":
+            self._load_deepspeed(path, meta)
+        else:
+            from common.checkpoint_dcp import load_sharded
+
+            state = self._state()
+            load_sharded(state, path / "state", self._ckpt_group())
+            self._apply(state)
+        restored = False
+        rng = path / "rng" / f"rank_{get_rank():05d}.pt"
+        if int(meta.get("world_size", 1)) == get_world_size() and rng.is_file():
+            set_rng_state(safe_load(rng))
+            restored = True
+        log.info(f"resumed from {path} at step {meta['step']}")
+        return Resumed(int(meta["step"]), path, dict(meta.get("extra") or {}), restored)
+
+    def _load_deepspeed(self, path: Path, meta: dict) -> None:
+        from common.checkpoint_ds import convert_to_universal, load_engine_checkpoint
+
+        same = int(meta.get("world_size", 1)) == get_world_size()
+        if not same:
+            # DeepSpeed's partitioned files only fit the world size that wrote them; its universal
+            # form (one folder per parameter) loads on any. Rank 0 converts once, next to ds/.
+            if get_rank() == 0:
+                log.warning(f"{path}: written by {meta.get('world_size')} ranks, resuming on {get_world_size()}: "
+                            "converting to a DeepSpeed universal checkpoint")
+                convert_to_universal(path)
+            barrier()
+        load_engine_checkpoint(self.engine, path, universal=not same)
+
+
+def _plain_state(sd: dict) -> dict:
+    # A LambdaLR stores its schedule callables' attributes; the schedule is rebuilt from the config
+    # (which may have changed on purpose), so only the counters are checkpointed: None keeps the
+    # current callable when loading.
+    if "lr_lambdas" in sd:
+        sd = dict(sd, lr_lambdas=[None] * len(sd["lr_lambdas"]))
+    return sd
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e)
+    return f"{type(e).__name__}: {s.splitlines()[0] if s else ''}"
