@@ -1,0 +1,184 @@
+"""The web demo, served on localhost and driven by a real headless Chromium (Playwright).
+
+The server is the real entry point (``launch/web_demo.py``) in a subprocess, pointed at tiny VARSR and
+PURE checkpoints written in the official layouts. The browser uploads a bundled photo, runs both models
+and reads the result's size from the downloaded PNG (not from anything the test configured); a broken
+upload must show a message in the page while the server keeps serving. A screenshot of the page is saved
+in the test's output directory.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Tiny VARSR (official trainer layout) and tiny PURE (HF shards + config.json + tokenizer)."""
+    from pure.model import ChameleonForCausalLM, chameleon_config
+    from pure.official import save_hf_shards
+    from pure.tokenizer import build_test_tokenizer
+    from varsr.model import build_models
+    from varsr.official import export_official
+
+    d = tmp_path_factory.mktemp("web_ckpts")
+    torch.manual_seed(0)
+    model, vqvae = build_models("tiny")
+    export_official(model, vqvae, d / "VARSR.pth")
+    lm = ChameleonForCausalLM(chameleon_config("tiny"))
+    save_hf_shards(lm, d / "pure", max_shard_size="50MB", config=lm.config, dtype=None)
+    shutil.copy(build_test_tokenizer(d / "tok"), d / "pure" / "tokenizer.json")
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints, tmp_path_factory):
+    port = _free_port()
+    v, p = checkpoints / "VARSR.pth", checkpoints / "pure"
+    log = tmp_path_factory.mktemp("web_log") / "server.log"
+    cmd = [sys.executable, "launch/web_demo.py", f"port={port}", "device=cpu", "max_upload_mb=2",
+           "+varsr.test.model=tiny", f"+varsr.test.ckpt={v}", f"+varsr.test.vae_ckpt={v}",
+           "+pure.test.model=tiny", f"+pure.test.ckpt_dir={p}", "+pure.test.vq_ckpt=null", "+pure.test.vq_size=tiny",
+           "+pure.test.resolution=8", "+pure.test.image_only=true", "+pure.test.max_new_tokens=30"]
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", ARSR_NO_PROGRESS="1")
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"web demo exited early:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"web demo did not come up:\n{log.read_text()[-3000:]}")
+    yield url, proc, log
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _photo(tmp_path: Path) -> tuple[Path, tuple[int, int]]:
+    """One bundled CC0 photo, reduced to a small non-square LR (24x16) so the tiny models run in seconds."""
+    from common.data.bundled import bundled_photos
+
+    name, img = bundled_photos()[0]
+    small = Image.fromarray(img).resize((24, 16), Image.BICUBIC)
+    path = tmp_path / f"{name}.png"
+    small.save(path)
+    return path, small.size
+
+
+def _upload(page, path: Path) -> None:
+    """As a person would: clear any previous file, click the upload area, pick the file."""
+    clear = page.locator("#upload button[aria-label=Clear]")
+    if clear.count():
+        clear.first.click()
+    with page.expect_file_chooser() as chooser:
+        page.locator("#upload button.upload-container").click()
+    chooser.value.set_files(str(path))
+    page.locator("#upload").get_by_text(path.name).first.wait_for(timeout=30_000)
+
+
+def _restore(page, app: str, checkpoint: str, upload: Path, timeout_ms: int = 120_000) -> tuple[int, int]:
+    """Pick app + checkpoint, upload, press Restore; return the downloaded result's (width, height)."""
+    page.locator("#app").get_by_text(app, exact=True).click()
+    page.locator("#checkpoint input").click()
+    page.get_by_role("option", name=checkpoint, exact=True).click()
+    _upload(page, upload)
+    for close in page.locator(".toast-close").all():  # dismiss messages of earlier requests
+        close.click()
+    link = page.locator("#download a[href]")
+    previous = link.first.get_attribute("href") if link.count() else ""
+    page.locator("#run").click()
+    # Done when a new download link appears (every request writes a fresh file); an error toast
+    # instead fails at once with its text.
+    page.wait_for_function(
+        "(prev) => { const a = document.querySelector('#download a[href]');"
+        " return (a && a.getAttribute('href') !== prev && a.href.endsWith('.png'))"
+        " || document.querySelector('.toast-body'); }", arg=previous, timeout=timeout_ms)
+    toast = page.locator(".toast-body")
+    if toast.count():
+        raise AssertionError(f"the page reported an error: {toast.first.inner_text()}")
+    href = link.first.get_attribute("href")
+    data = page.request.get(href if href.startswith("http") else page.url.rstrip("/") + "/" + href.lstrip("/")).body()
+    return Image.open(BytesIO(data)).size
+
+
+def test_web_demo_in_a_real_browser(server, tmp_path):
+    chromium = _chromium()
+    if chromium is None:
+        pytest.fail("Chromium not found: .ci/run installs Debian's `chromium` package; run `apt-get install chromium`")
+    from playwright.sync_api import sync_playwright
+
+    url, proc, log = server
+    photo, (w, h) = _photo(tmp_path)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(url)
+        page.locator("#run").wait_for(timeout=60_000)
+        try:
+            _drive(page, photo, (w, h), broken, proc, log, tmp_path)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "web_demo_failure.png"), full_page=True)
+            print(f"server log:\n{log.read_text()[-4000:]}\nscreenshot: {tmp_path / 'web_demo_failure.png'}")
+            raise
+        finally:
+            browser.close()
+    shot = np.asarray(Image.open(tmp_path / "web_demo.png"))
+    assert shot.shape[0] > 100 and shot.std() > 1  # a rendered page, not a blank capture
+    print(f"screenshots: {tmp_path / 'web_demo.png'} {tmp_path / 'web_demo_error.png'}")
+
+
+def _drive(page, photo: Path, size: tuple[int, int], broken: Path, proc, log: Path, tmp_path: Path) -> None:
+    w, h = size
+    assert _restore(page, "varsr", "test", photo) == (4 * w, 4 * h)  # x4, aspect kept
+    pure_size = _restore(page, "pure", "test", photo)
+    assert pure_size[0] > 0 and pure_size[1] > 0
+    assert page.locator("#degradation textarea").count() == 1 and page.locator("#caption textarea").count() == 1
+    page.screenshot(path=str(tmp_path / "web_demo.png"), full_page=True)
+
+    # A broken upload: a message in the page, and the server still serves the next request.
+    _upload(page, broken)
+    page.locator("#run").click()
+    page.get_by_text("not a readable image").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(tmp_path / "web_demo_error.png"), full_page=True)
+    assert proc.poll() is None, log.read_text()[-2000:]
+    assert _restore(page, "varsr", "test", photo) == (4 * w, 4 * h)

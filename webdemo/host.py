@@ -1,0 +1,203 @@
+"""One model in memory, one restoration at a time, for the web demo.
+
+A checkpoint entry of ``WebDemoConfig`` is a list of overrides of the app's sampling config; the host
+composes and validates that config with the same schema as ``launch/sample_*.py`` and loads weights
+through the same loaders (``varsr.evaluate.load_models``, ``pure.evaluate.load_components``), so the page
+and the folder tools cannot drift apart. Switching checkpoints drops the previous model first: a 7B PURE
+and a d24 VARSR are never resident together.
+
+Every problem the user can fix (an unreadable upload, an image too large, a checkpoint that is missing)
+is a ``DemoError`` with one readable sentence; the UI shows it in the page and keeps serving.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.config import REPO_ROOT, compose_config, to_dataclass
+
+APPS = ("varsr", "pure")
+
+
+class DemoError(Exception):
+    """A problem the user can act on; its message is shown in the page as is."""
+
+
+@dataclass
+class Request:
+    """What the page asks for. ``tile``: auto | on | off; ``color_fix``: adain | wavelet | none."""
+
+    app: str
+    checkpoint: str
+    cfg: float
+    temperature: float
+    seed: int = 0
+    tile: str = "auto"
+    color_fix: str = "default"  # default = the app's own choice (VARSR adain, PURE wavelet)
+
+
+@dataclass
+class Result:
+    image: np.ndarray  # uint8 HWC restored image
+    seconds: float
+    info: dict = field(default_factory=dict)  # sizes, settings, and for PURE the generated text
+
+
+def _overrides(entry: dict) -> list[str]:
+    """{key: value} of a checkpoint entry -> Hydra overrides (None -> null, True -> true)."""
+    def fmt(v):
+        return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+    return [f"{k}={fmt(v)}" for k, v in entry.items()]
+
+
+def _sample_config(app: str, entry: dict):
+    """The app's validated sampling config (``lr_dir`` is unused here: the page supplies the image)."""
+    if app == "varsr":
+        from varsr.evaluate import SampleRunConfig, register_configs
+
+        schema = SampleRunConfig
+    else:
+        from pure.evaluate import PureSampleConfig, register_configs
+
+        schema = PureSampleConfig
+    register_configs()
+    overrides = [*_overrides(entry), "lr_dir=web-upload", "metrics=[]"]
+    return to_dataclass(schema, compose_config(app, "sample", overrides))
+
+
+def _missing_files(app: str, cfg) -> list[str]:
+    keys = ("ckpt", "vae_ckpt") if app == "varsr" else ("ckpt_dir", "vq_ckpt", "tokenizer")
+    missing = []
+    for k in keys:
+        v = getattr(cfg, k, None)
+        if v and not (Path(v) if Path(v).is_absolute() else REPO_ROOT / v).exists():
+            missing.append(f"{k}={v}")
+    return missing
+
+
+def _absolute(app: str, cfg):
+    """Relative checkpoint paths mean the repository, wherever the server was started from."""
+    keys = ("ckpt", "vae_ckpt") if app == "varsr" else ("ckpt_dir", "vq_ckpt", "tokenizer")
+    changes = {k: str(REPO_ROOT / v) for k in keys if (v := getattr(cfg, k, None)) and not Path(v).is_absolute()}
+    return dataclasses.replace(cfg, **changes)
+
+
+class ModelHost:
+    """Loads the requested checkpoint on demand (dropping the previous one) and runs requests serially."""
+
+    def __init__(self, checkpoints: dict[str, dict[str, dict]], device: str = "auto",
+                 max_input_pixels: int = 2048 * 2048):
+        self.checkpoints = {app: dict(checkpoints.get(app) or {}) for app in APPS}
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))
+        self.max_input_pixels = int(max_input_pixels)
+        self._lock = threading.Lock()  # Gradio's queue already serialises; this guards direct callers
+        self._key: tuple[str, str] | None = None
+        self._loaded = None
+
+    def choices(self, app: str) -> list[str]:
+        return list(self.checkpoints.get(app, {}))
+
+    def default(self, app: str) -> str | None:
+        """The first configured checkpoint whose files exist (else the first one, which will explain)."""
+        for name, entry in self.checkpoints.get(app, {}).items():
+            try:
+                if not _missing_files(app, _sample_config(app, entry)):
+                    return name
+            except Exception:  # a broken entry is reported when it is chosen, not at start-up
+                continue
+        return next(iter(self.checkpoints.get(app, {})), None)
+
+    # ------------------------------------------------------------------------------ loading
+    def _load(self, app: str, name: str):
+        if self._key == (app, name):
+            return self._loaded
+        if name not in self.checkpoints.get(app, {}):
+            raise DemoError(f"unknown {app} checkpoint {name!r}; configured: {self.choices(app) or 'none'}")
+        cfg = _sample_config(app, self.checkpoints[app][name])
+        missing = _missing_files(app, cfg)
+        if missing:
+            raise DemoError(f"{app} checkpoint {name!r} is not on disk ({', '.join(missing)}); run `make demo` "
+                            f"for the tiny exports or point the demo at real weights (see README)")
+        cfg = _absolute(app, cfg)
+        self._key, self._loaded = None, None  # free the old model before the new one is built
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if app == "varsr":
+            from varsr.evaluate import load_models
+
+            loaded = (cfg, *load_models(cfg, self.device))
+        else:
+            from pure.evaluate import load_components
+
+            loaded = (cfg, *load_components(cfg, self.device))
+        self._key, self._loaded = (app, name), loaded
+        return loaded
+
+    # ------------------------------------------------------------------------------ running
+    def check_image(self, img: np.ndarray) -> None:
+        h, w = img.shape[:2]
+        if h * w > self.max_input_pixels:
+            raise DemoError(f"image is {w}x{h} = {h * w:,} pixels; this demo accepts at most "
+                            f"{self.max_input_pixels:,} (max_input_pixels)")
+
+    def run(self, req: Request, img: np.ndarray, progress=None) -> Result:
+        """Restore one uint8 HWC image with the requested app, checkpoint and settings."""
+        if req.app not in APPS:
+            raise DemoError(f"model must be one of {APPS}, got {req.app!r}")
+        if req.tile not in ("auto", "on", "off"):
+            raise DemoError(f"tiling must be auto, on or off, got {req.tile!r}")
+        self.check_image(img)
+        with self._lock:
+            if progress:
+                progress(0.05, desc=f"loading {req.app} checkpoint {req.checkpoint!r}")
+            base, *models = self._load(req.app, req.checkpoint)
+            if progress:
+                progress(0.15, desc="restoring")
+            t0 = time.time()
+            try:
+                out, info = (self._varsr if req.app == "varsr" else self._pure)(base, models, req, img)
+            except ValueError as e:  # the apps' own one-line user errors (too small, too large, bad option)
+                raise DemoError(str(e).splitlines()[0]) from None
+            seconds = time.time() - t0
+        out = (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        info.update(app=req.app, checkpoint=req.checkpoint, input=f"{img.shape[1]}x{img.shape[0]}",
+                    output=f"{out.shape[1]}x{out.shape[0]}", seconds=round(seconds, 2))
+        return Result(out, seconds, info)
+
+    def _varsr(self, base, models, req: Request, img: np.ndarray):
+        from varsr.evaluate import sr_one
+
+        model, vqvae = models
+        fix = base.color_fix if req.color_fix == "default" else req.color_fix
+        cfg = dataclasses.replace(base, cfg=float(req.cfg), temperature=float(req.temperature), seed=int(req.seed),
+                                  tile=req.tile, tile_cfg=float(req.cfg), color_fix=fix)
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        out = sr_one(model, vqvae, img, cfg, self.device, gen)
+        return out[0].float(), {"cfg": cfg.cfg, "temperature": cfg.temperature, "seed": cfg.seed,
+                                "tile": cfg.tile, "color_fix": fix}
+
+    def _pure(self, base, models, req: Request, img: np.ndarray):
+        from pure.evaluate import sampling_config, sjd_config
+        from pure.restore import Restorer
+
+        model, vq, tok = models
+        fix = base.color_fix if req.color_fix == "default" else req.color_fix
+        cfg = dataclasses.replace(base, cfg=float(req.cfg), temperature=float(req.temperature), seed=int(req.seed),
+                                  color_fix=fix)
+        restorer = Restorer(model, vq, tok, sampling_config(cfg), sjd_config(cfg), resolution=cfg.resolution,
+                            max_new_tokens=cfg.max_new_tokens, color_fix=fix, image_only=cfg.image_only)
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        res = restorer.restore([img], gen)[0]
+        info = {"cfg": cfg.cfg, "temperature": cfg.temperature, "seed": cfg.seed, "color_fix": fix,
+                "degradation": res.degradation, "caption": res.caption, "generated_image": res.ok,
+                "new_tokens": res.new_tokens, "forwards": res.forwards}
+        return res.image.float(), info
