@@ -8,7 +8,9 @@ its pinned variant, plus presets ``fr``, ``paired`` and ``nr`` (the columns of t
 
 Writes FILE.json (metric -> mean, pyiqa version, metric variants), FILE_per_image.csv and
 FILE.md (one Markdown table row). Pairing is by file name; a missing, extra or size-mismatched
-file stops the run with one line naming it.
+file stops the run with one line naming it; an unreadable file is skipped with a warning naming it.
+FILE.json may not go into sr_dir or hr_dir. Exit codes: 0 all scored, 3 scored but unreadable files
+were skipped (listed in FILE.json), 2 a user error (one line; ARSR_DEBUG=1 shows the traceback).
 """
 from __future__ import annotations
 
@@ -18,14 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import hydra
-from omegaconf import DictConfig
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.config import validate  # noqa: E402  (also registers the shared config search path)
+from common.config import DEVICE, at_least, checks, one_of, run_app  # noqa: E402  (+ the shared search path)
+from common.paths import UserError, exit_code  # noqa: E402
 
+@checks(better=one_of("higher", "lower"))
 @dataclass
 class MetricSpec:
     """One entry of the ``metrics`` group (configs/common/metrics/<name>.yaml)."""
@@ -35,6 +36,7 @@ class MetricSpec:
     better: str = "higher"  # higher | lower
 
 
+@checks(device=DEVICE, crop_border=at_least(0))
 @dataclass
 class EvaluateConfig:
     """Folder evaluation."""
@@ -48,6 +50,7 @@ class EvaluateConfig:
     weights_dir: Optional[str] = None  # local metric weights (layout: common/metrics/learned.py)
     crop_border: int = 0  # pixels cropped from each border for PSNR/SSIM (papers: 0)
     progress: bool = True  # show a progress bar
+    overwrite: bool = True  # replace an existing `out` (and its CSV/MD) atomically; false: refuse
 
 
 def run(cfg: EvaluateConfig) -> dict:
@@ -60,19 +63,23 @@ def run(cfg: EvaluateConfig) -> dict:
         raise ValueError("no metrics selected (metrics=[psnr,ssim] or metrics=paired)")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     return evaluate_folders(cfg.sr_dir, cfg.hr_dir, metrics, cfg.out, device=device, weights_dir=cfg.weights_dir,
-                            crop_border=cfg.crop_border, set_name=cfg.set_name, show_progress=cfg.progress)
+                            crop_border=cfg.crop_border, set_name=cfg.set_name, show_progress=cfg.progress,
+                            overwrite=cfg.overwrite)
 
 
-@hydra.main(version_base="1.3", config_path="../configs/common", config_name="evaluate")
-def main(raw: DictConfig) -> dict:
-    cfg = validate(EvaluateConfig, raw)
+def run_and_print(cfg: EvaluateConfig) -> dict:
     try:
         summary = run(cfg)
-    except (ValueError, FileNotFoundError, ImportError) as e:  # pairing/weights/config: one line, no traceback
-        raise SystemExit(f"evaluate: {e}") from None
-    print(json.dumps({"set": summary["set"], "n_images": summary["n_images"], "mean": summary["mean"]}, indent=2))
+    except ImportError as e:  # a metric's optional package: the user installs it
+        raise UserError(f"evaluate: {e}; install that package or drop the metric") from None
+    print(json.dumps({"set": summary["set"], "n_images": summary["n_images"], "skipped": summary["skipped"],
+                      "mean": summary["mean"]}, indent=2))
     return summary  # a sweep's summary callback (common.sweep) tabulates it
 
 
+def main(argv: list[str] | None = None) -> dict:
+    return run_app("common", "evaluate", EvaluateConfig, run_and_print, argv, typed=False)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code(main()))

@@ -1,4 +1,4 @@
-"""PURE restoration of a folder (thin Hydra entry point; logic in pure.evaluate / pure.restore).
+"""PURE restoration of a folder (thin entry point; logic in pure.evaluate / pure.restore).
 
     python launch/sample_pure.py lr_dir=data/RealSR/LR hr_dir=data/RealSR/HR
     python launch/sample_pure.py -m cfg=0.8,1.0 temperature=0.7,0.9 lr_dir=...   # sweep (out_dir/<overrides>/sr)
@@ -6,31 +6,33 @@
     torchrun --nproc_per_node=8 launch/sample_pure.py lr_dir=... out_dir=OUT/sr     # split by index
 
 Experiment files (`+exp=...`) are shared with training; their training-only keys (run, optim,
-data, ...) are ignored here, except that `run.device` fills `device` when it was left at auto,
-and an optional `sample:` block in the experiment (like its `pretokenize:` block) sets sampling
-keys for that experiment, e.g. `sample: {resolution: 128, vq_ckpt: null}`.
+data, ...) are ignored here, except that `run.device` fills `device`, and an optional `sample:`
+block in the experiment (like its `pretokenize:` block) sets sampling keys for that experiment,
+e.g. `sample: {resolution: 128, vq_ckpt: null}`. Keys given on the command line always win over
+both (`+exp=quick vq_ckpt=my_vq.pt` uses my_vq.pt).
+
+Exit codes: 0 every image done, 3 done but unreadable inputs were skipped (each named in the log),
+2 a user error (one line on stderr; ARSR_DEBUG=1 shows the traceback). README "Bad input".
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from common.config import to_dataclass  # noqa: E402  (also registers the shared config search path)
+from common.config import apply_preset, cli_keys, run_app  # noqa: E402
+from common.paths import exit_code, sampling_out_dir  # noqa: E402
 from pure.evaluate import PureSampleConfig, register_configs, run_restore  # noqa: E402
 
-register_configs()
 
+def sample_view(cfg, hydra_cfg=None) -> dict:
+    """Keep the keys PureSampleConfig knows; apply the experiment's `sample:` block and its
+    `run.device` below the command line (``hydra_cfg.overrides.task``); fill the output folder."""
+    from omegaconf import OmegaConf
 
-def sample_view(cfg: DictConfig) -> dict:
-    """Keep the keys PureSampleConfig knows; borrow the device from a training `run` block and
-    apply an experiment's `sample:` block."""
     raw = OmegaConf.to_container(cfg, resolve=True)
     known = {f.name for f in dataclasses.fields(PureSampleConfig)}
     out = {k: v for k, v in raw.items() if k in known}
@@ -38,32 +40,22 @@ def sample_view(cfg: DictConfig) -> dict:
     unknown = sorted(set(block) - known)
     if unknown:
         raise ValueError(f"sample_pure: unknown keys {unknown} in the experiment's `sample:` block")
-    out.update(block)
-    run = raw.get("run") or {}
-    if out.get("device", "auto") == "auto" and run.get("device"):
-        out["device"] = run["device"]
+    given = cli_keys(hydra_cfg.overrides.task) if hydra_cfg is not None else set()
+    device = (raw.get("run") or {}).get("device")
+    if device and out.get("device", "auto") == "auto":
+        block = {"device": device, **block}
+    out = apply_preset(out, block, given)
     ignored = sorted(k for k in raw if k not in known and k not in ("hydra", "sample"))
     if ignored:
         print(f"sample_pure: ignoring training-only keys {ignored}", file=sys.stderr)
+    out["out_dir"] = sampling_out_dir(out.get("out_dir"), hydra_cfg, int(os.environ.get("WORLD_SIZE", "1")))
     return out
 
 
-@hydra.main(config_path="../configs/pure", config_name="sample", version_base="1.3")
-def main(cfg: DictConfig) -> dict:
-    from hydra.core.hydra_config import HydraConfig
-
-    import os
-
-    run_cfg = to_dataclass(PureSampleConfig, sample_view(cfg))
-    if run_cfg.out_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # each rank gets its own Hydra run dir (a timestamp), so the shards would scatter
-        raise SystemExit("sample_pure: under torchrun give out_dir=... so every rank writes to the same folder")
-    hc = HydraConfig.get()
-    if run_cfg.out_dir is not None and str(hc.mode) == "RunMode.MULTIRUN":
-        # a sweep with one out_dir: give each job its own sub-folder (cfg=0.8,temperature=0.7/...)
-        run_cfg.out_dir = str(Path(run_cfg.out_dir) / (hc.job.override_dirname or f"job{hc.job.num}") / "sr")
-    return run_restore(run_cfg, default_out=Path(hc.runtime.output_dir) / "sr")
+def main(argv: list[str] | None = None) -> dict:
+    register_configs()
+    return run_app("pure", "sample", PureSampleConfig, run_restore, argv, view=sample_view)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_code(main()))

@@ -17,10 +17,13 @@ from typing import Any, Optional
 
 import torch
 
+from common.config import DEVICE, at_least, checks, one_of
 from pure.jacobi import SJDConfig
 from pure.processors import SamplingConfig
 
 
+@checks(window=at_least(1), active_from=at_least(0), active_until=at_least(0),
+        scheme=one_of("speculative_jacobi", "jacobi"))
 @dataclass
 class SJDSection:
     """Speculative Jacobi decoding (spec §8); off = plain AR decoding."""
@@ -34,6 +37,9 @@ class SJDSection:
     mean_k_compat: bool = False         # official one-k-per-window top-k (bug 3)
 
 
+@checks(vq_size=one_of("ds8", "tiny"), out_size=at_least(1), resolution=at_least(1), cfg=at_least(0.0),
+        temperature=at_least(0.0), top_k=at_least(0), max_new_tokens=at_least(1), batch_size=at_least(1),
+        color_fix=one_of("wavelet", "adain", "none"), device=DEVICE, dtype=one_of("bf16", "fp16", "fp32"))
 @dataclass
 class PureSampleConfig:
     model: Any = None                   # ChameleonConfig fields (config group `model`); config.json in ckpt_dir wins
@@ -59,6 +65,7 @@ class PureSampleConfig:
     device: str = "auto"                # auto | cpu | cuda
     dtype: str = "bf16"                 # bf16 | fp16 | fp32 weights on CUDA (CPU always fp32)
     skip_existing: bool = True          # keep PNG+JSON already written (resume after preemption)
+    overwrite: bool = False             # replace existing outputs (atomically); neither: existing outputs refuse
     metrics: Any = None                 # metric names, or the `metrics` group's {name: spec}; empty/None = no scoring
     metrics_out: Optional[str] = None   # JSON path; None -> <out_dir>/../metrics.json
 
@@ -91,13 +98,14 @@ def _dtype(cfg: PureSampleConfig, device: torch.device) -> torch.dtype:
 def load_components(cfg: PureSampleConfig, device: torch.device):
     """(model, vq, tokenizer) as the config says; weights via pure.official."""
     from common.logging import get_logger
+    from common.paths import require_dir
     from pure.model import ChameleonForCausalLM, chameleon_config, config_from_dict, from_hf_config_json
     from pure.model.vq import VQModel, vq_config
     from pure.official import load_hf_shards, load_llamagen_vq
     from pure.tokenizer import TextTokenizer, build_test_tokenizer
 
     log = get_logger("pure.sample")
-    ckpt = Path(cfg.ckpt_dir) if cfg.ckpt_dir else None
+    ckpt = require_dir(cfg.ckpt_dir, "ckpt_dir") if cfg.ckpt_dir else None  # "is a file" != "does not exist"
     if ckpt is not None and (ckpt / "config.json").is_file():
         mcfg = from_hf_config_json(ckpt)
     elif cfg.model is not None:
@@ -107,8 +115,6 @@ def load_components(cfg: PureSampleConfig, device: torch.device):
     mcfg.dropout = 0.0
     dtype = _dtype(cfg, device)
     if ckpt is not None:
-        if not ckpt.is_dir():
-            raise FileNotFoundError(f"ckpt_dir not found: {ckpt}")
         with torch.device("meta"):
             model = ChameleonForCausalLM(mcfg)
         load_hf_shards(model, ckpt, dtype=dtype, device=device)
@@ -132,62 +138,75 @@ def load_components(cfg: PureSampleConfig, device: torch.device):
 
 
 def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
-    """Restore a folder (distributed under torchrun); returns metrics + summary on rank 0, else {}."""
-    from common.data.io import read_image, write_image
-    from common.data.test_sets import list_images_by_stem
+    """Restore a folder (distributed under torchrun); returns metrics + summary on rank 0.
+
+    Paths are checked before the model loads (common.paths): the output folder may not overlap
+    the inputs, unreadable images are skipped and counted (``skipped`` in the result).
+    """
+    from common.checkpoint import atomic_write_bytes
+    from common.data.io import write_image
     from common.dist import barrier, get_rank, get_world_size, init_distributed, is_main
     from common.logging import get_logger, progress
+    from common.paths import SkipLog, start_folder_run
     from pure.restore import Restorer
 
     log = get_logger("pure.sample")
+    files, out_dir, keep = start_folder_run(
+        cfg, default_out, {"ckpt_dir": cfg.ckpt_dir, "vq_ckpt": cfg.vq_ckpt, "tokenizer": cfg.tokenizer},
+        lambda n: [f"{n}.png", f"{n}.json"])
+    cfg.out_dir = str(out_dir)
     info = init_distributed(None if cfg.device == "auto" else cfg.device)
     device = info.device
-    out_dir = Path(cfg.out_dir or default_out)
-    cfg.out_dir = str(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     model, vq, tok = load_components(cfg, device)
     restorer = Restorer(model, vq, tok, sampling_config(cfg), sjd_config(cfg), resolution=cfg.resolution,
                         max_new_tokens=cfg.max_new_tokens, color_fix=cfg.color_fix,
                         image_only=cfg.image_only)
-    files = list_images_by_stem(cfg.lr_dir, "lr_dir")
     names = sorted(files)
     rank, world = get_rank(), get_world_size()
-    mine = [i for i in range(rank, len(names), world)
-            if not (cfg.skip_existing and (out_dir / f"{names[i]}.png").is_file() and (out_dir / f"{names[i]}.json").is_file())]
-    bs = 1 if cfg.sjd.enabled else max(1, cfg.batch_size)
-    t0 = time.time()
+    mine = [i for i in range(rank, len(names), world) if names[i] not in keep]
+    bs = 1 if cfg.sjd.enabled else cfg.batch_size
+    skips = SkipLog("pure.sample", log)
+    t0, done = time.time(), sum(names[i] in keep for i in range(rank, len(names), world))
     for start in progress(range(0, len(mine), bs), desc="pure restore"):
-        idx = mine[start:start + bs]
-        gen = torch.Generator(device=device).manual_seed(cfg.seed + idx[0])
-        results = restorer.restore([read_image(files[names[i]]) for i in idx], gen)
-        for i, res in zip(idx, results):
+        batch = [(i, skips.read(files[names[i]])) for i in mine[start:start + bs]]
+        batch = [(i, img) for i, img in batch if img is not None]
+        if not batch:
+            continue
+        gen = torch.Generator(device=device).manual_seed(cfg.seed + batch[0][0])
+        results = restorer.restore([img for _, img in batch], gen)
+        done += len(batch)
+        for (i, _), res in zip(batch, results):
             img = res.image
             if cfg.out_size:
                 img = torch.nn.functional.interpolate(img[None], size=(cfg.out_size, cfg.out_size), mode="bicubic",
                                                       align_corners=False)[0].clamp(0, 1)
-            write_image(out_dir / f"{names[i]}.png", img)
-            (out_dir / f"{names[i]}.json").write_text(json.dumps({"name": names[i], **res.record()}, indent=1))
+            write_image(out_dir / f"{names[i]}.png", img)  # temp name + rename: never a half-written file
+            atomic_write_bytes(out_dir / f"{names[i]}.json",
+                               json.dumps({"name": names[i], **res.record()}, indent=1).encode())
             if not res.ok:
                 log.warning("%s: no valid image generated; wrote the bicubic LQ instead", names[i])
-    log.info("rank %d: %d images in %.1fs -> %s", rank, len(mine), time.time() - t0, out_dir)
+    counts = skips.finish(done, extra=f" in {time.time() - t0:.1f}s -> {out_dir}")
     barrier()
     if not is_main():
-        return {}
+        return {"skipped": counts["skipped"]}
     records = [json.loads((out_dir / f"{n}.json").read_text()) for n in names if (out_dir / f"{n}.json").is_file()]
     summary = {"images": len(records), "failed": sum(not r["ok"] for r in records),
                "mean_seconds": sum(r["seconds"] for r in records) / max(1, len(records)),
                "mean_forwards": sum(r["forwards"] for r in records) / max(1, len(records)),
                "mean_new_tokens": sum(r["new_tokens"] for r in records) / max(1, len(records))}
-    (out_dir.parent / "summary.json").write_text(json.dumps(summary, indent=1))
+    summary.update(skipped=counts["skipped"], skipped_files=counts["skipped_files"])
+    atomic_write_bytes(out_dir.parent / "summary.json", json.dumps(summary, indent=1).encode())
     from common.metrics.select import scorable_metrics
 
     metrics = scorable_metrics(cfg.metrics, cfg.hr_dir is not None)  # no HR: the no-reference ones (NIQE at least)
     if not metrics:
-        return {"summary": summary}
+        return {"summary": summary, "skipped": counts["skipped"]}
     from common.metrics import evaluate_folders
 
     out_json = Path(cfg.metrics_out or out_dir.parent / "metrics.json")
-    return {"summary": summary, **evaluate_folders(out_dir, cfg.hr_dir, metrics, out_json, device=str(device))}
+    scores = evaluate_folders(out_dir, cfg.hr_dir, metrics, out_json, device=str(device),
+                              allow_extra_hr=bool(counts["skipped"]))  # skipped inputs have no output
+    return {"summary": summary, **scores, "skipped": counts["skipped"]}
 
 
 __all__ = ["PureSampleConfig", "SJDSection", "load_components", "register_configs", "run_restore",

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common.config import DEVICE, at_least, between, checks, one_of
+
 from .fastvar import FastVARConfig
 from .model import build_models
 from .model.config import VARSRModelConfig, config_from_dict, model_config
@@ -25,6 +27,9 @@ from .sample import resize_bicubic, sample_sr
 from .tiling import sample_tiled
 
 
+@checks(scale=at_least(1), out_size=at_least(1), cfg=at_least(0.0), top_k=at_least(0), top_p=between(0.0, 1.0),
+        temperature=at_least(0.0), refiner_temperature=at_least(0.0), color_fix=one_of("adain", "wavelet", "none"),
+        intermediate_max=at_least(0), device=DEVICE, dtype=one_of("fp32", "fp16", "bf16"))
 @dataclass
 class SampleRunConfig:
     model: VARSRModelConfig = field(default_factory=lambda: model_config("d24"))  # config group `model`
@@ -53,6 +58,8 @@ class SampleRunConfig:
     dtype: str = "fp32"                                 # fp32 | fp16 | bf16 (autocast on CUDA)
     metrics: Any = None  # metric names, or the `metrics` group's {name: spec}; empty/None = no scoring
     metrics_out: Optional[str] = None                   # JSON path; None -> <out_dir>/../metrics.json
+    skip_existing: bool = True                          # keep SR PNGs already in out_dir (resume a killed run)
+    overwrite: bool = False                             # replace existing SR PNGs (atomically); neither: refuse
 
 
 def register_configs() -> None:
@@ -99,27 +106,37 @@ def sr_one(model, vqvae, img: np.ndarray, cfg: SampleRunConfig, device, generato
 
 
 def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
-    """Sample a folder (distributed when under torchrun); returns metrics (rank 0) or {}."""
-    from common.data.io import read_image, write_image
-    from common.data.test_sets import list_images_by_stem
+    """Sample a folder (distributed when under torchrun).
+
+    Paths are checked before the models load (common.paths): the output folder may not overlap
+    the inputs, unreadable images are skipped and counted. Returns the metrics summary (rank 0,
+    when scored) with ``skipped`` / ``skipped_files`` / ``images`` added.
+    """
+    from common.data.io import write_image
     from common.dist import barrier, get_rank, get_world_size, init_distributed, is_main
     from common.logging import get_logger, progress
+    from common.paths import SkipLog, start_folder_run
 
     log = get_logger("varsr.sample")
+    files, out_dir, keep = start_folder_run(cfg, default_out, {"ckpt": cfg.ckpt, "vae_ckpt": cfg.vae_ckpt},
+                                            lambda n: [f"{n}.png"])
+    names = sorted(files)
     info = init_distributed(None if cfg.device == "auto" else cfg.device)
     device = info.device
-    out_dir = Path(cfg.out_dir or default_out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     model, vqvae = load_models(cfg, device)
-    files = list_images_by_stem(cfg.lr_dir, "lr_dir")
-    names = sorted(files)
     rank, world = get_rank(), get_world_size()
     amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.dtype)
+    skips = SkipLog("varsr.sample", log)
     t0, done = time.time(), 0
     for i in progress(range(rank, len(names), world), desc="varsr sr"):
         name = names[i]
-        img = read_image(files[name])
-        gen = torch.Generator(device=device).manual_seed(cfg.seed + i)
+        if name in keep:
+            done += 1
+            continue
+        img = skips.read(files[name])
+        if img is None:
+            continue
+        gen = torch.Generator(device=device).manual_seed(cfg.seed + i)  # by index: unreadable files shift nothing
         on_scale = None
         if cfg.export_intermediate and i < cfg.intermediate_max:
             def on_scale(si, f_hat, name=name):
@@ -128,12 +145,13 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
                 write_image(out_dir / f"{name}_scales" / f"side{pn}.png", x[0])
         with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None and device.type == "cuda"):
             sr = sr_one(model, vqvae, img, cfg, device, gen, on_scale)
-        write_image(out_dir / f"{name}.png", sr[0].float().cpu())
+        write_image(out_dir / f"{name}.png", sr[0].float().cpu())  # temp name + rename: never a half PNG
         done += 1
-    log.info("rank %d: %d images in %.1fs -> %s", rank, done, time.time() - t0, out_dir)
+    counts = skips.finish(done, extra=f" in {time.time() - t0:.1f}s -> {out_dir}")
     barrier()
+    result = {"images": counts["done"], "skipped": counts["skipped"], "skipped_files": counts["skipped_files"]}
     if not (is_main() and cfg.metrics):  # a dict from the config group gives its keys below
-        return {}
+        return result
     from common.metrics import evaluate_folders
     out_json = Path(cfg.metrics_out or out_dir.parent / "metrics.json")
     from common.metrics.select import scorable_metrics
@@ -141,8 +159,9 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
     hr = cfg.hr_dir
     metrics = scorable_metrics(cfg.metrics, hr is not None)  # no HR: the no-reference ones (NIQE at least)
     if not metrics:
-        return {}
-    return evaluate_folders(out_dir, hr, metrics, out_json, device=str(device))
-
+        return result
+    # skipped inputs have no output: score what was produced, the skips are already counted
+    return {**evaluate_folders(out_dir, hr, metrics, out_json, device=str(device), allow_extra_hr=bool(counts["skipped"])),
+            **result}
 
 __all__ = ["SampleRunConfig", "register_configs", "run_sampling", "sr_one", "load_models"]

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from common.checkpoint import atomic_save, save_safetensors_atomic
+from common.paths import UserError
 
 from .parallelize import unwrap as _bare  # bare module under DDP
 
@@ -29,17 +30,22 @@ VAR_KEY, VAE_KEY = ("trainer", "var_wo_ddp"), ("trainer", "vae_local")
 _TOLERATED = ("quantize.ema_vocab_hit_SV",)
 
 
-class CheckpointError(RuntimeError):
-    """One-line, user-facing checkpoint problem."""
+class CheckpointError(UserError, RuntimeError):
+    """One-line, user-facing checkpoint problem (the launchers print it and exit 2)."""
 
 
 def _read(path) -> dict:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; give the .pth/.safetensors file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # SafetensorError ("HeaderTooLarge") does not name the file
+            raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # custom classes in the pickle, or a corrupt file
@@ -55,7 +61,8 @@ def _extract(obj: dict, nest: tuple[str, ...], path) -> dict[str, torch.Tensor]:
     if all(k in cur for k in nest[:1]):
         for k in nest:
             if not isinstance(cur, dict) or k not in cur:
-                raise CheckpointError(f"{path}: missing key {'/'.join(nest)}")
+                raise CheckpointError(f"{path}: missing key {'/'.join(nest)}; not the checkpoint this key expects "
+                                      "(VQVAE.pth given for the transformer, or the reverse?)")
             cur = cur[k]
         return dict(cur)
     prefix = "/".join(nest) + "/"

@@ -23,9 +23,9 @@ class PairingError(ValueError):
 
 def list_images_by_stem(folder, what: str = "folder") -> dict[str, Path]:
     """``{stem: path}`` of the images directly inside ``folder``; duplicate stems are an error."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{what} not found: {folder}")
+    from common.paths import require_dir
+
+    folder = require_dir(folder, what)  # "does not exist" vs "is a file, not a folder"
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and is_image_file(p.name) and not p.name.startswith("."):

@@ -18,14 +18,18 @@ from typing import Optional
 import numpy as np
 import torch
 
-from common.data.io import BadImageError, is_image_file, read_image, to_tensor, write_image
+from common.checkpoint import atomic_write_bytes
+from common.config import DEVICE, at_least, checks
+from common.data.io import is_image_file, to_tensor, write_image
 from common.logging import get_logger, progress
+from common.paths import SkipLog, check_existing, prepare_output_dir, require_dir
 
 from .kernels import KernelSampler, collate_kernels
 from .pipeline import Degrader
 from .presets import DegradationConfig
 
 
+@checks(crop=at_least(1), batch_size=at_least(1), device=DEVICE, limit=at_least(0), min_size=at_least(1))
 @dataclass
 class DegradeConfig:
     """``launch/degrade.py``: HR folder -> HR/LR pair folder."""
@@ -40,6 +44,8 @@ class DegradeConfig:
     limit: Optional[int] = None  # process at most this many files (after sorting)
     min_size: int = 64  # skip images whose shorter side (after trimming) is below this
     progress: bool = True  # show a progress bar
+    skip_existing: bool = False  # keep pairs already in out_dir (and their params.jsonl lines): resume
+    overwrite: bool = False  # replace existing pairs (atomically); with neither, an out_dir holding pairs refuses
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -59,71 +65,102 @@ def _prepare(img: np.ndarray, crop: Optional[int], scale: int, rng: np.random.Ge
     return img[: h - h % scale, : w - w % scale], [0, 0]
 
 
+def _output_names(files: list[Path]) -> list[str]:
+    """``<stem>.png`` per input; a repeated stem (a.jpg and a.png) gets ``<stem>_<index>.png``."""
+    names, used = [], set()
+    for idx, path in enumerate(files):
+        name = path.stem + ".png"
+        if name in used:
+            name = f"{path.stem}_{idx}.png"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _old_records(path: Path) -> dict[str, str]:
+    """params.jsonl lines of a previous run by output name (kept for the pairs it skips)."""
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        try:
+            out[json.loads(line)["name"]] = line
+        except (ValueError, KeyError, TypeError):
+            continue  # a damaged line: that pair is simply redone
+    return out
+
+
 def degrade_folder(cfg: DegradeConfig) -> dict:
-    """Run the folder degradation; returns counts {"written", "bad", "too_small"}."""
+    """Run the folder degradation; returns counts {"written", "bad", "too_small", "existing", "skipped"}.
+
+    ``skipped`` (unreadable inputs) is what the launcher's exit code reports (3 when > 0);
+    too-small images are a filter the config asks for (``min_size``), counted but not an error.
+    """
     log = get_logger("degrade")
     dcfg = cfg.degradation if isinstance(cfg.degradation, DegradationConfig) else DegradationConfig.from_dict(cfg.degradation)
     dcfg.validate()
     if cfg.crop is not None and cfg.crop % dcfg.scale:
         raise ValueError(f"crop={cfg.crop} must be a multiple of the scale {dcfg.scale}")
-    hr_dir, out = Path(cfg.hr_dir), Path(cfg.out_dir)
-    if not hr_dir.is_dir():
-        raise FileNotFoundError(f"hr_dir {hr_dir} is not a folder")
+    hr_dir = require_dir(cfg.hr_dir, "hr_dir")
+    out = prepare_output_dir(cfg.out_dir, "out_dir", {"hr_dir": cfg.hr_dir})  # never write into the inputs
     files = sorted(p for p in hr_dir.rglob("*") if p.is_file() and is_image_file(p))
     if cfg.limit is not None:
         files = files[: cfg.limit]
+    names = _output_names(files)
+    old = _old_records(out / "params.jsonl")
+    done = check_existing(out, {n: [f"HR/{n}", f"LR/{n}"] for n in names}, "out_dir", cfg.skip_existing,
+                          cfg.overwrite)
+    done &= set(old)  # a pair without its record is redone
     device = _resolve_device(cfg.device)
     sampler, degrader = KernelSampler(dcfg), Degrader(dcfg)
     (out / "HR").mkdir(parents=True, exist_ok=True)
     (out / "LR").mkdir(parents=True, exist_ok=True)
-    counts = {"written": 0, "bad": 0, "too_small": 0}
+    counts = {"written": 0, "bad": 0, "too_small": 0, "existing": len(done)}
+    records: dict[str, str] = {n: old[n] for n in done}
     pending: list[dict] = []
-    used_names: set[str] = set()
+    skips = SkipLog("degrade", log)
 
-    with open(out / "params.jsonl", "w") as jf:
+    def flush() -> None:
+        if not pending:
+            return
+        gt = torch.stack([p["gt"] for p in pending]).to(device)
+        kernels = collate_kernels([p["kernels"] for p in pending])
+        params = [p["params"] for p in pending]
+        if dcfg.per_batch_compat:  # official granularity: one set of batch-level choices
+            params = degrader.sample_params(len(pending), pending[0]["gen"], kernels["params"])
+        res = degrader.apply(gt, kernels, params)
+        for i, item in enumerate(pending):
+            write_image(out / "HR" / item["name"], res.gt[i].clamp(0, 1).cpu())  # temp name + rename
+            write_image(out / "LR" / item["name"], res.lq[i].cpu())
+            record = {"name": item["name"], "source": str(item["path"].relative_to(hr_dir)),
+                      "crop": item["crop"], "hr_size": list(gt.shape[-2:]), **res.params[i]}
+            records[item["name"]] = json.dumps(record)
+        counts["written"] += len(pending)
+        pending.clear()
 
-        def flush() -> None:
-            if not pending:
-                return
-            gt = torch.stack([p["gt"] for p in pending]).to(device)
-            kernels = collate_kernels([p["kernels"] for p in pending])
-            params = [p["params"] for p in pending]
-            if dcfg.per_batch_compat:  # official granularity: one set of batch-level choices
-                params = degrader.sample_params(len(pending), pending[0]["gen"], kernels["params"])
-            res = degrader.apply(gt, kernels, params)
-            for i, item in enumerate(pending):
-                write_image(out / "HR" / item["name"], res.gt[i].clamp(0, 1).cpu())
-                write_image(out / "LR" / item["name"], res.lq[i].cpu())
-                record = {"name": item["name"], "source": str(item["path"].relative_to(hr_dir)),
-                          "crop": item["crop"], "hr_size": list(gt.shape[-2:]), **res.params[i]}
-                jf.write(json.dumps(record) + "\n")
-            counts["written"] += len(pending)
-            pending.clear()
-
-        for idx, path in enumerate(progress(files, desc="degrade", disable=not cfg.progress)):
-            try:
-                img = read_image(path)
-            except BadImageError as e:
-                log.warning(str(e))
-                counts["bad"] += 1
-                continue
-            rng = np.random.default_rng([cfg.seed, idx])
-            arr, crop_at = _prepare(img, cfg.crop, dcfg.scale, rng)
-            if arr is None or min(arr.shape[:2]) < max(cfg.min_size, dcfg.scale):
-                counts["too_small"] += 1
-                continue
-            name = path.stem + ".png"
-            if name in used_names:  # e.g. a.jpg and a.png in one folder: keep both, distinctly
-                name = f"{path.stem}_{idx}.png"
-            used_names.add(name)
-            gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-            kernels = sampler(rng)
-            item = {"name": name, "path": path, "crop": crop_at, "gt": to_tensor(arr), "kernels": kernels,
-                    "gen": gen, "params": degrader.sample_params(1, gen, [kernels["params"]])[0]}
-            if pending and (pending[0]["gt"].shape != item["gt"].shape or len(pending) >= cfg.batch_size):
-                flush()
-            pending.append(item)
-        flush()
-    log.info(f"degraded {counts['written']} images into {out} "
-             f"(skipped: {counts['bad']} unreadable, {counts['too_small']} too small)")
-    return counts
+    for idx, (path, name) in enumerate(progress(list(zip(files, names)), desc="degrade", disable=not cfg.progress)):
+        if name in done:
+            continue
+        img = skips.read(path)
+        if img is None:
+            continue
+        rng = np.random.default_rng([cfg.seed, idx])
+        arr, crop_at = _prepare(img, cfg.crop, dcfg.scale, rng)
+        if arr is None or min(arr.shape[:2]) < max(cfg.min_size, dcfg.scale):
+            counts["too_small"] += 1
+            continue
+        gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+        kernels = sampler(rng)
+        item = {"name": name, "path": path, "crop": crop_at, "gt": to_tensor(arr), "kernels": kernels,
+                "gen": gen, "params": degrader.sample_params(1, gen, [kernels["params"]])[0]}
+        if pending and (pending[0]["gt"].shape != item["gt"].shape or len(pending) >= cfg.batch_size):
+            flush()
+        pending.append(item)
+    flush()
+    lines = [records[n] for n in names if n in records]  # input order, whatever was redone
+    atomic_write_bytes(out / "params.jsonl", "".join(line + "\n" for line in lines).encode())
+    counts["bad"] = len(skips.skipped)
+    summary = skips.finish(counts["written"] + counts["existing"], gather=False,
+                           extra=f" into {out} ({counts['written']} new, {counts['existing']} kept, "
+                                 f"{counts['too_small']} too small)")
+    return {**counts, "skipped": summary["skipped"], "skipped_files": summary["skipped_files"]}

@@ -8,6 +8,7 @@ table row, so every baseline is re-scored with the same stack (common.md §3.2).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import platform
 from pathlib import Path
@@ -114,50 +115,68 @@ def _ordered(names):
 
 
 def evaluate_folders(sr_dir, hr_dir, metrics, out_json, device="cpu", weights_dir=None, crop_border: int = 0,
-                     set_name: str | None = None, stack: MetricStack | None = None, show_progress: bool = True) -> dict:
+                     set_name: str | None = None, stack: MetricStack | None = None, show_progress: bool = True,
+                     allow_extra_hr: bool = False, overwrite: bool = True) -> dict:
     """Score every image of ``sr_dir`` (against ``hr_dir`` when given) and write
     ``out_json`` (summary), ``<stem>_per_image.csv`` and ``<stem>.md`` (one Markdown row).
 
-    Returns the summary dict. Missing/extra/mismatched files raise `PairingError` naming them.
+    Returns the summary dict. Missing/extra/mismatched files raise `PairingError` naming them
+    (``allow_extra_hr``: GT files without an output are tolerated, for a sampling run that skipped
+    unreadable inputs). An unreadable SR or HR file is skipped with a warning naming it and counted
+    (``skipped`` / ``skipped_files`` in the summary). The three files may not land in an input
+    folder; existing ones are replaced (atomically) only with ``overwrite``.
     """
+    from common.checkpoint import atomic_write_bytes
+    from common.data.io import BadImageError
     from common.logging import progress
+    from common.paths import SkipLog, UserError, check_apart
+
+    out_json = Path(out_json)
+    check_apart(out_json.parent, "out", {"sr_dir": sr_dir, "hr_dir": hr_dir}, contains_ok=True)
+    if out_json.exists() and not overwrite:
+        raise UserError(f"out={out_json} already exists; set overwrite=true to replace it or choose another out")
 
     stack = stack or MetricStack(metrics, device=device, weights_dir=weights_dir, crop_border=crop_border)
     if hr_dir is None and stack.needs_hr:
         raise ValueError(f"metrics {stack.needs_hr} need hr_dir (full-reference); drop them or give hr_dir")
     if hr_dir is not None:
-        pairs = pair_files(sr_dir, hr_dir, "sr_dir", "hr_dir")
+        pairs = pair_files(sr_dir, hr_dir, "sr_dir", "hr_dir", allow_extra_b=allow_extra_hr)
     else:
         found = list_images_by_stem(sr_dir, "sr_dir")
         from common.data.sources import natural_key
 
         pairs = [(s, found[s], None) for s in sorted(found, key=natural_key)]
-    rows = []
+    rows, skips = [], SkipLog("evaluate")
     it = progress(pairs, desc=f"eval {set_name or Path(sr_dir).name}", disable=not show_progress)
     for name, sr_path, hr_path in it:
-        sr, hr = _read_pair(name, sr_path, hr_path)
+        try:
+            sr, hr = _read_pair(name, sr_path, hr_path)
+        except BadImageError as e:
+            skips.skip(e.path, e.reason)
+            continue
         scores = stack.score(sr, hr) if stack.per_image else {}
         rows.append({"name": name, **{k: float(v[0]) for k, v in scores.items()}})
+    counts = skips.finish(len(rows), gather=False)  # runs on one rank (rank 0 of a sampling run)
     means = {n: sum(r[n] for r in rows) / len(rows) for n in stack.per_image}
     for n in stack.names:
         if n in FOLDER_LEVEL:
             means[n] = stack.folder_metric(n, sr_dir, hr_dir)
     means = {n: means[n] for n in _ordered(means)}
 
-    out_json = Path(out_json)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
     csv_path = out_json.with_name(out_json.stem + "_per_image.csv")
     md_path = out_json.with_suffix(".md")
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["name"] + [n for n in means if n in stack.per_image])
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=["name"] + [n for n in means if n in stack.per_image])
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(csv_path, buf.getvalue().encode())
     from common.logging import markdown_table
 
     label = set_name or Path(sr_dir).name
-    md_path.write_text(markdown_table([{"set": label, "n": len(rows), **means}]) + "\n")
+    atomic_write_bytes(md_path, (markdown_table([{"set": label, "n": len(rows), **means}]) + "\n").encode())
     summary = {"set": label, "sr_dir": str(sr_dir), "hr_dir": str(hr_dir) if hr_dir else None, "n_images": len(rows),
                "mean": means, "lower_better": [n for n in means if n in LOWER_BETTER],
-               "per_image_csv": str(csv_path), "markdown": str(md_path), **stack.info()}
-    out_json.write_text(json.dumps(summary, indent=2, allow_nan=True))
+               "per_image_csv": str(csv_path), "markdown": str(md_path), "skipped": counts["skipped"],
+               "skipped_files": counts["skipped_files"], **stack.info()}
+    atomic_write_bytes(out_json, json.dumps(summary, indent=2, allow_nan=True).encode())
     return summary

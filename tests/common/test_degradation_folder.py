@@ -35,7 +35,9 @@ def test_degrade_folder_whole_images(tmp_path):
     out = tmp_path / "out"
     counts = degrade_folder(DegradeConfig(hr_dir=str(hr), out_dir=str(out), degradation=get_preset("varsr_mild"),
                                           seed=0, progress=False))
-    assert counts == {"written": 4, "bad": 2, "too_small": 1}
+    assert {k: counts[k] for k in ("written", "bad", "too_small", "existing", "skipped")} == {
+        "written": 4, "bad": 2, "too_small": 1, "existing": 0, "skipped": 2}
+    assert [Path(p).name for p in counts["skipped_files"]] == ["broken.png", "empty.jpg"]
     names = sorted(p.name for p in (out / "HR").iterdir())
     assert names == ["a.png", "b.png", "c.png", "d.png"] == sorted(p.name for p in (out / "LR").iterdir())
     for n in names:
@@ -66,7 +68,7 @@ def test_degrade_folder_crops_and_is_reproducible(tmp_path):
 
 
 def test_degrade_folder_bad_input_is_one_line(tmp_path):
-    with pytest.raises(FileNotFoundError, match="is not a folder"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         degrade_folder(DegradeConfig(hr_dir=str(tmp_path / "nope"), out_dir=str(tmp_path / "o")))
     with pytest.raises(ValueError, match="multiple of the scale"):
         degrade_folder(DegradeConfig(hr_dir=str(tmp_path), out_dir=str(tmp_path / "o"), crop=66))
@@ -90,4 +92,5 @@ def test_launch_degrade_with_hydra_overrides(tmp_path):
     assert len(recs) == 2 and recs[0]["scale"] == 2 and recs[0]["preset"] == "varsr_mild"
     bad = subprocess.run([sys.executable, str(ROOT / "launch/degrade.py"), f"hr_dir={tmp_path / 'missing'}",
                           f"out_dir={tmp_path / 'o2'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "degrade: hr_dir" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "hr_dir=" in bad.stderr and "does not exist" in bad.stderr
+    assert "Traceback" not in bad.stderr

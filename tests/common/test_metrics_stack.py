@@ -134,7 +134,8 @@ def test_launcher_cli(folders, tmp_path, repo_root):
     assert set(json.loads(out.read_text())["mean"]) == {"psnr", "ssim"}
     bad = subprocess.run(cmd[:2] + [f"sr_dir={tmp_path / 'nope'}"] + cmd[3:], capture_output=True, text=True,
                          timeout=120, cwd=repo_root)
-    assert bad.returncode != 0 and "sr_dir not found" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "sr_dir=" in bad.stderr and "does not exist" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 @pytest.mark.slow  # Inception forward on 12 images + building it twice
