@@ -78,7 +78,7 @@ def load_hf_shards(model: nn.Module, ckpt_dir, strict: bool = True, dtype: torch
                     getattr(_slot(model, n)[0], "_non_persistent_buffers_set", set())})
     report = LoadReport()
     for file in _shard_files(ckpt_dir):
-        with safe_open(str(file), framework="pt", device=str(device)) as f:
+        with _open_shard(safe_open, file, device) as f:
             for key in f.keys():
                 if key.startswith(IGNORED_PREFIXES):
                     report.skipped.append(key)
@@ -99,6 +99,15 @@ def load_hf_shards(model: nn.Module, ckpt_dir, strict: bool = True, dtype: torch
         raise ValueError(f"strict load of {ckpt_dir} failed: missing {len(report.missing)} "
                          f"{report.missing[:4]}, unexpected {len(report.unexpected)} {report.unexpected[:4]}")
     return report
+
+
+def _open_shard(safe_open, file: Path, device):
+    """safe_open that names the file: safetensors' own errors ("HeaderTooLarge") do not."""
+    try:
+        return safe_open(str(file), framework="pt", device=str(device))
+    except Exception as exc:  # SafetensorError, OSError: a truncated or foreign file
+        raise ValueError(f"{file}: not a readable safetensors shard ({type(exc).__name__}: {exc}); "
+                         "download it again or re-export the checkpoint") from None
 
 
 @torch.no_grad()
