@@ -21,7 +21,7 @@ from pure.train import main  # noqa: E402
 
 def run(argv: list[str] | None = None) -> dict:
     register_configs()
-    return run_app("pure", "train", PureTrainConfig, main, argv, typed=False, spawn_script=__file__)
+    return run_app("pure", "train", PureTrainConfig, main, argv, typed=True, spawn_script=__file__)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """PURE training objective: next-token cross-entropy (+ optional z-loss) of a ChameleonForCausalLM.
 
 Official recipe (spec pure.md §5): CE over all 73,728 classes averaged over every supervised token
-of the micro-batch (labels shifted by one: position t predicts label t+1), z-loss weight 0.
+of the micro-batch (labels shifted by one: position t predicts label t+1), z-loss weight 0; the
+z-loss, when weighted, averages logsumexp^2 over positions whose own label is supervised.
+Statistics are device tensors (the loop reads them once per logging window).
 `PureLoss` is the root module the training engines wrap (pure/parallelize.py), so FSDP2 and
 DeepSpeed see the loss computation as the model's forward.
 """
@@ -36,10 +38,19 @@ class PureLoss(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids=None, attention_mask=None):
         h = self.lm.forward_hidden(input_ids, position_ids=position_ids, attention_mask=attention_mask)
-        target = labels[:, 1:]
-        sel = target != IGNORE  # shifted mask: position t predicts label t+1 (z-loss uses it too)
-        hs, tg = h[:, :-1][sel], target[sel]
-        is_img = image_label_mask(labels)[:, 1:][sel]
+        # CE: position t predicts label t+1 (shifted mask). z-loss (official training forward):
+        # logsumexp^2 at every position whose *own* label is supervised (unshifted mask, so the
+        # last position counts and the one before the first supervised label does not).
+        own = labels != IGNORE
+        nxt = torch.zeros_like(own)
+        nxt[:, :-1] = own[:, 1:]
+        nxt_img = torch.zeros_like(own)
+        nxt_img[:, :-1] = image_label_mask(labels)[:, 1:]
+        target = torch.zeros_like(labels)
+        target[:, :-1] = labels[:, 1:].clamp_min(0)  # -100 -> 0 where no CE term is taken
+        rows = own | nxt  # only these positions go through lm_head
+        hs, tg, in_ce, in_z = h[rows], target[rows], nxt[rows], own[rows]
+        is_img = nxt_img[rows]
         logits = self.lm.lm_head(hs)
         ces, lses = [], []
         for s in range(0, max(tg.numel(), 1), self.chunk):
@@ -51,18 +62,20 @@ class PureLoss(nn.Module):
             ces.append(ce)
             lses.append(lse)
         ce, lse = torch.cat(ces), torch.cat(lses)
-        n = max(tg.numel(), 1)
-        loss = ce.sum() / n
-        z = (lse.float() ** 2).sum() / n
+        ce = torch.where(in_ce, ce, torch.zeros_like(ce))
+        n_ce, n_z = in_ce.sum().clamp_min(1), in_z.sum().clamp_min(1)  # device tensors: no host sync
+        loss = ce.sum() / n_ce
+        z = torch.where(in_z, lse.float() ** 2, torch.zeros_like(lse)).sum() / n_z
         if self.z_loss_weight:
             loss = loss + self.z_loss_weight * z
         if tg.numel() == 0:
             loss = loss + 0.0 * logits.sum()  # keep the graph connected for every rank's backward
         with torch.no_grad():
-            n_img, n_txt = int(is_img.sum()), int((~is_img).sum())
+            img, txt = is_img & in_ce, ~is_img & in_ce
+            n_img, n_txt = img.sum(), txt.sum()
             stats = {
-                "ce": ce.sum() / n, "z_loss": z.detach(),
-                "ce_image": ce[is_img].sum() / max(n_img, 1), "ce_text": ce[~is_img].sum() / max(n_txt, 1),
+                "ce": ce.sum() / n_ce, "z_loss": z.detach(),
+                "ce_image": (ce * img).sum() / n_img.clamp_min(1), "ce_text": (ce * txt).sum() / n_txt.clamp_min(1),
                 "n_image": n_img, "n_text": n_txt,
             }
         return loss, stats

@@ -72,10 +72,42 @@ def test_loss_matches_reference_cross_entropy():
     logits = lm(ids)[:, :-1].reshape(-1, VOCAB)
     tgt = lab[:, 1:].reshape(-1)
     ce = F.cross_entropy(logits, tgt, ignore_index=-100)
-    z = torch.logsumexp(logits, -1)[tgt != -100].pow(2).mean()  # shifted mask
+    z = torch.logsumexp(lm(ids), -1)[lab != -100].pow(2).mean()  # unshifted: own label supervised
     assert torch.allclose(loss, ce + w * z, atol=1e-5)
     assert abs(stats["ce"] - ce) < 1e-5 and stats["n_image"] + stats["n_text"] == int((tgt != -100).sum())
     assert math.isclose(float(stats["ce"]), math.log(VOCAB), rel_tol=0.05)  # ≈ ln V at init
+
+
+@pytest.mark.parametrize("where", ["last", "first"])
+def test_z_loss_single_supervised_label(where):
+    """One supervised label. z-loss = lse(logits at that label's own position)^2 (official: unshifted
+    mask, the last position included); CE = the one next-token term predicting it, or none."""
+    from pure.model import ChameleonForCausalLM, chameleon_config
+
+    torch.manual_seed(1)
+    lm = ChameleonForCausalLM(chameleon_config("tiny", vocab_size=VOCAB))
+    with torch.no_grad():
+        lm.lm_head.weight.mul_(50)  # peaked logits: logsumexp differs clearly from position to position
+    T, w = 10, 0.25
+    ids = torch.randint(4, 8000, (1, T))
+    lab = torch.full((1, T), -100)
+    pos = T - 1 if where == "last" else 0
+    lab[0, pos] = ids[0, pos]
+    loss, stats = PureLoss(lm, z_loss_weight=w)(ids, lab)
+    with torch.no_grad():
+        lg = lm(ids)[0].double()
+    lse = [float(torch.logsumexp(lg[t], -1)) for t in range(T)]
+    z = lse[pos] ** 2
+    assert math.isclose(float(stats["z_loss"]), z, rel_tol=1e-5)
+    assert not math.isclose(z, lse[pos - 1] ** 2, rel_tol=1e-3)  # the shifted mask would give this
+    if where == "last":  # position T-2 predicts the label at T-1
+        ce = lse[T - 2] - float(lg[T - 2, ids[0, T - 1]])
+        assert int(stats["n_text"]) + int(stats["n_image"]) == 1
+    else:  # nothing predicts the first token
+        ce = 0.0
+        assert int(stats["n_text"]) + int(stats["n_image"]) == 0
+    assert math.isclose(float(stats["ce"]), ce, rel_tol=1e-5, abs_tol=1e-6)
+    assert math.isclose(float(loss.detach()), ce + w * z, rel_tol=1e-5)
 
 
 def test_lr_schedule_closed_form():
