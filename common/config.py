@@ -176,6 +176,7 @@ def dataclass_from_dict(schema: type, values: dict | None):
     return schema(**{k: v for k, v in (values or {}).items() if k in names})
 
 
+@checks(device=DEVICE, wandb_mode=one_of("offline", "online", "disabled"))
 @dataclass
 class RunConfig:
     """Where a run writes, how it is seeded and tracked."""
@@ -187,6 +188,7 @@ class RunConfig:
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
 
 
+@checks(every_steps=at_least(0))
 @dataclass
 class CheckpointConfig:
     """Atomic checkpointing and auto-resume."""
@@ -197,6 +199,7 @@ class CheckpointConfig:
     save_on_sigterm: bool = True  # checkpoint at the next step boundary after SIGTERM/SIGUSR1
 
 
+@checks(lr=at_least(0.0), eps=at_least(0.0), weight_decay=at_least(0.0), grad_accum=at_least(1))
 @dataclass
 class OptimConfig:
     """AdamW with decoupled weight decay and gradient clipping."""
