@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.config import CheckpointConfig, OptimConfig, RunConfig
+from common.config import DEVICE, CheckpointConfig, OptimConfig, RunConfig, at_least, between, checks, one_of
 from common.ema import EMAConfig
 
 
@@ -46,6 +46,7 @@ class LossConfig:
     z_loss_weight: float = 0.0  # w * mean(logsumexp^2) over positions whose own label is supervised; official 0
 
 
+@checks(backend=one_of("none", "fsdp2", "deepspeed"), zero_stage=between(0, 3))
 @dataclass
 class ParallelConfig:
     """How the model is spread over devices; all of it is applied by pure/parallelize.py."""
@@ -70,6 +71,7 @@ class ParallelConfig:
     reshard_after_forward: bool = True  # FSDP2 FULL_SHARD (True) vs SHARD_GRAD_OP-like (False)
 
 
+@checks(batch_size=at_least(1), num_workers=at_least(0), pad_to_multiple=at_least(1), max_seq_len=at_least(1))
 @dataclass
 class PureDataConfig:
     """Pre-tokenised shards (pure/pretokenize.py) or an online degrade+encode dataset.
@@ -116,6 +118,7 @@ class ExportConfig:
     dtype: str = "bf16"  # tensor dtype of the shards: bf16 (released PURE) | fp32 | fp16
 
 
+@checks(batch_size=at_least(1), num_workers=at_least(1), shard_size=at_least(1), target_size=at_least(1), device=DEVICE)
 @dataclass
 class PretokenizeConfig:
     """Everything `launch/pretokenize_pure.py` accepts."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from common.config import CheckpointConfig, OptimConfig, RunConfig
+from common.config import CheckpointConfig, OptimConfig, RunConfig, at_least, checks, one_of
 from common.degradation.presets import DegradationConfig, get_preset
 from common.ema import EMAConfig  # shared with PURE: enabled, decay, start_step, use_for_eval
 from varsr.model.config import VARSRModelConfig, model_config
@@ -35,6 +35,7 @@ class SourceConfig:
     holdout: int = 0  # classes: keep the last N sorted images of each class out of training (official C2I: 50)
 
 
+@checks(batch_size=at_least(1), num_workers=at_least(0), crop_size=at_least(1))
 @dataclass
 class DataConfig:
     """Training batches: HR crops (+ CPU-sampled kernels) -> on-device degradation -> [-1, 1]."""
@@ -78,6 +79,7 @@ class VARSROptimConfig(OptimConfig):
     fused: Optional[bool] = None  # fused AdamW; None = on CUDA only
 
 
+@checks(dtype=one_of("fp32", "bf16", "fp16"))
 @dataclass
 class PrecisionConfig:
     """Autocast dtype and loss scaling."""
@@ -89,6 +91,7 @@ class PrecisionConfig:
     tf32: bool = True  # allow TF32 matmuls on Ampere+ (official)
 
 
+@checks(strategy=one_of("ddp", "fsdp2", "none"))
 @dataclass
 class ParallelConfig:
     """How the transformer is wrapped (varsr/parallelize.py)."""
