@@ -203,3 +203,27 @@ def test_varsr_loader_uses_the_data_options(tmp_path):
     loader, _ = build_train_loader(build_train_dataset(cfg), cfg, 1, 0, device="cpu")
     assert (loader.num_workers, loader.prefetch_factor, loader.persistent_workers, loader.pin_memory) == \
         (1, 3, True, False)
+
+
+def test_varsr_degradation_runs_batched_on_the_training_device(tmp_path, monkeypatch):
+    """Loader workers only read/crop and sample kernels; the Real-ESRGAN pipeline runs once per
+    micro-batch on the whole batch, on the training device (BatchMaker), not per image in workers."""
+    from common.degradation.pipeline import Degrader
+    from varsr.config import tiny_train_config
+    from varsr.data import BatchMaker, build_train_dataset, build_train_loader, step_generator
+
+    calls = []
+    apply = Degrader.apply
+
+    def spy(self, gt, kernels, params):
+        calls.append((gt.shape[0], gt.device.type))
+        return apply(self, gt, kernels, params)
+
+    monkeypatch.setattr(Degrader, "apply", spy)
+    cfg = tiny_train_config(str(tmp_path))
+    cfg.data.lq_mode, cfg.data.batch_size = "degrade", 3
+    loader, _ = build_train_loader(build_train_dataset(cfg), cfg, 1, 0, device="cpu")
+    batch = next(iter(loader))
+    assert not calls and "lq" not in batch and batch["kernels"]["kernel1"].shape[0] == 3
+    hr, lr, _ = BatchMaker(cfg, torch.device("cpu"))(batch, step_generator(torch.device("cpu"), 0, 0, 0, 0))
+    assert calls == [(3, "cpu")] and lr.shape == hr.shape == (3, 3, 96, 96)
