@@ -1,159 +1,23 @@
-"""Autoregressive PURE decoding with a caller-owned KV cache and batched CFG (spec §7).
+"""Autoregressive PURE decoding (spec §7): the loop around pure/engine.py, and answer parsing.
 
-Cache layout: rows [0, B) are the conditional streams, rows [B, 2B) (only when cfg != 1) the
-unconditional ones.  Both halves are fed the same tokens in one forward (one weight read per
-step instead of the official two unbatched passes); what makes a row unconditional is its key
-mask and its positions: once sample b opens an image at cache slot s, its unconditional row
-attends only to slots >= s and uses positions slot - s, i.e. it sees exactly the AR context
-[8197, h, w, codes so far] with positions from 0 (spec §7.2).  Keys before s in that row are
-copies of the conditional prompt (the prefill is run on B rows and duplicated) and are never
-attended.  Prompts of different lengths are left-padded; padded keys are masked and positions
-start at 0 at each row's first real token.
-
-Memory: the unconditional rows keep a copy of the prompt's K/V they never attend (about 2 GB
-extra for the 7B at 512 px, ~0.5 MiB per token); that buys one batched forward per step and
-an unchanged model. `capacity` (default prompt + max_new_tokens) preallocates the cache;
-lower max_new_tokens (~4,400 suffices for one 512 answer) to shrink it.
-
-The same :class:`Decoder` serves SJD (pure/jacobi.py): `forward` takes a window of tokens per
-sample and `rollback` truncates the cache; the uncond bases are recomputed from the token
-history on every forward, so a rolled-back image start leaves no stale mask behind.
+`generate` prefills the prompts, then runs one compiled step per token over a static KV cache
+with the conditional and unconditional (CFG) rows of every image in one forward; no device
+value is read per token (see pure/engine.py for the cache layout and the device-side state).
+The unconditional rows see exactly the AR context [8197, h, w, codes so far] with positions
+from 0 (spec §7.2); prompts of different lengths need no padding mask because every row has
+its own slot counter. Memory: weights + KV for (prompt + max_new_tokens) conditional and
+(image + window) unconditional slots per image, ~0.5 MiB per slot for the 7B in bf16; lower
+max_new_tokens (~4,400 suffices for one 512 answer) to shrink it.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
-from pure.processors import ImageState, SamplingConfig, cfg_rows, probs_from_scores, process_scores, sample
+from pure.processors import ImageState, SamplingConfig
 from pure.tokenizer import ImageCodeMap, SpecialIds, parse_image_block
-
-
-class Decoder:
-    """KV-cache bookkeeping for B samples (plus their unconditional rows)."""
-
-    def __init__(self, model, prompts: Sequence[Sequence[int]], use_cfg: bool, capacity: int = 0):
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("generate: every prompt needs at least one token")
-        self.model, self.use_cfg = model, use_cfg
-        self.device = model.lm_head.weight.device
-        self.B = len(prompts)
-        self.L = max(len(p) for p in prompts)
-        self.pad = torch.tensor([self.L - len(p) for p in prompts], device=self.device)
-        # Tokens whose K/V are in the cache (row b: prompt then fed tokens), without padding.
-        self.fed: list[list[int]] = [list(map(int, p)) for p in prompts]
-        self.cache = model.new_cache(self.B, capacity=capacity)
-        self.forwards = 0
-        # Official-SJD compat (spec §8.3 bug 2): the uncond row starts at this prompt index
-        # (len(prompt) - 1, keeping the prompt's last 8710) instead of at the image start.
-        self.uncond_fixed_base: int | None = None
-        self._start_memo: dict[int, tuple[int, int | None]] = {}
-
-    # ------------------------------------------------------------------------------ geometry
-    def _last_start(self, tokens: Sequence[int], offset: int) -> int | None:
-        """Cache slot of the last image start in `tokens` placed at `offset`, if any."""
-        for i in range(len(tokens) - 1, -1, -1):
-            if tokens[i] == SpecialIds.IMG_START:
-                return offset + i
-        return None
-
-    def _bases(self, window: list[list[int]]) -> torch.Tensor:
-        """Per sample, the slot the unconditional row starts at (its last image start)."""
-        if self.uncond_fixed_base is not None:
-            return self.pad + self.uncond_fixed_base
-        out = []
-        for b in range(self.B):
-            start = self._last_start(window[b], self.cache.length)
-            if start is None:
-                start = self._fed_start(b)
-            out.append(int(self.pad[b]) if start is None else start)
-        return torch.tensor(out, device=self.device)
-
-    def _fed_start(self, b: int) -> int | None:
-        """Slot of the last image start among fed tokens, memoised per fed length (the scan
-        would otherwise walk ~4k tokens back on every decoding step)."""
-        key = len(self.fed[b])
-        if self._start_memo.get(b, (None,))[0] != key:
-            prev = self._start_memo.get(b)
-            if prev is not None and prev[0] < key:  # only new tokens need a look
-                found = self._last_start(self.fed[b][prev[0]:], int(self.pad[b]) + prev[0])
-                start = found if found is not None else prev[1]
-            else:
-                start = self._last_start(self.fed[b], int(self.pad[b]))
-            self._start_memo[b] = (key, start)
-        return self._start_memo[b][1]
-
-    # ------------------------------------------------------------------------------- forward
-    @torch.no_grad()
-    def prefill(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run the prompts; return last-position logits (cond (B, V), uncond (B, V) or None).
-
-        The conditional prefill covers everything before the earliest image left open by a
-        prompt; with CFG the cache is then duplicated and the open tail (e.g. `<8197><h><w>`
-        written into the prompt) is run on all 2B rows so the unconditional rows see it with
-        their own positions and mask."""
-        split = self.L
-        for b in range(self.B):
-            st = ImageState().advanced(self.fed[b])
-            start = self._last_start(self.fed[b], int(self.pad[b])) if st.open else None
-            if self.use_cfg and start is not None:
-                split = min(split, start)
-        if self.use_cfg and self.uncond_fixed_base is not None:
-            split = min(split, int(self.pad.min()) + self.uncond_fixed_base)
-        ids = torch.tensor([[SpecialIds.BOS] * int(self.pad[b]) + self.fed[b] for b in range(self.B)],
-                           device=self.device)
-        tail = ids[:, split:].tolist()
-        self.fed = [ids[b, int(self.pad[b]):split].tolist() for b in range(self.B)]
-        cond = uncond = None
-        if split > 0:
-            slots = torch.arange(split, device=self.device)
-            pos = (slots[None] - self.pad[:, None]).clamp_min(0)
-            mask = slots[None] >= self.pad[:, None] if bool(self.pad.any()) else None
-            cond = self.model(ids[:, :split], pos, self.cache, mask, logits_slice=slice(-1, None))[:, -1]
-            self.forwards += 1
-        if self.use_cfg:
-            self.cache.select(list(range(self.B)) * 2)
-        if tail[0]:
-            cond, uncond = self.forward(tail, last_only=True)
-            cond, uncond = cond[:, -1], None if uncond is None else uncond[:, -1]
-        return cond, uncond
-
-    @torch.no_grad()
-    def forward(self, window: list[list[int]], last_only: bool = False):
-        """Feed `window[b]` (same length T for all b) and return fp32 logits (B, T, V) for the
-        conditional rows and, with CFG, the unconditional rows (else None)."""
-        T = len(window[0])
-        past = self.cache.length
-        slots = torch.arange(past + T, device=self.device)
-        new = slots[past:]
-        ids = torch.tensor(window, device=self.device)
-        pos = (new[None] - self.pad[:, None]).clamp_min(0)
-        mask = slots[None] >= self.pad[:, None]
-        if not self.use_cfg and not bool(self.pad.any()):
-            mask = None  # plain causal decoding: let the model take its mask-free fast path
-        if self.use_cfg:
-            base = self._bases(window)
-            upos = torch.where(new[None] >= base[:, None], new[None] - base[:, None], pos)
-            ids, pos = torch.cat([ids, ids]), torch.cat([pos, upos])
-            mask = torch.cat([mask, slots[None] >= base[:, None]])
-        logits = self.model(ids, pos, self.cache, mask, logits_slice=slice(-1, None) if last_only else None)
-        self.forwards += 1
-        for b in range(self.B):  # padding slots (a tail reaching into a shorter prompt) are not tokens
-            self.fed[b].extend(int(t) for t in window[b][max(0, int(self.pad[b]) - past):])
-        if self.use_cfg:
-            return logits[: self.B], logits[self.B:]
-        return logits, None
-
-    def rollback(self, keep: int) -> None:
-        """Keep the first `keep` fed tokens of sample 0 (every row drops as many, since all
-        rows share one cache length; SJD uses B = 1)."""
-        drop = len(self.fed[0]) - keep
-        if drop < 0:
-            raise ValueError(f"rollback to {keep} tokens but only {len(self.fed[0])} were fed")
-        self.cache.truncate(self.cache.length - drop)
-        self.fed = [f[: len(f) - drop] for f in self.fed]
-        self._start_memo.clear()  # a dropped token may have been the image start
 
 
 @dataclass
@@ -165,7 +29,9 @@ class GenerationOutput:
     forwards: int                      # model forwards (CFG rows share one forward)
     texts: list[str] = field(default_factory=list)          # answer text (needs a tokenizer)
     images: list[torch.Tensor | None] = field(default_factory=list)  # (h_lat, w_lat) code grids
-    trace: list[dict] = field(default_factory=list)         # per-step raw logits when asked for
+    ids: torch.Tensor | None = None    # (B, steps) id drawn at every step (finished rows: eos_id after the end)
+    logits: torch.Tensor | None = None  # (B, steps, V) raw conditional logits per step (return_logits)
+    uncond_logits: torch.Tensor | None = None  # (B, steps, V) raw unconditional logits (return_uncond_logits)
 
 
 def split_answer(tokens: Sequence[int]) -> tuple[list[int], list[list[int]]]:
@@ -217,57 +83,122 @@ def decode_answer(out: GenerationOutput, code_map: ImageCodeMap, tokenizer=None,
     return out
 
 
-def _generator(seed: int | None, generator: torch.Generator | None, device) -> torch.Generator | None:
-    if generator is not None or seed is None:
-        return generator
-    return torch.Generator(device=device).manual_seed(int(seed))
+def row_seeds(n: int, seed: int | Sequence[int] | None = None, generator: torch.Generator | None = None) -> list[int]:
+    """Per-row seeds of the counter-based sampler (pure/processors.py `counter_uniform`).
+
+    A list gives each row its own; an int s gives rows s, s + 1, ... (so a batch seeded s equals
+    single runs seeded s + b); a generator gives one base seed drawn from it; none of them: one
+    drawn from torch's global CPU generator."""
+    if seed is not None and not isinstance(seed, int):
+        seeds = [int(s) for s in seed]
+        if len(seeds) != n:
+            raise ValueError(f"got {len(seeds)} seeds for {n} prompts")
+        return seeds
+    if seed is None:
+        draw = torch.randint(2**62, (1,), generator=generator, device=generator.device if generator else "cpu")
+        seed = int(draw)  # once per call, before decoding: not a per-token sync
+    return [int(seed) + b for b in range(n)]
+
+
+class DonePoll:
+    """Asks "are all rows done?" every `every` steps without stalling the device: on CUDA the
+    flag is copied to pinned memory asynchronously and read only once its event has completed
+    (a step or two late, which only costs idle steps of finished rows); on CPU it is read."""
+
+    def __init__(self, device: torch.device, every: int):
+        self.every, self.cuda = max(1, int(every)), device.type == "cuda"
+        self.host = torch.zeros(1, dtype=torch.bool, pin_memory=self.cuda)
+        self.event = torch.cuda.Event() if self.cuda else None
+        self.pending = False
+
+    def __call__(self, step: int, done: torch.Tensor) -> bool:
+        if not self.cuda:
+            return step % self.every == 0 and bool(done.all())
+        if self.pending and self.event.query():
+            self.pending = False
+            if bool(self.host[0]):
+                return True
+        if step % self.every == 0 and not self.pending:
+            self.host.copy_(done.all().view(1), non_blocking=True)
+            self.event.record()
+            self.pending = True
+        return False
+
+
+class _LogitStore:
+    """Per-step logits kept for analysis, copied out without a sync (pinned host buffer on
+    CUDA). Memory: B x steps x 73,728 x element size (1.2 GB per 512 image in fp32)."""
+
+    def __init__(self, batch: int, steps: int, vocab: int, device, dtype, source: torch.device):
+        pin = source.type == "cuda" and torch.device(device).type == "cpu"
+        self.buf = torch.empty(batch, steps, vocab, dtype=dtype, device=device, pin_memory=pin)
+        self.n = 0
+
+    def add(self, logits: torch.Tensor) -> None:
+        self.buf[:, self.n].copy_(logits, non_blocking=True)
+        self.n += 1
+
+    def result(self) -> torch.Tensor:
+        return self.buf[:, : self.n]
 
 
 @torch.no_grad()
 def generate(model, prompts: Sequence[Sequence[int]], sampling: SamplingConfig | None = None,
              image_mask: torch.Tensor | None = None, max_new_tokens: int = 8192,
-             generator: torch.Generator | None = None, seed: int | None = None,
-             eos_id: int = SpecialIds.EOT, trace: bool = False, capacity: int | None = None,
-             code_map: ImageCodeMap | None = None, tokenizer=None) -> GenerationOutput:
-    """Sample up to `max_new_tokens` per prompt, one token per forward, stopping on 8710.
+             generator: torch.Generator | None = None, seed: int | Sequence[int] | None = None,
+             eos_id: int = SpecialIds.EOT, code_map: ImageCodeMap | None = None, tokenizer=None, *,
+             compile: bool | None = None, return_logits: bool = False, return_uncond_logits: bool = False,
+             logits_device: str | torch.device = "cpu", logits_dtype: torch.dtype = torch.float32,
+             poll_every: int = 64) -> GenerationOutput:
+    """Sample up to `max_new_tokens` per prompt, one token per forward, stopping on `eos_id`.
 
-    With `code_map` (and `tokenizer` for the text) the output's `images`/`texts` are filled.
-    `image_mask`: bool (V,) of image ids (default: the two real id ranges). Rows that have
-    finished keep being fed 8710 (their outputs are ignored) so every row keeps one length.
-    `trace=True` records each step's raw cond/uncond logits (tests compare them against full
-    forwards)."""
+    Runs on :class:`pure.engine.DecodeEngine`: batched CFG rows in one forward over a static KV
+    cache, the step compiled when `compile` (default: on CUDA) — a CUDA graph on CUDA — and no
+    device value read per token: finished rows idle on `eos_id` and the loop asks whether all
+    rows are done only every `poll_every` steps (asynchronously on CUDA).
+
+    Seeds: see :func:`row_seeds` (a batch equals single runs with the same per-row seeds).
+    `image_mask`: bool (V,) of image ids (default: the two real id ranges). With `code_map`
+    (and `tokenizer` for the text) `images`/`texts` are filled.
+    `return_logits`: keep each step's raw conditional logits (pre-CFG, pre-processor) in
+    `out.logits` (B, steps, V) on `logits_device` in `logits_dtype`, aligned with `out.ids`;
+    `return_uncond_logits` likewise for the unconditional rows (meaningful only while a row is
+    inside an image grid)."""
+    from pure.engine import DONE, NOUT, TOK, get_engine
+
     sampling = sampling or SamplingConfig()
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: every prompt needs at least one token")
     device = model.lm_head.weight.device
-    if image_mask is None:
-        image_mask = ImageCodeMap.synthetic().image_mask()
-    image_mask = image_mask.to(device)
-    gen = _generator(seed, generator, device)
-    cap = capacity if capacity is not None else max(len(p) for p in prompts) + max_new_tokens
-    dec = Decoder(model, prompts, sampling.uses_cfg, capacity=cap)
-    states = [ImageState().advanced(p) for p in prompts]
-    cond, uncond = dec.prefill()
-    out = [[] for _ in prompts]
-    done = [False] * len(prompts)
-    steps = []
-    for step in range(max_new_tokens):
-        rows = cfg_rows(states)
-        u = uncond[rows] if (uncond is not None and rows) else None
-        if trace:
-            steps.append({"cond": cond.clone(), "uncond": u.clone() if u is not None else None, "rows": rows})
-        probs = probs_from_scores(process_scores(cond, states, sampling, image_mask, u, rows), sampling)
-        nxt = sample(probs, gen).tolist()
-        for b, t in enumerate(nxt):
-            if done[b]:
-                continue
-            if t == eos_id:
-                done[b] = True
-            else:
-                out[b].append(t)
-                states[b].update(t)
-        if all(done) or step == max_new_tokens - 1:
+    image_mask = (ImageCodeMap.synthetic().image_mask() if image_mask is None else image_mask).to(device)
+    seeds = row_seeds(len(prompts), seed, generator)
+    engine = get_engine(model, prompts, sampling, image_mask, max_new_tokens, eos_id, compile=compile)
+    S, cond, uncond = engine.start(prompts, seeds)
+    vocab = cond.shape[-1]
+    stores = [_LogitStore(len(prompts), max_new_tokens, vocab, logits_device, logits_dtype, device) if keep else None
+              for keep in (return_logits, return_uncond_logits and uncond is not None)]
+    poll = DonePoll(device, poll_every)
+    ids = [S[:, TOK]]
+    step = 1
+    while True:
+        for store, x in zip(stores, (cond, uncond), strict=True):
+            if store is not None:
+                store.add(x if x is not None else torch.zeros_like(cond))
+        if step >= max_new_tokens or poll(step, S[:, DONE]):
             break
-        feed = [[eos_id if done[b] else nxt[b]] for b in range(dec.B)]
-        cond, uncond = dec.forward(feed)
-        cond, uncond = cond[:, -1], None if uncond is None else uncond[:, -1]
-    result = GenerationOutput(tokens=out, finished=done, forwards=dec.forwards, trace=steps)
+        S, cond, uncond = engine.call(engine.ar_step, S)
+        ids.append(S[:, TOK])
+        step += 1
+    if return_uncond_logits and stores[1] is None:  # no CFG pass: report the cond logits' shape, zeros
+        stores[1] = _LogitStore(len(prompts), 0, vocab, logits_device, logits_dtype, device)
+    ids_t = torch.stack(ids, 1)
+    rows, n_out = ids_t.tolist(), S[:, NOUT].tolist()
+    tokens, finished = [], []
+    for row, n in zip(rows, n_out, strict=True):
+        fin = eos_id in row[:n]
+        tokens.append(row[: n - 1] if fin else row[:n])
+        finished.append(fin)
+    result = GenerationOutput(tokens=tokens, finished=finished, forwards=step,
+                              ids=ids_t, logits=stores[0].result() if stores[0] else None,
+                              uncond_logits=stores[1].result() if stores[1] else None)
     return decode_answer(result, code_map, tokenizer, prompts) if code_map is not None else result

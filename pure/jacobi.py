@@ -17,13 +17,25 @@ The greedy `jacobi` scheme accepts a draft iff it equals the argmax: output == g
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
-from pure.generate import Decoder, GenerationOutput, decode_answer
-from pure.processors import (ImageState, SamplingConfig, cfg_rows, entropy, entropy_top_k, probs_from_scores,
-                             process_scores, sample, top_k_filter)
+from pure.engine import DONE, NOUT, SEED, SLOT, STEP, TOK, USLOT, get_engine
+from pure.generate import DonePoll, GenerationOutput, decode_answer, row_seeds
+from pure.processors import (
+    STATE_COLS,
+    SamplingConfig,
+    advance_t,
+    counter_uniform,
+    entropy,
+    entropy_top_k,
+    guided_scores_t,
+    process_scores_t,
+    sample_with_uniform,
+    top_k_static,
+)
 from pure.tokenizer import ImageCodeMap, SpecialIds
 
 
@@ -71,108 +83,149 @@ def verify(drafts: list[int], q: list[torch.Tensor | None], p: torch.Tensor, uni
     return len(drafts), None
 
 
-def _window_probs(cond, uncond, states, sampling, image_mask, mean_k: bool):
-    """Processed per-position probabilities (T, V) for one sample's window."""
-    rows = cfg_rows(states)
-    u = uncond[rows] if (uncond is not None and rows) else None
+def window_scores(cond: torch.Tensor, uncond: torch.Tensor | None, states: torch.Tensor, sampling: SamplingConfig,
+                  image_mask: torch.Tensor, mean_k: bool = False) -> torch.Tensor:
+    """Processed scores (B, T, V) for every window position (states (B, T, 6)).
+
+    Default: the AR chain per position. `mean_k` (official, bug 3): CFG + structure mask per
+    position, then ONE k per row from the entropy averaged over its window positions."""
+    B, T, V = cond.shape
+    flat = (cond.reshape(B * T, V), None if uncond is None else uncond.reshape(B * T, V),
+            states.reshape(B * T, -1)[:, :STATE_COLS])
     if not mean_k:
-        return probs_from_scores(process_scores(cond, states, sampling, image_mask, u, rows), sampling)
-    # Official: CFG + structure mask per position, then ONE k from the entropy averaged over
-    # the window, applied to every position.
-    wide = SamplingConfig(sampling.temperature, sampling.cfg, cond.shape[-1], entropy_top_k=False)
-    scores = process_scores(cond, states, wide, image_mask, u, rows)
-    k = entropy_top_k(entropy(scores).mean()).expand(scores.shape[0])
-    return probs_from_scores(top_k_filter(scores, k), sampling)
+        return process_scores_t(*flat, sampling, image_mask).view(B, T, V)
+    scores = guided_scores_t(*flat, sampling, image_mask).view(B, T, V)
+    k = entropy_top_k(entropy(scores).mean(-1))[:, None].expand(B, T)
+    return top_k_static(scores, k, V)
 
 
-@torch.no_grad()
-def sjd_decode(dec: Decoder, sampling: SamplingConfig, sjd: SJDConfig, image_mask: torch.Tensor,
-               max_new_tokens: int, generator: torch.Generator | None, eos_id: int = SpecialIds.EOT):
-    """SJD for a prefilled single-sample Decoder; returns (tokens incl. final EOT if any, finished)."""
-    if dec.B != 1:
-        raise ValueError("sjd_decode works on one sample at a time (the cache has one length)")
-    if sjd.scheme not in ("jacobi", "speculative_jacobi"):
-        raise ValueError(f"unknown SJD scheme {sjd.scheme!r}")
-    if sjd.scheme == "jacobi":  # greedy by definition: every token is an argmax
-        sampling = replace(sampling, temperature=0.0)
-    greedy = sampling.greedy
-    device = dec.device
-    draft_pool = image_mask.nonzero().flatten()  # all 16,384 image ids (bug 1 fixed)
-    cond, uncond = dec.prefill()
-    state = ImageState().advanced(dec.fed[0])
-    probs = _window_probs(cond, uncond, [state], sampling, image_mask, sjd.mean_k_compat)
-    pending = int(sample(probs[0], generator))
-    out: list[int] = [pending]
-    carried: list[int] = []
-    carried_q: list[torch.Tensor] = []
-    while out[-1] != eos_id and len(out) < max_new_tokens:
-        offset = len(out) - 1  # generated offset of the pending token
-        active = sjd.active_from <= offset < sjd.active_until
-        T = min(sjd.window if active else 1, max_new_tokens - len(out))
-        carried, carried_q = carried[: T - 1], carried_q[: T - 1]
-        n_fresh = T - 1 - len(carried)
-        fresh = draft_pool[torch.randint(draft_pool.numel(), (n_fresh,), generator=generator,
-                                         device=generator.device if generator is not None else "cpu")
-                           .to(device)].tolist() if n_fresh > 0 else []
-        drafts = carried + fresh
-        q: list[torch.Tensor | None] = list(carried_q) + [None] * n_fresh
-        window = [pending] + drafts
-        c, u = dec.forward([window])
-        states, st = [], state
-        for tok in window:
-            st = st.advanced([tok])
-            states.append(st)
-        p = _window_probs(c[0], None if u is None else u[0], states, sampling, image_mask, sjd.mean_k_compat)
-        uniforms = torch.rand(len(drafts), generator=generator,
-                              device=generator.device if generator is not None else "cpu")
-        n, resid = verify(drafts, q, p, uniforms, greedy)
-        # an accepted end-of-turn ends the answer right there
-        accepted = drafts[:n]
-        if eos_id in accepted:
-            n = accepted.index(eos_id) + 1
-            out.extend(accepted[:n])
-            dec.rollback(len(dec.fed[0]) - len(window) + 1 + n)
-            break
-        if resid is None:  # all accepted: the bonus token comes from the last position
-            resid = p[-1]
-        nxt = int(sample(resid, generator))
-        # Model samples beyond the correction become the next drafts (q = their distribution).
-        if n + 1 < T:
-            tail_p = p[n + 1:]
-            ys = sample(tail_p, generator).tolist()
-            carried, carried_q = ys, list(tail_p)
+class _SJDRunner:
+    """One compiled SJD iteration for B rows: window forward, per-position chain, batched
+    verification, commit, next drafts — all tensors, no value read back."""
+
+    def __init__(self, engine, sjd: SJDConfig, image_mask: torch.Tensor, compile: bool):
+        self.engine, self.sjd, self.spec = engine, sjd, engine.spec
+        self.pool = image_mask.to(engine.device).nonzero().flatten()  # all 16,384 image ids (bug 1 fixed)
+        self.step = engine.compiled(f"sjd_iter{sjd}", self._iter) if compile else self._iter
+
+    def initial(self, S: torch.Tensor):
+        B, T, V = self.spec.batch, self.spec.window, self.engine.model.config.vocab_size
+        dev = S.device
+        drafts = self._fresh(S, torch.arange(T - 1, device=dev)[None].expand(B, -1))
+        dq = torch.zeros(B, T - 1, V, device=dev)
+        out = torch.zeros(B, self.spec.max_new_tokens + T + 1, dtype=torch.long, device=dev)
+        out[:, 0] = S[:, TOK]
+        return drafts, dq, torch.zeros(B, T - 1, dtype=torch.bool, device=dev), out
+
+    def _fresh(self, S, j):
+        """Uniform random image ids (one-hot draft distribution), per row and draft index j."""
+        u = counter_uniform(S[:, SEED, None], S[:, STEP, None], 3000 + j)
+        return self.pool[(u * self.pool.numel()).long().clamp_max(self.pool.numel() - 1)]
+
+    def _iter(self, S, drafts, dq, has_q, out):
+        spec, sjd = self.spec, self.sjd
+        sampling, eos = spec.sampling, spec.eos_id
+        B, T = drafts.shape[0], drafts.shape[1] + 1
+        i = torch.arange(T - 1, device=S.device)
+        done, nout = S[:, DONE].bool(), S[:, NOUT]
+        window = torch.cat([S[:, TOK, None], drafts], 1)
+        cond, uncond, states, opens = self.engine.window_forward(window, S)
+        scores = window_scores(cond, uncond, states, sampling, self.engine.image_mask, sjd.mean_k_compat)
+        seed, counter = S[:, SEED, None], S[:, STEP, None]
+        greedy = sampling.greedy
+        probs = None if greedy else torch.softmax(scores / sampling.temperature, dim=-1)
+        # Verification: draft i (window input i + 1) against the target at window output i.
+        if greedy:
+            ok = drafts == scores[:, :-1].argmax(-1)
         else:
-            carried, carried_q = [], []
-        dec.rollback(len(dec.fed[0]) - len(window) + 1 + n)  # keep pending + accepted drafts
-        state = st if n == len(drafts) else state.advanced([pending] + accepted)
-        out.extend(accepted + [nxt])
-        pending = nxt
-    out = out[:max_new_tokens]
-    finished = bool(out) and out[-1] == eos_id
-    return out, finished
+            px = probs[:, :-1].gather(-1, drafts[..., None])[..., 0].double()
+            qx = torch.where(has_q, dq.gather(-1, drafts[..., None])[..., 0].double(), 1.0)
+            ok = (qx > 0) & (counter_uniform(seed, counter, 1000 + i) < (px / qx.clamp_min(1e-300)).clamp_max(1.0))
+        offset = nout - 1  # generated offset of the pending token
+        active = (offset >= sjd.active_from) & (offset < sjd.active_until) & ~done
+        gate = active[:, None] & (i[None] + 1 < spec.max_new_tokens - nout[:, None])  # budget for a correction
+        n = (ok & gate).long().cumprod(-1).sum(-1)
+        eos_at = torch.where((drafts == eos) & (i[None] < n[:, None]), i[None], T).amin(-1)
+        eos_accepted = eos_at < T
+        n = torch.where(eos_accepted, eos_at + 1, n)
+        # Correction (first rejection: residual; forced stop or all accepted: the target itself).
+        at = n.clamp_max(T - 2)[:, None]
+        if greedy:
+            nxt = scores.gather(1, n[:, None, None].expand(-1, 1, scores.shape[-1]))[:, 0].argmax(-1)
+        else:
+            p_n = probs.gather(1, n[:, None, None].expand(-1, 1, probs.shape[-1]))[:, 0]
+            onehot = torch.nn.functional.one_hot(drafts.gather(1, at)[:, 0], p_n.shape[-1]).to(p_n.dtype)
+            q_n = torch.where(has_q.gather(1, at), dq.gather(1, at[..., None].expand(-1, 1, p_n.shape[-1]))[:, 0],
+                              onehot)
+            resid = (p_n - q_n).clamp_min(0.0)
+            total = resid.sum(-1, keepdim=True)
+            resid = torch.where(total > 0, resid / total.clamp_min(1e-30), p_n)
+            genuine = (n < T - 1) & gate.gather(1, at)[:, 0]
+            nxt = sample_with_uniform(torch.where(genuine[:, None], resid, p_n),
+                                      counter_uniform(seed[:, 0], counter[:, 0], 4000))
+        # The model's samples after the correction become the next drafts (q = their target).
+        u_draw = counter_uniform(seed, counter, 2000 + torch.arange(T, device=S.device))
+        ys = scores.argmax(-1) if greedy else sample_with_uniform(probs, u_draw)
+        src = n[:, None] + 1 + i[None]
+        carried = src <= T - 1
+        srcc = src.clamp_max(T - 1)
+        new_drafts = torch.where(carried, ys.gather(1, srcc), self._fresh(S, i[None].expand(B, -1)))
+        new_dq = dq if greedy else probs.gather(1, srcc[..., None].expand(-1, -1, probs.shape[-1]))
+        # Commit accepted drafts and the correction at the row's output offset.
+        live = ~done
+        scratch = out.shape[1] - 1
+        pos_d = torch.where((i[None] < n[:, None]) & live[:, None], nout[:, None] + i[None], scratch)
+        pos_c = torch.where(live & ~eos_accepted, nout + n, scratch)
+        out = out.scatter(1, torch.cat([pos_d, pos_c[:, None]], 1), torch.cat([drafts, nxt[:, None]], 1))
+        new_nout = torch.where(live, nout + n + (~eos_accepted).long(), nout)
+        new_done = done | (live & (eos_accepted | (nxt == eos))) | (new_nout >= spec.max_new_tokens)
+        st_n = states.gather(1, n[:, None, None].expand(-1, 1, states.shape[-1]))[:, 0]
+        tok = torch.where(live & ~eos_accepted, nxt, torch.where(live, eos, S[:, TOK]))
+        S2 = torch.cat([torch.where(live[:, None], advance_t(st_n, tok), S[:, :STATE_COLS]), torch.stack([
+            tok, torch.where(live, S[:, SLOT] + n + 1, S[:, SLOT]),
+            torch.where(live, self.engine.next_uslot(S, opens, n), S[:, USLOT]),
+            new_done.long(), new_nout, S[:, STEP] + 1, S[:, SEED]], 1)], 1)
+        return S2, new_drafts, new_dq, carried, out
 
 
 @torch.no_grad()
 def speculative_generate(model, prompts, sampling: SamplingConfig | None = None, sjd: SJDConfig | None = None,
                          image_mask: torch.Tensor | None = None, max_new_tokens: int = 11776,
-                         generator: torch.Generator | None = None, seed: int | None = None,
+                         generator: torch.Generator | None = None, seed: int | Sequence[int] | None = None,
                          eos_id: int = SpecialIds.EOT, code_map: ImageCodeMap | None = None,
-                         tokenizer=None) -> GenerationOutput:
-    """SJD counterpart of `pure.generate.generate` (same output type; samples run one by one
-    because accepted lengths differ per sample and the cache rows share one length)."""
+                         tokenizer=None, *, compile: bool | None = None, poll_every: int = 8) -> GenerationOutput:
+    """SJD counterpart of `pure.generate.generate` (same output type, same seeding), batched:
+    every row keeps its own cache slot counter, so rows accept different numbers of drafts in
+    the same forward. `compile` (default: on CUDA) compiles the whole iteration (forward +
+    verification); the loop asks whether all rows are done every `poll_every` iterations."""
     sampling, sjd = sampling or SamplingConfig(), sjd or SJDConfig()
+    if sjd.scheme not in ("jacobi", "speculative_jacobi"):
+        raise ValueError(f"unknown SJD scheme {sjd.scheme!r}")
+    if sjd.window < 2:
+        raise ValueError("SJD needs a window of at least 2 tokens")
+    if sjd.scheme == "jacobi":  # greedy by definition: every token is an argmax
+        sampling = replace(sampling, temperature=0.0)
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("speculative_generate: every prompt needs at least one token")
     device = model.lm_head.weight.device
     image_mask = (ImageCodeMap.synthetic().image_mask() if image_mask is None else image_mask).to(device)
-    if generator is None and seed is not None:
-        generator = torch.Generator(device=device).manual_seed(int(seed))
-    tokens, finished, forwards = [], [], 0
-    for prompt in prompts:
-        dec = Decoder(model, [prompt], sampling.uses_cfg, capacity=len(prompt) + max_new_tokens + sjd.window)
-        if sjd.uncond_compat:
-            dec.uncond_fixed_base = len(prompt) - 1  # official: mask prompt[:-1], keep its 8710
-        toks, fin = sjd_decode(dec, sampling, sjd, image_mask, max_new_tokens, generator, eos_id)
-        tokens.append(toks[:-1] if fin else toks)
+    seeds = row_seeds(len(prompts), seed, generator)
+    engine = get_engine(model, prompts, sampling, image_mask, max_new_tokens, eos_id, window=sjd.window,
+                        uncond_reset=not sjd.uncond_compat, compile=compile)
+    runner = _SJDRunner(engine, sjd, image_mask, engine.spec.compile)
+    S, _, _ = engine.start(prompts, seeds)
+    carry = runner.initial(S)
+    poll = DonePoll(device, poll_every)
+    forwards = 1
+    while forwards <= max_new_tokens and not poll(forwards, S[:, DONE]):
+        S, *carry = engine.call(runner.step, S, *carry)
+        forwards += 1
+    out, n_out = carry[-1].tolist(), S[:, NOUT].tolist()
+    tokens, finished = [], []
+    for row, n in zip(out, n_out, strict=True):
+        row = row[:n]
+        fin = bool(row) and row[-1] == eos_id
+        tokens.append(row[:-1] if fin else row)
         finished.append(fin)
-        forwards += dec.forwards
     result = GenerationOutput(tokens=tokens, finished=finished, forwards=forwards)
     return decode_answer(result, code_map, tokenizer, prompts) if code_map is not None else result

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import torch
 
@@ -73,7 +73,7 @@ class ImageState:
             return
         self.count += 1
 
-    def advanced(self, tokens: Iterable[int], ids=SpecialIds) -> "ImageState":
+    def advanced(self, tokens: Iterable[int], ids=SpecialIds) -> ImageState:
         """Copy advanced over `tokens` (the state itself is left untouched)."""
         out = copy.copy(self)
         for t in tokens:
@@ -235,9 +235,14 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
     One uniform per row (so SJD's draws are cheap and reproducible); `torch.multinomial` costs
     ~60 ms per 16 x 73,728 window on CPU. Zero-probability ids are never returned: the search
     picks the first id whose cumulative mass exceeds u, and the cdf only rises on positive mass."""
+    u = torch.rand(probs.shape[:-1], generator=generator, dtype=torch.float64,
+                   device=generator.device if generator is not None else probs.device).to(probs.device)
+    return sample_with_uniform(probs, u)
+
+
+def sample_with_uniform(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw with given uniforms u in [0, 1) (shape probs.shape[:-1], float64)."""
     cdf = probs.double().cumsum(-1)
-    u = torch.rand(cdf.shape[:-1], generator=generator, dtype=torch.float64,
-                   device=generator.device if generator is not None else cdf.device).to(cdf.device)
     idx = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1), right=True).squeeze(-1)
     return idx.clamp_max(probs.shape[-1] - 1)
 
@@ -245,3 +250,114 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
 def next_token_probs(cond, states, cfg, image_mask, uncond=None, uncond_rows=None, ids=SpecialIds):
     """The full per-step chain up to the softmax: (N, V) probabilities."""
     return probs_from_scores(process_scores(cond, states, cfg, image_mask, uncond, uncond_rows, ids), cfg)
+
+
+# ---- tensor form, for compiled decoding (pure/engine.py) -----------------------------------
+# The same state machine and chain on (N, ...) tensors, so a CUDA graph can run them without
+# reading a value back per token. A state is an int64 (N, >= 6) tensor, one ImageState per row
+# in the columns below (the engine appends its own columns after them).
+ST_OPEN, ST_HEADER, ST_H, ST_W, ST_COUNT, ST_VALID = range(6)
+STATE_COLS = 6
+
+
+def state_tensor(states: Sequence[ImageState], device=None) -> torch.Tensor:
+    return torch.tensor([[int(s.open), s.header, s.h, s.w, s.count, int(s.valid)] for s in states],
+                        dtype=torch.long, device=device).view(-1, STATE_COLS)
+
+
+def advance_t(st: torch.Tensor, tok: torch.Tensor, ids=SpecialIds) -> torch.Tensor:
+    """Tensor twin of ImageState.update: (N, 6) state after one more token per row (N,)."""
+    o, header, count = st[:, ST_OPEN].bool(), st[:, ST_HEADER], st[:, ST_COUNT]
+    start, end = tok == int(ids.IMG_START), tok == int(ids.IMG_END)
+    opening, closing = ~o & start, o & end
+    in_header = o & ~end & (header < 2)
+    body = o & ~end & (header >= 2)
+    grid = tok - int(ids.SIZE_BASE)
+    bad = in_header & ((grid < 1) | (grid > MAX_GRID))
+    h = torch.where(opening, 0, torch.where(in_header & (header == 0), grid, st[:, ST_H]))
+    w = torch.where(opening, 0, torch.where(in_header & (header == 1), grid, st[:, ST_W]))
+    header = torch.where(opening | closing, 0, header + in_header.long())
+    count = torch.where(opening | closing, 0, count + body.long())
+    valid = opening | (st[:, ST_VALID].bool() & ~bad)
+    return torch.stack([(opening | (o & ~end)).long(), header, h, w, count, valid.long()], 1)
+
+
+def in_grid_t(st: torch.Tensor) -> torch.Tensor:
+    return st[:, ST_OPEN].bool() & (st[:, ST_HEADER] >= 2) & st[:, ST_VALID].bool()
+
+
+def mask_kind_t(st: torch.Tensor) -> torch.Tensor:
+    """Tensor twin of ImageState.mask_kind (N,)."""
+    grid = in_grid_t(st)
+    w1 = torch.where(grid, st[:, ST_W] * LATENT_PER_GRID + 1, 1)  # never 0: no division by zero
+    p = st[:, ST_COUNT] + 1
+    kind = torch.where(p % w1 == 0, ROW_END, torch.where(p >= w1 * st[:, ST_H] * LATENT_PER_GRID + 1, IMAGE_END, IMAGE))
+    return torch.where(grid, kind, FREE)
+
+
+def guided_scores_t(cond: torch.Tensor, uncond: torch.Tensor | None, st: torch.Tensor, cfg: SamplingConfig,
+                    image_mask: torch.Tensor, ids=SpecialIds) -> torch.Tensor:
+    """CFG (rows inside a grid) and structure mask on (N, V); every row has an uncond row."""
+    scores = cond.float()
+    if uncond is not None and cfg.uses_cfg:
+        scores = torch.where(in_grid_t(st)[:, None], cfg_combine(scores, uncond.float(), cfg.cfg), scores)
+    kind = mask_kind_t(st)[:, None]
+    vocab = torch.arange(scores.shape[-1], device=scores.device)
+    allowed = torch.where(kind == IMAGE, image_mask[None], True)
+    allowed = torch.where(kind == ROW_END, vocab == int(ids.ROW_END), allowed)
+    allowed = torch.where(kind == IMAGE_END, vocab == int(ids.IMG_END), allowed)
+    return scores.masked_fill(~allowed, NEG_INF)
+
+
+def static_k_max(cfg: SamplingConfig, vocab: int) -> int:
+    """Largest k the chain can ask for: a fixed top-k width, so no k is read back per step."""
+    return min(vocab, max(cfg.text_top_k, ENTROPY_K_MAX if cfg.entropy_top_k else 1))
+
+
+def top_k_static(scores: torch.Tensor, k: torch.Tensor, k_max: int) -> torch.Tensor:
+    """:func:`top_k_filter` with a fixed search width k_max >= every k (no host sync)."""
+    kth = torch.topk(scores, k_max, dim=-1).values.gather(-1, (k.clamp(1, k_max) - 1).unsqueeze(-1))
+    return scores.masked_fill(scores < kth, NEG_INF)
+
+
+def process_scores_t(cond, uncond, st, cfg: SamplingConfig, image_mask, ids=SpecialIds) -> torch.Tensor:
+    """Tensor twin of :func:`process_scores` (uncond given for every row)."""
+    scores = guided_scores_t(cond, uncond, st, cfg, image_mask, ids)
+    if cfg.greedy:
+        return scores
+    k = torch.full_like(st[:, 0], cfg.text_top_k)
+    if cfg.entropy_top_k:
+        k = torch.where(st[:, ST_OPEN].bool(), entropy_top_k(entropy(scores)), k)
+    return top_k_static(scores, k, static_k_max(cfg, scores.shape[-1]))
+
+
+def select_t(scores: torch.Tensor, cfg: SamplingConfig, u: torch.Tensor) -> torch.Tensor:
+    """Temperature + softmax + inverse-CDF draw (greedy: argmax, u unused)."""
+    if cfg.greedy:
+        return scores.argmax(-1)
+    return sample_with_uniform(torch.softmax(scores / cfg.temperature, dim=-1), u)
+
+
+# ---- counter-based uniforms -----------------------------------------------------------------
+# u = F(seed, counter, stream): a per-row seed and the step number fix every draw, so a batch
+# of B images reproduces B single runs with the same per-image seeds, no generator state lives
+# on the device (CUDA-graph safe), and CPU and CUDA draw the same numbers. 32-bit integer mixing
+# inside int64: multipliers < 2^31 times values < 2^32 never overflow.
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ (x >> 16)
+    x = (x * 0x2C1B3C6D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x297A2D39) & _MASK32
+    return x ^ (x >> 16)
+
+
+def counter_uniform(seed: torch.Tensor, counter: torch.Tensor, stream: torch.Tensor | int) -> torch.Tensor:
+    """float64 uniforms in [0, 1) with 53 random bits; arguments broadcast (int64 tensors)."""
+    x = _mix32(((seed ^ (seed >> 32)) & _MASK32) ^ 0x5BD1E995)
+    x = _mix32(x ^ (counter & _MASK32))
+    x = _mix32(x ^ ((torch.as_tensor(stream, device=x.device) * 0x3C6EF35F + 0x1B873593) & _MASK32))
+    hi, lo = _mix32(x ^ 0x68E31DA4), _mix32(x ^ 0x2545F491)
+    return ((hi >> 5).double() * 2.0**26 + (lo >> 6).double()) / 2.0**53

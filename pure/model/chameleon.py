@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ChameleonConfig
-from .kv_cache import KVCache
+from .kv_cache import KVCache, StaticKVCache, StaticStep
 
 
 class RMSNorm(nn.Module):
@@ -80,7 +80,8 @@ class ChameleonAttention(nn.Module):
     def __init__(self, cfg: ChameleonConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
         self.attention_dropout = cfg.attention_dropout
         c, kv = cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim
         self.q_proj = nn.Linear(c, c, bias=False)
@@ -97,6 +98,9 @@ class ChameleonAttention(nn.Module):
         k = self.k_norm(self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # norm before RoPE (spec §1.2)
+        if isinstance(cache, StaticStep):  # compiled decoding over fixed buffers (pure/engine.py)
+            out = cache.cache.attend(self.layer_idx, q, k, v, cache.write_idx, cache.masks, cache.prefill_group)
+            return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
         if cache is not None:
             k, v = cache.write(self.layer_idx, past, k, v)
             k, v = k.to(q.dtype), v.to(q.dtype)
@@ -272,6 +276,29 @@ class ChameleonForCausalLM(nn.Module):
         if logits_slice is not None:
             h = h[:, logits_slice]
         return self.logits(h)
+
+    def forward_static(self, input_ids: torch.Tensor, slots: torch.Tensor, cache: StaticKVCache,
+                       prefill_group: int | None = None, last_index: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 logits over a StaticKVCache: the fixed-shape decode path (pure/engine.py).
+
+        input_ids, slots: (R, T). A token's RoPE position is its slot (clamped at 0; each row
+        group numbers its own context from 0). Without `prefill_group` the R rows are all the
+        cache's rows and query (r, t) attends its row's keys at slots <= slots[r, t]. With
+        `prefill_group` the rows are that group's, the window is written at slots 0..T-1 and
+        attention is plain causal (flash SDPA). `last_index` (R,) keeps one time step per row
+        before the lm_head (the last real prompt token of a right-padded prefill)."""
+        if prefill_group is None:
+            write_idx, masks = cache.plan(slots)
+        else:
+            write_idx = masks = None
+        step = StaticStep(cache, write_idx, masks, prefill_group)
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = rotary_cos_sin(slots.clamp_min(0), self.config.head_dim, self.config.rope_theta, x.dtype)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, cache=step)
+        if last_index is not None:
+            x = x.gather(1, last_index.view(-1, 1, 1).expand(-1, 1, x.shape[-1]))
+        return self.logits(self.model.norm(x))
 
     def new_cache(self, batch: int, capacity: int = 0, **kwargs) -> KVCache:
         return KVCache.for_model(self, batch, capacity, **kwargs)

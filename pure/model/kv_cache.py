@@ -8,10 +8,16 @@ Layout per layer: keys/values (B, H_kv, capacity, D); the first `length` positio
 for every batch row. An optional boolean `key_mask` (B, capacity) marks keys that may be
 attended (False = padding / hidden prompt positions); it lets a batched CFG pass left-pad the
 short unconditional row once at prefill and never resend the mask.
+
+`StaticKVCache` is the fixed-shape variant used by compiled decoding (pure/engine.py): no
+growth, no truncation, writes at slot tensors, one buffer per row group.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 
 
 class KVCache:
@@ -34,7 +40,7 @@ class KVCache:
 
     @classmethod
     def for_model(cls, model, batch: int, capacity: int = 0, dtype: torch.dtype | None = None,
-                  device=None, growable: bool = True) -> "KVCache":
+                  device=None, growable: bool = True) -> KVCache:
         """A cache shaped for `model` (a ChameleonForCausalLM), in its parameter dtype/device by default."""
         cfg = model.config
         w = model.lm_head.weight
@@ -86,7 +92,7 @@ class KVCache:
         return None if self.key_mask is None else self.key_mask[:, :end]
 
     # --------------------------------------------------------------------------------- editing
-    def truncate(self, n: int) -> "KVCache":
+    def truncate(self, n: int) -> KVCache:
         """Forget every position >= n (SJD rollback). Storage is kept for reuse."""
         if not 0 <= n <= self.length:
             raise ValueError(f"cannot truncate KVCache of length {self.length} to {n}")
@@ -95,7 +101,7 @@ class KVCache:
             self.key_mask[:, n:] = True
         return self
 
-    def select(self, batch_idx: torch.Tensor | list[int]) -> "KVCache":
+    def select(self, batch_idx: torch.Tensor | list[int]) -> KVCache:
         """Keep/reorder/duplicate batch rows in place (beam reordering, dropping finished rows)."""
         idx = torch.as_tensor(batch_idx, dtype=torch.long, device=self.device)
         self.keys = [k.index_select(0, idx) for k in self.keys]
@@ -107,7 +113,7 @@ class KVCache:
 
     reorder = select
 
-    def clone(self) -> "KVCache":
+    def clone(self) -> KVCache:
         """Independent copy (e.g. to branch a generation)."""
         other = KVCache(self.batch, self.num_layers, self.num_kv_heads, self.head_dim, 0, self.dtype,
                         self.device, self.growable)
@@ -127,3 +133,102 @@ class KVCache:
     def __repr__(self) -> str:
         return (f"KVCache(batch={self.batch}, layers={self.num_layers}, length={self.length}, "
                 f"capacity={self.capacity}, dtype={self.dtype}, masked={self.key_mask is not None})")
+
+
+class StaticKVCache:
+    """Fixed-shape K/V buffers for compiled decoding (CUDA-graph friendly), with row groups.
+
+    Rows are split into groups with their own capacity, e.g. PURE's batched CFG keeps the B
+    conditional rows (prompt + answer) and the B unconditional rows (only the image so far,
+    spec §7.2) in two groups, so the unconditional rows need no copy of the 4k-token prompt.
+    One forward feeds all rows together (one weight read); attention runs once per group.
+
+    Nothing is ever reallocated or truncated: the caller says, per row and per new token, which
+    slot it goes to (`slots`, a tensor), and a query at slot s attends keys [0, s] of its row.
+    Rolling back (SJD) is therefore only moving the caller's slot counter. Slots that are
+    negative or past the capacity (tokens a row must not keep, e.g. the text before an image in
+    an unconditional row) are written to `scratch` spare slots at the end that no query attends.
+    """
+
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, groups: list[tuple[int, int]],
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None, scratch: int = 16):
+        """`groups`: (rows, capacity) per group, in row order."""
+        self.num_layers, self.num_kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
+        self.groups, self.scratch = [(int(r), int(c)) for r, c in groups], int(scratch)
+        self.dtype, self.device = dtype, torch.device(device or "cpu")
+        self.rows = sum(r for r, _ in self.groups)
+        bounds = [0]
+        for r, _ in self.groups:
+            bounds.append(bounds[-1] + r)
+        self.row_ranges = list(zip(bounds[:-1], bounds[1:], strict=True))
+        # keys[layer][group]: (rows_g, H_kv, capacity_g + scratch, D)
+        self.keys = [[torch.zeros(r, num_kv_heads, c + self.scratch, head_dim, dtype=dtype, device=self.device)
+                      for r, c in self.groups] for _ in range(num_layers)]
+        self.values = [[torch.zeros_like(k) for k in layer] for layer in self.keys]
+
+    @classmethod
+    def for_model(cls, model, groups: list[tuple[int, int]], scratch: int = 16, dtype=None, device=None):
+        cfg, w = model.config, model.lm_head.weight
+        return cls(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, groups, dtype or w.dtype,
+                   device or w.device, scratch)
+
+    def buffers(self) -> list[torch.Tensor]:
+        return [t for layer in self.keys + self.values for t in layer]
+
+    def mark_static(self) -> None:
+        """Tell torch.compile the buffers never move, so CUDA graphs may mutate them in place."""
+        for t in self.buffers():
+            torch._dynamo.mark_static_address(t)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.buffers())
+
+    def plan(self, slots: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per group: write index (R_g, T) and attention mask (R_g, 1, T, S_g) for query slots
+        `slots` (R, T). Out-of-range slots go to scratch slot capacity + t; every query sees its
+        own key, so rows with nothing to attend yet stay finite (their outputs are unused)."""
+        idx, masks = [], []
+        t = torch.arange(slots.shape[1], device=slots.device)
+        for (lo, hi), (_, cap) in zip(self.row_ranges, self.groups, strict=True):
+            s = slots[lo:hi]
+            w = torch.where((s >= 0) & (s < cap), s, cap + t)
+            j = torch.arange(cap + self.scratch, device=slots.device)
+            masks.append(((j <= s[..., None]) | (j == w[..., None]))[:, None])
+            idx.append(w)
+        return idx, masks
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, write_idx, masks,
+               prefill_group: int | None = None) -> torch.Tensor:
+        """Store k/v (R, H_kv, T, D) at `write_idx` and attend. With `prefill_group` the rows are
+        that group only, written at slots 0..T-1, and attention is plain causal over the new
+        tokens (SDPA's flash path); otherwise every group attends its own buffer with its mask."""
+        groups = [(prefill_group, 0, q.shape[0])] if prefill_group is not None else \
+            [(g, lo, hi) for g, (lo, hi) in enumerate(self.row_ranges)]
+        outs = []
+        for g, lo, hi in groups:
+            kb, vb = self.keys[layer][g], self.values[layer][g]
+            rows = torch.arange(hi - lo, device=q.device)[:, None]
+            if prefill_group is not None:
+                pos = torch.arange(k.shape[2], device=q.device)[None].expand(hi - lo, -1)
+            else:
+                pos = write_idx[g]
+            kb[rows, :, pos] = k[lo:hi].transpose(1, 2).to(self.dtype)
+            vb[rows, :, pos] = v[lo:hi].transpose(1, 2).to(self.dtype)
+            if prefill_group is not None:
+                kk, vv, mask, causal = k[lo:hi], v[lo:hi], None, True
+            else:
+                kk, vv, mask, causal = kb.to(q.dtype), vb.to(q.dtype), masks[g], False
+            rep = q.shape[1] // kk.shape[1]
+            if rep > 1:
+                kk, vv = kk.repeat_interleave(rep, dim=1), vv.repeat_interleave(rep, dim=1)
+            outs.append(F.scaled_dot_product_attention(q[lo:hi], kk, vv, attn_mask=mask, is_causal=causal))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+class StaticStep(NamedTuple):
+    """What one forward over a StaticKVCache needs in every layer (built once per forward)."""
+
+    cache: StaticKVCache
+    write_idx: list | None
+    masks: list | None
+    prefill_group: int | None

@@ -3,17 +3,19 @@ acceptance rule with fixed uniforms, residual resampling keeps the target distri
 the rolled-back KV cache equals a fresh cache over the committed tokens."""
 import torch
 
-from pure.generate import Decoder, decode_answer, generate
-from pure.jacobi import SJDConfig, residual_distribution, sjd_decode, speculative_generate, verify
-from pure.processors import SamplingConfig
-from pure.tokenizer import ImageCodeMap, SpecialIds as S
+from pure.engine import NOUT, SLOT, TOK, USLOT, get_engine
+from pure.generate import decode_answer, generate
+from pure.jacobi import SJDConfig, _SJDRunner, residual_distribution, speculative_generate, verify, window_scores
+from pure.processors import STATE_COLS, ImageState, SamplingConfig, state_tensor
+from pure.tokenizer import ImageCodeMap
+from pure.tokenizer import SpecialIds as S
 
 
 def header(g):
     return [S.IMG_START, S.SIZE_BASE + g, S.SIZE_BASE + g]
 
 
-def test_greedy_sjd_equals_greedy_ar_with_fewer_forwards(model, image_mask):
+def test_greedy_sjd_equals_greedy_ar_with_fewer_forwards(model, image_mask, one_thread):
     prompt = [0, 9100, 9200, S.EOT, 9300] + header(2)  # 8x8 latents: 73 tokens after <h><w>
     greedy = SamplingConfig(temperature=0.0, cfg=0.8)
     ar = generate(model, [prompt], greedy, image_mask, max_new_tokens=73)
@@ -76,7 +78,8 @@ def test_residual_resampling_preserves_target_distribution():
         assert torch.allclose(marginal, p, atol=1e-6)
         # one-hot draft at x: x with prob p(x), else the residual
         for x in range(V):
-            onehot = p[x] * torch.nn.functional.one_hot(torch.tensor(x), V) + (1 - p[x]) * residual_distribution(p, None, x)
+            resid = residual_distribution(p, None, x)
+            onehot = p[x] * torch.nn.functional.one_hot(torch.tensor(x), V) + (1 - p[x]) * resid
             assert torch.allclose(onehot, p, atol=1e-6)
     # Monte Carlo through verify() itself
     p = torch.tensor([0.05, 0.4, 0.25, 0.0, 0.3])
@@ -84,41 +87,47 @@ def test_residual_resampling_preserves_target_distribution():
     n_draws, counts = 20000, torch.zeros(5)
     xs = torch.multinomial(q, n_draws, replacement=True, generator=g)
     us = torch.rand(n_draws, generator=g)
-    for x, u in zip(xs.tolist(), us):
+    for x, u in zip(xs.tolist(), us, strict=True):
         n, r = verify([x], [q], p[None], u[None])
         counts[x if n == 1 else int(torch.multinomial(r, 1, generator=g))] += 1
     assert torch.allclose(counts / n_draws, p, atol=0.015)
 
 
-def test_kv_cache_after_rollback_equals_fresh_cache(model, image_mask):
-    prompt = [0, 9100, 9200, S.EOT] + header(1)
-    dec = Decoder(model, [prompt], use_cfg=True)
-    toks, _ = sjd_decode(dec, SamplingConfig(temperature=0.9, cfg=0.8), SJDConfig(active_from=0), image_mask,
-                         max_new_tokens=30, generator=torch.Generator().manual_seed(4))
-    fed = dec.fed[0]
-    assert fed == prompt + toks[: len(fed) - len(prompt)] and dec.cache.length == len(fed)
-    fresh = model.new_cache(1)
-    model(torch.tensor([fed]), cache=fresh)
-    start = prompt.index(S.IMG_START)
-    fresh_u = model.new_cache(1)
-    model(torch.tensor([fed[start:]]), cache=fresh_u)
-    n = len(fed)
-    for layer in range(len(fresh.keys)):
-        for got, ref in ((dec.cache.keys[layer], fresh.keys[layer]), (dec.cache.values[layer], fresh.values[layer])):
-            assert torch.allclose(got[0, :, :n], ref[0, :, :n], atol=1e-5)
-        for got, ref in ((dec.cache.keys[layer], fresh_u.keys[layer]), (dec.cache.values[layer], fresh_u.values[layer])):
-            assert torch.allclose(got[1, :, start:n], ref[0, :, : n - start], atol=1e-5)
-    assert not dec.cache.key_mask[1, :start].any() and dec.cache.key_mask[1, start:n].all()
+def test_kv_cache_after_rollback_equals_fresh_cache(model, image_mask, one_thread):
+    """After SJD iterations (rejected drafts included) the cache slots below each row's
+    counters hold exactly what fresh forwards over the committed tokens give."""
+    prompts = [[0, 9100, 9200, S.EOT] + header(1), [0, 9300, S.EOT] + header(1)]
+    sjd = SJDConfig(active_from=0, window=6)
+    engine = get_engine(model, prompts, SamplingConfig(temperature=0.9, cfg=0.8), image_mask, 30, S.EOT, window=6)
+    runner = _SJDRunner(engine, sjd, image_mask, compile=False)
+    St, _, _ = engine.start(prompts, [4, 5])
+    carry = runner.initial(St)
+    for _ in range(4):
+        St, *carry = runner.step(St, *carry)
+    out = carry[-1]
+    for b, prompt in enumerate(prompts):
+        n_fed = int(St[b, SLOT]) - len(prompt)  # committed tokens in the cache (the pending one is not)
+        fed = prompt + out[b, :n_fed].tolist()
+        assert 0 < n_fed < int(St[b, NOUT]) and int(St[b, USLOT]) == n_fed + 3
+        start = prompt.index(S.IMG_START)
+        for seq, group, row in ((fed, 0, b), (fed[start:], 1, b)):
+            fresh = model.new_cache(1)
+            model(torch.tensor([seq]), cache=fresh)
+            for layer in range(len(fresh.keys)):
+                got_k, got_v = engine.cache.keys[layer][group][row], engine.cache.values[layer][group][row]
+                assert torch.allclose(got_k[:, :len(seq)], fresh.keys[layer][0, :, :len(seq)], atol=1e-5)
+                assert torch.allclose(got_v[:, :len(seq)], fresh.values[layer][0, :, :len(seq)], atol=1e-5)
 
 
-def test_compat_flags(model, image_mask):
+def test_compat_flags(model, image_mask, one_thread):
     # official uncond context: everything from the prompt's last 8710 on, positions from 0
     prompt = [0, 9100, S.EOT]
-    dec = Decoder(model, [prompt], use_cfg=True)
-    dec.uncond_fixed_base = len(prompt) - 1
-    dec.prefill()
+    engine = get_engine(model, [prompt], SamplingConfig(), image_mask, 20, S.EOT, window=6, uncond_reset=False)
+    St, _, _ = engine.start([prompt], [0])
     stream = [9300] + header(1) + [70000, 5000]
-    _, unc = dec.forward([stream])
+    St[:, :STATE_COLS] = state_tensor([ImageState().advanced(prompt + stream[:1])])
+    St[:, TOK] = stream[0]
+    _, unc, _, _ = engine.window_forward(torch.tensor([stream]), St)
     ref = model(torch.tensor([[S.EOT] + stream]))[0, 1:]
     assert torch.allclose(unc[0], ref, atol=1e-4, rtol=1e-4)
     # both compat switches together still produce a well-formed image
@@ -130,14 +139,14 @@ def test_compat_flags(model, image_mask):
 
 
 def test_mean_k_compat_uses_one_k_per_window(image_mask):
-    from pure.jacobi import _window_probs
-    from pure.processors import ImageState, entropy, entropy_top_k
+    from pure.processors import entropy, entropy_top_k
 
     torch.manual_seed(5)
-    cond = torch.randn(3, 73728) * torch.tensor([[1.0], [3.0], [6.0]])  # very different entropies
-    states = [ImageState().advanced([S.IMG_START])] * 3  # image open, no grid yet: no mask, no CFG
+    cond = torch.randn(1, 3, 73728) * torch.tensor([[1.0], [3.0], [6.0]])  # very different entropies
+    st = state_tensor([ImageState().advanced([S.IMG_START])] * 3)[None]  # image open, no grid: no mask, no CFG
     cfg = SamplingConfig(temperature=0.9, cfg=1.0)
-    per_pos = (_window_probs(cond, None, states, cfg, image_mask, mean_k=False) > 0).sum(-1)
-    assert per_pos.unique().numel() == 3
-    mean_k = (_window_probs(cond, None, states, cfg, image_mask, mean_k=True) > 0).sum(-1)
-    assert mean_k.tolist() == [int(entropy_top_k(entropy(cond).mean()))] * 3
+    per_pos = (window_scores(cond, None, st, cfg, image_mask, mean_k=False) > float("-inf")).sum(-1)
+    assert per_pos[0].unique().numel() == 3
+    assert per_pos[0].tolist() == entropy_top_k(entropy(cond[0])).tolist()
+    mean_k = (window_scores(cond, None, st, cfg, image_mask, mean_k=True) > float("-inf")).sum(-1)
+    assert mean_k[0].tolist() == [int(entropy_top_k(entropy(cond[0]).mean()))] * 3
