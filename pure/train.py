@@ -138,7 +138,9 @@ class Trainer:
         n_tokens = n_pad = n_seen = 0
         for _ in range(accum):
             batch = next(self.batches)
-            ids, lab = batch["input_ids"].to(self.device), batch["labels"].to(self.device)
+            # non_blocking: with pinned batches (data.pin_memory) the copy overlaps the previous step's kernels
+            ids = batch["input_ids"].to(self.device, non_blocking=True)
+            lab = batch["labels"].to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
                 loss, stats = eng.forward(ids, lab)
             eng.backward(loss)
@@ -225,13 +227,15 @@ class Trainer:
 
         cfg = self.cfg.export
         dtype = get_dtype(cfg.dtype)
+        # Written inside the context: in one process the state dict aliases the live parameters.
         with eval_weights(self.ema, self.lm, self.cfg.ema.use_for_eval):
             sd = self.engine.full_model_state_dict()  # collective under FSDP2 / ZeRO-3
-        sd = {k.removeprefix("lm."): v for k, v in sd.items()}
+            sd = {k.removeprefix("lm."): v for k, v in sd.items()}
+            if self.dist.is_main:
+                save_hf_shards(sd, cfg.hf_dir, max_shard_size=cfg.max_shard_size, config=self.lm.config,
+                               vocabulary_map=getattr(self.lm.config, "vocabulary_map", None), dtype=dtype,
+                               base_config=read_hf_config(self.cfg.init.from_hf))
         if self.dist.is_main:
-            save_hf_shards(sd, cfg.hf_dir, max_shard_size=cfg.max_shard_size, config=self.lm.config,
-                           vocabulary_map=getattr(self.lm.config, "vocabulary_map", None), dtype=dtype,
-                           base_config=read_hf_config(self.cfg.init.from_hf))
             log.info("exported HF shards (%s%s) to %s", cfg.dtype,
                      ", EMA weights" if self.ema is not None and self.cfg.ema.use_for_eval else "", cfg.hf_dir)
         barrier()
