@@ -9,114 +9,14 @@ with class-to-image sampling (varsr.sample_c2i).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .fastvar import make_state
+# The generation core lives in varsr.generate; re-exported here for existing callers.
+from .generate import GenerationTrace, cfg_ramp, generate_fhat, sample_tokens, scale_loop  # noqa: F401
 from .parallelize import unwrap as _core  # bare module under DDP
-
-
-def cfg_ramp(cfg: float, si: int, num_scales: int, power: float = 1.0) -> float:
-    """Guidance weight at scale si: 0 at the 1x1 map, cfg at the last scale.
-
-    power 1 (linear) is the SR schedule; the C2I model uses power 2 (spec 6).
-    """
-    if power == 1:  # keep the SR arithmetic unchanged (bit-identical to earlier outputs)
-        return cfg * si / (num_scales - 1)
-    return cfg * (si / (num_scales - 1)) ** power
-
-
-def sample_tokens(logits: torch.Tensor, top_k: int = 1, top_p: float = 0.0, temperature: float = 1.0,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """VAR's top-k / top-p sampling on (B, l, V) logits -> Long (B, l).
-
-    top_k keeps every logit >= the k-th largest (ties keep all maxima); top_p drops the smallest
-    tokens whose cumulative probability stays <= 1 - top_p.  temperature <= 0 means argmax.
-    """
-    B, l, V = logits.shape
-    if temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if 0 < top_k < V:
-        thresh = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < thresh, float("-inf"))
-    if 0 < top_p < 1:
-        s_logits, s_idx = logits.sort(dim=-1, descending=False)
-        drop = s_logits.softmax(-1).cumsum(-1) <= (1 - top_p)
-        drop[..., -1:] = False
-        logits = logits.masked_fill(drop.scatter(-1, s_idx, drop), float("-inf"))
-    probs = logits.softmax(-1).view(-1, V)
-    return torch.multinomial(probs, 1, replacement=True, generator=generator).view(B, l)
-
-
-@torch.no_grad()
-def generate_fhat(model, vqvae, lr: torch.Tensor, cfg: float = 6.0, top_k: int = 1, top_p: float = 0.0,
-                  temperature: float = 1.0, generator: torch.Generator | None = None, fastvar=None,
-                  label: int = 0, refine: bool = True, refiner_temperature: float = 1.0,
-                  on_scale: Callable[[int, torch.Tensor], None] | None = None,
-                  return_logits: bool = False):
-    """LR in [-1, 1] at the model size -> accumulated latent f_hat (B, Cvae, G, G).
-
-    With return_logits, also the guided per-scale logits [(B, pn^2, V)] (used by the KV-cache
-    consistency test).  `on_scale(si, f_hat)` is called after every scale (intermediate export).
-    """
-    core = _core(model)
-    B, K = lr.shape[0], len(core.patch_nums)
-    doubled = cfg != 0  # cfg 0: the negative branch would get weight 0 at every scale
-    labels = torch.full((B,), label, dtype=torch.long, device=lr.device)
-    if doubled:  # negative class = num_classes - 1 ("low quality"); shares LR prefix and tokens
-        labels = torch.cat([labels, torch.full_like(labels, core.cfg.num_classes - 1)])
-        lr = torch.cat([lr, lr])
-    x, cond = core.prefix(lr, labels)
-    return scale_loop(core, vqvae, x, cond, B, [cfg_ramp(cfg, si, K) for si in range(K)] if doubled else None,
-                      top_k, top_p, temperature, generator, fastvar, refine, refiner_temperature, on_scale,
-                      return_logits)
-
-
-def scale_loop(core, vqvae, x: torch.Tensor, cond: torch.Tensor, B: int, ramp: list[float] | None,
-               top_k: int, top_p: float, temperature: float, generator: torch.Generator | None, fastvar,
-               refine: bool, refiner_temperature: float, on_scale, return_logits: bool):
-    """KV-cached next-scale loop shared by SR and C2I sampling.
-
-    `x`, `cond`: prefix tokens and AdaLN condition from `core.prefix`, already doubled
-    ([cond; guidance branch], 2B rows) when `ramp` (guidance weight t per scale) is given;
-    logits = (1 + t) l_cond - t l_branch.  The refiner is guided with the last scale's t.
-    """
-    pns, K = core.patch_nums, len(core.patch_nums)
-    quant = vqvae.quantize
-    doubled = ramp is not None
-    caches, state = core.new_cache(), make_state(fastvar, pns)
-    G = pns[-1]
-    f_hat = torch.zeros(B, quant.cvae, G, G, device=x.device, dtype=quant.embedding.weight.dtype)
-    all_logits, t, h = [], 0.0, None
-    for si in range(K):
-        if state is not None:
-            state.set_step(si)
-        h = core.run_blocks(x, cond, core.rope_rows(si, x.device), None, caches, state)
-        logits = core.logits(h[:, -1:] if si == 0 else h, cond)  # step 0: read the SOS output
-        if doubled:
-            t = ramp[si]
-            logits = (1 + t) * logits[:B] - t * logits[B:]
-        if return_logits:
-            all_logits.append(logits)
-        idx = sample_tokens(logits, top_k, top_p, temperature, generator)
-        f_hat, nxt = quant.accumulate(si, idx, f_hat)
-        if on_scale is not None:
-            on_scale(si, f_hat)
-        if nxt is not None:
-            x = core.embed_scale(nxt, si + 1)
-            x = torch.cat([x, x]) if doubled else x
-    if refine:
-        e = quant.embedding(idx)  # the guided last-scale tokens condition both CFG halves
-        e = torch.cat([e, e]) if doubled else e
-        z = core.refiner_condition(h, e).float().flatten(0, 1)  # one row per token: [cond; neg]
-        res = core.diffloss.sample(z, cfg_t=t, guided=doubled and t != 0, temperature=refiner_temperature,
-                                   generator=generator)[: B * G * G]
-        res = (res * core.cfg.vae_scale).view(B, G * G, -1).transpose(1, 2).reshape(B, -1, G, G)
-        f_hat = f_hat + res.to(f_hat.dtype)
-    return (f_hat, all_logits) if return_logits else f_hat
 
 
 def resize_bicubic(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -8,7 +8,7 @@ how the reference implementation rounds them.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -129,13 +129,22 @@ class GaussianDiffusion:
 
     @torch.no_grad()
     def sample_loop(self, net: Callable, noise: torch.Tensor, clip: bool = True,
-                    temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+                    temperature: float = 1.0, generator: torch.Generator | None = None,
+                    step_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Ancestral sampling from x_T = noise.
+
+        `step_noise` (num_timesteps, *noise.shape): the noise added at each step, first row for the
+        first (largest-t) step; None draws it from `generator` one step at a time.
+        """
         x = noise
-        for i in reversed(range(self.num_timesteps)):
+        for n, i in enumerate(reversed(range(self.num_timesteps))):
             t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
             out = net(x, self.timestep_map.to(x.device)[t])
             mean, lv = self.p_mean_variance(out, x, t, clip=clip)
-            # Noise is drawn at t = 0 too (then masked), matching the reference RNG consumption.
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            if step_noise is None:
+                # Noise is drawn at t = 0 too (then masked), matching the reference RNG consumption.
+                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            else:
+                z = step_noise[n]
             x = mean + float(i > 0) * torch.exp(0.5 * lv) * z * temperature
         return x

@@ -7,11 +7,15 @@ keys load 1:1.  MAR's zero-initialisation of the AdaLN modulations and the outpu
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
 
 from .diffusion import GaussianDiffusion
+
+# One generator for all rows, one per image (rows split evenly), or None (torch's default).
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def _modulate(x, shift, scale):
@@ -85,11 +89,26 @@ class SimpleMLPAdaLN(nn.Module):
             nn.init.zeros_(lin.bias)
 
     def forward(self, x, t, c):
-        y = self.time_embed(t) + self.cond_embed(c)
+        return self.trunk(x, self.time_embed(t) + self.cond_embed(c))
+
+    def trunk(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Everything after the (t, z) embedding: y (N or 1, width) is the summed condition."""
         x = self.input_proj(x)
         for blk in self.res_blocks:
             x = blk(x, y)
         return self.final_layer(x, y)
+
+    def sampler(self, c: torch.Tensor, trunk: Callable | None = None) -> Callable:
+        """fn(x, t) for a sampling loop over fixed conditions c.
+
+        The condition embedding is computed once, not at every step, and the timestep embedding
+        on one row (all rows share t).  `trunk` replaces `self.trunk` (e.g. a compiled version).
+        """
+        c_emb, trunk = self.cond_embed(c), trunk or self.trunk
+
+        def fn(x, t):
+            return trunk(x, self.time_embed(t[:1]) + c_emb)
+        return fn
 
 
 class DiffLoss(nn.Module):
@@ -106,31 +125,54 @@ class DiffLoss(nn.Module):
         t = torch.randint(0, self.train_diffusion.num_timesteps, (target.shape[0],), device=target.device)
         return self.train_diffusion.training_losses(self.net, target, t, z).mean()
 
+    def draw_noise(self, n: int, guided: bool, generator: Generators = None, device=None,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Sampling noise (steps + 1, n, Cvae) for n condition rows: x_T, then one row per step.
+
+        Draw order of the reference sampler: x_T for the n condition rows (the guidance rows share
+        it), then at every step noise for every row it denoises (2n when guided) of which only the
+        condition rows matter.  A list of generators splits the rows evenly, one image each, and
+        each generator draws exactly what a run of that image alone would.  None = torch's
+        default generator (as torch.randn).
+        """
+        C, T = self.in_channels, self.gen_diffusion.num_timesteps
+        gens = list(generator) if isinstance(generator, (list, tuple)) else [generator]
+        if n % len(gens):
+            raise ValueError(f"{n} refiner rows do not split over {len(gens)} generators")
+        m, rows = n // len(gens), (2 if guided else 1) * (n // len(gens))
+        per_image = []
+        for g in gens:
+            first = torch.randn(m, C, generator=g, device=device, dtype=dtype)
+            steps = [torch.randn(rows, C, generator=g, device=device, dtype=dtype)[:m] for _ in range(T)]
+            per_image.append(torch.stack([first, *steps]))
+        return torch.cat(per_image, dim=1)
+
     @torch.no_grad()
     def sample(self, z: torch.Tensor, cfg_t: float = 0.0, guided: bool = False, temperature: float = 1.0,
-               generator: torch.Generator | None = None, clip: bool = True) -> torch.Tensor:
-        """Draw residual tokens for condition rows z.
+               generator: Generators = None, clip: bool = True, noise: torch.Tensor | None = None,
+               trunk: Callable | None = None) -> torch.Tensor:
+        """Draw one residual token per condition row -> (n, Cvae) in units of the scaled target.
 
-        guided=True: z is [cond; neg] (2B rows); eps = (1 + t) eps_cond - t eps_neg on the first
-        half, copied to both halves; variance channels stay unguided; both halves start from the
-        same noise.  Unguided iff not `guided` (t == 0 is just a no-op guidance).  Returns (2B or
-        B, Cvae) in units of the scaled target.
+        guided=True: z is [cond; neg] (2n rows); eps = (1 + t) eps_cond - t eps_neg, variance
+        channels unguided; only the n condition rows are denoised (the guidance rows would just
+        mirror them).  Unguided iff not `guided` (t == 0 is just a no-op guidance).  All rows and
+        steps are batched: one network call per step.  Noise: `noise` (steps + 1, n, Cvae) as
+        given, else `draw_noise(generator)`.
         """
         C = self.in_channels
+        n = z.shape[0] // 2 if guided else z.shape[0]
+        if noise is None:
+            noise = self.draw_noise(n, guided, generator, z.device, z.dtype)
+        if noise.shape != (self.gen_diffusion.num_timesteps + 1, n, C):
+            raise ValueError(f"refiner noise must be {(self.gen_diffusion.num_timesteps + 1, n, C)}, "
+                             f"got {tuple(noise.shape)}")
+        body = self.net.sampler(z, trunk)
         if guided:
-            half = torch.randn(z.shape[0] // 2, C, generator=generator, device=z.device, dtype=z.dtype)
-            noise = torch.cat([half, half])
-
             def fn(x, t):
-                h = x[: len(x) // 2]
-                out = self.net(torch.cat([h, h]), t, z)
+                out = body(torch.cat([x, x]), t.repeat(2))
                 ec, en = out[:, :C].chunk(2)
-                eps = (1 + cfg_t) * ec - cfg_t * en
-                return torch.cat([torch.cat([eps, eps]), out[:, C:]], dim=1)
+                return torch.cat([(1 + cfg_t) * ec - cfg_t * en, out[:n, C:]], dim=1)
         else:
-            noise = torch.randn(z.shape[0], C, generator=generator, device=z.device, dtype=z.dtype)
-
-            def fn(x, t):
-                return self.net(x, t, z)
-        return self.gen_diffusion.sample_loop(fn, noise, clip=clip, temperature=temperature,
-                                              generator=generator)
+            fn = body
+        return self.gen_diffusion.sample_loop(fn, noise[0], clip=clip, temperature=temperature,
+                                              step_noise=noise[1:])

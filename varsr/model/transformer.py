@@ -4,8 +4,9 @@ LR prefix (1024 tokens from `con_embedding`) + SOS (class embedding), teacher-fo
 inputs, block-causal mask, AdaLN blocks with L2-normalised q/k, scale-aligned 2-D RoPE, AdaLN
 head, and the diffusion refiner `diffloss`.  Parameter and buffer names equal the official
 state dict.  With `cfg.lr_prefix=False` the same class is the class-to-image model: no
-`con_embedding`, prefix = SOS only, RoPE/levels/mask over the scales only.  Inference helpers (`prefix`, `embed_scale`, `run_blocks`, `logits`) take an
-explicit per-layer KV cache; `varsr.sample` drives the scale loop.
+`con_embedding`, prefix = SOS only, RoPE/levels/mask over the scales only.  Inference helpers
+(`prefix`, `embed_scale`, `run_blocks`, `logits`) take an explicit per-layer KV cache (`KVCache`);
+`varsr.generate` drives the scale loop.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class ConditionEmbedding(nn.Module):
         super().__init__()
         self.conv_in = nn.Conv2d(3, channels[0], 3, padding=1)
         blocks = []
-        for cin, cout in zip(channels[:-1], channels[1:]):
+        for cin, cout in zip(channels[:-1], channels[1:], strict=True):
             blocks += [nn.Conv2d(cin, cin, 3, padding=1), nn.Conv2d(cin, cout, 3, padding=1, stride=2)]
         self.blocks = nn.ModuleList(blocks)
         self.conv_out = nn.Conv2d(channels[-1], out_dim, 3, padding=1)
@@ -50,6 +51,29 @@ class ConditionEmbedding(nn.Module):
         for blk in self.blocks:
             h = F.silu(blk(h))
         return self.conv_out(h)
+
+
+class KVCache:
+    """Preallocated per-layer K/V of one generation call (rows, heads, capacity, head_dim).
+
+    Every scale writes its keys/values in place after the previous ones and attends over the
+    filled prefix (a strided view, no copy), instead of re-concatenating the whole cache at each
+    scale.  `len` is a plain int, so a compiled block specialises on it (static shape per scale).
+    """
+
+    def __init__(self, rows: int, heads: int, capacity: int, head_dim: int, dtype, device):
+        self.k = torch.empty(rows, heads, capacity, head_dim, dtype=dtype, device=device)
+        self.v = torch.empty_like(self.k)
+        self.len = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s, e = self.len, self.len + k.shape[2]
+        if e > self.k.shape[2]:
+            raise RuntimeError(f"KV cache overflow: {e} > capacity {self.k.shape[2]}")
+        self.k[:, :, s:e] = k
+        self.v[:, :, s:e] = v
+        self.len = e
+        return self.k[:, :, :e], self.v[:, :, :e]
 
 
 class SelfAttention(nn.Module):
@@ -64,7 +88,7 @@ class SelfAttention(nn.Module):
         self.mat_qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, rope, attn_bias=None, cache: dict | None = None):
+    def forward(self, x, rope, attn_bias=None, cache: KVCache | None = None):
         B, L, C = x.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.heads, self.head_dim)
@@ -74,11 +98,12 @@ class SelfAttention(nn.Module):
         k = F.normalize(k, dim=-1)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         if cache is not None:
-            if "k" in cache:
-                k, v = torch.cat((cache["k"], k), dim=2), torch.cat((cache["v"], v), dim=2)
-            cache["k"], cache["v"] = k, v
-        mask = None if attn_bias is None else attn_bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=1.0)
+            k, v = cache.append(k, v)
+        # Under autocast SDPA runs in the low-precision dtype anyway; casting a low-precision KV
+        # cache up to q's fp32 first would copy the whole cache in every layer at every scale.
+        dt = k.dtype if torch.is_autocast_enabled(q.device.type) else q.dtype
+        mask = None if attn_bias is None else attn_bias.to(dt)
+        out = F.scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt), attn_mask=mask, scale=1.0)
         return self.proj(out.transpose(1, 2).reshape(B, L, C))
 
 
@@ -109,14 +134,16 @@ class AdaLNBlock(nn.Module):
 
     def _branch(self, name, fn, x, scale, shift, gamma, rope, pruner):
         """Residual branch output; a FastVAR pruner (varsr.fastvar) may restrict it to pivotal tokens."""
+        # gamma is applied out of place: selective activation checkpointing (common.parallel) keeps the
+        # projection's output and must find it unmodified when the block is recomputed in backward.
         if pruner is None or not pruner.active:
-            out = fn(self.ln_wo_grad(x).mul(scale + 1).add_(shift), rope).mul_(gamma)
+            out = fn(self.ln_wo_grad(x).mul(scale + 1).add_(shift), rope).mul(gamma)
             if pruner is not None:
                 pruner.remember(name, out)
             return self.drop_path(out)
         idx = pruner.select(x)
         xs, rs = pruner.gather(x, idx), pruner.gather_rope(rope, idx)
-        out = fn(self.ln_wo_grad(xs).mul(scale + 1).add_(shift), rs).mul_(gamma)
+        out = fn(self.ln_wo_grad(xs).mul(scale + 1).add_(shift), rs).mul(gamma)
         return pruner.restore(name, idx, out)
 
 
@@ -221,6 +248,8 @@ class VARSR(nn.Module):
         """Prefix tokens (B, first_l, C) and AdaLN cond (B, C).
 
         SR: LR in [-1, 1] at the model size -> [LR tokens, SOS].  C2I: lr must be None -> [SOS].
+        `label` may have k times the rows of `lr` (CFG branches stacked [all cond; all neg]): the LR
+        is then encoded once and its tokens repeated.
         """
         cond = self.class_emb(label)
         if not self.lr_prefix:
@@ -231,6 +260,10 @@ class VARSR(nn.Module):
             raise ValueError("this is an SR model (lr_prefix=True): an LR image is required")
         with torch.autocast(device_type=lr.device.type, enabled=False):  # prefix encoder in fp32
             con = self.con_embedding(lr.float()).flatten(2).transpose(1, 2)
+        if con.shape[0] != cond.shape[0]:  # CFG rows share one LR: encode it once, repeat the tokens
+            if cond.shape[0] % con.shape[0]:
+                raise ValueError(f"{cond.shape[0]} labels for {con.shape[0]} LR images")
+            con = con.repeat(cond.shape[0] // con.shape[0], 1, 1)
         x = torch.cat((con.to(cond.dtype), cond[:, None]), dim=1) + self.pos_start
         return x + self.lvl_embed.weight[0], cond
 
@@ -260,8 +293,17 @@ class VARSR(nn.Module):
         """z = decoder_norm(h_last + word_embed(e[idx])) (spec 4)."""
         return self.decoder_norm(h_last + self.word_embed(tokens_e.to(h_last.dtype)))
 
-    def new_cache(self) -> list[dict]:
-        return [{} for _ in self.blocks]
+    @property
+    def cache_capacity(self) -> int:
+        """Tokens an inference KV cache holds: the prefix plus the inputs of scales 1..K-1."""
+        return self.first_l + sum(p * p for p in self.patch_nums[1:])
+
+    def new_cache(self, rows: int, dtype: torch.dtype | None = None, device=None) -> list[KVCache]:
+        """One preallocated KVCache per block for `rows` sequences (CFG rows included)."""
+        w = self.head.weight
+        hd = self.C // self.cfg.heads
+        return [KVCache(rows, self.cfg.heads, self.cache_capacity, hd, dtype or w.dtype, device or w.device)
+                for _ in self.blocks]
 
     # ------------------------------------------------------------------ training forward
     def forward(self, lr, label, x_inputs, r_last: torch.Tensor | None = None,
