@@ -17,3 +17,12 @@ def repo_root():
     from common.config import REPO_ROOT
 
     return REPO_ROOT
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls: one intra-op thread is several times faster than two on a loaded 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,14 +15,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
 def world_of_one(tmp_path, monkeypatch):
     """Enter a 1-rank gloo job for the duration of a test (torchrun's variables + a process group)."""
 

@@ -19,14 +19,6 @@ from varsr.model import build_models, model_config
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------ tiny models of both apps
 def pure_case(dropout: float):
     """(root module, blocks, loss fn) for a tiny PURE model on a fixed batch with a -100 prompt half."""

@@ -64,12 +64,3 @@ def image_mask():
     from pure.tokenizer import ImageCodeMap
 
     return ImageCodeMap.synthetic().image_mask()
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny matmuls: one intra-op thread is several times faster than two on a loaded 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
