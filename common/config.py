@@ -60,6 +60,15 @@ def compose_config(app: str, config_name: str = "train", overrides: list[str] | 
         return compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=hydra_node)
 
 
+def split_hydra(cfg: DictConfig) -> tuple[DictConfig, DictConfig]:
+    """(the job's config, Hydra's own node) of a config composed with ``hydra_node=True``."""
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        hc = cfg.pop("hydra")
+    return cfg, hc
+
+
 def validate(schema: type, cfg: DictConfig | dict) -> Any:
     """Merge ``cfg`` into the dataclass ``schema``: unknown keys and wrong types raise at once.
 
@@ -303,8 +312,5 @@ def run_app(app: str, config_name: str, schema: type, fn, argv: list[str] | None
     with one_line_errors():
         cfg, hc = compose_config(app, config_name, args, hydra_node=view is not None), None
         if view is not None:
-            from omegaconf import open_dict
-
-            with open_dict(cfg):
-                hc = cfg.pop("hydra")
+            cfg, hc = split_hydra(cfg)
         return _spawn_or_run(_prepare(cfg, hc), args)
