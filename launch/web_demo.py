@@ -6,6 +6,7 @@
 
 Schema and every key: webdemo/config.py; page and model host: webdemo/.
 """
+
 import sys
 from pathlib import Path
 
@@ -22,8 +23,14 @@ def main(cfg: WebDemoConfig, block: bool = True):
     if cfg.max_upload_mb <= 0 or cfg.queue_size < 1 or cfg.max_input_pixels < 1:
         raise ValueError("max_upload_mb, queue_size and max_input_pixels must be positive")
     host = ModelHost({"varsr": cfg.varsr, "pure": cfg.pure}, device=cfg.device, max_input_pixels=cfg.max_input_pixels)
-    return serve(host, server_name=cfg.host, port=cfg.port, max_upload_mb=cfg.max_upload_mb,
-                 queue_size=cfg.queue_size, block=block)
+    return serve(
+        host,
+        server_name=cfg.host,
+        port=cfg.port,
+        max_upload_mb=cfg.max_upload_mb,
+        queue_size=cfg.queue_size,
+        block=block,
+    )
 
 
 def run(argv: list[str] | None = None):

@@ -6,6 +6,7 @@ and reads the result's size from the downloaded PNG (not from anything the test 
 upload must show a message in the page while the server keeps serving. A screenshot of the page is saved
 in the test's output directory.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,10 +65,23 @@ def server(checkpoints, tmp_path_factory):
     port = _free_port()
     v, p = checkpoints / "VARSR.pth", checkpoints / "pure"
     log = tmp_path_factory.mktemp("web_log") / "server.log"
-    cmd = [sys.executable, "launch/web_demo.py", f"port={port}", "device=cpu", "max_upload_mb=2",
-           "+varsr.test.model=tiny", f"+varsr.test.ckpt={v}", f"+varsr.test.vae_ckpt={v}",
-           "+pure.test.model=tiny", f"+pure.test.ckpt_dir={p}", "+pure.test.vq_ckpt=null", "+pure.test.vq_size=tiny",
-           "+pure.test.resolution=8", "+pure.test.image_only=true", "+pure.test.max_new_tokens=30"]
+    cmd = [
+        sys.executable,
+        "launch/web_demo.py",
+        f"port={port}",
+        "device=cpu",
+        "max_upload_mb=2",
+        "+varsr.test.model=tiny",
+        f"+varsr.test.ckpt={v}",
+        f"+varsr.test.vae_ckpt={v}",
+        "+pure.test.model=tiny",
+        f"+pure.test.ckpt_dir={p}",
+        "+pure.test.vq_ckpt=null",
+        "+pure.test.vq_size=tiny",
+        "+pure.test.resolution=8",
+        "+pure.test.image_only=true",
+        "+pure.test.max_new_tokens=30",
+    ]
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", ARSR_NO_PROGRESS="1")
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -130,7 +144,10 @@ def _restore(page, app: str, checkpoint: str, upload: Path, timeout_ms: int = 12
     page.wait_for_function(
         "(prev) => { const a = document.querySelector('#download a[href]');"
         " return (a && a.getAttribute('href') !== prev && a.href.endsWith('.png'))"
-        " || document.querySelector('.toast-body'); }", arg=previous, timeout=timeout_ms)
+        " || document.querySelector('.toast-body'); }",
+        arg=previous,
+        timeout=timeout_ms,
+    )
     toast = page.locator(".toast-body")
     if toast.count():
         raise AssertionError(f"the page reported an error: {toast.first.inner_text()}")

@@ -4,6 +4,7 @@ Each checkpoint entry maps keys of that app's *sampling* config (``configs/varsr
 ``configs/pure/sample.yaml``) to values, so the demo loads weights exactly as ``launch/sample_*.py`` would
 and every key documented there is available here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,12 +27,23 @@ class WebDemoConfig:
     queue_size: int = 8  # pending requests beyond this are refused ("queue full"); one runs at a time
     device: str = "auto"  # auto | cpu | cuda: where the (one) loaded model lives
     # checkpoint name -> {key of configs/varsr/sample.yaml: value}; the first one found on disk is preselected
-    varsr: dict[str, dict[str, Any]] = field(default_factory=lambda: {
-        "tiny-demo": {"model": "tiny", "ckpt": TINY_VARSR, "vae_ckpt": TINY_VARSR}})
+    varsr: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"tiny-demo": {"model": "tiny", "ckpt": TINY_VARSR, "vae_ckpt": TINY_VARSR}}
+    )
     # checkpoint name -> {key of configs/pure/sample.yaml: value}
-    pure: dict[str, dict[str, Any]] = field(default_factory=lambda: {
-        "tiny-demo": {"model": "tiny", "ckpt_dir": TINY_PURE, "vq_ckpt": None, "vq_size": "tiny",
-                      "resolution": 64, "image_only": True, "max_new_tokens": 120}})
+    pure: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {
+            "tiny-demo": {
+                "model": "tiny",
+                "ckpt_dir": TINY_PURE,
+                "vq_ckpt": None,
+                "vq_size": "tiny",
+                "resolution": 64,
+                "image_only": True,
+                "max_new_tokens": 120,
+            }
+        }
+    )
 
 
 def register_configs() -> None:

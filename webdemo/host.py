@@ -9,6 +9,7 @@ and a d24 VARSR are never resident together.
 Every problem the user can fix (an unreadable upload, an image too large, a checkpoint that is missing)
 is a ``DemoError`` with one readable sentence; the UI shows it in the page and keeps serving.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,8 +53,10 @@ class Result:
 
 def _overrides(entry: dict) -> list[str]:
     """{key: value} of a checkpoint entry -> Hydra overrides (None -> null, True -> true)."""
+
     def fmt(v):
         return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
     return [f"{k}={fmt(v)}" for k, v in entry.items()]
 
 
@@ -92,11 +95,13 @@ def _absolute(app: str, cfg):
 class ModelHost:
     """Loads the requested checkpoint on demand (dropping the previous one) and runs requests serially."""
 
-    def __init__(self, checkpoints: dict[str, dict[str, dict]], device: str = "auto",
-                 max_input_pixels: int = 2048 * 2048):
+    def __init__(
+        self, checkpoints: dict[str, dict[str, dict]], device: str = "auto", max_input_pixels: int = 2048 * 2048
+    ):
         self.checkpoints = {app: dict(checkpoints.get(app) or {}) for app in APPS}
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
+        self.device = torch.device(
+            "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        )
         self.max_input_pixels = int(max_input_pixels)
         self._lock = threading.Lock()  # Gradio's queue already serialises; this guards direct callers
         self._key: tuple[str, str] | None = None
@@ -124,8 +129,10 @@ class ModelHost:
         cfg = _sample_config(app, self.checkpoints[app][name])
         missing = _missing_files(app, cfg)
         if missing:
-            raise DemoError(f"{app} checkpoint {name!r} is not on disk ({', '.join(missing)}); run `make demo` "
-                            f"for the tiny exports or point the demo at real weights (see README)")
+            raise DemoError(
+                f"{app} checkpoint {name!r} is not on disk ({', '.join(missing)}); run `make demo` "
+                f"for the tiny exports or point the demo at real weights (see README)"
+            )
         cfg = _absolute(app, cfg)
         self._key, self._loaded = None, None  # free the old model before the new one is built
         gc.collect()
@@ -146,8 +153,10 @@ class ModelHost:
     def check_image(self, img: np.ndarray) -> None:
         h, w = img.shape[:2]
         if h * w > self.max_input_pixels:
-            raise DemoError(f"image is {w}x{h} = {h * w:,} pixels; this demo accepts at most "
-                            f"{self.max_input_pixels:,} (max_input_pixels)")
+            raise DemoError(
+                f"image is {w}x{h} = {h * w:,} pixels; this demo accepts at most "
+                f"{self.max_input_pixels:,} (max_input_pixels)"
+            )
 
     def run(self, req: Request, img: np.ndarray, progress=None) -> Result:
         """Restore one uint8 HWC image with the requested app, checkpoint and settings."""
@@ -169,8 +178,13 @@ class ModelHost:
                 raise DemoError(str(e).splitlines()[0]) from None
             seconds = time.time() - t0
         out = (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        info.update(app=req.app, checkpoint=req.checkpoint, input=f"{img.shape[1]}x{img.shape[0]}",
-                    output=f"{out.shape[1]}x{out.shape[0]}", seconds=round(seconds, 2))
+        info.update(
+            app=req.app,
+            checkpoint=req.checkpoint,
+            input=f"{img.shape[1]}x{img.shape[0]}",
+            output=f"{out.shape[1]}x{out.shape[0]}",
+            seconds=round(seconds, 2),
+        )
         return Result(out, seconds, info)
 
     def _varsr(self, base, models, req: Request, img: np.ndarray):
@@ -178,12 +192,24 @@ class ModelHost:
 
         model, vqvae = models
         fix = base.color_fix if req.color_fix == "default" else req.color_fix
-        cfg = dataclasses.replace(base, cfg=float(req.cfg), temperature=float(req.temperature), seed=int(req.seed),
-                                  tile=req.tile, tile_cfg=float(req.cfg), color_fix=fix)
+        cfg = dataclasses.replace(
+            base,
+            cfg=float(req.cfg),
+            temperature=float(req.temperature),
+            seed=int(req.seed),
+            tile=req.tile,
+            tile_cfg=float(req.cfg),
+            color_fix=fix,
+        )
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         out = sr_one(model, vqvae, img, cfg, self.device, gen)
-        return out[0].float(), {"cfg": cfg.cfg, "temperature": cfg.temperature, "seed": cfg.seed,
-                                "tile": cfg.tile, "color_fix": fix}
+        return out[0].float(), {
+            "cfg": cfg.cfg,
+            "temperature": cfg.temperature,
+            "seed": cfg.seed,
+            "tile": cfg.tile,
+            "color_fix": fix,
+        }
 
     def _pure(self, base, models, req: Request, img: np.ndarray):
         from pure.evaluate import sampling_config, sjd_config
@@ -191,13 +217,31 @@ class ModelHost:
 
         model, vq, tok = models
         fix = base.color_fix if req.color_fix == "default" else req.color_fix
-        cfg = dataclasses.replace(base, cfg=float(req.cfg), temperature=float(req.temperature), seed=int(req.seed),
-                                  color_fix=fix)
-        restorer = Restorer(model, vq, tok, sampling_config(cfg), sjd_config(cfg), resolution=cfg.resolution,
-                            max_new_tokens=cfg.max_new_tokens, color_fix=fix, image_only=cfg.image_only)
+        cfg = dataclasses.replace(
+            base, cfg=float(req.cfg), temperature=float(req.temperature), seed=int(req.seed), color_fix=fix
+        )
+        restorer = Restorer(
+            model,
+            vq,
+            tok,
+            sampling_config(cfg),
+            sjd_config(cfg),
+            resolution=cfg.resolution,
+            max_new_tokens=cfg.max_new_tokens,
+            color_fix=fix,
+            image_only=cfg.image_only,
+        )
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         res = restorer.restore([img], gen)[0]
-        info = {"cfg": cfg.cfg, "temperature": cfg.temperature, "seed": cfg.seed, "color_fix": fix,
-                "degradation": res.degradation, "caption": res.caption, "generated_image": res.ok,
-                "new_tokens": res.new_tokens, "forwards": res.forwards}
+        info = {
+            "cfg": cfg.cfg,
+            "temperature": cfg.temperature,
+            "seed": cfg.seed,
+            "color_fix": fix,
+            "degradation": res.degradation,
+            "caption": res.caption,
+            "generated_image": res.ok,
+            "new_tokens": res.new_tokens,
+            "forwards": res.forwards,
+        }
         return res.image.float(), info

@@ -6,6 +6,7 @@ failure, and the same robust reader as the folder tools (``common.data.io.read_i
 Requests go through Gradio's queue: one runs at a time (one model instance), at most
 ``queue_size`` wait, and the rest are told the queue is full.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,9 @@ def _read_upload(path: str | None, max_bytes: int) -> np.ndarray:
     try:
         return read_image(p)
     except Exception as e:  # whatever the decoder says, the user needs the file name and "not an image"
-        raise DemoError(f"{p.name} is not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-                        ) from None
+        raise DemoError(
+            f"{p.name} is not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
 
 
 def _bicubic_to(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -48,17 +50,30 @@ def make_handler(host: ModelHost, out_dir: Path, max_bytes: int):
     """The click handler, separate from the layout so it can be tested without a browser."""
     import gradio as gr
 
-    def restore(app, checkpoint, upload, cfg, temperature, seed, tile, color_fix, progress=gr.Progress()):
+    # Gradio injects a live tracker when the default is a gr.Progress instance (its documented pattern).
+    def restore(app, checkpoint, upload, cfg, temperature, seed, tile, color_fix, progress=gr.Progress()):  # noqa: B008
         try:
             img = _read_upload(upload, max_bytes)
-            res = host.run(Request(app=app, checkpoint=checkpoint, cfg=cfg, temperature=temperature,
-                                   seed=int(seed), tile=tile, color_fix=color_fix), img, progress=progress)
+            res = host.run(
+                Request(
+                    app=app,
+                    checkpoint=checkpoint,
+                    cfg=cfg,
+                    temperature=temperature,
+                    seed=int(seed),
+                    tile=tile,
+                    color_fix=color_fix,
+                ),
+                img,
+                progress=progress,
+            )
         except DemoError as e:
             raise gr.Error(str(e)) from None
         except Exception as e:  # a bug must not take the server down; the log keeps the traceback
             log.error("request failed:\n%s", traceback.format_exc())
-            raise gr.Error(f"restoration failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                           ) from None
+            raise gr.Error(
+                f"restoration failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ) from None
         h, w = res.image.shape[:2]
         stem = Path(upload).stem
         fd, name = tempfile.mkstemp(prefix=f"{stem}_{app}_", suffix=".png", dir=out_dir)
@@ -78,14 +93,17 @@ def build_ui(host: ModelHost, max_upload_mb: float, out_dir: Path):
     handler = make_handler(host, out_dir, max_bytes)
     first_app = next((a for a in APPS if host.choices(a)), "varsr")
     with gr.Blocks(title="arsr: VARSR and PURE super-resolution") as page:
-        gr.Markdown("## arsr — real-world x4 super-resolution with VARSR or PURE\n"
-                    f"Upload an image (at most {max_upload_mb:g} MB), choose a model and press **Restore**. "
-                    "One request runs at a time; the slider compares the bicubic input with the result.")
+        gr.Markdown(
+            "## arsr — real-world x4 super-resolution with VARSR or PURE\n"
+            f"Upload an image (at most {max_upload_mb:g} MB), choose a model and press **Restore**. "
+            "One request runs at a time; the slider compares the bicubic input with the result."
+        )
         with gr.Row():
             with gr.Column(scale=1):
                 app = gr.Radio(list(APPS), value=first_app, label="model", elem_id="app")
-                ckpt = gr.Dropdown(host.choices(first_app), value=host.default(first_app),
-                                   label="checkpoint", elem_id="checkpoint")
+                ckpt = gr.Dropdown(
+                    host.choices(first_app), value=host.default(first_app), label="checkpoint", elem_id="checkpoint"
+                )
                 upload = gr.File(label="input image", file_types=["image"], type="filepath", elem_id="upload")
                 cfg = gr.Number(value=6.0, label="cfg (VARSR 6.0, PURE 0.8 in the papers)", elem_id="cfg")
                 temperature = gr.Number(value=1.0, label="temperature", elem_id="temperature")
@@ -105,17 +123,27 @@ def build_ui(host: ModelHost, max_upload_mb: float, out_dir: Path):
             return gr.Dropdown(choices=host.choices(a), value=host.default(a)), *defaults
 
         app.change(on_app, app, [ckpt, cfg, temperature])
-        run.click(handler, [app, ckpt, upload, cfg, temperature, seed, tile, color_fix],
-                  [slider, download, degradation, caption, info], concurrency_limit=1)
+        run.click(
+            handler,
+            [app, ckpt, upload, cfg, temperature, seed, tile, color_fix],
+            [slider, download, degradation, caption, info],
+            concurrency_limit=1,
+        )
     return page
 
 
-def serve(host: ModelHost, *, server_name: str, port: int, max_upload_mb: float, queue_size: int,
-          block: bool = True):
+def serve(host: ModelHost, *, server_name: str, port: int, max_upload_mb: float, queue_size: int, block: bool = True):
     """Start the page; returns the running Blocks (``block=False``) for tests."""
     out_dir = Path(tempfile.mkdtemp(prefix="arsr_web_"))
     page = build_ui(host, max_upload_mb, out_dir)
     page.queue(max_size=queue_size, default_concurrency_limit=1)
-    page.launch(server_name=server_name, server_port=port or None, max_file_size=int(max_upload_mb * 2**20),
-                prevent_thread_lock=not block, show_error=True, allowed_paths=[str(out_dir)], footer_links=[])
+    page.launch(
+        server_name=server_name,
+        server_port=port or None,
+        max_file_size=int(max_upload_mb * 2**20),
+        prevent_thread_lock=not block,
+        show_error=True,
+        allowed_paths=[str(out_dir)],
+        footer_links=[],
+    )
     return page

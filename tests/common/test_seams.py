@@ -13,6 +13,7 @@ form, or the input's own content), never from the configuration under test. Bug 
 The batched degradation's row routing is pinned by tests/common/test_degradation_pipeline.py
 (test_batched_equals_each_sample_alone: every row equals that sample degraded alone).
 """
+
 from __future__ import annotations
 
 import csv
@@ -54,9 +55,9 @@ def test_degrade_folder_writes_each_pair_under_its_own_name(tmp_path):
     """Images of two sizes degraded in batches: HR/<name> and LR/<name> must come from input <name>
     (catches a batch flushed in grouping order, or params.jsonl lines attached to the wrong pair)."""
     from common.config import to_dataclass
+    from common.data.io import read_image
     from common.degradation.folder import DegradeConfig, degrade_folder
     from common.degradation.presets import get_preset
-    from common.data.io import read_image
 
     hr = tmp_path / "in"
     levels = {"a": 50, "b": 200, "c": 150, "d": 100}
@@ -66,9 +67,17 @@ def test_degrade_folder_writes_each_pair_under_its_own_name(tmp_path):
         # Textured, not flat: Real-ESRGAN's Poisson noise scales with the number of distinct values,
         # and on a one-valued image it is strong enough to move the mean by tens of levels.
         write_image(hr / f"{name}.png", (v + rng.integers(-40, 41, (*size, 3))).astype(np.uint8))
-    cfg = to_dataclass(DegradeConfig, {"hr_dir": str(hr), "out_dir": str(tmp_path / "out"), "batch_size": 4,
-                                       "device": "cpu", "progress": False,
-                                       "degradation": vars(get_preset("varsr_mild"))})
+    cfg = to_dataclass(
+        DegradeConfig,
+        {
+            "hr_dir": str(hr),
+            "out_dir": str(tmp_path / "out"),
+            "batch_size": 4,
+            "device": "cpu",
+            "progress": False,
+            "degradation": vars(get_preset("varsr_mild")),
+        },
+    )
     degrade_folder(cfg)
     out = tmp_path / "out"
     for name, v in levels.items():

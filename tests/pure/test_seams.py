@@ -10,6 +10,7 @@ test catches (each planted by hand once; the test failed):
 - test_restore_batch_rows_keep_their_image: a batched restoration returning row j's image for input i
   (e.g. results zipped against a reordered prompt list).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -86,11 +87,16 @@ def test_pair_encoder_puts_lq_in_prompt_and_hq_in_answer():
     tok = CharTok()
     levels = [0.8, 0.4]  # 8-bit exact: 204/255, 102/255
     hr = torch.tensor([round(v * 255) / 255 for v in levels]).view(2, 1, 1, 1).expand(2, 3, 32, 32).contiguous()
-    enc = PairEncoder(DarkeningDegrader(), BrightnessVQ(), tok, captions={"img_a": "cap A", "img_b": "cap B"},
-                      estimator=TagEstimator())
+    enc = PairEncoder(
+        DarkeningDegrader(),
+        BrightnessVQ(),
+        tok,
+        captions={"img_a": "cap A", "img_b": "cap B"},
+        estimator=TagEstimator(),
+    )
     records = enc(hr, {}, ["img_a", "img_b"])
     assert [r["id"] for r in records] == ["img_a", "img_b"]
-    for rec, level, cap in zip(records, levels, ["cap A", "cap B"]):
+    for rec, level, cap in zip(records, levels, ["cap A", "cap B"], strict=True):
         prompt_block, answer_block = _blocks(rec["token"])
         lq_id = int(tok.code_map.code_to_id[round(100 * 0.25 * level)])
         hq_id = int(tok.code_map.code_to_id[round(100 * level)])
@@ -103,7 +109,7 @@ def test_pair_encoder_puts_lq_in_prompt_and_hq_in_answer():
         assert set(rec["label"][:prompt_end]) == {-100}, "the prompt is never supervised"
         assert rec["label"][answer_start:] == rec["token"][answer_start:], "the HQ block is supervised"
         text = rec["token"][start:answer_start]
-        assert tok.encode(cap) == [t for t in text if 9004 <= t][-len(cap) - 1:-1], "caption of this image"
+        assert tok.encode(cap) == [t for t in text if 9004 <= t][-len(cap) - 1 : -1], "caption of this image"
         assert abs(rec["blur"] - level) < 1e-6 and abs(rec["noise"] - (1 - level)) < 1e-6
 
 

@@ -13,6 +13,7 @@ catches (each planted by hand once; the test failed):
 - Tiles: tests/varsr/test_tiling.py pins which latent tile lands where (a stub whose output encodes
   the tile position).
 """
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -98,8 +99,20 @@ def test_folder_run_writes_each_input_to_its_own_name_and_rank(tmp_path, monkeyp
         monkeypatch.setattr(cdist, "barrier", lambda: None)
         monkeypatch.setattr(cdist, "all_gather_object", lambda obj: [obj])
         out = tmp_path / f"out{rank}"
-        raw = compose_config("varsr", "sample", ["model=tiny", "ckpt=null", "vae_ckpt=null", f"lr_dir={lr_dir}",
-                                                 f"out_dir={out}", "metrics=[]", "device=cpu", "seed=100"])
+        raw = compose_config(
+            "varsr",
+            "sample",
+            [
+                "model=tiny",
+                "ckpt=null",
+                "vae_ckpt=null",
+                f"lr_dir={lr_dir}",
+                f"out_dir={out}",
+                "metrics=[]",
+                "device=cpu",
+                "seed=100",
+            ],
+        )
         seeds.clear()
         ev.run_sampling(to_dataclass(ev.SampleRunConfig, raw))
         # Sorted names a, b, c, d -> indices 0..3; rank r takes indices r, r + 2 with seed 100 + index.
