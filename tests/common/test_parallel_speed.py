@@ -219,3 +219,25 @@ def test_varsr_degradation_runs_batched_on_the_training_device(tmp_path, monkeyp
     assert not calls and "lq" not in batch and batch["kernels"]["kernel1"].shape[0] == 3
     hr, lr, _ = BatchMaker(cfg, torch.device("cpu"))(batch, step_generator(torch.device("cpu"), 0, 0, 0, 0))
     assert calls == [(3, "cpu")] and lr.shape == hr.shape == (3, 3, 96, 96)
+
+
+def test_config_switches_reach_the_blocks():
+    """`parallel.compile` / `parallel.activation_checkpointing` through each app's parallelize code."""
+    from common.dist import DistInfo
+    from pure.config import ParallelConfig as PureParallel
+    from pure.config import PureOptimConfig
+    from pure.parallelize import build_engine
+    from varsr.config import ParallelConfig as VarsrParallel
+    from varsr.parallelize import parallelize
+
+    one = DistInfo(0, 1, 0, torch.device("cpu"), None)
+    root, blocks, _ = pure_case(0.0)
+    build_engine(root, root.lm, PureOptimConfig(), PureParallel(backend="none", compile=True,
+                 compile_backend="aot_eager", activation_checkpointing="selective"), one, micro_batch=1)
+    model, vblocks, _ = varsr_case(0.0)
+    parallelize(model, VarsrParallel(strategy="none", compile=True, compile_backend="aot_eager",
+                                     activation_checkpointing="True"), one)
+    assert all(b._compiled_call_impl is not None and b._arsr_ac == "selective" for b in blocks)
+    assert all(b._compiled_call_impl is not None and b._arsr_ac == "full" for b in vblocks)
+    with pytest.raises(ValueError, match="DeepSpeed"):
+        build_engine(root, root.lm, PureOptimConfig(), PureParallel(backend="deepspeed", compile=True), one, 1)
