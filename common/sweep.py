@@ -83,7 +83,11 @@ def write_point(job_dir: str | Path, overrides: list[str], status: str, result: 
 
 def collect_points(sweep_dir: str | Path) -> list[dict]:
     """Every ``sweep_point.json`` under ``sweep_dir`` (any sub-folder depth), in job order."""
-    points = [json.loads(p.read_text()) for p in Path(sweep_dir).rglob(POINT_FILE)]
+    points = []
+    for path in Path(sweep_dir).rglob(POINT_FILE):
+        point = json.loads(path.read_text())
+        point["job_dir"] = str(path.parent.relative_to(sweep_dir))  # where the point's outputs are
+        points.append(point)
     return sorted(points, key=lambda p: p.get("job_num", 0))
 
 
@@ -136,7 +140,7 @@ def summarize(sweep_dir: str | Path, figure: bool = True) -> dict[str, Path]:
         params = parse_overrides(p["overrides"])
         is_best = [m for m in metrics if m in best and p["metrics"].get(m) == best[m]]
         rows.append({**{k: params.get(k, "") for k in keys}, "status": p["status"],
-                     **{m: p["metrics"].get(m, "") for m in metrics}, "best": ";".join(is_best)})
+                     **{m: p["metrics"].get(m, "") for m in metrics}, "best": ";".join(is_best), "job_dir": p["job_dir"]})
         md_rows.append({**{k: params.get(k, "") for k in keys}, "status": p["status"],
                         **{m: _md_cell(p["metrics"].get(m), m in is_best) for m in metrics}})
     paths = {"csv": sweep_dir / f"{SUMMARY_STEM}.csv", "md": sweep_dir / f"{SUMMARY_STEM}.md"}

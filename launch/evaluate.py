@@ -16,41 +16,14 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.config import DEVICE, at_least, checks, one_of, run_app  # noqa: E402  (+ the shared search path)
+from common.config import run_app  # noqa: E402  (+ the shared search path)
+from common.metrics.config import EvaluateConfig, MetricSpec  # noqa: E402,F401  (schemas live in a package)
 from common.paths import UserError, exit_code  # noqa: E402
-
-@checks(better=one_of("higher", "lower"))
-@dataclass
-class MetricSpec:
-    """One entry of the ``metrics`` group (configs/common/metrics/<name>.yaml)."""
-
-    pyiqa: str = "ours"  # backend: pyiqa metric name, or "ours" (common.metrics.fr)
-    variant: str = ""  # the pinned variant, as recorded in the result JSON
-    better: str = "higher"  # higher | lower
-
-
-@checks(device=DEVICE, crop_border=at_least(0))
-@dataclass
-class EvaluateConfig:
-    """Folder evaluation."""
-
-    sr_dir: str = "???"  # folder of outputs to score
-    hr_dir: Optional[str] = None  # GT folder with the same file names (None: no-reference metrics only)
-    metrics: dict[str, MetricSpec] = field(default_factory=dict)  # group selection: metric name -> spec
-    out: str = "???"  # summary JSON path; <stem>_per_image.csv and <stem>.md are written beside it
-    set_name: Optional[str] = None  # label of the Markdown row (default: sr_dir's folder name)
-    device: str = "auto"  # auto | cpu | cuda (learned metrics only)
-    weights_dir: Optional[str] = None  # local metric weights (layout: common/metrics/learned.py)
-    crop_border: int = 0  # pixels cropped from each border for PSNR/SSIM (papers: 0)
-    progress: bool = True  # show a progress bar
-    overwrite: bool = True  # replace an existing `out` (and its CSV/MD) atomically; false: refuse
 
 
 def run(cfg: EvaluateConfig) -> dict:
