@@ -140,7 +140,8 @@ def summarize(sweep_dir: str | Path, figure: bool = True) -> dict[str, Path]:
         params = parse_overrides(p["overrides"])
         is_best = [m for m in metrics if m in best and p["metrics"].get(m) == best[m]]
         rows.append({**{k: params.get(k, "") for k in keys}, "status": p["status"],
-                     **{m: p["metrics"].get(m, "") for m in metrics}, "best": ";".join(is_best), "job_dir": p["job_dir"]})
+                     **{m: p["metrics"].get(m, "") for m in metrics}, "best": ";".join(is_best),
+                     "job_dir": p["job_dir"]})
         md_rows.append({**{k: params.get(k, "") for k in keys}, "status": p["status"],
                         **{m: _md_cell(p["metrics"].get(m), m in is_best) for m in metrics}})
     paths = {"csv": sweep_dir / f"{SUMMARY_STEM}.csv", "md": sweep_dir / f"{SUMMARY_STEM}.md"}
@@ -184,14 +185,14 @@ def plot_sweep(points: list[dict], keys: list[str], metrics: list[str], out: Pat
         return _as_number(d.get(x_key)) if x_key in numeric else categories.index(d.get(x_key, ""))
 
     groups: dict[str, list[tuple[float, dict]]] = {}
-    for d, p in zip(parsed, points):
+    for d, p in zip(parsed, points, strict=True):
         label = ", ".join(f"{k}={d.get(k, '')}" for k in others) or x_key
         groups.setdefault(label, []).append((x_of(d), p))
     cols = min(len(metrics), 4)
     rows = math.ceil(len(metrics) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
     lower = _lower_better()
-    for ax, m in zip(axes.flat, metrics):
+    for ax, m in zip(axes.flat, metrics, strict=False):  # spare panels are hidden below
         for label, pts in groups.items():
             xy = sorted((x, p["metrics"][m]) for x, p in pts if m in p["metrics"])
             if xy:
