@@ -26,7 +26,7 @@ def drop_labels(label: torch.Tensor, null_class: int, p: float,
 
 def varsr_loss(model, vqvae: VQVAE, hr: torch.Tensor, lr: torch.Tensor | None, label: torch.Tensor,
                diff_weight: float = 2.0, cond_drop_prob: float | None = None,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """hr, lr in [-1, 1] at the model size (lr already resized back; None for a C2I model); label Long(B).
 
     CE is averaged over all L positions and the batch (no smoothing, no per-scale weights).  The
@@ -39,10 +39,7 @@ def varsr_loss(model, vqvae: VQVAE, hr: torch.Tensor, lr: torch.Tensor | None, l
     """
     mcfg = unwrap(model).cfg
     if mcfg.null_class is not None:
-        top = int(label.max())
-        if top >= mcfg.null_class or int(label.min()) < 0:
-            raise ValueError(f"C2I label {top} out of range: the model has {mcfg.null_class} real classes "
-                             f"(num_classes={mcfg.num_classes} includes the null class)")
+        _check_labels(label, mcfg)
         p = mcfg.label_drop_prob if cond_drop_prob is None else cond_drop_prob
         label = drop_labels(label, mcfg.null_class, p, generator)
     elif cond_drop_prob:
@@ -58,9 +55,22 @@ def varsr_loss(model, vqvae: VQVAE, hr: torch.Tensor, lr: torch.Tensor | None, l
     with torch.no_grad():
         n_last = mcfg.patch_nums[-1] ** 2
         acc = (logits.argmax(-1) == gt).float()
-        stats = {"loss": loss.item(), "ce": ce.item(), "diff": diff.item(),
-                 "ce_tail": ce_tok[:, -n_last:].mean().item(), "acc": acc.mean().item() * 100,
-                 "acc_tail": acc[:, -n_last:].mean().item() * 100}
+        # Device tensors: the training loop reads them once per logging window (no sync per step).
+        stats = {"loss": loss.detach(), "ce": ce.detach(), "diff": diff.detach(),
+                 "ce_tail": ce_tok[:, -n_last:].mean(), "acc": acc.mean() * 100,
+                 "acc_tail": acc[:, -n_last:].mean() * 100}
         if mcfg.null_class is not None:
-            stats["label_drop"] = (label == mcfg.null_class).float().mean().item()
+            stats["label_drop"] = (label == mcfg.null_class).float().mean()
     return loss, stats
+
+
+def _check_labels(label: torch.Tensor, mcfg) -> None:
+    """C2I labels must be real classes. On the CPU a one-line error; on CUDA an asynchronous device
+    assert, because reading the labels back would stall the host every step."""
+    if label.is_cuda:
+        torch._assert_async(((label >= 0) & (label < mcfg.null_class)).all())
+        return
+    top = int(label.max())
+    if top >= mcfg.null_class or int(label.min()) < 0:
+        raise ValueError(f"C2I label {top} out of range: the model has {mcfg.null_class} real classes "
+                         f"(num_classes={mcfg.num_classes} includes the null class)")

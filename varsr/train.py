@@ -178,7 +178,7 @@ class Trainer:
         cfg = self.cfg
         lr_now = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}  # device tensors: read once per logging window, not per step
         for micro in range(self.accum):
             batch = next(batches)
             gen = step_generator(self.device, cfg.run.seed, self.rank, self.step, micro)
@@ -190,23 +190,23 @@ class Trainer:
                     loss, stats = varsr_loss(self.model, self.vqvae, hr, lr, label, diff_weight=cfg.loss.diff_weight,
                                              generator=gen)
                 self.scaler.scale(loss / self.accum).backward()
-            for k, v in {"loss": float(loss.detach()), **stats}.items():
-                totals[k] = totals.get(k, 0.0) + float(v) / self.accum
+            for k, v in {"loss": loss.detach(), **stats}.items():
+                totals[k] = totals.get(k, 0.0) + v.float() / self.accum
         self.scaler.unscale_(self.optimizer)
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn  # FSDP2 returns a DTensor
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.scaler.is_enabled() and self.scaler.get_scale() > cfg.precision.max_scale:
-            self.scaler.update(new_scale=cfg.precision.max_scale)  # official cap at 2^15
+        if self.scaler.is_enabled():  # official cap at 2^15, applied on the device (get_scale() would sync)
+            self.scaler.update(new_scale=self.scaler._scale.clamp(max=cfg.precision.max_scale))
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(unwrap(self.model), self.step)
         self.step += 1
-        totals.update(lr=lr_now, grad_norm=float(gn))
+        totals.update(lr=lr_now, grad_norm=gn.detach().float())  # lr: a host float (no device copy)
         if self.scaler.is_enabled():
-            totals["loss_scale"] = float(self.scaler.get_scale())
+            totals["loss_scale"] = self.scaler._scale.detach().clone()
         return totals
 
     # -- main loop -------------------------------------------------------------------------------
@@ -215,25 +215,15 @@ class Trainer:
         cfg = self.cfg
         preempt = PreemptionHandler() if cfg.checkpoint.save_on_sigterm else None
         batches, losses, last_saved, stopped = iter(self.loader), [], -1, False
-        samples_per_step = cfg.data.batch_size * self.world * self.accum
-        t_window, n_window = time.perf_counter(), 0
+        window = _MetricWindow(cfg.data.batch_size * self.world * self.accum)
         try:
             while self.step < self.total_steps:
                 metrics = self.train_step(batches)
-                losses.append(metrics["loss"])
-                n_window += 1
+                window.add(metrics)
                 if callback is not None:
                     callback(self, metrics)
                 if cfg.logging.every_steps > 0 and self.step % cfg.logging.every_steps == 0:
-                    dt = time.perf_counter() - t_window
-                    keys = sorted(metrics)
-                    vals = all_reduce_mean(torch.tensor([metrics[k] for k in keys], device=self.device))
-                    row = {f"train/{k}": float(v) for k, v in zip(keys, vals)}
-                    row["train/samples_per_s"] = samples_per_step * n_window / max(dt, 1e-9)
-                    self.tracker.log(row, self.step)
-                    log.info(f"step {self.step}/{self.total_steps} " +
-                             " ".join(f"{k[6:]}={v:.4g}" for k, v in row.items()))
-                    t_window, n_window = time.perf_counter(), 0
+                    losses.extend(window.flush(self.tracker, self.step, self.total_steps))
                 stopped = preempt is not None and any_rank(preempt.requested)
                 every = cfg.checkpoint.every_steps
                 if stopped or (every > 0 and self.step % every == 0):
@@ -244,6 +234,7 @@ class Trainer:
                 if stopped:
                     log.warning(f"pre-emption signal: checkpointed step {self.step}, exiting")
                     break
+            losses.extend(window.flush(None, self.step, self.total_steps))  # steps since the last log line
             if not stopped:
                 if last_saved != self.step:
                     self.save()
@@ -351,6 +342,36 @@ class Trainer:
                      + (" (EMA)" if self.ema is not None and self.cfg.ema.use_for_eval else ""))
         barrier()
         return path
+
+
+class _MetricWindow:
+    """Per-step metrics kept on the device between log lines: one host read (and one all-reduce)
+    per logging window instead of a host sync per step. Returns the rank-local per-step losses."""
+
+    def __init__(self, samples_per_step: int):
+        self.samples_per_step, self.rows, self.lrs = samples_per_step, [], []
+        self.t0 = time.perf_counter()
+
+    def add(self, metrics: dict) -> None:
+        self.keys = sorted(k for k, v in metrics.items() if torch.is_tensor(v))
+        self.rows.append(torch.stack([metrics[k].reshape(()) for k in self.keys]))
+        self.lrs.append(metrics["lr"])
+
+    def flush(self, tracker, step: int, total: int) -> list[float]:
+        if not self.rows:
+            return []
+        stacked = torch.stack(self.rows)
+        losses = stacked[:, self.keys.index("loss")].tolist()
+        if tracker is not None:  # every rank: the mean is a collective
+            mean = all_reduce_mean(stacked.mean(0)).tolist()
+            row = {f"train/{k}": v for k, v in zip(self.keys, mean, strict=True)}
+            row["train/lr"] = self.lrs[-1]
+            dt = max(time.perf_counter() - self.t0, 1e-9)
+            row["train/samples_per_s"] = self.samples_per_step * len(self.rows) / dt
+            tracker.log(row, step)
+            log.info(f"step {step}/{total} " + " ".join(f"{k[6:]}={v:.4g}" for k, v in row.items()))
+        self.rows, self.lrs, self.t0 = [], [], time.perf_counter()
+        return losses
 
 
 def _lpips(sr: torch.Tensor, hr: torch.Tensor, device: torch.device) -> dict:
