@@ -24,7 +24,6 @@ import pytest
 import torch
 from PIL import Image
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -156,6 +155,7 @@ def _restore(page, app: str, checkpoint: str, upload: Path, timeout_ms: int = 12
     return Image.open(BytesIO(data)).size
 
 
+@pytest.mark.slow
 def test_web_demo_in_a_real_browser(server, tmp_path):
     chromium = _chromium()
     if chromium is None:
@@ -199,3 +199,28 @@ def _drive(page, photo: Path, size: tuple[int, int], broken: Path, proc, log: Pa
     page.screenshot(path=str(tmp_path / "web_demo_error.png"), full_page=True)
     assert proc.poll() is None, log.read_text()[-2000:]
     assert _restore(page, "varsr", "test", photo) == (4 * w, 4 * h)
+
+
+def test_user_errors_are_messages_not_crashes(tmp_path):
+    """What the page shows for a missing checkpoint, an oversized upload and too many pixels."""
+    from webdemo.host import DemoError, ModelHost, Request
+    from webdemo.ui import _read_upload
+
+    host = ModelHost(
+        {"varsr": {"gone": {"model": "tiny", "ckpt": str(tmp_path / "nope.pth"), "vae_ckpt": "null"}}},
+        device="cpu",
+        max_input_pixels=100,
+    )
+    small = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(DemoError, match=r"not on disk \(ckpt=.*nope\.pth\)"):
+        host.run(Request("varsr", "gone", 6.0, 1.0), small)
+    with pytest.raises(DemoError, match="unknown varsr checkpoint 'other'"):
+        host.run(Request("varsr", "other", 6.0, 1.0), small)
+    with pytest.raises(DemoError, match="at most 100"):
+        host.run(Request("varsr", "gone", 6.0, 1.0), np.zeros((20, 20, 3), np.uint8))
+    big = tmp_path / "big.png"
+    big.write_bytes(b"x" * 3000)
+    with pytest.raises(DemoError, match="the limit is"):
+        _read_upload(str(big), max_bytes=2000)
+    with pytest.raises(DemoError, match="big.png is not a readable image"):
+        _read_upload(str(big), max_bytes=4000)

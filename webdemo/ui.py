@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.data.io import read_image, write_image
+from common.data.io import BadImageError, read_image, write_image
 from common.logging import get_logger
 from webdemo.host import APPS, DemoError, ModelHost, Request
 
@@ -35,10 +35,8 @@ def _read_upload(path: str | None, max_bytes: int) -> np.ndarray:
         raise DemoError(f"{p.name} is {size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB")
     try:
         return read_image(p)
-    except Exception as e:  # whatever the decoder says, the user needs the file name and "not an image"
-        raise DemoError(
-            f"{p.name} is not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-        ) from None
+    except BadImageError as e:  # the reason only: the server-side temp path means nothing to the user
+        raise DemoError(f"{p.name} is not a readable image ({e.reason})") from None
 
 
 def _bicubic_to(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
