@@ -1,0 +1,83 @@
+"""Shared pieces of the folder-safety tests (issue 8): inputs with broken files, hashes, launchers.
+
+Every folder tool (degrade, evaluate, sample_varsr, sample_pure) is checked the same way: an
+output folder overlapping the input is refused and the inputs stay byte-identical; broken files
+among good ones are skipped and counted (exit 3); user errors are one line on stderr (exit 2).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+BROKEN = ("truncated.png", "empty.jpg", "text.png")  # what real folders contain next to good photos
+
+
+def make_folder(d: Path, good: dict[str, tuple[int, int]], seed: int = 0) -> Path:
+    """Good PNGs ({stem: (h, w)}) plus a truncated PNG, a zero-byte JPG and a text file named .png."""
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for stem, (h, w) in good.items():
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(d / f"{stem}.png")
+    first = (d / f"{next(iter(good))}.png").read_bytes()
+    (d / "truncated.png").write_bytes(first[: len(first) // 2])
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "text.png").write_text("this is not an image\n")
+    return d
+
+
+def tree_hash(d: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under ``d`` (symlinks followed)."""
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(d).rglob("*")) if p.is_file()}
+
+
+def load_launcher(name: str):
+    """`launch/<name>.py` as a module (the launchers are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"launcher_{name}", ROOT / "launch" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def user_error(capsys, fn, *args) -> str:
+    """Call a launcher's main in-process; it must exit 2 with exactly one line on stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        fn(*args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def run_script(name: str, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `launch/<name>.py` as a new user would (own process, repository as cwd)."""
+    env = {**os.environ, "ARSR_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("ARSR_DEBUG", None)
+    return subprocess.run([sys.executable, str(ROOT / "launch" / f"{name}.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line(res: subprocess.CompletedProcess, *needles: str) -> None:
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def overlapping_outputs(inp: Path) -> dict[str, Path]:
+    """Output folders that are, are inside, contain, or reach the input through a symlink."""
+    link = inp.parent / f"{inp.name}_link"
+    if not link.exists():
+        link.symlink_to(inp, target_is_directory=True)
+    return {"same": inp, "inside": inp / "out", "parent": inp.parent, "symlink": link, "dotdot": inp / ".." / inp.name}
