@@ -83,6 +83,10 @@ class SafeLoadPlanner(DefaultLoadPlanner):
             self.state_dict[read_item.dest_index.fqn] = obj
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def save_sharded(state: dict, directory, process_group=None, async_save: bool = False):
     """Write ``state`` (DTensor shards / plain tensors / small Python values) under ``directory``.
 
@@ -90,9 +94,10 @@ def save_sharded(state: dict, directory, process_group=None, async_save: bool = 
     CPU before this returns, so training may continue), else None.
     """
     writer = FileSystemWriter(str(directory), single_file_per_rank=True, sync_files=True)
+    kw = dict(storage_writer=writer, process_group=process_group, no_dist=not _distributed())
     if async_save:
-        return dcp.async_save(state, storage_writer=writer, process_group=process_group)
-    dcp.save(state, storage_writer=writer, process_group=process_group)
+        return dcp.async_save(state, **kw)
+    dcp.save(state, **kw)
     return None
 
 
@@ -102,7 +107,8 @@ def load_sharded(state: dict, directory, process_group=None, partial: bool = Fal
     ``partial=True`` loads only the keys ``state`` names (e.g. the model without the optimizer).
     """
     dcp.load(state, storage_reader=SafeFileSystemReader(str(directory)),
-             planner=SafeLoadPlanner(allow_partial_load=partial), process_group=process_group)
+             planner=SafeLoadPlanner(allow_partial_load=partial), process_group=process_group,
+             no_dist=not _distributed())
     return state
 
 

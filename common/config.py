@@ -41,6 +41,21 @@ def _register_search_path() -> None:
 _register_search_path()
 
 
+def repo_path(path: str) -> str:
+    """The ``${repo:...}`` resolver: a path written in a config file, relative to the repository.
+
+    Config files name repository files (data configs, DeepSpeed JSONs) and default output folders
+    by relative paths; written as ``${repo:configs/pure/data/lsdir_ffhq.yaml}`` they mean the same
+    file whatever directory a launcher is started from. Paths typed on the command line replace the
+    whole value, so they keep the usual meaning (relative to the working directory).
+    """
+    p = Path(str(path)).expanduser()
+    return str(p if p.is_absolute() else REPO_ROOT / p)
+
+
+OmegaConf.register_new_resolver("repo", repo_path, replace=True)
+
+
 def app_config_dir(app: str) -> str:
     if app not in APPS:
         raise ValueError(f"unknown app {app!r}; expected one of {APPS}")
@@ -206,6 +221,9 @@ class CheckpointConfig:
     keep: int = 2  # how many recent checkpoints to keep (<= 0 keeps all)
     resume: bool = True  # resume from the newest checkpoint in run_dir/checkpoints if there is one
     save_on_sigterm: bool = True  # checkpoint at the next step boundary after SIGTERM/SIGUSR1
+    # write shards on a background thread (state staged to CPU first) so training does not wait for the disk;
+    # the step directory appears once the write has finished (next save or end of training)
+    async_save: bool = False
 
 
 @checks(lr=at_least(0.0), eps=at_least(0.0), weight_decay=at_least(0.0), grad_accum=at_least(1))

@@ -59,6 +59,11 @@ def list_steps(run_dir) -> list[tuple[int, Path]]:
     return sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_RE.match(p.name)) and p.is_dir())
 
 
+def has_checkpoint(run_dir) -> bool:
+    """Whether a run directory holds a finished checkpoint (decides "resume" vs "initialise" early)."""
+    return any((p / COMPLETE).is_file() for _, p in list_steps(run_dir))
+
+
 def read_meta(path) -> dict:
     return json.loads((Path(path) / "meta.json").read_text())
 

@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from common.checkpoint import (atomic_save, checkpoint_path, latest_checkpoint, prune_checkpoints, rng_state,
-                               safe_load, set_rng_state)
 from common.logging import Tracker, get_logger, progress, save_image_grid
+from common.train_state import TrainState
 
 StepFn = Callable[[torch.nn.Module, torch.Tensor], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
 
@@ -114,20 +113,15 @@ def finetune(model: torch.nn.Module, step_fn: StepFn, batches: Callable[[int], I
     opt = torch.optim.AdamW(params, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
     lpips = _lpips_fn(s, device)
     step, stats, resumed_from = 0, {}, None
-    last = latest_checkpoint(s.run_dir)
-    if last is not None:
-        state = safe_load(last)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        step, stats, resumed_from = int(state["step"]), dict(state.get("stats", {})), str(last)
-        set_rng_state(state["rng"])
-        log.info(f"resumed from {last} (step {step})")
+    ckpt = TrainState(s.run_dir, model, opt, keep=s.keep)
+    got = ckpt.resume()  # newest good checkpoint of run_dir (model, optimizer, RNG, step, stats)
+    if got is not None:
+        step, stats, resumed_from = got.step, dict(got.extra.get("stats", {})), str(got.path)
+    start_step = step
     tracker = Tracker(s.project, s.run_dir, {**asdict(s), **(config or {})}, mode=s.wandb_mode)
 
     def save() -> None:
-        atomic_save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step, "stats": stats,
-                     "rng": rng_state()}, checkpoint_path(s.run_dir, step))
-        prune_checkpoints(s.run_dir, s.keep)
+        ckpt.save(step, extra={"stats": stats})
 
     t0, window = time.time(), {}
     it = iter(batches(step))
@@ -164,7 +158,7 @@ def finetune(model: torch.nn.Module, step_fn: StepFn, batches: Callable[[int], I
         if s.ckpt_every > 0 and step % s.ckpt_every == 0 and step < s.steps:
             save()
     bar.close()
-    if last is None or step > int(state["step"]):
+    if got is None or step > start_step:
         save()
     out = {"step": step, **stats, "seconds": time.time() - t0, "resumed_from": resumed_from}
     if eval_hr is not None:

@@ -20,17 +20,17 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from common.checkpoint import (PreemptionHandler, atomic_save, checkpoint_path, latest_checkpoint,
-                               prune_checkpoints, rng_state, safe_load, set_rng_state)
-from common.dist import all_gather_object, all_reduce_mean, any_rank, barrier, init_distributed, seed_everything
+from common.checkpoint import PreemptionHandler
+from common.dist import all_reduce_mean, any_rank, barrier, init_distributed, seed_everything
 from common.ema import EMA, eval_weights
 from common.logging import Tracker, get_logger
+from common.train_state import TrainState, has_checkpoint
 from common.parallel import get_dtype
 from varsr.config import VARSRTrainConfig, check_train_config
 from varsr.data import (BatchMaker, build_train_dataset, build_train_loader, check_c2i_classes, make_val_pairs,
                         step_generator)
 from varsr.optim import LinearSchedule, build_optimizer, build_scheduler, warmup_steps_for
-from varsr.parallelize import get_full_state, grad_sync, parallelize, set_full_state, unwrap
+from varsr.parallelize import get_full_state, grad_sync, parallelize, unwrap
 
 log = get_logger("varsr.train")
 
@@ -63,8 +63,8 @@ class Trainer:
 
         model, self.vqvae = build_models(cfg.model, device=self.device)
         self.vqvae.eval().requires_grad_(False)  # frozen tokenizer: targets only
-        resume_from = latest_checkpoint(self.run_dir) if cfg.checkpoint.resume else None
-        if resume_from is None:
+        resume_from = cfg.checkpoint.resume and has_checkpoint(self.run_dir)
+        if not resume_from:
             self._init_weights(model)
         elif cfg.init.vqvae:  # the tokenizer is not in our checkpoints (it is frozen)
             self._load_vqvae()
@@ -91,8 +91,11 @@ class Trainer:
                                            growth_interval=p.growth_interval, enabled=p.dtype == "fp16")
         self.ema = EMA(unwrap(self.model), cfg.ema.decay, cfg.ema.start_step) if cfg.ema.enabled else None
         self.step, self._val = 0, None
-        if resume_from is not None:
-            self._resume(resume_from)
+        objects = {"scheduler": self.scheduler, "scaler": self.scaler, **({"ema": self.ema} if self.ema else {})}
+        self.state = TrainState(self.run_dir, self.model, self.optimizer, objects, keep=cfg.checkpoint.keep,
+                                async_save=cfg.checkpoint.async_save)
+        if resume_from:
+            self._resume()
         self.loader, self.sampler = build_train_loader(self.dataset, cfg, self.world, self.rank,
                                                        start_micro_batch=self.step * self.accum, device=self.device)
         self.batch_maker = BatchMaker(cfg, self.device)
@@ -124,52 +127,26 @@ class Trainer:
 
             log.info(f"C2I transfer from {ic.c2i}: {transfer_from_c2i(model, ic.c2i)}")
 
-    def _resume(self, path: Path) -> None:
-        state = safe_load(path, map_location="cpu")
-        for key in ("step", "model", "optimizer", "scheduler", "scaler", "rng"):
-            if key not in state:
-                raise KeyError(f"{path}: checkpoint has no {key!r} entry (not a VARSR training checkpoint?)")
-        set_full_state(self.model, state, self.optimizer)
-        sched = dict(state["scheduler"])
-        sched["lr_lambdas"] = [None] * len(self.optimizer.param_groups)  # schedule comes from the config
-        self.scheduler.load_state_dict(sched)
-        self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and "ema" in state:
-            self.ema.load_state_dict(state["ema"])
-        self.step = int(state["step"])
-        rngs = state["rng"]
-        if len(rngs) == self.world:
-            set_rng_state(rngs[self.rank])
-        else:  # different world size: fresh but reproducible streams
-            log.warning(f"checkpoint has {len(rngs)} RNG states for {self.world} ranks; reseeding")
+    def _resume(self) -> None:
+        got = self.state.resume()  # newest good checkpoint; bad ones are skipped with a warning
+        if got is None:
+            raise ValueError(f"{self.run_dir / 'checkpoints'}: no checkpoint could be loaded (see the warnings); "
+                             "move it away to start from the initial weights")
+        self.step = got.step
+        if not got.rng_restored:  # different world size: fresh but reproducible streams
+            log.warning(f"checkpoint written by another world size; reseeding {self.world} ranks")
             seed_everything(self.cfg.run.seed + self.step, self.rank)
-        saved_gb = state.get("data", {}).get("global_batch")
+        saved_gb = got.extra.get("data", {}).get("global_batch")
         if saved_gb and saved_gb != self.cfg.data.batch_size * self.world:
             log.warning(f"global batch changed ({saved_gb} -> {self.cfg.data.batch_size * self.world}); "
                         "the data position is kept in global batches")
-        log.info(f"resumed from {path} at step {self.step}")
 
-    def save(self) -> Path | None:
-        """Collective: every rank must call it. Rank 0 writes ``ckpt_<step>.pt`` atomically."""
-        full = get_full_state(self.model, self.optimizer)
-        rngs = all_gather_object(rng_state())
-        path = None
-        if self.dist.is_main:
-            sched = self.scheduler.state_dict()
-            sched.pop("lr_lambdas", None)
-            state = {
-                "step": self.step, "model": full["model"], "optimizer": full["optimizer"],
-                "scheduler": sched, "scaler": self.scaler.state_dict(), "rng": rngs,
-                "data": {"global_batches_consumed": self.step * self.accum,
-                         "global_batch": self.cfg.data.batch_size * self.world},
-                "config": self.config_yaml,
-            }
-            if self.ema is not None:
-                state["ema"] = self.ema.state_dict()
-            path = atomic_save(state, checkpoint_path(self.run_dir, self.step))
-            prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
-        barrier()
-        return path
+    def save(self) -> Path:
+        """Collective: every rank writes its shards of ``checkpoints/step_<step>`` (common.train_state)."""
+        return self.state.save(self.step, extra={
+            "data": {"global_batches_consumed": self.step * self.accum,
+                     "global_batch": self.cfg.data.batch_size * self.world},
+            "config": self.config_yaml})
 
     # -- one optimizer step ---------------------------------------------------------------------
     def train_step(self, batches) -> dict:
@@ -235,9 +212,10 @@ class Trainer:
                     log.warning(f"pre-emption signal: checkpointed step {self.step}, exiting")
                     break
             losses.extend(window.flush(None, self.step, self.total_steps))  # steps since the last log line
+            if not stopped and last_saved != self.step:
+                self.save()
+            self.state.wait()  # an async save must be on disk before the process may exit
             if not stopped:
-                if last_saved != self.step:
-                    self.save()
                 if cfg.checkpoint.export_official:
                     self.export()
         finally:

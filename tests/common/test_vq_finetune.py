@@ -137,7 +137,7 @@ def test_resume_equals_uninterrupted(tmp_path, small_folder):
     _, first = run(tmp_path / "b", 3)
     assert first["resumed_from"] is None
     resumed, second = run(tmp_path / "b", 5)  # fresh init, then the step-3 checkpoint is loaded
-    assert second["resumed_from"].endswith("ckpt_00000003.pt") and second["step"] == 5
+    assert second["resumed_from"].endswith("step_00000003") and second["step"] == 5
     for k, v in full.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[k], v, atol=1e-6, rtol=1e-5, msg=k)
     # batches crossed an epoch boundary (3 images, 2 per step): the stream must have been positioned

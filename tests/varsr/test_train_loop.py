@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.checkpoint import latest_checkpoint, list_checkpoints, safe_load
+from common.train_state import list_steps, read_meta, step_dir
 from varsr.config import SourceConfig, tiny_train_config
 from varsr.train import Trainer
 
@@ -53,7 +53,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
 
     first = Trainer(cfg_b).fit(callback=preempt)
     assert first["preempted"] and first["step"] == k
-    assert [s for s, _ in list_checkpoints(cfg_b.run.run_dir)] == [k]
+    assert [s for s, _ in list_steps(cfg_b.run.run_dir)] == [k]
     second_trainer = Trainer(cfg_b)  # auto-resume from run_dir
     assert second_trainer.step == k
     second = second_trainer.fit()
@@ -61,23 +61,21 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     assert first["losses"] + second["losses"] == ref_out["losses"]  # bit-identical loss sequence
     for name, v in _params(second_trainer).items():
         assert torch.equal(v, ref_params[name]), name
-    st = safe_load(latest_checkpoint(cfg_b.run.run_dir))
-    assert st["step"] == n and st["data"]["global_batches_consumed"] == n
-    assert {"model", "optimizer", "scheduler", "scaler", "rng"} <= set(st)
+    meta = read_meta(step_dir(cfg_b.run.run_dir, n))
+    assert meta["step"] == n and meta["extra"]["data"]["global_batches_consumed"] == n
+    assert meta["format"] == "dcp" and meta["world_size"] == 1
 
 
 def test_crash_during_checkpoint_keeps_previous(tmp_path, monkeypatch):
     cfg = tiny_train_config(str(tmp_path))
     cfg.schedule.max_steps = 1
     trainer = Trainer(cfg)
-    trainer.fit()  # writes ckpt_00000001.pt
-    good = latest_checkpoint(tmp_path)
-    assert good is not None and good.name == "ckpt_00000001.pt"
-    good_bytes = good.read_bytes()
+    trainer.fit()  # writes step_00000001/
+    root = Path(tmp_path, "checkpoints")
+    assert [p.name for p in root.iterdir()] == ["step_00000001"]
+    good_files = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
-    real_save = torch.save
-
-    def dying_save(obj, f, *a, **kw):  # write part of the file, then die mid-write
+    def dying_save(obj, f, *a, **kw):  # write part of a shard, then die mid-write
         f.write(b"\x80\x02partial-pickle")
         raise KeyboardInterrupt("killed while writing")
 
@@ -85,16 +83,42 @@ def test_crash_during_checkpoint_keeps_previous(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         trainer.save()
-    monkeypatch.setattr(torch, "save", real_save)
-    assert latest_checkpoint(tmp_path) == good and good.read_bytes() == good_bytes
-    assert [p.name for p in Path(tmp_path, "checkpoints").iterdir()] == ["ckpt_00000001.pt"]  # temp removed
+    monkeypatch.undo()
+    # the half-written save is a temp dir, never a checkpoint; the previous one is untouched
+    assert sorted(p.name for p in root.iterdir()) == [".tmp_step_00000002", "step_00000001"]
+    now = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert {k: v for k, v in now.items() if k.parts[0] == "step_00000001"} == good_files
 
-    # a SIGKILL leaves a temp file behind instead: it must be ignored on resume
-    Path(tmp_path, "checkpoints", ".ckpt_00000002.pt.abc.tmp").write_bytes(b"\x80\x02trunc")
-    resumed = Trainer(cfg)
-    assert resumed.step == 1
+    resumed = Trainer(cfg)  # the next start cleans the orphan and resumes step 1
+    assert resumed.step == 1 and [p.name for p in root.iterdir()] == ["step_00000001"]
     for name, v in resumed.model.state_dict().items():
         assert torch.equal(v, trainer.model.state_dict()[name]), name
+
+
+def test_planted_pickle_as_newest_checkpoint_never_runs(tmp_path, caplog):
+    """A `.metadata` that runs code when unpickled, planted as the newest checkpoint: the trainer
+    falls back to the previous good one with a warning naming the file, and the payload never runs."""
+    from tests.common.test_train_state import plant_pickle
+
+    cfg = tiny_train_config(str(tmp_path))
+    cfg.schedule.max_steps = 1
+    trainer = Trainer(cfg)
+    trainer.fit()
+    good = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    bad = step_dir(tmp_path, 5)
+    for p in step_dir(tmp_path, 1).rglob("*"):  # a complete-looking copy ...
+        if p.is_file():
+            dst = bad / p.relative_to(step_dir(tmp_path, 1))
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(p.read_bytes())
+    marker = tmp_path / "PWNED"
+    plant_pickle(bad / "state" / ".metadata", marker)  # ... whose index is a payload
+    with caplog.at_level("WARNING"):
+        resumed = Trainer(cfg)
+    assert not marker.exists() and resumed.step == 1
+    assert any("step_00000005" in r.getMessage() and ".metadata" in r.getMessage() for r in caplog.records)
+    for name, v in resumed.model.state_dict().items():
+        assert torch.equal(v, good[name]), name
 
 
 def first_step_grads(cfg) -> dict:
