@@ -143,7 +143,9 @@ class DeepSpeedEngine(Engine):
         if not at_boundary:
             return None
         norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        if norm is None:
+            return None
+        return norm.detach() if torch.is_tensor(norm) else norm  # a tensor stays on the device (no sync here)
 
     def full_model_state_dict(self) -> dict:
         # ZeRO-3 keeps partitions; gather each parameter in turn (rank 0 keeps the copy).
