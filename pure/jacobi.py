@@ -99,6 +99,33 @@ def window_scores(cond: torch.Tensor, uncond: torch.Tensor | None, states: torch
     return top_k_static(scores, k, V)
 
 
+def batched_verify(drafts: torch.Tensor, probs: torch.Tensor, dq: torch.Tensor, has_q: torch.Tensor,
+                   u: torch.Tensor, gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tensor form of :func:`verify` for B rows of T - 1 drafts.
+
+    drafts (B, T-1); probs (B, T, V) targets per window output; dq (B, T-1, V) the draft
+    distributions where has_q, else the draft was a fresh one-hot; u (B, T-1) float64 uniforms;
+    gate (B, T-1): drafts that may be accepted at all (False: forced stop — Jacobi inactive or
+    no budget). Returns n accepted (B,) and the distribution to draw the next token from
+    (B, V): the residual after a genuine rejection, else the target at output n (after a
+    forced stop, or the bonus when everything was accepted)."""
+    T1 = drafts.shape[1]
+    px = probs[:, :-1].gather(-1, drafts[..., None])[..., 0].double()
+    qx = torch.where(has_q, dq.gather(-1, drafts[..., None])[..., 0].double(), 1.0)
+    ok = (qx > 0) & (u < (px / qx.clamp_min(1e-300)).clamp_max(1.0))
+    n = (ok & gate).long().cumprod(-1).sum(-1)
+    at = n.clamp_max(T1 - 1)[:, None]
+    V = probs.shape[-1]
+    p_n = probs.gather(1, n[:, None, None].expand(-1, 1, V))[:, 0]
+    onehot = torch.nn.functional.one_hot(drafts.gather(1, at)[:, 0], V).to(p_n.dtype)
+    q_n = torch.where(has_q.gather(1, at), dq.gather(1, at[..., None].expand(-1, 1, V))[:, 0], onehot)
+    resid = (p_n - q_n).clamp_min(0.0)
+    total = resid.sum(-1, keepdim=True)
+    resid = torch.where(total > 0, resid / total.clamp_min(1e-30), p_n)
+    genuine = (n < T1) & gate.gather(1, at)[:, 0]
+    return n, torch.where(genuine[:, None], resid, p_n)
+
+
 class _SJDRunner:
     """One compiled SJD iteration for B rows: window forward, per-position chain, batched
     verification, commit, next drafts — all tensors, no value read back."""
@@ -134,35 +161,18 @@ class _SJDRunner:
         seed, counter = S[:, SEED, None], S[:, STEP, None]
         greedy = sampling.greedy
         probs = None if greedy else torch.softmax(scores / sampling.temperature, dim=-1)
-        # Verification: draft i (window input i + 1) against the target at window output i.
-        if greedy:
-            ok = drafts == scores[:, :-1].argmax(-1)
-        else:
-            px = probs[:, :-1].gather(-1, drafts[..., None])[..., 0].double()
-            qx = torch.where(has_q, dq.gather(-1, drafts[..., None])[..., 0].double(), 1.0)
-            ok = (qx > 0) & (counter_uniform(seed, counter, 1000 + i) < (px / qx.clamp_min(1e-300)).clamp_max(1.0))
         offset = nout - 1  # generated offset of the pending token
         active = (offset >= sjd.active_from) & (offset < sjd.active_until) & ~done
         gate = active[:, None] & (i[None] + 1 < spec.max_new_tokens - nout[:, None])  # budget for a correction
-        n = (ok & gate).long().cumprod(-1).sum(-1)
-        eos_at = torch.where((drafts == eos) & (i[None] < n[:, None]), i[None], T).amin(-1)
-        eos_accepted = eos_at < T
-        n = torch.where(eos_accepted, eos_at + 1, n)
-        # Correction (first rejection: residual; forced stop or all accepted: the target itself).
-        at = n.clamp_max(T - 2)[:, None]
-        if greedy:
+        if greedy:  # accept iff the draft is the argmax; the correction is the argmax after them
+            n = ((drafts == scores[:, :-1].argmax(-1)) & gate).long().cumprod(-1).sum(-1)
             nxt = scores.gather(1, n[:, None, None].expand(-1, 1, scores.shape[-1]))[:, 0].argmax(-1)
         else:
-            p_n = probs.gather(1, n[:, None, None].expand(-1, 1, probs.shape[-1]))[:, 0]
-            onehot = torch.nn.functional.one_hot(drafts.gather(1, at)[:, 0], p_n.shape[-1]).to(p_n.dtype)
-            q_n = torch.where(has_q.gather(1, at), dq.gather(1, at[..., None].expand(-1, 1, p_n.shape[-1]))[:, 0],
-                              onehot)
-            resid = (p_n - q_n).clamp_min(0.0)
-            total = resid.sum(-1, keepdim=True)
-            resid = torch.where(total > 0, resid / total.clamp_min(1e-30), p_n)
-            genuine = (n < T - 1) & gate.gather(1, at)[:, 0]
-            nxt = sample_with_uniform(torch.where(genuine[:, None], resid, p_n),
-                                      counter_uniform(seed[:, 0], counter[:, 0], 4000))
+            n, dist = batched_verify(drafts, probs, dq, has_q, counter_uniform(seed, counter, 1000 + i), gate)
+            nxt = sample_with_uniform(dist, counter_uniform(seed[:, 0], counter[:, 0], 4000))
+        eos_at = torch.where((drafts == eos) & (i[None] < n[:, None]), i[None], T).amin(-1)
+        eos_accepted = eos_at < T  # an accepted end token ends the row there (no correction)
+        n = torch.where(eos_accepted, eos_at + 1, n)
         # The model's samples after the correction become the next drafts (q = their target).
         u_draw = counter_uniform(seed, counter, 2000 + torch.arange(T, device=S.device))
         ys = scores.argmax(-1) if greedy else sample_with_uniform(probs, u_draw)
