@@ -1,0 +1,236 @@
+"""PURE section of the GPU benchmark (issue 9): 7B decoding at 512, with and without SJD.
+
+`run(smoke, device)` returns rows {section, metric, value, unit, target, note} that bench/gpu.py
+prints in its one table; run alone it prints them itself:
+
+    python bench/gpu_pure.py            # CUDA: PURE 7B, random weights, bf16, one 512 restoration
+    python bench/gpu_pure.py --smoke    # tiny model on CPU in seconds (what the test suite runs)
+
+Full size: the 7B in the released layout (random weights, so acceptance rates — and the SJD
+gain — differ from the trained model's; the step time and memory do not) is built directly on
+the GPU in bf16. The prompt has PURE's 512 shape (BOS + instruction-sized text + 4,164-token LQ
+block + 8710) and ends in `<8197><16><16>` (image-only restoration), so each image is exactly
+64 x 65 + 1 = 4,161 decoded tokens at README sampling (cfg 0.8, T 0.9, entropy top-k).
+Targets (H100, scaled by bandwidth on other GPUs): decode step within 1.5x the weight-bandwidth
+floor (param bytes / memory bandwidth; ~5.5 ms on an H100), <= 20 s per image with SJD, peak
+memory < 24 GB. Each figure is measured in its own try block: a failure becomes a row with
+the error instead of losing the table.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pure.engine import get_engine, release_engines  # noqa: E402
+from pure.generate import generate  # noqa: E402
+from pure.jacobi import SJDConfig, _SJDRunner, speculative_generate  # noqa: E402
+from pure.model import ChameleonForCausalLM, chameleon_config  # noqa: E402
+from pure.model.vq import VQModel, vq_config  # noqa: E402
+from pure.processors import SamplingConfig  # noqa: E402
+from pure.tokenizer import ImageCodeMap, SpecialIds  # noqa: E402
+from pure.tokenizer.image import image_block  # noqa: E402
+
+SECTION = "pure"
+# Peak memory bandwidth (TB/s) by device name fragment; unknown GPUs are measured with a copy.
+BANDWIDTH_TBS = {"H200": 4.8, "H100 PCIe": 2.0, "H100": 3.35, "H800": 3.35, "A100-SXM4-80GB": 2.04,
+                 "A100 80GB PCIe": 1.94, "A100": 1.56, "A800": 2.04, "L40S": 0.864, "L4": 0.3, "4090": 1.01}
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_model(size: str, device, dtype) -> ChameleonForCausalLM:
+    """Random weights created in `dtype` directly on `device` (the 7B never touches the CPU)."""
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            torch.manual_seed(0)
+            return ChameleonForCausalLM(chameleon_config(size, dropout=0.0)).eval()
+    finally:
+        torch.set_default_dtype(prev)
+
+
+def restoration_prompt(grid: int, text_len: int = 26) -> list[int]:
+    """BOS + text + an LQ block of (4 grid)^2 random codes + 8710 + `<8197><grid><grid>`."""
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(16384, (4 * grid, 4 * grid), generator=g)
+    text = [9004 + (i * 37) % 500 for i in range(text_len)]
+    header = [SpecialIds.IMG_START, SpecialIds.SIZE_BASE + grid, SpecialIds.SIZE_BASE + grid]
+    return [SpecialIds.BOS] + text + image_block(codes, ImageCodeMap.synthetic()) + [SpecialIds.EOT] + header
+
+
+def bandwidth_tbs(device) -> tuple[float, str]:
+    """(TB/s, how it was obtained) for the weight-bandwidth floor."""
+    name = torch.cuda.get_device_name(device)
+    for key, bw in BANDWIDTH_TBS.items():
+        if key in name:
+            return bw, f"{name} spec sheet"
+    x = torch.empty(2**30, dtype=torch.uint8, device=device)  # read + write 1 GiB, best of 5
+    y = torch.empty_like(x)
+    best = float("inf")
+    for _ in range(5):
+        _sync(device)
+        t = time.perf_counter()
+        y.copy_(x)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * x.numel() / best / 1e12, f"{name} measured copy"
+
+
+def _row(metric, value, unit, target=None, note="") -> dict:
+    return {"section": SECTION, "metric": metric, "value": value, "unit": unit, "target": target, "note": note}
+
+
+def _guard(rows: list, metric: str, fn) -> None:
+    """Append fn()'s rows; on failure one row naming the error (the rest of the table survives)."""
+    try:
+        rows.extend(fn())
+    except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not stop
+        rows.append(_row(metric, None, "", note=f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"))
+
+
+def _free() -> None:
+    release_engines()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def decode_step_ms(model, prompt, sampling, image_mask, max_new: int, n_steps: int, compile: bool, device) -> float:
+    """Mean time of the one-token step (all CFG rows in one forward), after warm-up. The engine
+    (compiled step, KV cache) is the one `generate` then reuses for the same shapes."""
+    engine = get_engine(model, [prompt], sampling, image_mask, max_new, SpecialIds.IMG_END, compile=compile)
+    S, _, _ = engine.start([prompt], [0])
+    for _ in range(3):  # compile / capture the CUDA graph
+        S, _, _ = engine.call(engine.ar_step, S)
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(n_steps):
+        S, _, _ = engine.call(engine.ar_step, S)
+    _sync(device)
+    return (time.perf_counter() - t) / n_steps * 1e3
+
+
+def warm_sjd(model, prompt, sampling, sjd: SJDConfig, image_mask, max_new: int, compile: bool) -> None:
+    """Compile the SJD iteration for the engine `speculative_generate` will reuse."""
+    engine = get_engine(model, [prompt], sampling, image_mask, max_new, SpecialIds.IMG_END, window=sjd.window,
+                        compile=compile)
+    runner = _SJDRunner(engine, sjd, image_mask.to(engine.device), compile)
+    S, _, _ = engine.start([prompt], [0])
+    carry = runner.initial(S)
+    for _ in range(2):
+        S, *carry = engine.call(runner.step, S, *carry)
+
+
+def time_image(fn, device) -> tuple[float, object, float]:
+    """(seconds, output, peak GiB) of one generation."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    t = time.perf_counter()
+    out = fn()
+    _sync(device)
+    sec = time.perf_counter() - t
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if torch.device(device).type == "cuda" else None
+    return sec, out, peak
+
+
+def vq_decode_ms(device, dtype, side: int) -> float:
+    torch.manual_seed(0)
+    vq = VQModel(vq_config("ds8")).to(device, dtype).eval()
+    codes = torch.randint(16384, (1, side // 8, side // 8), device=device)
+    with torch.no_grad():
+        vq.decode_codes(codes)
+        _sync(device)
+        t = time.perf_counter()
+        vq.decode_codes(codes)
+        _sync(device)
+    return (time.perf_counter() - t) * 1e3
+
+
+def run(smoke: bool = False, device: str | torch.device | None = None) -> list[dict]:
+    """The PURE rows. smoke: tiny model, CPU, eager, a 4x4-code image (seconds)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() and not smoke else "cpu"))
+    cuda = device.type == "cuda"
+    if smoke:
+        size, grid, dtype, compile, steps, sjd_window = "tiny", 1, torch.float32, False, 4, 4
+    else:
+        dtype = torch.bfloat16 if cuda else torch.float32
+        size, grid, compile, steps, sjd_window = "7b", 16, cuda, 100, 16
+    sampling = SamplingConfig(temperature=0.9, cfg=0.8)
+    image_mask = ImageCodeMap.synthetic().image_mask()
+    prompt = restoration_prompt(grid, text_len=4 if smoke else 26)
+    n_new = (4 * grid + 1) * 4 * grid + 1
+    model = build_model(size, device, dtype)
+    n_params = model.num_params()
+    rows: list[dict] = [_row("model", f"{size} random, {str(dtype).split('.')[-1]}, {device.type}", "",
+                             note=f"{n_params / 1e9:.2f} B params, prompt {len(prompt)}, image {n_new} tokens")]
+    floor_ms = None
+    if cuda:
+        bw, how = bandwidth_tbs(device)
+        floor_ms = n_params * 2 / (bw * 1e12) * 1e3
+        rows.append(_row("weight-bandwidth floor per step", round(floor_ms, 2), "ms", None, f"{bw} TB/s ({how})"))
+    target_step = f"<= {1.5 * floor_ms:.1f}" if floor_ms else None
+
+    def step_rows():
+        ms = decode_step_ms(model, prompt, sampling, image_mask, n_new, min(steps, n_new - 8), compile, device)
+        kind = "compiled + CUDA graph" if compile and cuda else ("compiled" if compile else "eager")
+        return [_row("decode step (batched CFG)", round(ms, 2), "ms", target_step, kind)]
+
+    def ar_rows():  # reuses the engine (and compiled step) of step_rows
+        sec, out, peak = time_image(lambda: generate(model, [prompt], sampling, image_mask, n_new, seed=0,
+                                                     eos_id=SpecialIds.IMG_END, compile=compile), device)
+        return [_row("AR forwards per image", out.forwards, "", None, f"{len(out.tokens[0]) + 1} tokens"),
+                _row("AR seconds per image", round(sec, 2), "s", None, "incl. prefill"),
+                _row("AR peak memory", None if peak is None else round(peak, 2), "GiB", "< 22.4" if cuda else None,
+                     "24 GB target")]
+
+    def sjd_rows():
+        cfg = SJDConfig(window=sjd_window, active_from=0, active_until=10**9)
+        warm_sjd(model, prompt, sampling, cfg, image_mask, n_new, compile)
+        sec, out, peak = time_image(lambda: speculative_generate(
+            model, [prompt], sampling, cfg, image_mask, n_new, seed=0, eos_id=SpecialIds.IMG_END, compile=compile),
+            device)
+        return [_row("SJD forwards per image", out.forwards, "", None, f"window {sjd_window}, random weights"),
+                _row("SJD seconds per image", round(sec, 2), "s", "<= 20" if cuda else None, "H100 target"),
+                _row("SJD peak memory", None if peak is None else round(peak, 2), "GiB", "< 22.4" if cuda else None,
+                     "24 GB target")]
+
+    _guard(rows, "decode step (batched CFG)", step_rows)
+    _guard(rows, "AR seconds per image", ar_rows)
+    _free()
+    _guard(rows, "SJD seconds per image", sjd_rows)
+    _free()
+    if cuda:
+        del model
+        torch.cuda.empty_cache()
+        for dt in (torch.float32, torch.bfloat16):
+            name = f"VQ decode 512 ({str(dt).split('.')[-1]})"
+            _guard(rows, name, lambda dt=dt, name=name: [_row(name, round(vq_decode_ms(device, dt, 512), 1), "ms")])
+    return rows
+
+
+def main() -> None:
+    from common.logging import markdown_table, write_table
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny model on CPU (seconds)")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--out", default=None, help="write <out>.{md,csv,json}")
+    args = ap.parse_args()
+    rows = run(args.smoke, args.device)
+    print(markdown_table(rows))
+    if args.out:
+        write_table(rows, args.out)
+
+
+if __name__ == "__main__":
+    main()
