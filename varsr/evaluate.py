@@ -15,7 +15,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from PIL import Image
 
 from common.config import DEVICE, at_least, between, checks, one_of
 
@@ -23,13 +22,16 @@ from .fastvar import FastVARConfig
 from .model import build_models
 from .model.config import VARSRModelConfig, config_from_dict, model_config
 from .official import load_official_varsr, load_official_vqvae
-from .sample import resize_bicubic, sample_sr
-from .tiling import sample_tiled
+from .sample import resize_bicubic
+from .tiling import restore_image
 
 
 @checks(scale=at_least(1), out_size=at_least(1), cfg=at_least(0.0), top_k=at_least(0), top_p=between(0.0, 1.0),
         temperature=at_least(0.0), refiner_temperature=at_least(0.0), color_fix=one_of("adain", "wavelet", "none"),
-        intermediate_max=at_least(0), device=DEVICE, dtype=one_of("fp32", "fp16", "bf16"))
+        intermediate_max=at_least(0), device=DEVICE,
+        tile=one_of("auto", "on", "off"), decoder_tile=at_least(0), decoder_stats=one_of("exact", "estimate"),
+        max_output_pixels=at_least(1), tile_overlap=at_least(0), tile_batch=at_least(1),
+        dtype=one_of("fp32", "fp16", "bf16"))
 @dataclass
 class SampleRunConfig:
     model: VARSRModelConfig = field(default_factory=lambda: model_config("d24"))  # config group `model`
@@ -50,7 +52,10 @@ class SampleRunConfig:
     tile: str = "auto"                                  # auto (tile when scale x LR > model size) | on | off
     tile_cfg: float = 7.0                               # CFG used for tiles (upstream test_tile.py)
     tile_overlap: Optional[int] = None                  # tokens; None -> tile / 4 (8)
-    decoder_tile: Optional[int] = None                  # latent tile for decoding huge images; None = one shot
+    decoder_tile: Optional[int] = None                  # decoder tile, latent cells; None: 2 x model grid; 0: one shot
+    decoder_stats: str = "exact"                        # tiled-decoder GroupNorm statistics: exact | estimate (1 pass)
+    tile_batch: Optional[int] = 4                       # latent tiles generated together (KV cache each); null = a row
+    max_output_pixels: Optional[int] = 67108864         # refuse larger outputs (8192^2) up front; null = no limit
     fastvar: FastVARConfig = field(default_factory=FastVARConfig)  # cached token pruning (spec 11)
     export_intermediate: bool = False                   # decode f_hat after each scale -> <name>_scales/
     intermediate_max: int = 10                          # ... for the first N images only
@@ -78,28 +83,11 @@ def load_models(cfg: SampleRunConfig, device: torch.device):
     return model.to(device).eval(), vqvae.to(device).eval()
 
 
-def _pil_resize(img: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 HWC -> (1, 3, size, size) in [0, 1], PIL bicubic as the official test script."""
-    im = Image.fromarray(img).resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float() / 255
-
-
 def sr_one(model, vqvae, img: np.ndarray, cfg: SampleRunConfig, device, generator, on_scale=None) -> torch.Tensor:
-    """One LR image (uint8 HWC) -> SR (1, 3, H, W) in [0, 1]."""
-    S = model.cfg.image_size
-    h, w = img.shape[:2]
-    tile = cfg.tile == "on" or (cfg.tile == "auto" and max(h, w) * cfg.scale > S)
-    lr = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float().div(255).to(device)
-    if tile:
-        out = sample_tiled(model, vqvae, lr, scale=cfg.scale, cfg=cfg.tile_cfg, top_k=cfg.top_k, top_p=cfg.top_p,
-                           temperature=cfg.temperature, generator=generator, color_fix=cfg.color_fix,
-                           fastvar=cfg.fastvar, overlap=cfg.tile_overlap, decoder_tile=cfg.decoder_tile)
-    else:
-        out = sample_sr(model, vqvae, _pil_resize(img, S).to(device), cfg=cfg.cfg, top_k=cfg.top_k,
-                        top_p=cfg.top_p, generator=generator, color_fix=cfg.color_fix, fastvar=cfg.fastvar,
-                        temperature=cfg.temperature, refiner_temperature=cfg.refiner_temperature,
-                        on_scale=on_scale)
-        out = resize_bicubic(out, (h * cfg.scale, w * cfg.scale))
+    """One LR image (uint8 HWC) -> SR (1, 3, scale*h, scale*w) in [0, 1] (any size, see varsr.tiling)."""
+    from common.logging import get_logger
+
+    out = restore_image(model, vqvae, img, cfg, device, generator, on_scale, log=get_logger("varsr.sample"))
     if cfg.out_size:
         out = resize_bicubic(out, (cfg.out_size, cfg.out_size))
     return out

@@ -1,0 +1,68 @@
+"""Peak-memory measurement for tests and bench scripts (CPU resident set size or CUDA allocator).
+
+`PeakMemory` is a context manager: on CUDA it resets and reads `torch.cuda.max_memory_allocated`;
+on CPU a daemon thread samples the process resident set size (`/proc/self/statm`, falling back to
+`resource.getrusage`, whose maximum cannot be reset) every `interval` seconds and keeps the largest
+value.  `peak_delta` is the growth over the RSS at entry, i.e. what the measured code added on top of
+what was already resident.  Sampling can miss a spike shorter than the interval; large tensors take
+longer than a millisecond to fill, so the figure is a good (slightly low) estimate of the peak.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+
+import torch
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process in bytes."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:  # no procfs (macOS): lifetime maximum, the best available figure
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakMemory:
+    """`with PeakMemory(device) as pm: ...` then `pm.peak_delta` / `pm.peak` in bytes."""
+
+    def __init__(self, device: str | torch.device = "cpu", interval: float = 0.001):
+        self.device = torch.device(device)
+        self.interval = interval
+        self.start = self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def peak_delta(self) -> int:
+        return max(0, self.peak - self.start)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = self.peak = torch.cuda.memory_allocated(self.device)
+            return self
+        self.start = self.peak = rss_bytes()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+            return
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
