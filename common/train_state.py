@@ -83,7 +83,7 @@ def verify(path) -> dict:
         from common.checkpoint_ds import allowed_global_names
 
         allowed = allowed_global_names()
-    else:
+    if meta.get("format") != "deepspeed" or (path / "state").is_dir():
         from common.checkpoint_dcp import verify_sharded
 
         verify_sharded(path / "state")
@@ -124,12 +124,18 @@ def clean_orphans(run_dir) -> list[Path]:
 
 @dataclass
 class Resumed:
-    """What a resume restored: the step, the app's JSON ``extra`` and whether RNG streams were restored."""
+    """What a resume restored: the step and the app's JSON ``extra``. This rank's RNG streams are
+    applied by :meth:`restore_rng` when the app chooses (PURE creates its data iterator first)."""
 
     step: int
     path: Path
     extra: dict = field(default_factory=dict)
-    rng_restored: bool = False
+    rng: dict | None = None  # None: written by another world size (streams cannot continue)
+
+    def restore_rng(self) -> bool:
+        if self.rng is not None:
+            set_rng_state(self.rng)
+        return self.rng is not None
 
 
 class TrainState:
@@ -155,7 +161,9 @@ class TrainState:
     def _state(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
-        if self.optimizer is not None:
+        if self.engine is not None:  # DeepSpeed checkpoints model and optimizer itself
+            state = {}
+        elif self.optimizer is not None:
             msd, osd = get_state_dict(self.model, self.optimizer)
             state = {"model": msd, "optim": osd}
         else:
@@ -166,7 +174,9 @@ class TrainState:
     def _apply(self, state: dict) -> None:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
-        if self.optimizer is not None:
+        if self.engine is not None:
+            pass
+        elif self.optimizer is not None:
             set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
                            optim_state_dict=state["optim"])
         else:
@@ -197,10 +207,10 @@ class TrainState:
         atomic_save(rng_state(), tmp / "rng" / f"rank_{get_rank():05d}.pt")
         meta = {"step": int(step), "world_size": get_world_size(), "time": time.time(), "extra": extra or {},
                 "format": "deepspeed" if self.engine is not None else "dcp"}
+        future = None
         if self.engine is not None:
             self.engine.save_checkpoint(str(tmp), tag="ds", save_latest=False)
-            future = None
-        else:
+        if self.engine is None or self.objects:  # DeepSpeed: only the app's objects (EMA) go to DCP
             from common.checkpoint_dcp import save_sharded
 
             future = save_sharded(self._state(), tmp / "state", self._ckpt_group(), self.async_save)
@@ -235,7 +245,10 @@ class TrainState:
 
     # -- resume -----------------------------------------------------------------------------------
     def resume(self) -> Resumed | None:
-        """Load the newest good checkpoint (see module docstring); None when there is none."""
+        """Load the newest good checkpoint (see module docstring); None when the run has none.
+
+        Raises ValueError when finished checkpoints exist but none can be loaded: silently starting
+        over would overwrite a run's progress."""
         candidates = broadcast_object([(str(p), m) for p, m in resumable(self.run_dir)] if get_rank() == 0 else None)
         for path, meta in candidates:
             try:
@@ -243,25 +256,25 @@ class TrainState:
             except (ValueError, KeyError, OSError, pickle.UnpicklingError, CheckpointException) as e:
                 # CheckpointException: DCP gathered a failure from some rank (all ranks raise it)
                 log.warning(f"skipping checkpoint {Path(path).name}: {_first_line(e)}; trying the previous one")
+        if has_checkpoint(self.run_dir):
+            raise ValueError(f"{checkpoint_root(self.run_dir)}: no checkpoint could be loaded (see the warnings); "
+                             "move the directory away to start from the initial weights")
         return None
 
     def load(self, path: Path, meta: dict | None = None) -> Resumed:
         meta = meta or verify(path)
         if meta.get("format") == "deepspeed":
             self._load_deepspeed(path, meta)
-        else:
+        if meta.get("format") != "deepspeed" or self.objects:
             from common.checkpoint_dcp import load_sharded
 
             state = self._state()
             load_sharded(state, path / "state", self._ckpt_group())
             self._apply(state)
-        restored = False
         rng = path / "rng" / f"rank_{get_rank():05d}.pt"
-        if int(meta.get("world_size", 1)) == get_world_size() and rng.is_file():
-            set_rng_state(safe_load(rng))
-            restored = True
+        same = int(meta.get("world_size", 1)) == get_world_size()
         log.info(f"resumed from {path} at step {meta['step']}")
-        return Resumed(int(meta["step"]), path, dict(meta.get("extra") or {}), restored)
+        return Resumed(int(meta["step"]), path, dict(meta.get("extra") or {}), safe_load(rng) if same else None)
 
     def _load_deepspeed(self, path: Path, meta: dict) -> None:
         from common.checkpoint_ds import convert_to_universal, load_engine_checkpoint
@@ -276,6 +289,28 @@ class TrainState:
                 convert_to_universal(path)
             barrier()
         load_engine_checkpoint(self.engine, path, universal=not same)
+
+
+def load_model_only(path, model_state: dict) -> dict:
+    """Fill ``model_state`` (FQN -> tensor, e.g. a fresh CPU model's ``state_dict()``) from checkpoint
+    ``path`` reading model entries only: the optimizer state is never loaded (export path, one process).
+
+    DCP: a partial load of the ``model.*`` keys. DeepSpeed: the per-parameter ``fp32.pt`` files of
+    the universal form (converted first if needed), since ZeRO keeps weights inside optimizer files.
+    """
+    path = Path(path)
+    meta = verify(path)
+    if meta.get("format") == "deepspeed":
+        from common.checkpoint_ds import convert_to_universal, universal_model_weights
+
+        got = universal_model_weights(convert_to_universal(path), list(model_state))
+        for k, t in model_state.items():
+            t.copy_(got[k].reshape(t.shape))
+        return model_state
+    from common.checkpoint_dcp import load_sharded
+
+    load_sharded({"model": model_state}, path / "state", partial=True)
+    return model_state
 
 
 def _plain_state(sd: dict) -> dict:

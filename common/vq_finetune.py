@@ -13,7 +13,7 @@ import itertools
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,7 @@ def finetune(model: torch.nn.Module, step_fn: StepFn, batches: Callable[[int], I
     ckpt = TrainState(s.run_dir, model, opt, keep=s.keep)
     got = ckpt.resume()  # newest good checkpoint of run_dir (model, optimizer, RNG, step, stats)
     if got is not None:
+        got.restore_rng()  # single process: always this run's own streams
         step, stats, resumed_from = got.step, dict(got.extra.get("stats", {})), str(got.path)
     start_step = step
     tracker = Tracker(s.project, s.run_dir, {**asdict(s), **(config or {})}, mode=s.wandb_mode)

@@ -1,7 +1,7 @@
 """All distributed-training code for PURE: FSDP2, DeepSpeed ZeRO, single process, activation checkpointing.
 
 `build_engine(root, lm, optim_cfg, par_cfg, dist)` returns an `Engine` with one interface for the
-training loop (`forward`, `backward`, `step`, `save`, `load`, `full_model_state_dict`), so
+training loop (`forward`, `backward`, `step`, `train_state`, `full_model_state_dict`), so
 train.py never branches on the backend. `root` is the module whose forward computes the loss
 (it wraps `lm`, a ChameleonForCausalLM); `lm` is what gets sharded layer by layer.
 
@@ -16,16 +16,12 @@ state exists and resuming needs only the step counter.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from common import checkpoint as ckpt_io
 from common import parallel as par
-from common.dist import barrier
 from pure.optim import make_optimizer
 
 DTYPES = par.DTYPES  # the one dtype map (common.parallel); kept here for callers of pure.parallelize
@@ -82,7 +78,7 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         return norm.detach()  # a device tensor: the loop reads it once per logging window, not per step
 
-    # ---- checkpoints: full (unsharded) state dicts, so a run can resume on any world size ----
+    # ---- export: full (unsharded) model state; checkpoints go through train_state() ----
     def _state_options(self):
         from torch.distributed.checkpoint.state_dict import StateDictOptions
 
@@ -94,24 +90,12 @@ class Engine:
 
         return get_model_state_dict(self.module, options=self._state_options())
 
-    def save(self, path: Path, extra: dict) -> None:
-        from torch.distributed.checkpoint.state_dict import get_state_dict
+    def train_state(self, run_dir, objects: dict, keep: int, async_save: bool = False):
+        """The checkpoint manager for this engine (common.train_state): sharded DCP under FSDP2,
+        so each rank writes/reads only its shards and any world size resumes."""
+        from common.train_state import TrainState
 
-        model_sd, optim_sd = get_state_dict(self.module, self.optimizer, options=self._state_options())
-        if self.dist.is_main:
-            ckpt_io.atomic_save({"model": model_sd, "optimizer": optim_sd, "extra": extra}, path)
-        barrier()
-
-    def load(self, path: Path) -> dict:
-        # Every rank reads the full file and keeps its shard. Simple and world-size independent;
-        # for 7B that is ~85 GB of host RAM per rank for a moment (model + AdamW moments, fp32).
-        # (broadcast_from_rank0 for the optimizer deadlocked under gloo in torch 2.14.)
-        from torch.distributed.checkpoint.state_dict import set_state_dict
-
-        state = ckpt_io.safe_load(path)
-        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optimizer"], options=self._state_options())
-        return state["extra"]
+        return TrainState(run_dir, self.module, self.optimizer, objects, keep=keep, async_save=async_save)
 
 
 class DeepSpeedEngine(Engine):
@@ -158,25 +142,12 @@ class DeepSpeedEngine(Engine):
                     out[name] = p.detach().to("cpu", copy=True)
         return out
 
-    def save(self, path: Path, extra: dict) -> None:
-        # DeepSpeed writes a directory of per-rank files; we write it under a temp name and let
-        # rank 0 rename it once every rank has finished, so a killed save is never "latest".
-        tmp = path.parent / f".tmp_{path.name}"
-        if self.dist.is_main and tmp.exists():
-            shutil.rmtree(tmp)
-        barrier()
-        self.engine.save_checkpoint(str(tmp), tag="state", client_state={"extra": extra})
-        barrier()
-        if self.dist.is_main:
-            os.replace(tmp, path)
-        barrier()
+    def train_state(self, run_dir, objects: dict, keep: int, async_save: bool = False):
+        """DeepSpeed's own engine files (loaded under common.checkpoint_ds's allowlist, converted to
+        the universal form to resume on another world size); ``objects`` (EMA) go to DCP next to them."""
+        from common.train_state import TrainState
 
-    def load(self, path: Path) -> dict:
-        # DeepSpeed's loader unpickles its own files (written by us in this run dir): trusted.
-        _, client = self.engine.load_checkpoint(str(path), tag="state")
-        if client is None:
-            raise ValueError(f"{path}: DeepSpeed checkpoint could not be loaded")
-        return client["extra"]
+        return TrainState(run_dir, self.engine, None, objects, keep=keep, async_save=async_save, engine=self.engine)
 
 
 def deepspeed_config(optim_cfg, par_cfg, micro_batch: int, world_size: int) -> dict:

@@ -23,7 +23,6 @@ import torch
 
 from common import checkpoint as ckpt_io
 from common.dist import (
-    all_gather_object,
     all_reduce_mean,
     any_rank,
     barrier,
@@ -96,21 +95,17 @@ class Trainer:
         self.ema = EMA(self.lm, cfg.ema.decay, cfg.ema.start_step) if cfg.ema.enabled else None
         self.step = 0
         # ---- resume (training-state manager) -------------------------------------------------
-        latest = ckpt_io.latest_checkpoint(self.run_dir) if cfg.checkpoint.resume else None
-        if latest is not None:
-            extra = self.engine.load(latest)
-            self.step = int(extra["step"])
-            if self.ema is not None and "ema" in extra:
-                self.ema.load_state_dict(extra["ema"])
-            log.info("resumed from %s at step %d", latest, self.step)
+        self.state = self.engine.train_state(self.run_dir, {"ema": self.ema} if self.ema is not None else {},
+                                             cfg.checkpoint.keep, cfg.checkpoint.async_save)
+        got = self.state.resume() if cfg.checkpoint.resume else None  # newest good step_<n>/ (common.train_state)
+        if got is not None:
+            self.step = got.step
         self.sampler.epoch, self.sampler.consumed = divmod(self.step, spe)  # data position = f(step)
         # Creating the iterator draws a base seed from the global RNG: do it before restoring RNGs so a
         # resumed run continues exactly the streams of the uninterrupted one (dropout masks included).
         self.batches = iter(self.loader)
-        if latest is not None:
-            rngs = extra.get("rng") or []
-            if len(rngs) == dist.world_size:  # same world size: continue every rank's streams exactly
-                ckpt_io.set_rng_state(rngs[dist.rank])
+        if got is not None:
+            got.restore_rng()  # same world size: continue every rank's streams exactly
         # ---- end resume ----------------------------------------------------------------------
         self.tracker = Tracker(cfg.run.wandb_project, self.run_dir, config=_plain(cfg),
                                mode=cfg.run.wandb_mode if cfg.logging.wandb else "disabled")
@@ -120,12 +115,7 @@ class Trainer:
     # ---- save (training-state manager) --------------------------------------------------------
     def save(self) -> None:
         """Collective: every rank calls it at the same step."""
-        extra = {"step": self.step, "rng": all_gather_object(ckpt_io.rng_state()), "sampler": self.sampler.state_dict()}
-        if self.ema is not None:
-            extra["ema"] = self.ema.state_dict(full=True)
-        self.engine.save(ckpt_io.checkpoint_path(self.run_dir, self.step), extra)
-        if self.dist.is_main:
-            ckpt_io.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
+        self.state.save(self.step, extra={"sampler": self.sampler.state_dict()})
     # ---- end save ------------------------------------------------------------------------------
 
     def train_step(self) -> dict:
@@ -209,6 +199,7 @@ class Trainer:
                     break
             if window:
                 flush()
+            self.state.wait()  # an async save must be on disk before the process may exit
             if cfg.export.hf_dir and self.step == self.total_steps:
                 self.export()
         finally:

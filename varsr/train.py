@@ -24,8 +24,8 @@ from common.checkpoint import PreemptionHandler
 from common.dist import all_reduce_mean, any_rank, barrier, init_distributed, seed_everything
 from common.ema import EMA, eval_weights
 from common.logging import Tracker, get_logger
-from common.train_state import TrainState, has_checkpoint
 from common.parallel import get_dtype
+from common.train_state import TrainState, has_checkpoint
 from varsr.config import VARSRTrainConfig, check_train_config
 from varsr.data import (BatchMaker, build_train_dataset, build_train_loader, check_c2i_classes, make_val_pairs,
                         step_generator)
@@ -129,11 +129,8 @@ class Trainer:
 
     def _resume(self) -> None:
         got = self.state.resume()  # newest good checkpoint; bad ones are skipped with a warning
-        if got is None:
-            raise ValueError(f"{self.run_dir / 'checkpoints'}: no checkpoint could be loaded (see the warnings); "
-                             "move it away to start from the initial weights")
         self.step = got.step
-        if not got.rng_restored:  # different world size: fresh but reproducible streams
+        if not got.restore_rng():  # different world size: fresh but reproducible streams
             log.warning(f"checkpoint written by another world size; reseeding {self.world} ranks")
             seed_everything(self.cfg.run.seed + self.step, self.rank)
         saved_gb = got.extra.get("data", {}).get("global_batch")

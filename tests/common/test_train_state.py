@@ -71,7 +71,7 @@ def test_round_trip_matches_uninterrupted(tmp_path, async_save):
 
     m2, o2, s2 = _setup(seed=123)  # different init: everything must come from the checkpoint
     got = TrainState(tmp_path, m2, o2, {"scheduler": s2}).resume()
-    assert got.step == 3 and got.extra["data"]["consumed"] == 12 and got.rng_restored
+    assert got.step == 3 and got.extra["data"]["consumed"] == 12 and got.restore_rng()
     assert s2.last_epoch == 3 and o2.param_groups[0]["lr"] == pytest.approx(1e-2 / 4)
     assert first + _train(m2, o2, s2, 3) == ref_losses  # bit-identical, data RNG included
 

@@ -75,10 +75,14 @@ def test_two_process_matches_single_process(tmp_path, reference, backend):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["deepspeed", "fsdp2"])
 def test_preempt_and_resume(tmp_path, reference, backend):
-    """SIGTERM at step 3 on both ranks -> checkpoint (DeepSpeed: temp dir renamed when complete;
-    FSDP2: full state dict written by rank 0, scattered from rank 0 on load) -> resume -> same curve."""
+    """SIGTERM at step 3 on both ranks -> checkpoint (DeepSpeed: its per-rank engine files; FSDP2:
+    one DCP shard file per rank) in a temp dir renamed when complete -> resume -> same curve."""
     first = _run(tmp_path, backend, 2, 1, 1, kill_at=3)
-    ckpt = tmp_path / f"run_{backend}/checkpoints/ckpt_00000003.pt"
-    assert len(first) == 3 and ((ckpt / "state").is_dir() if backend == "deepspeed" else ckpt.is_file())
+    ckpt = tmp_path / f"run_{backend}/checkpoints/step_00000003"
+    assert len(first) == 3 and (ckpt / "COMPLETE").is_file()
+    if backend == "deepspeed":
+        assert len(list((ckpt / "ds").glob("*model_states.pt"))) == 2
+    else:
+        assert sorted(p.name for p in (ckpt / "state").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     both = _run(tmp_path, backend, 2, 1, 1)
     np.testing.assert_allclose(both, reference, rtol=1e-4, atol=1e-4)

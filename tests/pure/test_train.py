@@ -135,7 +135,7 @@ def test_sigterm_checkpoint_and_resume_reproduce(tmp_path):
 
     b = make_cfg(tmp_path / "b", **over)
     first = main(b, on_step=kill_at_5)
-    assert first["step"] == 5 and (tmp_path / "b/run/checkpoints/ckpt_00000005.pt").is_file()
+    assert first["step"] == 5 and (tmp_path / "b/run/checkpoints/step_00000005/COMPLETE").is_file()
     second = main(b)
     assert second["step"] == 12
     np.testing.assert_allclose(first["losses"] + second["losses"], ref, rtol=1e-5, atol=1e-6)
@@ -164,8 +164,10 @@ def test_hf_export_roundtrip(tmp_path):
     cfg = make_cfg(tmp_path, n_records=2, **{"schedule.epochs": 1, "export.hf_dir": str(tmp_path / "hf"),
                                                          "export.max_shard_size": "1MB"})
     main(cfg)
-    sd = torch.load(tmp_path / "run/checkpoints/ckpt_00000001.pt", weights_only=True)["model"]
+    from common.train_state import load_model_only, step_dir
+
     fresh = ChameleonForCausalLM(chameleon_config("tiny", vocab_size=VOCAB))
+    sd = load_model_only(step_dir(tmp_path / "run", 1), {"lm." + k: v.clone() for k, v in fresh.state_dict().items()})
     load_hf_shards(fresh, tmp_path / "hf")
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, sd["lm." + k].to(torch.bfloat16).float()), k
