@@ -171,6 +171,37 @@ def test_slurm_launcher_config(name):
     assert "submitit" in cfg.hydra.launcher._target_ and cfg.hydra.launcher.gpus_per_node == 8
 
 
+@pytest.mark.parametrize("app,name", [("varsr", n) for n in claim("varsr/sweep")] +
+                         [("pure", n) for n in claim("pure/sweep")])
+def test_optuna_sweep_presets(app, name):
+    """+sweep=optuna selects Hydra's Optuna sweeper over cfg and temperature, maximising PSNR, and
+    leaves the sampling config itself valid."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    schema = _register_sample_schema(app)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_ROOT / app), version_base="1.3"):
+        cfg = compose("sample", overrides=[f"+sweep={name}", "lr_dir=/x"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "maximize"
+    assert set(cfg.hydra.sweeper.params) == {"cfg", "temperature"}
+    assert cfg.hydra.callbacks.sweep_summary.objective == "psnr"
+    assert "psnr" in cfg.metrics  # the objective is scored by default
+    validate(schema, {k: v for k, v in cfg.items() if k != "hydra"})
+
+
+def _register_sample_schema(app: str):
+    if app == "varsr":
+        from varsr.evaluate import SampleRunConfig as schema
+        from varsr.evaluate import register_configs
+    else:
+        from pure.evaluate import PureSampleConfig as schema
+        from pure.evaluate import register_configs
+    register_configs()
+    return schema
+
+
 def test_every_config_file_is_checked():
     missing = [f for f in ALL_FILES if f not in CLAIMED]
     assert not missing, f"config files no test composes: {missing}"
