@@ -4,7 +4,8 @@
   `ChameleonForCausalLM`, strictly, one shard at a time; works on a `meta`-built model
   (tensors are assigned, so a 7B never exists twice and never in fp32 unless asked).
 - `save_hf_shards`: the inverse (sharded safetensors + index + config.json) in the layout the
-  official/HF code loads.
+  official/HF code loads; with `base_config` (the starting checkpoint's config.json, read by
+  `read_hf_config`) every field of it is kept (`merged_hf_config`), `vocabulary_map` included.
 - `load_llamagen_vq`: LlamaGen's `vq_ds8_c2i.pt` (`{"model": state_dict}`, weights_only).
 """
 from __future__ import annotations
