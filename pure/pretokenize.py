@@ -201,6 +201,7 @@ def convert_official(record_json, out_dir, trusted: bool = False, shard_size: in
         f = Path(e["file"])
         f = f if f.is_absolute() else rec_path.parent / f
         with open(f, "rb") as fh:
+            # one of the repo's two trusted-only unpickling sites (the other: varsr.official.convert)
             item = pickle.load(fh)  # noqa: S301 (guarded by trusted=True above)
         records.append({"token": item["token"], "label": item["label"], "id": str(item.get("id", e.get("id"))),
                         "type": e.get("type")})

@@ -190,7 +190,8 @@ def convert(src, dst) -> Path:
     """Trusted-file converter: unpickle `src` fully, keep only the model tensors, write safetensors."""
     print(f"WARNING: unpickling {src} with weights_only=False executes code stored in the file; "
           "only do this for files you trust (e.g. the official HF release qyp2000/VARSR).", file=sys.stderr)
-    obj = torch.load(src, map_location="cpu", weights_only=False)  # the only unpickle in the repo
+    # One of the repo's two trusted-only unpickling sites (the other: pure.pretokenize.convert_official).
+    obj = torch.load(src, map_location="cpu", weights_only=False)
     trainer = obj.get("trainer", {}) if isinstance(obj, dict) else {}
     keep = {k: trainer[k] for k in ("var_wo_ddp", "vae_local") if k in trainer}
     flat = _flatten_tensors({"trainer": keep}) if keep else _flatten_tensors(obj)
