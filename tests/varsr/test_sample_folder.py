@@ -49,6 +49,7 @@ def test_overlapping_outputs_refused_inputs_untouched(tmp_path, capsys, sample, 
     assert tree_hash(lr) == before and sorted(p.name for p in lr.iterdir()) == sorted(before)
 
 
+@pytest.mark.slow  # a tiny model restores two images on CPU (~20-30 s on 2 loaded cores)
 def test_broken_files_skipped_and_counted(tmp_path, capsys, caplog, sample, ckpts):
     lr = make_folder(tmp_path / "LR", GOOD)
     out = tmp_path / "out" / "sr"
