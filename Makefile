@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.arsr-installed
 
-.PHONY: setup demo test test-fast lint bench clean-venv
+.PHONY: setup demo test test-fast lint bench bench-gpu clean-venv
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_varsr.py
 	$(BIN)/python bench/train_pure.py
 	$(BIN)/python bench/generate_pure.py
+
+# One GPU, under 8 minutes: every speed target in one Markdown table (+ JSON). `--smoke` = tiny, CPU.
+bench-gpu: $(STAMP)
+	$(BIN)/python bench/gpu.py --out runs/bench/gpu.json
 
 clean-venv:
 	rm -rf $(VENV)
