@@ -1,9 +1,9 @@
-"""PURE decoding speed: AR (batched CFG, KV cache) vs speculative Jacobi decoding.
+"""PURE decoding speed: AR (batched CFG, static KV cache, compiled step) vs speculative Jacobi decoding.
 
 Generates one image block after a prompt ending in `<8197><h><w>` (so an untrained model still
 walks the full structure: codes, row ends, end token) and reports tokens/s and forwards per
-image. Rows: the tiny model on CPU (fp32), and on CUDA the largest model that fits (the 7B
-shape with random weights in bf16 when memory allows, else a 16-layer cut), both at the real
+image. Steps are compiled (CUDA graphs) on CUDA, eager on CPU (--compile). Rows: the tiny
+model on CPU (fp32), and on CUDA the largest model that fits (the 7B shape with random weights in bf16 when memory allows, else a 16-layer cut), both at the real
 64x64 grid (4,161 tokens) unless --grid says otherwise. Weights are random: acceptance rates
 of a trained model differ, so the SJD speed-up here is a mechanism check, not PURE's number.
 Prints a Markdown table (and writes it with --out).
@@ -40,7 +40,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run_row(name: str, model, device, grid: int, prompt_len: int, sampling: SamplingConfig, window: int, seed: int):
+def run_row(name: str, model, device, grid: int, prompt_len: int, sampling: SamplingConfig, window: int, seed: int,
+            compile: bool | None = None):
     prompt = prompt_for(grid, prompt_len)
     n_image = (4 * grid + 1) * 4 * grid + 1  # tokens after <h><w>, end token included
     rows = []
@@ -48,15 +49,16 @@ def run_row(name: str, model, device, grid: int, prompt_len: int, sampling: Samp
         _sync(device)
         t0 = time.perf_counter()
         if method == "AR":
-            out = generate(model, [prompt], sampling, max_new_tokens=n_image, seed=seed)
+            out = generate(model, [prompt], sampling, max_new_tokens=n_image, seed=seed, compile=compile)
         else:
             out = speculative_generate(model, [prompt], sampling, SJDConfig(window=window, active_from=0,
                                                                             active_until=10**9),
-                                       max_new_tokens=n_image, seed=seed)
+                                       max_new_tokens=n_image, seed=seed, compile=compile)
         _sync(device)
         dt = time.perf_counter() - t0
         n = len(out.tokens[0]) + int(out.finished[0])
         rows.append({"model": name, "device": str(device), "grid": f"{4 * grid}x{4 * grid}", "method": method,
+                     "compiled": bool(compile) if compile is not None else device.type == "cuda",
                      "cfg": sampling.cfg, "tokens": n, "forwards": out.forwards,
                      "tokens/forward": round(n / out.forwards, 2), "seconds": round(dt, 2),
                      "tokens/s": round(n / dt, 1)})
@@ -70,9 +72,14 @@ def cuda_model(device: torch.device):
         cfg = chameleon_config("7b", num_hidden_layers=layers, dropout=0.0)
         need = cfg.num_params() * 2 + 12 * 2**30  # weights + KV cache and logits headroom
         if need < free:
-            torch.manual_seed(0)
-            with torch.device(device):
-                model = ChameleonForCausalLM(cfg).to(torch.bfloat16).eval()
+            prev = torch.get_default_dtype()
+            torch.set_default_dtype(torch.bfloat16)  # built in bf16 on the GPU: no fp32 copy anywhere
+            try:
+                torch.manual_seed(0)
+                with torch.device(device):
+                    model = ChameleonForCausalLM(cfg).eval()
+            finally:
+                torch.set_default_dtype(prev)
             return f"7b-shape {layers}L (random)", model
     raise RuntimeError("not enough GPU memory for an 8-layer 7B-shaped model")
 
@@ -89,6 +96,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-cuda", action="store_true")
+    ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                    help="torch.compile the decode/verify steps (auto: on CUDA only)")
     ap.add_argument("--out", default=None, help="write <out>.{md,csv,json}")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -96,12 +105,15 @@ def main() -> None:
     torch.manual_seed(0)
     cpu = torch.device("cpu")
     tiny = ChameleonForCausalLM(chameleon_config("tiny")).eval()
-    rows = run_row("tiny (random)", tiny, cpu, args.grid, args.prompt_len, sampling, args.window, args.seed)
+    compile = {"auto": None, "on": True, "off": False}[args.compile]
+    rows = run_row("tiny (random)", tiny, cpu, args.grid, args.prompt_len, sampling, args.window, args.seed, compile)
     if torch.cuda.is_available() and not args.no_cuda:
         dev = torch.device("cuda")
         name, big = cuda_model(dev)
-        run_row(name, big, dev, 1, 16, sampling, args.window, args.seed)  # warm-up (kernels, allocator)
-        rows += run_row(name, big, dev, args.cuda_grid, args.cuda_prompt_len, sampling, args.window, args.seed)
+        # warm-up at the real shapes: compiles the steps and captures the CUDA graphs
+        run_row(name, big, dev, args.cuda_grid, args.cuda_prompt_len, sampling, args.window, args.seed, compile)
+        rows += run_row(name, big, dev, args.cuda_grid, args.cuda_prompt_len, sampling, args.window, args.seed,
+                        compile)
     print(markdown_table(rows))
     if args.out:
         write_table(rows, args.out)

@@ -36,7 +36,7 @@ from pure.processors import SamplingConfig  # noqa: E402
 from pure.tokenizer import ImageCodeMap, SpecialIds  # noqa: E402
 from pure.tokenizer.image import image_block  # noqa: E402
 
-SECTION = "pure"
+SECTION = "PURE"  # the section name bench/gpu.py prints
 # Peak memory bandwidth (TB/s) by device name fragment; unknown GPUs are measured with a copy.
 BANDWIDTH_TBS = {"H200": 4.8, "H100 PCIe": 2.0, "H100": 3.35, "H800": 3.35, "A100-SXM4-80GB": 2.04,
                  "A100 80GB PCIe": 1.94, "A100": 1.56, "A800": 2.04, "L40S": 0.864, "L4": 0.3, "4090": 1.01}
@@ -86,12 +86,16 @@ def bandwidth_tbs(device) -> tuple[float, str]:
     return 2 * x.numel() / best / 1e12, f"{name} measured copy"
 
 
-def _row(metric, value, unit, target=None, note="") -> dict:
+def _row(metric, value, unit, target="", note="") -> dict:
     return {"section": SECTION, "metric": metric, "value": value, "unit": unit, "target": target, "note": note}
 
 
-def _guard(rows: list, metric: str, fn) -> None:
-    """Append fn()'s rows; on failure one row naming the error (the rest of the table survives)."""
+def _guard(rows: list, metric: str, fn, deadline: float | None = None, need_s: float = 0.0) -> None:
+    """Append fn()'s rows; on failure one row naming the error (the rest of the table survives);
+    skipped with a row saying so when fewer than `need_s` seconds are left before `deadline`."""
+    if deadline is not None and time.monotonic() + need_s > deadline:
+        rows.append(_row(metric, None, "", note="skipped: time budget spent"))
+        return
     try:
         rows.extend(fn())
     except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not stop
@@ -156,8 +160,9 @@ def vq_decode_ms(device, dtype, side: int) -> float:
     return (time.perf_counter() - t) * 1e3
 
 
-def run(smoke: bool = False, device: str | torch.device | None = None) -> list[dict]:
-    """The PURE rows. smoke: tiny model, CPU, eager, a 4x4-code image (seconds)."""
+def run(smoke: bool = False, device: str | torch.device | None = None, deadline: float | None = None) -> list[dict]:
+    """The PURE rows. smoke: tiny model, CPU, eager, a 4x4-code image (seconds). `deadline`
+    (time.monotonic() value): later parts are skipped, with a row saying so, once it is near."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() and not smoke else "cpu"))
     cuda = device.type == "cuda"
     if smoke:
@@ -177,8 +182,8 @@ def run(smoke: bool = False, device: str | torch.device | None = None) -> list[d
     if cuda:
         bw, how = bandwidth_tbs(device)
         floor_ms = n_params * 2 / (bw * 1e12) * 1e3
-        rows.append(_row("weight-bandwidth floor per step", round(floor_ms, 2), "ms", None, f"{bw} TB/s ({how})"))
-    target_step = f"<= {1.5 * floor_ms:.1f}" if floor_ms else None
+        rows.append(_row("weight-bandwidth floor per step", round(floor_ms, 2), "ms", "", f"{bw} TB/s ({how})"))
+    target_step = f"<= {1.5 * floor_ms:.1f}" if floor_ms else ""
 
     def step_rows():
         ms = decode_step_ms(model, prompt, sampling, image_mask, n_new, min(steps, n_new - 8), compile, device)
@@ -188,9 +193,9 @@ def run(smoke: bool = False, device: str | torch.device | None = None) -> list[d
     def ar_rows():  # reuses the engine (and compiled step) of step_rows
         sec, out, peak = time_image(lambda: generate(model, [prompt], sampling, image_mask, n_new, seed=0,
                                                      eos_id=SpecialIds.IMG_END, compile=compile), device)
-        return [_row("AR forwards per image", out.forwards, "", None, f"{len(out.tokens[0]) + 1} tokens"),
-                _row("AR seconds per image", round(sec, 2), "s", None, "incl. prefill"),
-                _row("AR peak memory", None if peak is None else round(peak, 2), "GiB", "< 22.4" if cuda else None,
+        return [_row("AR forwards per image", out.forwards, "", "", f"{len(out.tokens[0]) + 1} tokens"),
+                _row("AR seconds per image", round(sec, 2), "s", "", "incl. prefill"),
+                _row("AR peak memory", None if peak is None else round(peak, 2), "GiB", "< 22.4" if cuda else "",
                      "24 GB target")]
 
     def sjd_rows():
@@ -199,22 +204,23 @@ def run(smoke: bool = False, device: str | torch.device | None = None) -> list[d
         sec, out, peak = time_image(lambda: speculative_generate(
             model, [prompt], sampling, cfg, image_mask, n_new, seed=0, eos_id=SpecialIds.IMG_END, compile=compile),
             device)
-        return [_row("SJD forwards per image", out.forwards, "", None, f"window {sjd_window}, random weights"),
-                _row("SJD seconds per image", round(sec, 2), "s", "<= 20" if cuda else None, "H100 target"),
-                _row("SJD peak memory", None if peak is None else round(peak, 2), "GiB", "< 22.4" if cuda else None,
+        return [_row("SJD forwards per image", out.forwards, "", "", f"window {sjd_window}, random weights"),
+                _row("SJD seconds per image", round(sec, 2), "s", "<= 20" if cuda else "", "H100 target"),
+                _row("SJD peak memory", None if peak is None else round(peak, 2), "GiB", "< 22.4" if cuda else "",
                      "24 GB target")]
 
-    _guard(rows, "decode step (batched CFG)", step_rows)
-    _guard(rows, "AR seconds per image", ar_rows)
+    _guard(rows, "decode step (batched CFG)", step_rows, deadline, 60)
+    _guard(rows, "AR seconds per image", ar_rows, deadline, 40)
     _free()
-    _guard(rows, "SJD seconds per image", sjd_rows)
+    _guard(rows, "SJD seconds per image", sjd_rows, deadline, 120)
     _free()
     if cuda:
         del model
         torch.cuda.empty_cache()
         for dt in (torch.float32, torch.bfloat16):
             name = f"VQ decode 512 ({str(dt).split('.')[-1]})"
-            _guard(rows, name, lambda dt=dt, name=name: [_row(name, round(vq_decode_ms(device, dt, 512), 1), "ms")])
+            _guard(rows, name, lambda dt=dt, name=name: [_row(name, round(vq_decode_ms(device, dt, 512), 1), "ms")],
+                   deadline, 5)
     return rows
 
 

@@ -45,6 +45,10 @@ from pure.tokenizer import SpecialIds
 # Engine columns of the row state, after the STATE_COLS image-state columns.
 TOK, SLOT, USLOT, DONE, NOUT, STEP, SEED = range(STATE_COLS, STATE_COLS + 7)
 NCOLS = STATE_COLS + 7
+# torch.compile backend of the steps. Tests switch to "aot_eager" where only the tracing is under
+# test (whole-graph capture, functionalised cache writes): inductor's C++ build of the larger
+# SJD graph takes minutes on a loaded 2-core CI box.
+COMPILE_BACKEND = "inductor"
 _ROUND = 64  # prompt capacities are rounded up so similar prompts reuse one engine (and graph)
 
 
@@ -97,8 +101,8 @@ class DecodeEngine:
         if not self.spec.compile:
             return fn
         if name not in self._compiled:
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
-            self._compiled[name] = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
+            mode = "reduce-overhead" if self.device.type == "cuda" and COMPILE_BACKEND == "inductor" else None
+            self._compiled[name] = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode, backend=COMPILE_BACKEND)
         return self._compiled[name]
 
     def call(self, fn, *args):
