@@ -71,8 +71,20 @@ class EngineSpec:
         return self.sampling.uses_cfg
 
 
+_DEFAULT_COMPILE: bool | None = None
+
+
+def set_default_compile(flag: bool | None) -> None:
+    """Process-wide default for `compile=None` callers (the sample config's `compile` key sets
+    it once, so the restorer and demo need no extra argument); None = by device."""
+    global _DEFAULT_COMPILE
+    _DEFAULT_COMPILE = flag
+
+
 def default_compile(device: torch.device | str) -> bool:
     """Compile by default on CUDA only: on CPU the compile time outweighs the gain."""
+    if _DEFAULT_COMPILE is not None:
+        return _DEFAULT_COMPILE
     return torch.device(device).type == "cuda"
 
 

@@ -64,6 +64,8 @@ class PureSampleConfig:
     color_fix: str = "wavelet"          # wavelet (official) | adain | none
     device: str = "auto"                # auto | cpu | cuda
     dtype: str = "bf16"                 # bf16 | fp16 | fp32 weights on CUDA (CPU always fp32)
+    vq_dtype: str = "fp32"              # VQ encoder/decoder on CUDA: fp32 | bf16 (bench/gpu_pure.py times both)
+    compile: Optional[bool] = None      # torch.compile the decode/SJD steps (CUDA graphs); null = on CUDA only
     skip_existing: bool = True          # keep PNG+JSON already written (resume after preemption)
     overwrite: bool = False             # replace existing outputs (atomically); neither: existing outputs refuse
     metrics: Any = None                 # metric names, or the `metrics` group's {name: spec}; empty/None = no scoring
@@ -134,7 +136,8 @@ def load_components(cfg: PureSampleConfig, device: torch.device):
     if tok_path is None:
         log.warning("no tokenizer: using the stand-in test tokenizer")
         tok_path = build_test_tokenizer((Path(cfg.out_dir).parent if cfg.out_dir else Path(".")) / "test_tokenizer")
-    return model.eval(), vq.to(device).eval(), TextTokenizer.from_file(tok_path)
+    vq_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.vq_dtype] if device.type == "cuda" else torch.float32
+    return model.eval(), vq.to(device, vq_dtype).eval(), TextTokenizer.from_file(tok_path)
 
 
 def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
@@ -148,6 +151,7 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     from common.dist import barrier, get_rank, get_world_size, init_distributed, is_main
     from common.logging import get_logger, progress
     from common.paths import SkipLog, start_folder_run
+    from pure.engine import set_default_compile
     from pure.restore import Restorer
 
     log = get_logger("pure.sample")
@@ -158,6 +162,7 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     info = init_distributed(None if cfg.device == "auto" else cfg.device)
     device = info.device
     model, vq, tok = load_components(cfg, device)
+    set_default_compile(cfg.compile)
     restorer = Restorer(model, vq, tok, sampling_config(cfg), sjd_config(cfg), resolution=cfg.resolution,
                         max_new_tokens=cfg.max_new_tokens, color_fix=cfg.color_fix,
                         image_only=cfg.image_only)
