@@ -1,4 +1,6 @@
-"""VARSR inference at the model size (512^2): scale loop with KV cache, image-based CFG, refiner.
+"""VARSR inference at the model size (512^2): LR -> SR image around the generation core.
+
+The scale loop, CFG, refiner and the speed switches live in `varsr.generate` (re-exported here).
 
 Spec varsr.md sections 6 and 9.  The negative class (label 1, "low quality") is the CFG branch;
 its weight ramps linearly over scales (t = cfg * si / (K - 1)).  Token draws use a dedicated
@@ -42,8 +44,12 @@ def apply_color_fix(x: torch.Tensor, ref: torch.Tensor, mode: str | None) -> tor
 def sample_sr(model, vqvae, lr: torch.Tensor, cfg: float = 6.0, top_k: int = 1, top_p: float = 0.0,
               generator: torch.Generator | None = None, color_fix: str | None = "adain", fastvar=None,
               temperature: float = 1.0, refiner_temperature: float = 1.0,
-              on_scale: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+              on_scale: Callable[[int, torch.Tensor], None] | None = None, dtype: str | None = None,
+              compile: bool = False) -> torch.Tensor:
     """LR (B, 3, H, W) in [0, 1] -> SR (B, 3, S, S) in [0, 1], S = model size (512).
+
+    `generator` may be one per image; `dtype` ("bf16"/"fp16": autocast) and `compile` (per-scale
+    compiled blocks) are the speed switches of varsr.generate.generate_fhat.
 
     The LR should already be resized to S (PIL bicubic for official parity, see
     varsr.evaluate); other sizes are resized here with torch bicubic.  The AdaIN colour fix
@@ -53,7 +59,7 @@ def sample_sr(model, vqvae, lr: torch.Tensor, cfg: float = 6.0, top_k: int = 1, 
     S = core.cfg.image_size
     lr = resize_bicubic(lr.float(), (S, S))
     f_hat = generate_fhat(model, vqvae, lr * 2 - 1, cfg, top_k, top_p, temperature, generator, fastvar,
-                          refiner_temperature=refiner_temperature, on_scale=on_scale)
+                          refiner_temperature=refiner_temperature, on_scale=on_scale, dtype=dtype, compile=compile)
     img = (vqvae.decode_fhat(f_hat).float() + 1) / 2
     return apply_color_fix(img, lr, color_fix).clamp_(0, 1)
 
