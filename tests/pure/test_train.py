@@ -218,3 +218,15 @@ def test_loss_golden(tmp_path):
     if os.environ.get("ARSR_UPDATE_GOLDEN"):
         GOLDEN_LOSSES.write_text(json.dumps({"losses": losses}, indent=1))
     np.testing.assert_allclose(losses, json.loads(GOLDEN_LOSSES.read_text())["losses"], rtol=1e-4)
+
+
+def test_stats_are_read_once_per_log_window(tmp_path, monkeypatch):
+    """Per-step loss/stats stay on the device: one all-reduce (and one host read) per logging window
+    of `logging.every_steps` steps, while the returned curve still has every step."""
+    import pure.train as pt
+
+    calls, real = [], pt.all_reduce_mean
+    monkeypatch.setattr(pt, "all_reduce_mean", lambda t, *a, **k: calls.append(tuple(t.shape)) or real(t, *a, **k))
+    res = main(make_cfg(tmp_path, **{"schedule.epochs": 2, "logging.every_steps": 3}))  # 8 steps
+    assert len(res["losses"]) == 8 and all(np.isfinite(res["losses"]))
+    assert [c[0] for c in calls] == [3, 3, 2]  # steps 1-3, 4-6, 7-8 (the last window at the end)
