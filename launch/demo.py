@@ -110,7 +110,7 @@ def main(raw) -> None:
 
     photos = write_bundled_dataset(out / "photos", size=512)
     test = out / "testset"
-    run([py, "launch/degrade.py", f"hr_dir={photos / 'HR'}", f"out_dir={test}",
+    run([py, "launch/degrade.py", f"hr_dir={photos / 'HR'}", f"out_dir={test}", "overwrite=true",
          f"degradation={cfg.degradation}", f"seed={cfg.seed}", f"crop={cfg.test_size}", *hydra_quiet], logs / "degrade.log")
 
     columns = {"LR": test / "LR"}
@@ -138,6 +138,7 @@ def main(raw) -> None:
         export = vrun / "export" / "VARSR.pth"
         run([py, "launch/sample_varsr.py", "model=tiny", f"ckpt={export}", f"vae_ckpt={export}",
              f"lr_dir={test / 'LR'}", f"out_dir={out / 'sr_varsr'}", f"out_size={cfg.test_size}", "metrics=[]",
+             "skip_existing=false", "overwrite=true",  # a re-run retrains, so its outputs replace the old ones
              "device=cpu", *hydra_quiet], logs / "sample_varsr.log")
         score("varsr", out / "sr_varsr")
 
@@ -150,7 +151,8 @@ def main(raw) -> None:
              f"data.meta={tokens / 'record.json'}", f"schedule.max_steps={cfg.pure_steps}", f"export.hf_dir={prun / 'export'}"],
             logs / "train_pure.log")
         run([py, "launch/sample_pure.py", "+exp=quick", f"ckpt_dir={prun / 'export'}", f"lr_dir={test / 'LR'}",
-             f"out_dir={out / 'sr_pure'}", f"out_size={cfg.test_size}", "metrics=[]", "device=cpu", *hydra_quiet],
+             f"out_dir={out / 'sr_pure'}", f"out_size={cfg.test_size}", "metrics=[]", "device=cpu",
+             "skip_existing=false", "overwrite=true", *hydra_quiet],
             logs / "sample_pure.log")
         score("pure", out / "sr_pure")
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import torch  # noqa: E402
 
-from common.config import compose_config, to_dataclass  # noqa: E402
+from common.config import run_app  # noqa: E402
 from common.data import HRTrainDataset, ImageSource  # noqa: E402
 from common.dist import seed_everything  # noqa: E402
 from common.vq_finetune import FinetuneSettings, finetune, hr_stream  # noqa: E402
@@ -125,14 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return {}
-    try:
-        cfg = to_dataclass(VQFinetuneConfig, compose_config("common", "vq_finetune", args))
-        stats = run(cfg)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:  # bad input: one line, not a traceback
-        if argv is not None:
-            raise
-        sys.exit(f"finetune_vq: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
+    stats = run_app("common", "vq_finetune", VQFinetuneConfig, run, args)  # user errors: one line, exit 2
+    if stats:
+        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()))
     return stats
 
 

@@ -10,7 +10,8 @@ import sys
 
 import torch.multiprocessing as mp
 
-from common.config import compose_config, to_dataclass
+from common.config import compose_config, one_line_errors, to_dataclass
+from common.paths import check_apart
 from pure.config import PretokenizeConfig
 from pure.pretokenize import convert_official, finalize, prepare_images, pretokenize
 
@@ -22,6 +23,8 @@ def _worker(rank: int, world: int, cfg: PretokenizeConfig) -> None:
 def run(argv: list[str]):
     full = compose_config("pure", "train", argv)
     cfg = to_dataclass(PretokenizeConfig, full.pretokenize)
+    folders = {f"pretokenize.images[{i}]": p for i, p in enumerate(cfg.images) if isinstance(p, str) and os.path.isdir(p)}
+    check_apart(cfg.out_dir, "pretokenize.out_dir", folders)  # shards never land among the source images
     if cfg.convert_official:
         return convert_official(cfg.convert_official, cfg.out_dir, trusted=cfg.trusted, shard_size=cfg.shard_size)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun: one shard stream per rank
@@ -44,4 +47,5 @@ def run(argv: list[str]):
 
 
 if __name__ == "__main__":
-    print(run(sys.argv[1:]))
+    with one_line_errors():  # user errors: one line, exit 2 (ARSR_DEBUG=1: traceback)
+        print(run(sys.argv[1:]))

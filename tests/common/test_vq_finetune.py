@@ -144,7 +144,7 @@ def test_resume_equals_uninterrupted(tmp_path, small_folder):
     assert len(_l1_curve(tmp_path / "b")) == 5
 
 
-def test_launcher_pure_roundtrip_and_crop_check(tmp_path, small_folder):
+def test_launcher_pure_roundtrip_and_crop_check(tmp_path, small_folder, capsys):
     spec = importlib.util.spec_from_file_location("finetune_vq", Path(__file__).parents[2] / "launch/finetune_vq.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules["finetune_vq"] = mod  # dataclasses resolve annotations through sys.modules
@@ -157,5 +157,6 @@ def test_launcher_pure_roundtrip_and_crop_check(tmp_path, small_folder):
     assert stats["step"] == 2 and np.isfinite(stats["eval_psnr"])
     load_llamagen_vq(VQModel(vq_config("tiny")), out, strict=True)
     assert (tmp_path / "vq_run" / "recon.png").is_file()
-    with pytest.raises(ValueError, match="needs 96 px"):
+    with pytest.raises(SystemExit) as e:  # the launchers' error boundary: one line, exit 2
         main(["app=varsr", "size=tiny", "crop_size=64", f"out={tmp_path / 'v.pth'}", *common])
+    assert e.value.code == 2 and "needs 96 px" in capsys.readouterr().err
