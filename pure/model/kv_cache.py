@@ -161,9 +161,11 @@ class StaticKVCache:
         for r, _ in self.groups:
             bounds.append(bounds[-1] + r)
         self.row_ranges = list(zip(bounds[:-1], bounds[1:], strict=True))
-        # keys[layer][group]: (rows_g, H_kv, capacity_g + scratch, D)
-        self.keys = [[torch.zeros(r, num_kv_heads, c + self.scratch, head_dim, dtype=dtype, device=self.device)
-                      for r, c in self.groups] for _ in range(num_layers)]
+        # keys[layer][group]: (rows_g, H_kv, size_g, D); size_g >= capacity_g + scratch, rounded up to
+        # 64 slots so the attention mask's last dim meets the fused SDPA kernels' alignment.
+        self.sizes = [-(-(c + self.scratch) // 64) * 64 for _, c in self.groups]
+        self.keys = [[torch.zeros(r, num_kv_heads, n, head_dim, dtype=dtype, device=self.device)
+                      for (r, _), n in zip(self.groups, self.sizes, strict=True)] for _ in range(num_layers)]
         self.values = [[torch.zeros_like(k) for k in layer] for layer in self.keys]
 
     @classmethod
@@ -189,10 +191,10 @@ class StaticKVCache:
         own key, so rows with nothing to attend yet stay finite (their outputs are unused)."""
         idx, masks = [], []
         t = torch.arange(slots.shape[1], device=slots.device)
-        for (lo, hi), (_, cap) in zip(self.row_ranges, self.groups, strict=True):
+        for (lo, hi), (_, cap), size in zip(self.row_ranges, self.groups, self.sizes, strict=True):
             s = slots[lo:hi]
             w = torch.where((s >= 0) & (s < cap), s, cap + t)
-            j = torch.arange(cap + self.scratch, device=slots.device)
+            j = torch.arange(size, device=slots.device)
             masks.append(((j <= s[..., None]) | (j == w[..., None]))[:, None])
             idx.append(w)
         return idx, masks

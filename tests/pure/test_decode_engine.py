@@ -179,6 +179,7 @@ def test_compiled_decoding_equals_eager(model, image_mask, one_thread):
     assert torch.allclose(outs[True].logits, outs[False].logits, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_compiled_sjd_iteration_traces_whole(model, image_mask, monkeypatch, one_thread):
     """The SJD iteration compiles as ONE graph (fullgraph: no graph break, cache writes
     functionalised) and gives the eager tokens; traced with the aot_eager backend because an

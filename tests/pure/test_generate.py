@@ -153,7 +153,7 @@ def test_stop_token_and_answer_parsing():
     assert torch.equal(out.images[0], codes)
 
 
-def test_generation_stops_on_eot(model, image_mask):
+def test_generation_stops_on_eot(model, image_mask, one_thread):
     class AlwaysEot(ChameleonForCausalLM):  # every prediction is 8710
         def logits(self, hidden):
             out = super().logits(hidden)
