@@ -43,8 +43,11 @@ from pure.processors import (
 from pure.tokenizer import SpecialIds
 
 # Engine columns of the row state, after the STATE_COLS image-state columns.
-TOK, SLOT, USLOT, DONE, NOUT, STEP, SEED = range(STATE_COLS, STATE_COLS + 7)
-NCOLS = STATE_COLS + 7
+# TOK: last drawn token (fed next); SLOT / USLOT: cache slot of that token in the cond / uncond
+# row; DONE: stopped; NOUT: tokens drawn (end token included); STEP: steps run (the sampler's
+# counter); SEED: the row's sampler seed; LIVE: forwards the row was not yet done for.
+TOK, SLOT, USLOT, DONE, NOUT, STEP, SEED, LIVE = range(STATE_COLS, STATE_COLS + 8)
+NCOLS = STATE_COLS + 8
 # torch.compile backend of the steps. Tests switch to "aot_eager" where only the tracing is under
 # test (whole-graph capture, functionalised cache writes): inductor's C++ build of the larger
 # SJD graph takes minutes on a loaded 2-core CI box.
@@ -193,7 +196,7 @@ class DecodeEngine:
         nxt = self.choose(cond, uncond, st, seed, zero)
         S = torch.cat([advance_t(st, nxt), torch.stack([
             nxt, torch.tensor(lens, device=dev), torch.tensor([len(t) for t in tails], device=dev),
-            (nxt == spec.eos_id).long(), zero + 1, zero + 1, seed], 1)], 1)
+            (nxt == spec.eos_id).long(), zero + 1, zero + 1, seed, zero], 1)], 1)
         return S, cond, uncond
 
     def _ar_step(self, S: torch.Tensor):
@@ -206,7 +209,7 @@ class DecodeEngine:
         uslot = self.next_uslot(S, opens, torch.zeros_like(opens))
         S = torch.cat([advance_t(S[:, :STATE_COLS], nxt), torch.stack([
             nxt, S[:, SLOT] + 1, uslot, (done | (nxt == self.spec.eos_id)).long(),
-            S[:, NOUT] + (~done).long(), S[:, STEP] + 1, S[:, SEED]], 1)], 1)
+            S[:, NOUT] + (~done).long(), S[:, STEP] + 1, S[:, SEED], S[:, LIVE] + (~done).long()], 1)], 1)
         return S, cond, uncond
 
 

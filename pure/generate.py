@@ -164,7 +164,7 @@ def generate(model, prompts: Sequence[Sequence[int]], sampling: SamplingConfig |
     `out.logits` (B, steps, V) on `logits_device` in `logits_dtype`, aligned with `out.ids`;
     `return_uncond_logits` likewise for the unconditional rows (meaningful only while a row is
     inside an image grid)."""
-    from pure.engine import DONE, NOUT, TOK, get_engine
+    from pure.engine import DONE, LIVE, NOUT, TOK, get_engine
 
     sampling = sampling or SamplingConfig()
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -192,13 +192,15 @@ def generate(model, prompts: Sequence[Sequence[int]], sampling: SamplingConfig |
     if return_uncond_logits and stores[1] is None:  # no CFG pass: report the cond logits' shape, zeros
         stores[1] = _LogitStore(len(prompts), 0, vocab, logits_device, logits_dtype, device)
     ids_t = torch.stack(ids, 1)
-    rows, n_out = ids_t.tolist(), S[:, NOUT].tolist()
+    table = torch.cat([S[:, [NOUT, LIVE]], ids_t], 1).tolist()  # the one read-out of the run
+    n_out, live, rows = [r[0] for r in table], [r[1] for r in table], [r[2:] for r in table]
     tokens, finished = [], []
     for row, n in zip(rows, n_out, strict=True):
         fin = eos_id in row[:n]
         tokens.append(row[: n - 1] if fin else row[:n])
         finished.append(fin)
-    result = GenerationOutput(tokens=tokens, finished=finished, forwards=step,
+    # forwards until the last row finished; `ids` has every step run (idle ones until the poll noticed)
+    result = GenerationOutput(tokens=tokens, finished=finished, forwards=1 + max(live),
                               ids=ids_t, logits=stores[0].result() if stores[0] else None,
                               uncond_logits=stores[1].result() if stores[1] else None)
     return decode_answer(result, code_map, tokenizer, prompts) if code_map is not None else result

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from pure.engine import DONE, NOUT, SEED, SLOT, STEP, TOK, USLOT, get_engine
+from pure.engine import DONE, LIVE, NOUT, SEED, SLOT, STEP, TOK, USLOT, get_engine
 from pure.generate import DonePoll, GenerationOutput, decode_answer, row_seeds
 from pure.processors import (
     STATE_COLS,
@@ -194,7 +194,7 @@ class _SJDRunner:
         S2 = torch.cat([torch.where(live[:, None], advance_t(st_n, tok), S[:, :STATE_COLS]), torch.stack([
             tok, torch.where(live, S[:, SLOT] + n + 1, S[:, SLOT]),
             torch.where(live, self.engine.next_uslot(S, opens, n), S[:, USLOT]),
-            new_done.long(), new_nout, S[:, STEP] + 1, S[:, SEED]], 1)], 1)
+            new_done.long(), new_nout, S[:, STEP] + 1, S[:, SEED], S[:, LIVE] + live.long()], 1)], 1)
         return S2, new_drafts, new_dq, carried, out
 
 
@@ -224,18 +224,21 @@ def speculative_generate(model, prompts, sampling: SamplingConfig | None = None,
                         uncond_reset=not sjd.uncond_compat, compile=compile)
     runner = _SJDRunner(engine, sjd, image_mask, engine.spec.compile)
     S, _, _ = engine.start(prompts, seeds)
+    S[:, DONE] |= (S[:, NOUT] >= max_new_tokens).long()  # a budget of one token is spent already
     carry = runner.initial(S)
     poll = DonePoll(device, poll_every)
     forwards = 1
     while forwards <= max_new_tokens and not poll(forwards, S[:, DONE]):
         S, *carry = engine.call(runner.step, S, *carry)
         forwards += 1
-    out, n_out = carry[-1].tolist(), S[:, NOUT].tolist()
+    table = torch.cat([S[:, [NOUT, LIVE]], carry[-1]], 1).tolist()  # the one read-out of the run
+    n_out, live, out = [r[0] for r in table], [r[1] for r in table], [r[2:] for r in table]
     tokens, finished = [], []
     for row, n in zip(out, n_out, strict=True):
         row = row[:n]
         fin = bool(row) and row[-1] == eos_id
         tokens.append(row[:-1] if fin else row)
         finished.append(fin)
-    result = GenerationOutput(tokens=tokens, finished=finished, forwards=forwards)
+    # forwards until the last row finished (idle iterations before the poll noticed are not counted)
+    result = GenerationOutput(tokens=tokens, finished=finished, forwards=1 + max(live))
     return decode_answer(result, code_map, tokenizer, prompts) if code_map is not None else result
