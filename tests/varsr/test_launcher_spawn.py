@@ -36,3 +36,24 @@ def test_plain_launcher_runs_two_ranks(tmp_path):
     got = [r["train/loss"] for r in rows if "train/loss" in r]
     assert len(got) == len(ref["losses"]) == 3
     torch.testing.assert_close(torch.tensor(got), torch.tensor(ref["losses"]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_plain_launcher_offload_runs_a_world_of_one(tmp_path):
+    """`parallel.cpu_offload=true` on one device: the launcher starts a 1-rank torchrun job (FSDP2 needs a
+    process group; in-process it would stop with a one-line error) and trains to the plain losses."""
+    from varsr.config import load_train_config
+    from varsr.train import Trainer
+
+    torch.set_num_threads(1)
+    base = COMMON + ["data.batch_size=2", "schedule.max_steps=2"]
+    ref = Trainer(load_train_config(base + [f"run.run_dir={tmp_path / 'ref'}", "parallel.strategy=none"])).fit()
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    run_dir = tmp_path / "offload"
+    res = subprocess.run([sys.executable, str(REPO_ROOT / "launch" / "train_varsr.py"), *base, "nproc=1",
+                          "parallel.strategy=fsdp2", "parallel.cpu_offload=true", "parallel.fsdp_param_dtype=fp32",
+                          f"run.run_dir={run_dir}"], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    got = [r["train/loss"] for r in rows if "train/loss" in r]
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(ref["losses"]), rtol=1e-5, atol=1e-6)
