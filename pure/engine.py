@@ -52,7 +52,7 @@ NCOLS = STATE_COLS + 8
 # test (whole-graph capture, functionalised cache writes): inductor's C++ build of the larger
 # SJD graph takes minutes on a loaded 2-core CI box.
 COMPILE_BACKEND = "inductor"
-_ROUND = 64  # prompt capacities are rounded up so similar prompts reuse one engine (and graph)
+_ROUND = 256  # prompt capacities are rounded up so similar prompts (e.g. every 512 bucket) share one engine
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,9 @@ class DecodeEngine:
         if not self.spec.compile:
             return fn
         if name not in self._compiled:
+            # Every engine (shape) recompiles the same code objects; dynamo's default of 8
+            # versions would silently fall back to eager in a long run over many shapes.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             mode = "reduce-overhead" if self.device.type == "cuda" and COMPILE_BACKEND == "inductor" else None
             self._compiled[name] = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode, backend=COMPILE_BACKEND)
         return self._compiled[name]
