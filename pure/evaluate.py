@@ -39,7 +39,8 @@ class SJDSection:
 
 @checks(vq_size=one_of("ds8", "tiny"), out_size=at_least(1), resolution=at_least(1), cfg=at_least(0.0),
         temperature=at_least(0.0), top_k=at_least(0), max_new_tokens=at_least(1), batch_size=at_least(1),
-        color_fix=one_of("wavelet", "adain", "none"), device=DEVICE, dtype=one_of("bf16", "fp16", "fp32"))
+        color_fix=one_of("wavelet", "adain", "none"), device=DEVICE, dtype=one_of("bf16", "fp16", "fp32"),
+        scale=at_least(0.01), tile_overlap=at_least(0), tile_batch=at_least(1), max_output_pixels=at_least(1))
 @dataclass
 class PureSampleConfig:
     model: Any = None                   # ChameleonConfig fields (config group `model`); config.json in ckpt_dir wins
@@ -52,6 +53,12 @@ class PureSampleConfig:
     out_dir: Optional[str] = None       # PNG + JSON per image; None -> <hydra run dir>/sr
     out_size: Optional[int] = None      # resize outputs to this square side (e.g. GT size of demo sets)
     resolution: int = 512               # model input/output side (README: LQ resized to 512)
+    # output size: null = the native bucket (about resolution^2, the LQ's aspect ratio kept); a number =
+    # exactly scale x the LQ, restored in feathered tiles of resolution/scale LQ px when larger (pure.tiling)
+    scale: Optional[float] = None
+    tile_overlap: Optional[int] = None  # LQ px shared by neighbouring tiles; null = a quarter tile
+    tile_batch: int = 1                 # tiles per AR generation (each holds a KV cache like one image)
+    max_output_pixels: Optional[int] = 67108864  # refuse larger outputs (8192^2) before any work; null = no limit
     cfg: float = 0.8                    # CFG weight g (README 0.8; 1.0 disables the uncond pass)
     temperature: float = 0.9            # README 0.9; 0 = greedy
     top_k: int = 1                      # text top-k outside images (README 1)
@@ -131,7 +138,8 @@ def load_components(cfg: PureSampleConfig, device: torch.device):
     else:
         log.warning("no vq_ckpt: randomly initialised VQ (plumbing only)")
     tok_path = cfg.tokenizer
-    if tok_path is None and ckpt is not None and any((ckpt / n).is_file() for n in ("tokenizer.json", "text_tokenizer.json")):
+    if tok_path is None and ckpt is not None and any((ckpt / n).is_file()
+                                                     for n in ("tokenizer.json", "text_tokenizer.json")):
         tok_path = str(ckpt)
     if tok_path is None:
         log.warning("no tokenizer: using the stand-in test tokenizer")
@@ -165,7 +173,8 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     set_default_compile(cfg.compile)
     restorer = Restorer(model, vq, tok, sampling_config(cfg), sjd_config(cfg), resolution=cfg.resolution,
                         max_new_tokens=cfg.max_new_tokens, color_fix=cfg.color_fix,
-                        image_only=cfg.image_only)
+                        image_only=cfg.image_only, scale=cfg.scale, tile_overlap=cfg.tile_overlap,
+                        tile_batch=cfg.tile_batch, max_output_pixels=cfg.max_output_pixels, log=log)
     names = sorted(files)
     rank, world = get_rank(), get_world_size()
     mine = [i for i in range(rank, len(names), world) if names[i] not in keep]

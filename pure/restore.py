@@ -1,9 +1,12 @@
 """One LQ image -> restored image with PURE: the inference pipeline of spec §7.
 
-LQ (uint8 HWC) -> PIL bicubic resize to `resolution`^2 (the README step) -> bucket/crop
-(`preprocess_image`, a no-op for square inputs) -> VQ encode -> prompt [BOS, instruction, LQ
-block, 8710] -> generate (AR or SJD) -> split text / image block -> VQ decode -> wavelet colour
-fix against the resized LQ -> (3, H, W) in [0, 1].
+LQ (uint8 HWC) -> aspect-preserving fit into the closest aspect-ratio bucket (PIL bicubic, the
+README step; `pure.tiling.fit_to_bucket`, for square inputs exactly the resize to
+`resolution`^2) -> VQ encode -> prompt [BOS, instruction, LQ block, 8710] -> generate (AR or
+SJD) -> split text / image block -> VQ decode -> crop the content box -> wavelet colour fix
+against the fitted LQ -> (3, h', w') in [0, 1] with the input's aspect ratio.  With `scale`
+set, the output is exactly scale x the LQ size, restored in feathered tiles when it is larger
+than one native tile (`pure.tiling.restore_scaled`).
 
 A generation that yields no parsable image (an untrained model, max_new_tokens too small) is
 not an exception: the result carries `ok=False` and falls back to the bicubic LQ, so a folder
@@ -17,14 +20,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image
 
 from common.color_fix import apply_color_fix
 from pure.generate import GenerationOutput, decode_answer, generate
 from pure.jacobi import SJDConfig, speculative_generate
 from pure.processors import SamplingConfig
 from pure.sequence import build_inference_prompt
-from pure.tokenizer import SpecialIds, preprocess_image
+from pure.tiling import fit_to_bucket, restore_scaled
+from pure.tokenizer import SpecialIds
 from pure.tokenizer.image import LATENT_PER_GRID
 
 # "<Level> blur, <level> noise." opens every answer (spec §4.1); the rest is the caption.
@@ -49,11 +52,13 @@ class RestoreResult:
     forwards: int = 0
     seconds: float = 0.0
     raw: torch.Tensor | None = field(default=None, repr=False)  # decoded image before the colour fix
+    tiles: int = 1                 # tiles restored for this image (text fields: the first tile's)
 
     def record(self) -> dict:
         """JSON-able summary written next to the PNG."""
         return {"ok": self.ok, "degradation": self.degradation, "caption": self.caption, "text": self.text,
-                "new_tokens": self.new_tokens, "forwards": self.forwards, "seconds": round(self.seconds, 3)}
+                "new_tokens": self.new_tokens, "forwards": self.forwards, "seconds": round(self.seconds, 3),
+                "tiles": self.tiles}
 
 
 class Restorer:
@@ -63,12 +68,21 @@ class Restorer:
     image end: no degradation/caption text, an output grid equal to the input grid, fewer steps.
 
     `tokenizer` is a `pure.tokenizer.TextTokenizer` (its `code_map` maps codes <-> ids). Only
-    ids of codes the VQ can decode are allowed inside images (all 16,384 for the real VQ)."""
+    ids of codes the VQ can decode are allowed inside images (all 16,384 for the real VQ).
+
+    `scale` None: the output is the restored bucket content (native resolution, aspect kept);
+    a number: exactly scale x the LQ size, tiled above one native tile (see `pure.tiling`), with
+    `tile_overlap` (LQ px, None = a quarter tile), `tile_batch` tiles per generation and a
+    `max_output_pixels` refusal."""
 
     def __init__(self, model, vq, tokenizer, sampling: SamplingConfig | None = None, sjd: SJDConfig | None = None,
                  resolution: int = 512, max_new_tokens: int = 8192, color_fix: str = "wavelet",
-                 autocast_dtype: torch.dtype | None = None, image_only: bool = False):
+                 autocast_dtype: torch.dtype | None = None, image_only: bool = False, scale: float | None = None,
+                 tile_overlap: int | None = None, tile_batch: int = 1, max_output_pixels: int | None = None,
+                 log=None):
         self.model, self.vq, self.tok = model, vq, tokenizer
+        self.scale, self.tile_overlap, self.tile_batch = scale, tile_overlap, tile_batch
+        self.max_output_pixels, self.log = max_output_pixels, log
         self.image_only = image_only
         self.sampling, self.sjd = sampling or SamplingConfig(), sjd
         self.resolution, self.max_new_tokens, self.color_fix = resolution, max_new_tokens, color_fix
@@ -82,18 +96,28 @@ class Restorer:
         self.image_mask = self.image_mask.to(self.device)
 
     # --------------------------------------------------------------------------- pieces
-    def prepare(self, lq: np.ndarray) -> tuple[torch.Tensor, list[int]]:
-        """uint8 HWC LQ -> (LQ in [0, 1] at the model resolution (3, H, W), prompt ids)."""
+    def prepare(self, lq: np.ndarray) -> tuple[torch.Tensor, list[int], tuple[int, int]]:
+        """uint8 HWC LQ -> (fitted LQ in [0, 1] (3, bh, bw) bucket incl. padding, prompt ids,
+        content size (h', w') at the top-left of the bucket)."""
         if lq.dtype != np.uint8 or lq.ndim != 3 or lq.shape[2] != 3:
             raise ValueError(f"restore expects a uint8 HxWx3 image, got {lq.dtype} {lq.shape}")
-        im = Image.fromarray(lq).resize((self.resolution, self.resolution), Image.BICUBIC)
-        x = preprocess_image(im, resolution=self.resolution, patch_size=LATENT_PER_GRID * self.vq_ds)
+        x, box = fit_to_bucket(lq, self.resolution, LATENT_PER_GRID * self.vq_ds)
         param = next(self.vq.parameters())
-        codes = self.vq.encode_codes(x[None].to(param.device, param.dtype))[0].cpu()
+        codes = self.vq.encode_codes((x[None] * 2 - 1).to(param.device, param.dtype))[0].cpu()
         prompt = build_inference_prompt(codes, self.tok)
         if self.image_only:
             prompt = prompt + self._header(codes.shape)
-        return (x + 1) / 2, prompt
+        return x, prompt, box
+
+    def kv_bytes_per_image(self) -> int:
+        """KV cache of one restoration (prompt + answer ~ 2 native blocks, doubled for CFG), in bytes."""
+        c = self.model.config
+        blocks = 2 * (self.resolution // self.vq_ds) * (self.resolution // self.vq_ds + 1)
+        rows = 2 if self.sampling.cfg != 1.0 else 1
+        return 2 * c.num_hidden_layers * c.hidden_size * blocks * rows * self.model.lm_head.weight.element_size()
+
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for m in (self.model, self.vq) for p in m.parameters())
 
     @staticmethod
     def _header(grid) -> list[int]:
@@ -116,20 +140,29 @@ class Restorer:
     # ---------------------------------------------------------------------------- public
     @torch.no_grad()
     def restore(self, lqs: list[np.ndarray], generator: torch.Generator | None = None) -> list[RestoreResult]:
-        """Restore a batch of LQ images (AR: one batched generation; SJD: one after another)."""
+        """Restore a batch of LQ images: native size (scale None) or exactly scale x LQ (tiled)."""
+        if self.scale is None:
+            return self.restore_native(lqs, generator)
+        return [restore_scaled(self, lq, self.scale, generator, self.tile_overlap, self.tile_batch,
+                               self.max_output_pixels, self.log) for lq in lqs]
+
+    @torch.no_grad()
+    def restore_native(self, lqs: list[np.ndarray], generator: torch.Generator | None = None) -> list[RestoreResult]:
+        """One pass per image at the native bucket (AR: one batched generation; SJD: one after another)."""
         t0 = time.time()
         prepared = [self.prepare(lq) for lq in lqs]
-        out = self._generate([p for _, p in prepared], generator)
-        decode_answer(out, self.tok.code_map, self.tok, prompts=[p for _, p in prepared])
+        out = self._generate([p for _, p, _ in prepared], generator)
+        decode_answer(out, self.tok.code_map, self.tok, prompts=[p for _, p, _ in prepared])
         seconds = (time.time() - t0) / len(lqs)
         results = []
-        for b, (lq, _) in enumerate(prepared):
+        for b, (x, _, (hh, ww)) in enumerate(prepared):
             codes = out.images[b]
             ok = codes is not None and bool((codes < self.vq.config.codebook_size).all())
             raw = self._decode(codes) if ok else None
-            if raw is not None and raw.shape[-2:] != lq.shape[-2:]:  # the model chose another grid size
-                raw = torch.nn.functional.interpolate(raw[None], size=lq.shape[-2:], mode="bicubic",
+            if raw is not None and raw.shape[-2:] != x.shape[-2:]:  # the model chose another grid size
+                raw = torch.nn.functional.interpolate(raw[None], size=x.shape[-2:], mode="bicubic",
                                                       align_corners=False)[0].clamp(0, 1)
+            lq, raw = x[:, :hh, :ww], None if raw is None else raw[:, :hh, :ww]  # content only, padding dropped
             image = lq if raw is None else apply_color_fix(raw[None], lq[None], self.color_fix)[0]
             deg, cap = split_text(out.texts[b])
             results.append(RestoreResult(image=image, lq=lq, ok=ok, text=out.texts[b], degradation=deg, caption=cap,

@@ -22,11 +22,12 @@ def lq_image(seed, h=5, w=7):
 
 @pytest.mark.parametrize("sjd", [None, SJDConfig(active_from=0, window=8)])
 def test_restore_image_only_produces_image_of_model_size(tiny_model, tiny_vq, test_tokenizer, sjd):
-    # resolution 8 with the ds-2 tiny VQ: 4x4 latents = grid 1x1, 21 tokens after <h><w>
+    # resolution 8 with the ds-2 tiny VQ: 4x4 latents = grid 1x1, 21 tokens after <h><w>; the 5x7
+    # LQ is fitted into the 8x8 bucket with its aspect kept (8 wide, round(5 * 8 / 7) = 6 high)
     r = Restorer(tiny_model, tiny_vq, test_tokenizer, SamplingConfig(), sjd, resolution=8, max_new_tokens=30,
                  image_only=True)
     (res,) = r.restore([lq_image(0)], torch.Generator().manual_seed(0))
-    assert res.ok and res.image.shape == (3, 8, 8) and res.lq.shape == (3, 8, 8)
+    assert res.ok and res.image.shape == (3, 6, 8) and res.lq.shape == (3, 6, 8)
     assert res.new_tokens == 20  # 4 rows of (4 codes + row end); the end token stopped it
     assert float(res.image.min()) >= 0 and float(res.image.max()) <= 1
     # the output is the wavelet fix of the decoded codes against the resized LQ
@@ -39,7 +40,8 @@ def test_restore_without_image_falls_back_to_lq(tiny_model, tiny_vq, test_tokeni
     r = Restorer(tiny_model, tiny_vq, test_tokenizer, SamplingConfig(cfg=1.0), resolution=8, max_new_tokens=4)
     res = r.restore([lq_image(1), lq_image(2, 8, 8)], torch.Generator().manual_seed(0))
     assert [x.ok for x in res] == [False, False]
-    assert all(torch.equal(x.image, x.lq) and x.image.shape == (3, 8, 8) for x in res)
+    assert [tuple(x.image.shape) for x in res] == [(3, 6, 8), (3, 8, 8)]  # aspect kept: 5x7 and 8x8 LQs
+    assert all(torch.equal(x.image, x.lq) for x in res)
     prompt = r.prepare(lq_image(1))[1]
     assert prompt[0] == S.BOS and prompt[-2:] == [S.IMG_END, S.EOT]
     # 8x8 at ds 2 -> 4x4 latents -> block of 3 + 4 * 5 + 1 tokens
