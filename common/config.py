@@ -124,7 +124,8 @@ def one_of(*choices) -> Rule:
     return Rule(lambda v: v in choices, "one of " + ", ".join(str(c) for c in choices))
 
 
-DEVICE = Rule(lambda v: v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v) is not None, "auto, cpu, cuda or cuda:N")
+DEVICE = Rule(lambda v: v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v) is not None,
+              "auto, cpu, cuda or cuda:N")
 
 
 def checks(**rules: Rule):

@@ -81,3 +81,24 @@ def overlapping_outputs(inp: Path) -> dict[str, Path]:
     if not link.exists():
         link.symlink_to(inp, target_is_directory=True)
     return {"same": inp, "inside": inp / "out", "parent": inp.parent, "symlink": link, "dotdot": inp / ".." / inp.name}
+
+
+def assert_overlap_refused(capsys, main, args_for, inp: Path) -> None:
+    """Every overlapping output folder is a one-line refusal; the input folder stays byte-identical."""
+    before = tree_hash(inp)
+    for how, out in overlapping_outputs(inp).items():
+        line = user_error(capsys, main, args_for(out))
+        assert "never overwrite inputs" in line, (how, line)
+    assert tree_hash(inp) == before and sorted(p.name for p in inp.iterdir()) == sorted(before)
+
+
+def assert_process_exit_codes(script: str, args_for, inp: Path, out: Path, produced: list[str]) -> None:
+    """As a separate process: out_dir = input folder -> exit 2 with one line; broken files -> exit 3."""
+    before = tree_hash(inp)
+    assert_one_line(run_script(script, args_for(inp)), "out_dir=", "is the input folder")
+    res = run_script(script, args_for(out))
+    assert res.returncode == 3, res.stderr[-3000:]
+    assert f"{len({Path(p).stem for p in produced})} done, {len(BROKEN)} skipped" in res.stdout
+    assert all(f"skipped {inp / name}" in res.stdout for name in BROKEN)
+    assert sorted(p.name for p in out.iterdir()) == sorted(produced)
+    assert tree_hash(inp) == before

@@ -47,8 +47,11 @@ def _leaves(node, prefix=""):
         yield prefix[:-1], node
 
 
-def _other(value):
-    """A different value of the same type, and its command-line spelling."""
+def _other(value, key: str = "x"):
+    """A different value of the same type, and its command-line spelling.
+
+    Strings become an absolute path-like text: exp files write paths as ``${repo:...}`` (resolved
+    against the repository), and a new value must not depend on that resolution."""
     if isinstance(value, bool):
         return (not value), str(not value).lower()
     if isinstance(value, int):
@@ -57,7 +60,7 @@ def _other(value):
         return value * 2 + 0.5, repr(value * 2 + 0.5)
     if isinstance(value, list):
         return ["cli_a", "cli_b"], "[cli_a,cli_b]"
-    text = f"{value}_cli" if value else "cli_value"  # strings and null (Optional[str] keys here)
+    text = f"/cli/{key}"  # strings and null (Optional[str] keys here)
     return text, f"'{text}'"
 
 
@@ -67,7 +70,7 @@ def test_every_exp_key_is_overridable_from_the_command_line(path):
     _register(app)
     leaves = [(k, v) for k, v in _leaves(_load(path)) if not k.startswith("sample.")]
     assert leaves, f"{path} sets no keys"
-    wanted = {k: _other(v) for k, v in leaves}
+    wanted = {k: _other(v, k) for k, v in leaves}
     cfg = compose_config(app, "train", [f"+exp={name}", *(f"{k}={cli}" for k, (_, cli) in wanted.items())])
     for key, (value, _) in wanted.items():
         got = OmegaConf.select(cfg, key)  # a str-typed schema key keeps `true` as "True"
@@ -102,7 +105,7 @@ def test_sampling_keys_on_the_command_line_beat_the_exp_sample_block(path):
     _register("pure")
     block = _load(path).get("sample") or {}
     given = {"vq_ckpt": "my_vq.pt", "resolution": 77, "max_new_tokens": 33, "image_only": False, "device": "cuda",
-             **{k: _other(v)[0] for k, v in block.items()}}
+             **{k: _other(v, k)[0] for k, v in block.items()}}
     spell = {k: (str(v).lower() if isinstance(v, bool) else f"'{v}'" if isinstance(v, str) else v)
              for k, v in given.items()}
     raw, hc = split_hydra(compose_config("pure", "sample", [f"+exp={path.stem}", "lr_dir=x",

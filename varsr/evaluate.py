@@ -131,7 +131,8 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
                 pn = model.patch_nums[si]
                 x = (vqvae.decode_fhat(f_hat[:1]).float() + 1) / 2
                 write_image(out_dir / f"{name}_scales" / f"side{pn}.png", x[0])
-        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None and device.type == "cuda"):
+        on_cuda_amp = amp is not None and device.type == "cuda"
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=on_cuda_amp):
             sr = sr_one(model, vqvae, img, cfg, device, gen, on_scale)
         write_image(out_dir / f"{name}.png", sr[0].float().cpu())  # temp name + rename: never a half PNG
         done += 1
@@ -149,7 +150,8 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
     if not metrics:
         return result
     # skipped inputs have no output: score what was produced, the skips are already counted
-    return {**evaluate_folders(out_dir, hr, metrics, out_json, device=str(device), allow_extra_hr=bool(counts["skipped"])),
-            **result}
+    scores = evaluate_folders(out_dir, hr, metrics, out_json, device=str(device),
+                              allow_extra_hr=bool(counts["skipped"]))
+    return {**scores, **result}
 
 __all__ = ["SampleRunConfig", "register_configs", "run_sampling", "sr_one", "load_models"]

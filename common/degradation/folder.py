@@ -97,7 +97,9 @@ def degrade_folder(cfg: DegradeConfig) -> dict:
     too-small images are a filter the config asks for (``min_size``), counted but not an error.
     """
     log = get_logger("degrade")
-    dcfg = cfg.degradation if isinstance(cfg.degradation, DegradationConfig) else DegradationConfig.from_dict(cfg.degradation)
+    dcfg = cfg.degradation
+    if not isinstance(dcfg, DegradationConfig):
+        dcfg = DegradationConfig.from_dict(dcfg)
     dcfg.validate()
     if cfg.crop is not None and cfg.crop % dcfg.scale:
         raise ValueError(f"crop={cfg.crop} must be a multiple of the scale {dcfg.scale}")

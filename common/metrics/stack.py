@@ -25,7 +25,8 @@ OURS = {"psnr": psnr_y, "ssim": ssim_y}
 FULL_REFERENCE = ("psnr", "ssim", "lpips", "dists")
 FOLDER_LEVEL = ("fid",)  # a distance between two image sets, not a per-image score
 LOWER_BETTER = ("lpips", "dists", "niqe", "fid")
-PAPER_ORDER = ("psnr", "ssim", "lpips", "dists", "fid", "niqe", "musiq", "maniqa", "maniqa-pipal", "clipiqa", "topiq_nr")
+PAPER_ORDER = ("psnr", "ssim", "lpips", "dists", "fid", "niqe", "musiq", "maniqa", "maniqa-pipal", "clipiqa",
+               "topiq_nr")
 
 
 class MetricStack:
@@ -65,7 +66,8 @@ class MetricStack:
                 (n in self._learned and getattr(self._learned[n], "metric_mode", "NR") == "FR")]
 
     def info(self) -> dict:
-        return {"pyiqa_version": pyiqa_version(), "torch_version": torch.__version__, "python": platform.python_version(),
+        return {"pyiqa_version": pyiqa_version(), "torch_version": torch.__version__,
+                "python": platform.python_version(),
                 "crop_border": self.crop_border, "variants": dict(self.variants)}
 
     @torch.no_grad()

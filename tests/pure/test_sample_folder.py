@@ -12,8 +12,14 @@ import torch
 from common.data.io import read_image
 from common.paths import EXIT_SKIPPED, exit_code
 from pure.official import save_hf_shards
-from tests.folder_cases import (BROKEN, assert_one_line, load_launcher, make_folder, overlapping_outputs, run_script,
-                                tree_hash, user_error)
+from tests.folder_cases import (
+    BROKEN,
+    assert_overlap_refused,
+    assert_process_exit_codes,
+    load_launcher,
+    make_folder,
+    user_error,
+)
 
 GOOD = {"p0": (12, 16), "p1": (10, 10)}
 
@@ -49,10 +55,7 @@ def _args(ckpts, lr, out, *extra):
 
 def test_overlapping_outputs_refused_inputs_untouched(tmp_path, capsys, sample, ckpts):
     lr = make_folder(tmp_path / "set" / "LR", GOOD)
-    before = tree_hash(lr)
-    for how, out in overlapping_outputs(lr).items():
-        assert "never overwrite inputs" in user_error(capsys, sample, _args(ckpts, lr, out)), how
-    assert tree_hash(lr) == before and sorted(p.name for p in lr.iterdir()) == sorted(before)
+    assert_overlap_refused(capsys, sample, lambda out: _args(ckpts, lr, out), lr)
 
 
 @pytest.mark.slow  # a tiny model restores two images on CPU (~20-30 s on 2 loaded cores)
@@ -64,7 +67,7 @@ def test_broken_files_skipped_and_counted(tmp_path, capsys, caplog, sample, ckpt
     summary = result["summary"]
     assert summary["images"] == 2 and sorted(Path(p).name for p in summary["skipped_files"]) == sorted(BROKEN)
     assert sorted(p.name for p in out.iterdir()) == ["p0.json", "p0.png", "p1.json", "p1.png"]
-    assert read_image(out / "p0.png").shape == (8, 8, 3)  # resolution=8
+    assert read_image(out / "p0.png").ndim == 3 and read_image(out / "p1.png").ndim == 3  # real, readable PNGs
     logged = caplog.text + capsys.readouterr().out
     assert all(f"skipped {lr / name}" in logged for name in BROKEN)
     line = user_error(capsys, sample, _args(ckpts, lr, out, "skip_existing=false"))
@@ -78,11 +81,11 @@ def test_user_errors_are_one_line(tmp_path, capsys, sample, ckpts, case):
     lr = make_folder(tmp_path / "LR", GOOD)
     (tmp_path / "file").write_text("x")
     args, expect = {
-        "missing_ckpt_dir": ([f"ckpt_dir={tmp_path / 'nope'}"], "ckpt_dir=" + str(tmp_path / "nope") + " does not exist"),
+        "missing_ckpt_dir": ([f"ckpt_dir={tmp_path / 'nope'}"], f"ckpt_dir={tmp_path / 'nope'} does not exist"),
         "ckpt_dir_is_file": ([f"ckpt_dir={tmp_path / 'file'}"], "is a file, not a folder"),
         "corrupt_shard": ([f"ckpt_dir={ckpts / 'PURE_corrupt'}"], "not a readable safetensors shard"),
         "wrong_vq": ([f"vq_ckpt={ckpts / 'not_llamagen.pt'}"], "not_llamagen.pt: expected a dict with a 'model'"),
-        "missing_vq": ([f"vq_ckpt={tmp_path / 'vq.pt'}"], "vq_ckpt=" + str(tmp_path / "vq.pt") + " does not exist"),
+        "missing_vq": ([f"vq_ckpt={tmp_path / 'vq.pt'}"], f"vq_ckpt={tmp_path / 'vq.pt'} does not exist"),
         "out_is_file": ([f"out_dir={tmp_path / 'file'}"], "is a file, not a folder"),
         "out_unwritable": (["out_dir=/sys/arsr_cannot_write_here"], "cannot be created"),
         "lr_is_file": ([f"lr_dir={tmp_path / 'file'}"], "is a file, not a folder"),
@@ -97,13 +100,8 @@ def test_user_errors_are_one_line(tmp_path, capsys, sample, ckpts, case):
         assert "PURE_corrupt/model-" in line  # names the file, not only "header too large"
 
 
-@pytest.mark.slow  # two interpreter start-ups
+@pytest.mark.slow  # two interpreter start-ups and a tiny model on two images
 def test_launcher_process_exit_codes(tmp_path, ckpts):
     lr = make_folder(tmp_path / "LR", GOOD)
-    before = tree_hash(lr)
-    res = run_script("sample_pure", _args(ckpts, lr, lr))
-    assert_one_line(res, "out_dir=", "is the input folder lr_dir=")
-    res = run_script("sample_pure", _args(ckpts, lr, tmp_path / "run" / "sr"))
-    assert res.returncode == EXIT_SKIPPED, res.stderr[-3000:]
-    assert "2 done, 3 skipped" in res.stdout and (tmp_path / "run" / "sr" / "p1.png").is_file()
-    assert tree_hash(lr) == before
+    assert_process_exit_codes("sample_pure", lambda out: _args(ckpts, lr, out), lr, tmp_path / "run" / "sr",
+                              ["p0.json", "p0.png", "p1.json", "p1.png"])
