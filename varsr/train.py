@@ -50,8 +50,6 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(self.config_yaml)
         barrier()
-        if cfg.parallel.strategy == "fsdp2" and cfg.ema.enabled and self.world > 1:
-            raise ValueError("ema.enabled is not supported with parallel.strategy=fsdp2 (sharded weights)")
         check_train_config(cfg)  # before any model is built: mismatches fail in seconds
         self.num_real_classes = check_c2i_classes(cfg) if cfg.mode == "c2i" else None
         # Same seed on every rank while building: FSDP2 shards each rank's local init (no broadcast)

@@ -31,6 +31,7 @@ def make_cfg(run_dir, world: int, strategy: str = "ddp"):
     cfg.optim.eps = 1e-4
     cfg.parallel.strategy = strategy
     cfg.parallel.fsdp_param_dtype = "fp32"
+    cfg.ema.enabled, cfg.ema.decay = True, 0.5  # under FSDP2 each rank averages its own shards
     return cfg
 
 
@@ -51,6 +52,7 @@ def run_and_dump(run_dir, world: int, strategy: str = "ddp") -> Path:
         out["losses"].append(all_reduce_mean(torch.tensor([metrics["loss"]])))
         if trainer.step == STEPS:
             out["params"] = {clean_param_name(n): full(p) for n, p in trainer.model.named_parameters()}
+            out["ema"] = {n: full(t) for n, t in trainer.ema.shadow.items()}
 
     Trainer(make_cfg(run_dir, world, strategy)).fit(callback=grab)
     path = Path(run_dir) / "step1.pt"
@@ -77,6 +79,10 @@ def test_two_process_matches_single_process(tmp_path, strategy):
     assert set(got["params"]) == set(ref["params"])
     for name, p in ref["params"].items():
         assert torch.allclose(got["params"][name], p, atol=2e-6, rtol=1e-5), name
+    assert set(got["ema"]) == set(ref["ema"]) and len(ref["ema"]) > 10
+    for name, e in ref["ema"].items():
+        assert torch.allclose(got["ema"][name], e, atol=2e-6, rtol=1e-5), name
+    assert any(not torch.allclose(e, ref["params"][n]) for n, e in ref["ema"].items())  # a real average
 
 
 if __name__ == "__main__":
