@@ -153,6 +153,7 @@ class TrainState:
         self.keep, self.async_save, self.engine = int(keep), bool(async_save), engine
         self._pending = None
         self._group = None
+        self._bad: set[str] = set()  # checkpoints resume skipped: kept for inspection, never counted by `keep`
         if get_rank() == 0:
             clean_orphans(self.run_dir)
         barrier()
@@ -235,12 +236,14 @@ class TrainState:
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _fsync_dir(final.parent)
+            self._bad.discard(final.name)
             self.prune()
         barrier()
 
     def prune(self) -> None:
         if self.keep > 0:
-            for _, p in list_steps(self.run_dir)[:-self.keep]:
+            good = [p for _, p in list_steps(self.run_dir) if p.name not in self._bad]
+            for p in good[:-self.keep]:
                 shutil.rmtree(p, ignore_errors=True)
 
     # -- resume -----------------------------------------------------------------------------------
@@ -249,13 +252,16 @@ class TrainState:
 
         Raises ValueError when finished checkpoints exist but none can be loaded: silently starting
         over would overwrite a run's progress."""
-        candidates = broadcast_object([(str(p), m) for p, m in resumable(self.run_dir)] if get_rank() == 0 else None)
+        good = resumable(self.run_dir) if get_rank() == 0 else None
+        candidates = broadcast_object([(str(p), m) for p, m in good] if good is not None else None)
+        self._bad = {p.name for _, p in list_steps(self.run_dir)} - {Path(p).name for p, _ in candidates}
         for path, meta in candidates:
             try:
                 return self.load(Path(path), meta)
             except (ValueError, KeyError, OSError, pickle.UnpicklingError, CheckpointException) as e:
                 # CheckpointException: DCP gathered a failure from some rank (all ranks raise it)
                 log.warning(f"skipping checkpoint {Path(path).name}: {_first_line(e)}; trying the previous one")
+                self._bad.add(Path(path).name)
         if has_checkpoint(self.run_dir):
             raise ValueError(f"{checkpoint_root(self.run_dir)}: no checkpoint could be loaded (see the warnings); "
                              "move the directory away to start from the initial weights")

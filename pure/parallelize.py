@@ -117,6 +117,11 @@ class DeepSpeedEngine(Engine):
 
     def backward(self, loss):
         self.engine.backward(loss)  # divides by gradient_accumulation_steps itself
+        # DeepSpeed counts micro-batches in engine.step(), which must follow every backward; the loop
+        # calls step() once per optimizer step, so the non-final micro-batches are stepped here
+        # (no update happens off the boundary). Without this, grad_accum=k took a step every k^2 micro-batches.
+        if not self.engine.is_gradient_accumulation_boundary():
+            self.engine.step()
 
     def boundary(self) -> bool:
         return self.engine.is_gradient_accumulation_boundary()

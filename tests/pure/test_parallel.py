@@ -5,6 +5,7 @@ relative after a few steps, hence rtol 1e-4. The first DeepSpeed run on a machin
 shared-memory comm op (cached in ~/.cache/torch_extensions afterwards)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -42,13 +43,14 @@ def _run(tmp_path, backend, nproc, accum, mb, kill_at=0):
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=os.path.dirname(__file__)))
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    if nproc == 1:
+    if nproc == 1 and backend != "deepspeed":  # DeepSpeed always wants a launcher's environment
         cmd = [sys.executable, str(script)]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
     r = subprocess.run(cmd + [backend, str(tmp_path), str(accum), str(mb), str(kill_at)], env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    (tmp_path / f"{backend}_{nproc}.log").write_text(r.stdout + r.stderr)
     return json.loads((tmp_path / f"{backend}.json").read_text())
 
 
@@ -86,3 +88,36 @@ def test_preempt_and_resume(tmp_path, reference, backend):
         assert sorted(p.name for p in (ckpt / "state").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     both = _run(tmp_path, backend, 2, 1, 1)
     np.testing.assert_allclose(both, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["deepspeed", "fsdp2"])
+def test_resume_on_one_process_past_a_planted_checkpoint(tmp_path, reference, backend):
+    """2 ranks pre-empted at step 3; then a planted newest checkpoint (step 4: a copy whose DeepSpeed
+    model-states file / DCP index runs code when unpickled); then resume on ONE process with the same
+    global batch (DeepSpeed: through its universal checkpoint). The payload never runs, the run falls
+    back to step 3 with a warning naming the bad file, and the loss curve equals the uninterrupted one."""
+    from tests.common.test_train_state import plant_pickle, plant_torch
+
+    _run(tmp_path, backend, 2, 1, 1, kill_at=3)
+    ckpts = tmp_path / f"run_{backend}" / "checkpoints"
+    bad = ckpts / "step_00000004"
+    shutil.copytree(ckpts / "step_00000003", bad)
+    (bad / "meta.json").write_text((bad / "meta.json").read_text().replace('"step": 3', '"step": 4'))
+    marker = tmp_path / "PWNED"
+    if backend == "deepspeed":
+        planted = bad / "ds" / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+        plant_torch(planted, marker)
+    else:
+        planted = bad / "state" / ".metadata"
+        plant_pickle(planted, marker)
+    losses = _run(tmp_path, backend, 1, 2, 1)
+    assert not marker.exists()
+    log = (tmp_path / f"{backend}_1.log").read_text()
+    assert "skipping checkpoint step_00000004" in log and planted.name in log, log[-2000:]
+    if backend == "deepspeed":
+        assert (ckpts / "step_00000003" / "universal" / "zero").is_dir()  # converted for the new world size
+        assert (ckpts / "step_00000008" / "ds").is_dir()  # the 1-process run saves normal engine files again
+    # the bad checkpoint is left for inspection and never counts towards `keep`: the good one stays
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_00000003", "step_00000004", "step_00000008"]
+    np.testing.assert_allclose(losses, reference, rtol=1e-4, atol=1e-4)
