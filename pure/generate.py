@@ -100,6 +100,19 @@ def row_seeds(n: int, seed: int | Sequence[int] | None = None, generator: torch.
     return [int(seed) + b for b in range(n)]
 
 
+def tokens_needed(prompts: Sequence[Sequence[int]], eos_id: int, max_new_tokens: int) -> int:
+    """The token budget a call really needs. When the stop token is the image end and every
+    prompt stops inside a valid image grid (image-only restoration), the structure mask fixes
+    the remaining length in advance: the loop, the KV cache and the attention span shrink to it
+    (4,161 instead of 8,192 for a 512 image) and no finished-row check is needed at all."""
+    if int(eos_id) != int(SpecialIds.IMG_END):
+        return max_new_tokens
+    states = [ImageState().advanced(p) for p in prompts]
+    if not all(s.in_grid for s in states):
+        return max_new_tokens
+    return min(max_new_tokens, max(s.block_tokens - s.count for s in states))
+
+
 class DonePoll:
     """Asks "are all rows done?" every `every` steps without stalling the device: on CUDA the
     flag is copied to pinned memory asynchronously and read only once its event has completed
@@ -172,6 +185,7 @@ def generate(model, prompts: Sequence[Sequence[int]], sampling: SamplingConfig |
     device = model.lm_head.weight.device
     image_mask = (ImageCodeMap.synthetic().image_mask() if image_mask is None else image_mask).to(device)
     seeds = row_seeds(len(prompts), seed, generator)
+    max_new_tokens = tokens_needed(prompts, eos_id, max_new_tokens)
     engine = get_engine(model, prompts, sampling, image_mask, max_new_tokens, eos_id, compile=compile)
     S, cond, uncond = engine.start(prompts, seeds)
     vocab = cond.shape[-1]

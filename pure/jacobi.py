@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from pure.engine import DONE, LIVE, NOUT, SEED, SLOT, STEP, TOK, USLOT, get_engine
-from pure.generate import DonePoll, GenerationOutput, decode_answer, row_seeds
+from pure.generate import DonePoll, GenerationOutput, decode_answer, row_seeds, tokens_needed
 from pure.processors import (
     STATE_COLS,
     SamplingConfig,
@@ -220,6 +220,7 @@ def speculative_generate(model, prompts, sampling: SamplingConfig | None = None,
     device = model.lm_head.weight.device
     image_mask = (ImageCodeMap.synthetic().image_mask() if image_mask is None else image_mask).to(device)
     seeds = row_seeds(len(prompts), seed, generator)
+    max_new_tokens = tokens_needed(prompts, eos_id, max_new_tokens)
     engine = get_engine(model, prompts, sampling, image_mask, max_new_tokens, eos_id, window=sjd.window,
                         uncond_reset=not sjd.uncond_compat, compile=compile)
     runner = _SJDRunner(engine, sjd, image_mask, engine.spec.compile)

@@ -9,7 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pure.engine import release_engines
-from pure.generate import generate
+from pure.generate import generate, tokens_needed
 from pure.jacobi import SJDConfig, batched_verify, residual_distribution, speculative_generate, verify
 from pure.processors import (
     ImageState,
@@ -131,6 +131,17 @@ def test_decode_loop_reads_no_device_value_per_token(model, image_mask, monkeypa
     assert few == many and few <= 3  # a fixed handful (the engine key, the one final read-out)
     # polling for finished rows is the only per-step read, and it is rationed
     assert count_reads(lambda: run(30, poll_every=10), monkeypatch) == many + 2
+
+
+def test_image_only_budget_is_known_in_advance(model, image_mask, one_thread):
+    """Prompts ending in <8197><h><w> with the image end as stop token: the loop length is the
+    block length (the structure mask forces the end token there), whatever max_new_tokens says."""
+    prompts = [[0, 9100, S.EOT, *header(1)], [0, 9200, S.EOT, *header(2), 70000, 5]]
+    assert tokens_needed(prompts, S.IMG_END, 8192) == 71 and tokens_needed(prompts, S.EOT, 8192) == 8192
+    assert tokens_needed(prompts[:1] + [[0, 9100]], S.IMG_END, 8192) == 8192  # one prompt is not in a grid
+    out = generate(model, prompts, SamplingConfig(), image_mask, max_new_tokens=8192, seed=[0, 1], eos_id=S.IMG_END)
+    assert out.finished == [True, True] and [len(t) for t in out.tokens] == [20, 70]
+    assert out.ids.shape[1] == 71  # no step beyond the longest block
 
 
 def test_batched_sjd_greedy_equals_greedy_ar_per_image(model, image_mask, one_thread):
