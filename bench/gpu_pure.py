@@ -103,7 +103,10 @@ def _guard(rows: list, metric: str, fn, deadline: float | None = None, need_s: f
 
 
 def _free() -> None:
+    """Drop the cached engine and the compiled graphs that still point at its KV cache (CUDA
+    graph pools included), so the next part's peak memory is its own."""
     release_engines()
+    torch._dynamo.reset()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
