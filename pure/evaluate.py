@@ -148,6 +148,20 @@ def load_components(cfg: PureSampleConfig, device: torch.device):
     return model.eval(), vq.to(device, vq_dtype).eval(), TextTokenizer.from_file(tok_path)
 
 
+def _restore_or_skip(restorer, batch: list, generator, skips, path_of) -> list:
+    """[(index, RestoreResult)] of a batch [(index, image)]; an image the restorer rejects (below
+    the minimum size, over max_output_pixels) is skipped and counted, the rest still run."""
+    from common.paths import ImageRejected
+
+    try:
+        return list(zip([i for i, _ in batch], restorer.restore([img for _, img in batch], generator)))
+    except ImageRejected as e:
+        if len(batch) == 1:
+            skips.skip(path_of(batch[0][0]), str(e))
+            return []
+    return [r for item in batch for r in _restore_or_skip(restorer, [item], generator, skips, path_of)]
+
+
 def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     """Restore a folder (distributed under torchrun); returns metrics + summary on rank 0.
 
@@ -187,9 +201,9 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
         if not batch:
             continue
         gen = torch.Generator(device=device).manual_seed(cfg.seed + batch[0][0])
-        results = restorer.restore([img for _, img in batch], gen)
-        done += len(batch)
-        for (i, _), res in zip(batch, results):
+        results = _restore_or_skip(restorer, batch, gen, skips, lambda i: files[names[i]])
+        done += len(results)
+        for i, res in results:
             img = res.image
             if cfg.out_size:
                 img = torch.nn.functional.interpolate(img[None], size=(cfg.out_size, cfg.out_size), mode="bicubic",
