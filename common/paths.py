@@ -32,6 +32,11 @@ class UserError(Exception):
     """
 
 
+class ImageRejected(UserError, ValueError):
+    """One input image cannot be processed as configured (below the minimum size, over the pixel
+    limit): a single-image call fails with this one line; a folder run skips and counts the image."""
+
+
 class OutputOverlapError(UserError):
     """The output folder is, contains or is inside an input folder."""
 
@@ -152,9 +157,11 @@ class SkipLog:
 
         self.what, self.log = what, logger or get_logger(what)
         self.skipped: list[str] = []
+        self.reasons: list[str] = []
 
     def skip(self, path, reason: str) -> None:
         self.skipped.append(str(path))
+        self.reasons.append(f"{path}: {reason}")
         self.log.warning("skipped %s: %s", path, reason)
 
     def read(self, path):
@@ -170,13 +177,15 @@ class SkipLog:
         """Counts over all ranks (a collective: every rank calls it, unless ``gather=False``)."""
         from common.dist import all_gather_object
 
-        per_rank = all_gather_object((done, self.skipped)) if gather else [(done, self.skipped)]
-        done = sum(d for d, _ in per_rank)
-        skipped = sorted(s for _, ss in per_rank for s in ss)
+        mine = (done, self.skipped, self.reasons[:1])
+        per_rank = all_gather_object(mine) if gather else [mine]
+        done = sum(d for d, _, _ in per_rank)
+        skipped = sorted(s for _, ss, _ in per_rank for s in ss)
         if skipped and not done:
-            raise UserError(f"{self.what}: none of the {len(skipped)} input file(s) could be read "
-                            f"(first: {skipped[0]}); check the input folder")
-        self.log.info("%s: %d done, %d skipped (unreadable)%s", self.what, done, len(skipped), extra)
+            first = next(r for _, _, rs in per_rank for r in rs)
+            raise UserError(f"{self.what}: none of the {len(skipped)} input file(s) could be processed "
+                            f"(first: {first})")
+        self.log.info("%s: %d done, %d skipped%s", self.what, done, len(skipped), extra)
         return {"done": done, "skipped": len(skipped), "skipped_files": skipped}
 
 
@@ -185,8 +194,6 @@ def exit_code(result) -> int:
     return EXIT_SKIPPED if isinstance(result, Mapping) and result.get("skipped") else EXIT_OK
 
 
-__all__ = ["EXIT_OK", "EXIT_SKIPPED", "EXIT_USER_ERROR", "OutputOverlapError", "SkipLog", "UserError", "check_apart",
-           "check_existing", "exit_code", "prepare_output_dir", "require_dir", "require_file"]
 
 
 def sampling_out_dir(out_dir, hydra_cfg, world_size: int = 1) -> str:
@@ -209,3 +216,8 @@ def sampling_out_dir(out_dir, hydra_cfg, world_size: int = 1) -> str:
         return "sr"
     base = hydra_cfg.runtime.get("output_dir") if multirun else None
     return str(Path(base or hydra_cfg.run.dir) / "sr")
+
+
+__all__ = ["EXIT_OK", "EXIT_SKIPPED", "EXIT_USER_ERROR", "ImageRejected", "OutputOverlapError", "SkipLog", "UserError",
+           "check_apart", "check_existing", "exit_code", "prepare_output_dir", "require_dir", "require_file",
+           "sampling_out_dir", "start_folder_run"]

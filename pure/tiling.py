@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from common.paths import ImageRejected  # a folder run skips and counts such an image
 from pure.tokenizer.image import bucket_sizes, choose_bucket
 
 MIN_SIDE = 1  # any image works: smaller inputs are resized up to the bucket
@@ -37,7 +38,7 @@ def fit_to_bucket(lq: np.ndarray, resolution: int, patch: int) -> tuple[torch.Te
     """uint8 HWC -> ((3, bh, bw) in [0, 1] padded bucket, (hh, ww) content size at its top-left)."""
     h, w = lq.shape[:2]
     if min(h, w) < MIN_SIDE:
-        raise ValueError(f"input is {w}x{h} px; the minimum is {MIN_SIDE}x{MIN_SIDE}")
+        raise ImageRejected(f"input is {w}x{h} px; the minimum is {MIN_SIDE}x{MIN_SIDE}")
     bw, bh = choose_bucket(w, h, bucket_sizes((resolution // patch) ** 2, patch))
     s = min(bw / w, bh / h)
     ww, hh = min(bw, max(1, round(w * s))), min(bh, max(1, round(h * s)))
@@ -97,7 +98,7 @@ class PurePlan:
 def plan(h: int, w: int, scale: float, resolution: int, overlap: int | None = None,
          kv_bytes_per_tile: int = 0, weight_bytes: int = 0) -> PurePlan:
     if min(h, w) < MIN_SIDE:
-        raise ValueError(f"input is {w}x{h} px; the minimum is {MIN_SIDE}x{MIN_SIDE}")
+        raise ImageRejected(f"input is {w}x{h} px; the minimum is {MIN_SIDE}x{MIN_SIDE}")
     tile = max(1, round(resolution / scale))
     overlap = tile // 4 if overlap is None else overlap
     p = PurePlan((h, w), (max(1, round(h * scale)), max(1, round(w * scale))), tile,
@@ -110,7 +111,7 @@ def plan(h: int, w: int, scale: float, resolution: int, overlap: int | None = No
 def check_limit(p: PurePlan, max_output_pixels: int | None) -> None:
     H, W = p.out
     if max_output_pixels and H * W > max_output_pixels:
-        raise ValueError(f"output {W}x{H} = {H * W} px exceeds max_output_pixels={max_output_pixels} "
+        raise ImageRejected(f"output {W}x{H} = {H * W} px exceeds max_output_pixels={max_output_pixels} "
                          f"({p.n_tiles} tiles); set max_output_pixels={H * W} to run it anyway")
 
 

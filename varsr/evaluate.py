@@ -103,7 +103,7 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
     from common.data.io import write_image
     from common.dist import barrier, get_rank, get_world_size, init_distributed, is_main
     from common.logging import get_logger, progress
-    from common.paths import SkipLog, start_folder_run
+    from common.paths import ImageRejected, SkipLog, start_folder_run
 
     log = get_logger("varsr.sample")
     files, out_dir, keep = start_folder_run(cfg, default_out, {"ckpt": cfg.ckpt, "vae_ckpt": cfg.vae_ckpt},
@@ -132,8 +132,12 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
                 x = (vqvae.decode_fhat(f_hat[:1]).float() + 1) / 2
                 write_image(out_dir / f"{name}_scales" / f"side{pn}.png", x[0])
         on_cuda_amp = amp is not None and device.type == "cuda"
-        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=on_cuda_amp):
-            sr = sr_one(model, vqvae, img, cfg, device, gen, on_scale)
+        try:
+            with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=on_cuda_amp):
+                sr = sr_one(model, vqvae, img, cfg, device, gen, on_scale)
+        except ImageRejected as e:  # below the minimum / over max_output_pixels: this image only
+            skips.skip(files[name], str(e))
+            continue
         write_image(out_dir / f"{name}.png", sr[0].float().cpu())  # temp name + rename: never a half PNG
         done += 1
     counts = skips.finish(done, extra=f" in {time.time() - t0:.1f}s -> {out_dir}")

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from common.paths import ImageRejected  # a folder run skips and counts such an image
+
 from .parallelize import unwrap as _core
 from .sample import apply_color_fix, generate_fhat, resize_bicubic, sample_sr
 from .tiled_decode import DEFAULT_HALO, decode_tiled, decoder_tiles, tile_bytes
@@ -103,7 +105,7 @@ def plan_tiles(h: int, w: int, model, vqvae, scale: int = 4, overlap: int | None
     1 GB per tile for d24 in fp32), so this is what bounds the generation memory.
     """
     if min(h, w) < MIN_LR_SIDE:
-        raise ValueError(f"input is {w}x{h} px; the minimum is {MIN_LR_SIDE}x{MIN_LR_SIDE}")
+        raise ImageRejected(f"input is {w}x{h} px; the minimum is {MIN_LR_SIDE}x{MIN_LR_SIDE}")
     core = _core(model)
     tile = core.patch_nums[-1]
     S = core.cfg.image_size
@@ -131,7 +133,7 @@ def check_limits(plan: TilePlan, max_output_pixels: int | None) -> None:
     """One-line refusal when the output is larger than the configured pixel limit."""
     H, W = plan.out
     if max_output_pixels and H * W > max_output_pixels:
-        raise ValueError(f"output {W}x{H} = {H * W} px exceeds max_output_pixels={max_output_pixels} "
+        raise ImageRejected(f"output {W}x{H} = {H * W} px exceeds max_output_pixels={max_output_pixels} "
                          f"({plan.n_tiles} tiles, est. {plan.est_bytes / 2**30:.1f} GiB); "
                          f"set max_output_pixels={H * W} to run it anyway")
 
@@ -213,7 +215,7 @@ def restore_image(model, vqvae, img: np.ndarray, cfg, device, generator=None, on
     """
     h, w = img.shape[:2]
     if min(h, w) < MIN_LR_SIDE or img.ndim != 3:
-        raise ValueError(f"input is {w}x{h} px; the minimum is {MIN_LR_SIDE}x{MIN_LR_SIDE} RGB")
+        raise ImageRejected(f"input is {w}x{h} px; the minimum is {MIN_LR_SIDE}x{MIN_LR_SIDE} RGB")
     S = _core(model).cfg.image_size
     H, W = h * cfg.scale, w * cfg.scale
     limit = getattr(cfg, "max_output_pixels", None)
@@ -225,7 +227,7 @@ def restore_image(model, vqvae, img: np.ndarray, cfg, device, generator=None, on
                             refiner_temperature=cfg.refiner_temperature, tile_batch=getattr(cfg, "tile_batch", 4),
                             decoder_stats=getattr(cfg, "decoder_stats", "exact"), max_output_pixels=limit, log=log)
     if limit and H * W > limit:
-        raise ValueError(f"output {W}x{H} = {H * W} px exceeds max_output_pixels={limit}; "
+        raise ImageRejected(f"output {W}x{H} = {H * W} px exceeds max_output_pixels={limit}; "
                          f"set max_output_pixels={H * W} to run it anyway")
     x, (hh, ww) = _fit_pad(img, S)
     square = (hh, ww) == (S, S)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from common.data.io import read_image, write_image
-from common.paths import EXIT_SKIPPED, OutputOverlapError, check_apart, exit_code, require_dir
+from common.paths import EXIT_SKIPPED, ImageRejected, OutputOverlapError, SkipLog, check_apart, exit_code, require_dir
 from tests.folder_cases import (
     BROKEN,
     assert_one_line,
@@ -141,3 +141,42 @@ def test_degrade_and_evaluate_processes_exit_codes(tmp_path):
     res = run_script("evaluate", [f"sr_dir={tmp_path / 'pairs' / 'HR'}", f"hr_dir={tmp_path / 'pairs' / 'HR'}",
                                   "metrics=[psnr]", f"out={tmp_path / 'pairs' / 'HR' / 'm.json'}"])
     assert_one_line(res, "out=", "is the input folder")
+
+
+class _Restorer:
+    """Stands in for pure.restore.Restorer: rejects images narrower than 5 px, echoes the rest."""
+
+    def __init__(self):
+        self.calls = []
+
+    def restore(self, imgs, generator):
+        self.calls.append(len(imgs))
+        for img in imgs:
+            if img.shape[1] < 5:
+                raise ImageRejected(f"input is {img.shape[1]}x{img.shape[0]} px; the minimum is 5x5")
+        return [img.shape for img in imgs]
+
+
+def test_rejected_image_in_a_batch_is_skipped_and_the_rest_restored():
+    from pure.evaluate import _restore_or_skip
+
+    imgs = [np.zeros((8, w, 3), np.uint8) for w in (8, 3, 6)]
+    skips, fake = SkipLog("test"), _Restorer()
+    out = _restore_or_skip(fake, list(enumerate(imgs)), None, skips, lambda i: f"img{i}.png")
+    assert out == [(0, (8, 8, 3)), (2, (8, 6, 3))] and fake.calls == [3, 1, 1, 1]
+    assert skips.skipped == ["img1.png"] and "minimum is 5x5" in skips.reasons[0]
+
+
+def test_nothing_readable_is_a_user_error(tmp_path, capsys, degrade):
+    hr = make_folder(tmp_path / "HR", GOOD)
+    for name in GOOD:
+        (hr / f"{name}.png").unlink()
+    line = user_error(capsys, degrade, [f"hr_dir={hr}", f"out_dir={tmp_path / 'o'}", "degradation=varsr_mild"])
+    assert "none of the 3 input file(s) could be processed" in line
+
+
+def test_arsr_debug_shows_the_traceback(tmp_path, monkeypatch, degrade):
+    hr = make_folder(tmp_path / "HR", GOOD)
+    monkeypatch.setenv("ARSR_DEBUG", "1")
+    with pytest.raises(OutputOverlapError):  # the original exception, not a one-line exit
+        degrade([f"hr_dir={hr}", f"out_dir={hr}"])

@@ -68,6 +68,12 @@ def test_broken_files_skipped_and_counted(tmp_path, capsys, caplog, sample, ckpt
     assert all(f"skipped {lr / name}" in logged for name in BROKEN)  # one warning naming each file
     again = sample(_args(ckpts, lr, out))  # skip_existing (default): nothing redone, outputs kept
     assert again["images"] == 2 and again["skipped"] == 3
+    # an image over the pixel limit is one skipped image with its reason, not the end of the run
+    limited = sample(_args(ckpts, lr, tmp_path / "lim", "max_output_pixels=2000"))  # g0: 48x64 = 3072 px
+    assert limited["images"] == 1 and limited["skipped"] == 4 and (tmp_path / "lim" / "g1.png").is_file()
+    assert "g0.png: output 64x48 = 3072 px exceeds max_output_pixels=2000" in caplog.text + capsys.readouterr().out
+    line = user_error(capsys, sample, _args(ckpts, lr, tmp_path / "lim2", "max_output_pixels=100"))
+    assert "none of the 5 input file(s) could be processed" in line
     line = user_error(capsys, sample, _args(ckpts, lr, out, "skip_existing=false"))
     assert "already holds 2 output(s)" in line and "overwrite=true" in line
 
