@@ -169,7 +169,7 @@ class DiffLoss(nn.Module):
         body = self.net.sampler(z, trunk)
         if guided:
             def fn(x, t):
-                out = body(torch.cat([x, x]), t.repeat(2))
+                out = body(torch.cat([x, x]), t)  # t: one shared timestep per step
                 ec, en = out[:, :C].chunk(2)
                 return torch.cat([(1 + cfg_t) * ec - cfg_t * en, out[:n, C:]], dim=1)
         else:
