@@ -8,7 +8,6 @@ one, and the conversions are the same everywhere (training, evaluation, data pre
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -168,12 +167,11 @@ def write_image(path, img, **save_kwargs) -> Path:
     Written to a temporary name then renamed, so a killed job never leaves a truncated PNG that
     a later evaluation would silently read.
     """
+    from common.checkpoint import atomic_write  # the repository's one all-or-nothing writer
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
     fmt = Image.registered_extensions().get(p.suffix.lower())
     if fmt is None:
         raise ValueError(f"unknown image extension for {p}")
-    Image.fromarray(to_uint8(img)).save(tmp, format=fmt, **save_kwargs)
-    os.replace(tmp, p)
-    return p
+    im = Image.fromarray(to_uint8(img))
+    return atomic_write(p, lambda f: im.save(f, format=fmt, **save_kwargs))
