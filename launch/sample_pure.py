@@ -47,7 +47,7 @@ def sample_view(cfg, hydra_cfg=None) -> dict:
     out = apply_preset(out, block, given)
     ignored = sorted(k for k in raw if k not in known and k not in ("hydra", "sample"))
     if ignored:
-        print(f"sample_pure: ignoring training-only keys {ignored}", file=sys.stderr)
+        print(f"sample_pure: ignoring training-only keys {ignored}")  # stdout: stderr is for errors (one line)
     out["out_dir"] = sampling_out_dir(out.get("out_dir"), hydra_cfg, int(os.environ.get("WORLD_SIZE", "1")))
     return out
 
