@@ -262,7 +262,11 @@ class _OneLineErrors:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        if isinstance(exc, self.USER_ERRORS + (HydraException, OmegaConfBaseException)):
+        import errno
+
+        # a full or read-only disk met while writing outputs is the user's to fix, not a bug
+        disk = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
+        if disk or isinstance(exc, self.USER_ERRORS + (HydraException, OmegaConfBaseException)):
             lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
             cause = exc.__cause__  # Hydra's "Error merging override x=y" keeps the reason here
             if cause is not None and str(cause).strip():
