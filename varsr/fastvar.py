@@ -13,8 +13,8 @@ pruned (explicit step check), state is per batch, selection is per sample (CFG d
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,7 @@ class FastVARState:
         self.cfg, self.patch_nums = cfg, tuple(patch_nums)
         self.ratios = {K - 2: cfg.second_last_ratio, K - 1: cfg.last_ratio}
         self.cache_si = K - 3  # last unpruned scale: its branch outputs are the restore source
-        self.cache: dict[tuple[int, str], torch.Tensor] = {}
+        self.cache: dict[int, dict[str, torch.Tensor]] = {}  # layer -> branch name -> cached output
         self.si = 0
         self.kept: dict[int, int] = {}  # si -> tokens kept (for reports/tests)
 
@@ -59,7 +59,7 @@ class FastVARState:
         keep = keep_count(n, self.ratios[si], self.cfg.min_keep)
         return keep if keep < n else None
 
-    def __call__(self, layer: int) -> "LayerPruner | None":
+    def __call__(self, layer: int) -> LayerPruner | None:
         if layer < self.cfg.later_layer_start:
             return None
         keep = self.keep_at(self.si)
@@ -77,10 +77,13 @@ class LayerPruner:
     def __init__(self, state: FastVARState, layer: int, keep: int | None):
         self.state, self.layer, self.keep = state, layer, keep
         self.active = keep is not None
+        # This layer's own cache, looked up here (outside any compiled block) so compiled code never
+        # reads the layer index: blocks then share one graph per scale instead of one per layer.
+        self.store = state.cache.setdefault(layer, {})
 
     def remember(self, name: str, out: torch.Tensor) -> None:
         if self.state.si == self.state.cache_si:
-            self.state.cache[(self.layer, name)] = out
+            self.store[name] = out
 
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """Indices (B, keep), ascending, of the tokens farthest from the per-sample DC component."""
@@ -98,7 +101,7 @@ class LayerPruner:
 
     def restore(self, name: str, idx: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Area-upsampled cached output with the freshly computed kept tokens scattered in."""
-        cached = self.state.cache[(self.layer, name)]
+        cached = self.store[name]
         B, nc, C = cached.shape
         sc, side = math.isqrt(nc), self.state.patch_nums[self.state.si]
         grid = cached.transpose(1, 2).reshape(B, C, sc, sc)
