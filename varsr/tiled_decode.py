@@ -10,7 +10,8 @@ What we do instead (spec varsr.md section 10, "decoder tiling (GroupNorm-aware)"
 1. Global stage, exact: `post_quant_conv`, `conv_in`, the mid block and the blocks of the lowest
    level -- everything that contains attention -- run on the full latent.  They work at latent
    resolution (1/16 of the output side), so they cost output_pixels / 256 * channels floats,
-   and attention there stays global, exactly as in the one-shot decode.
+   and attention there stays global, exactly as in the one-shot decode (queries in chunks, so
+   the score matrix never exceeds 1 GiB).
 2. Tiled stage: the remaining layers (up-sampling convs, ResnetBlocks of the higher levels,
    `norm_out`, `conv_out`) are local except for GroupNorm.  We run them tile by tile on the
    global-stage features, each tile widened by a halo of latent cells that covers the receptive
@@ -127,17 +128,29 @@ def num_norms(dec) -> int:
     return 2 * sum(len(dec.up[i].block) for i in range(len(dec.up) - 1)) + 1
 
 
+def attention_chunked(attn, x: torch.Tensor, max_bytes: int = 2**30) -> torch.Tensor:
+    """`AttnBlock.forward` with the queries in chunks: the same single-head global attention, but the
+    score matrix held at once is at most `max_bytes` (a 256^2-cell latent would need 17 GB)."""
+    B, C, H, W = x.shape
+    N = H * W
+    q, k, v = (t.transpose(1, 2)[:, None] for t in attn.qkv(attn.norm(x)).reshape(B, 3, C, N).unbind(1))
+    step = max(1, max_bytes // (4 * N * B))
+    out = torch.cat([F.scaled_dot_product_attention(q[:, :, s:s + step], k, v) for s in range(0, N, step)], dim=2)
+    return x + attn.proj_out(out[:, 0].transpose(1, 2).reshape(B, C, H, W))
+
+
 def global_stage(vqvae, f_hat: torch.Tensor) -> torch.Tensor:
     """post_quant_conv -> conv_in -> mid -> lowest level's blocks (+ attention), on the full latent."""
     dec = vqvae.decoder
     top = dec.up[len(dec.up) - 1]
     if len(dec.up) < 2 or any(len(dec.up[i].attn) for i in range(len(dec.up) - 1)):
         raise ValueError("tiled decoding needs attention only at the lowest level (VAR's decoder layout)")
-    h = dec.mid(dec.conv_in(vqvae.post_quant_conv(f_hat)))
+    h = dec.mid.block_1(dec.conv_in(vqvae.post_quant_conv(f_hat)))
+    h = dec.mid.block_2(attention_chunked(dec.mid.attn_1, h))
     for i, blk in enumerate(top.block):
         h = blk(h)
         if len(top.attn):
-            h = top.attn[i](h)
+            h = attention_chunked(top.attn[i], h)
     return h
 
 

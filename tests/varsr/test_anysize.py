@@ -11,7 +11,7 @@ from common.peakmem import PeakMemory
 from varsr.evaluate import SampleRunConfig
 from varsr.model import build_models
 from varsr.sample import sample_sr
-from varsr.tiled_decode import decode_tiled, decoder_stats
+from varsr.tiled_decode import attention_chunked, decode_tiled, decoder_stats
 from varsr.tiling import check_limits, pad_to, plan_tiles, restore_image, sample_tiled
 
 from .conftest import lively
@@ -72,6 +72,14 @@ def test_tiled_decoder_equals_one_shot_decode(tiny):
     torch.testing.assert_close(with_stats, full, atol=1e-4, rtol=0)
     torch.testing.assert_close(exact, full, atol=1e-4, rtol=0)
     assert torch.equal(decode_tiled(vqvae, f, tile=16, progress_desc=None), full)  # fits one tile: one-shot
+
+
+def test_chunked_attention_is_the_decoder_attention(tiny):
+    _, vqvae = tiny
+    attn = vqvae.decoder.mid.attn_1
+    x = torch.randn(2, attn.qkv.in_channels, 5, 7, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # 3 query rows per chunk: 12 chunks of the 35 cells
+        torch.testing.assert_close(attention_chunked(attn, x, max_bytes=4 * 35 * 2 * 3), attn(x), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("hw", [(1, 1), (3, 2), (10, 23), (10, 30)])
