@@ -30,9 +30,10 @@ README = ROOT / "README.md"
 
 # launcher -> overrides that make it a seconds-long CPU run (tiny model, tiny images)
 TINY = {
-    "sample_varsr.py": ["model=tiny", "device=cpu"],
-    "sample_pure.py": ["model=tiny", "vq_size=tiny", "resolution=8", "image_only=true", "max_new_tokens=30",
-                       "out_size=32", "device=cpu", "dtype=fp32"],
+    "sample_varsr.py": ["model=tiny", "ckpt=null", "vae_ckpt=null", "device=cpu"],
+    "sample_pure.py": ["model=tiny", "ckpt_dir=null", "vq_ckpt=null", "vq_size=tiny", "resolution=8",
+                       "image_only=true", "max_new_tokens=30", "device=cpu", "dtype=fp32",
+                       "out_size=96"],  # 96 px: NIQE (the no-HR fallback) needs 96-px patches
     "degrade.py": ["device=cpu", "batch_size=2", "min_size=16"],
     "evaluate.py": ["device=cpu", "progress=false"],
 }
@@ -218,7 +219,7 @@ def _check(script: Path, overrides: list[str], compose) -> str:
 
 @pytest.fixture(scope="module")
 def photo_sets(tmp_path_factory):
-    """LR (24 px) / HR (96 px) folders of two bundled photos, and two SR folders of HR's size."""
+    """LR (24 px) / HR (96 px) folders of a bundled photo, and two SR folders of HR's size."""
     from PIL import Image
 
     from common.data.bundled import bundled_pairs
@@ -226,7 +227,7 @@ def photo_sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme_sets")
     for sub in ("LR", "HR", "OUT_A", "OUT_B"):
         (root / sub).mkdir()
-    for name, lr, hr in bundled_pairs(96)[:2]:
+    for name, lr, hr in bundled_pairs(96)[:1]:
         Image.fromarray(lr).save(root / "LR" / f"{name}.png")
         Image.fromarray(hr).save(root / "HR" / f"{name}.png")
         up = Image.fromarray(lr)
@@ -236,20 +237,23 @@ def photo_sets(tmp_path_factory):
 
 
 def substitute(argv: list[str], sets: Path, work: Path, tiny: bool) -> list[str]:
-    """Placeholders -> fixture folders; with ``tiny``: user checkpoints -> null, sweep sizes cut."""
+    """Folders -> the fixtures (README placeholders LR, HR, OUT, DIR); with ``tiny``: user checkpoints
+    -> null, sweeps cut to two values per key and two Optuna trials."""
     out = []
     for a in argv:
         key, eq, value = a.partition("=")
-        if eq and value in ("LR", "HR"):
-            value = str(sets / value)
+        if eq and key in ("lr_dir", "hr_dir"):
+            value = str(sets / key[:2].upper())
         elif eq and key == "out_dir":
             value = str(work / "out")  # a fresh folder: outputs never go into the fixtures
-        elif eq and value.startswith("OUT"):
-            value = ",".join(str(sets / ("OUT_A" if v == "OUT" else v)) for v in value.split(","))
+        elif eq and key == "sr_dir":  # OUT, or a sweep over OUT_A,OUT_B
+            value = ",".join(str(sets / ("OUT_B" if v.endswith("_B") else "OUT_A")) for v in value.split(","))
         elif eq and tiny and key in CKPT_KEYS:
             value = "null"
         elif eq and tiny and key in SMALL:
             value = SMALL[key]
+        elif eq and tiny and "," in value and not value.startswith(("[", "'", '"')):
+            value = ",".join(value.split(",")[:2])  # a sweep: its first two values
         out.append(f"{key}={value}" if eq else a)
     return out
 
@@ -273,7 +277,9 @@ RUN = [a for a in LAUNCH if runnable(a)]
 def test_cpu_command_runs_on_the_tiny_models(argv, photo_sets, tmp_path):
     _, argv = split_launcher(argv)
     script = Path(argv[1]).name
-    args = substitute(argv[2:], photo_sets, tmp_path, tiny=True) + TINY[script]
+    args = substitute(argv[2:], photo_sets, tmp_path, tiny=True)
+    given = {a.split("=", 1)[0] for a in args}
+    args += [t for t in TINY[script] if t.split("=", 1)[0] not in given]
     multirun = "-m" in args
     args.append(f"hydra.sweep.dir={tmp_path / 'sweep'}" if multirun else f"hydra.run.dir={tmp_path / 'run'}")
     if script == "degrade.py":

@@ -35,7 +35,7 @@ def test_shipped_files_named_by_configs_are_found_from_any_cwd(tmp_path, monkeyp
     from pure.data import _read_meta
 
     paths = [m["path"] for m in _read_meta(str(ROOT / "configs/pure/data/lsdir_ffhq.yaml"))]
-    assert paths == [str(ROOT / "data/pure_tokens/lsdir/record.json"), str(ROOT / "data/pure_tokens/ffhq10k/record.json")]
+    assert paths == [str(ROOT / f"data/pure_tokens/{d}/record.json") for d in ("lsdir", "ffhq10k")]
 
 
 def test_command_line_paths_stay_relative_to_the_working_directory(tmp_path, monkeypatch):
