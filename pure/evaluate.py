@@ -107,7 +107,7 @@ def _dtype(cfg: PureSampleConfig, device: torch.device) -> torch.dtype:
 def load_components(cfg: PureSampleConfig, device: torch.device):
     """(model, vq, tokenizer) as the config says; weights via pure.official."""
     from common.logging import get_logger
-    from common.paths import require_dir
+    from common.paths import require_dir, require_file
     from pure.model import ChameleonForCausalLM, chameleon_config, config_from_dict, from_hf_config_json
     from pure.model.vq import VQModel, vq_config
     from pure.official import load_hf_shards, load_llamagen_vq
@@ -134,7 +134,7 @@ def load_components(cfg: PureSampleConfig, device: torch.device):
     torch.manual_seed(cfg.seed)  # a random VQ must be the same on every rank and every run
     vq = VQModel(vq_config(cfg.vq_size))
     if cfg.vq_ckpt:
-        load_llamagen_vq(vq, cfg.vq_ckpt)
+        load_llamagen_vq(vq, require_file(cfg.vq_ckpt, "vq_ckpt"))  # a folder given: "is a folder, not a file"
     else:
         log.warning("no vq_ckpt: randomly initialised VQ (plumbing only)")
     tok_path = cfg.tokenizer
