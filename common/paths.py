@@ -7,12 +7,12 @@ Three promises every folder tool makes, implemented once here:
   sneak an output into an input), before anything is written or any model is loaded.
 - Bad paths are one line: `require_dir` / `require_file` tell "does not exist" from "is a file,
   not a folder" (and the reverse), naming the config key to change.
-- A folder run finishes: `SkipLog` reads each image, warns once per unreadable file (naming it),
-  counts, and turns the count into the exit code.
+- A folder run finishes: `SkipLog` reads each image, warns once per file it cannot use (unreadable,
+  or `ImageRejected` by a size limit), naming it, counts, and turns the count into the exit code.
 
-Exit codes (README "Bad input"): 0 all done, 2 user error (nothing or not everything could
-start: one line on stderr), 3 done with skips (every readable image processed, the others listed
-in the log and counted in the final line).
+Exit codes (README "Bad input"): 0 all done; 2 user error (one line on stderr: the run did not
+start, or no input at all could be processed); 3 done with skips (every usable image processed,
+the others named in the log and counted in the final line).
 """
 from __future__ import annotations
 
