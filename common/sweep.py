@@ -25,6 +25,8 @@ import io
 import json
 import logging
 import math
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,24 +70,28 @@ def parse_overrides(overrides: list[str]) -> dict[str, str]:
     return out
 
 
-def write_point(job_dir: str | Path, overrides: list[str], status: str, result: Any, job_num: int = 0) -> Path:
+def write_point(job_dir: str | Path, overrides: list[str], status: str, result: Any, job_num: int = 0,
+                sweep_id: str | None = None) -> Path:
     """Write one point's record (``sweep_point.json``) into its job folder, atomically."""
     from common.checkpoint import atomic_write_bytes
 
     metrics, lower = point_metrics(result) if status == "completed" else ({}, [])
     record = {"job_num": int(job_num), "overrides": [str(o) for o in overrides], "status": status,
-              "metrics": metrics, "lower_better": lower}
+              "metrics": metrics, "lower_better": lower, "sweep_id": sweep_id}
     path = Path(job_dir) / POINT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(record, indent=1, allow_nan=True).encode())
     return path
 
 
-def collect_points(sweep_dir: str | Path) -> list[dict]:
-    """Every ``sweep_point.json`` under ``sweep_dir`` (any sub-folder depth), in job order."""
+def collect_points(sweep_dir: str | Path, sweep_id: str | None = None) -> list[dict]:
+    """Every ``sweep_point.json`` under ``sweep_dir`` (any sub-folder depth), in job order; with
+    ``sweep_id`` only that sweep's (a sweep folder reused by a later sweep keeps older points)."""
     points = []
     for path in Path(sweep_dir).rglob(POINT_FILE):
         point = json.loads(path.read_text())
+        if sweep_id is not None and point.get("sweep_id") != sweep_id:
+            continue
         point["job_dir"] = str(path.parent.relative_to(sweep_dir))  # where the point's outputs are
         points.append(point)
     return sorted(points, key=lambda p: p.get("job_num", 0))
@@ -124,13 +130,13 @@ def best_values(points: list[dict], metrics: list[str]) -> dict[str, float]:
     return best
 
 
-def summarize(sweep_dir: str | Path, figure: bool = True) -> dict[str, Path]:
+def summarize(sweep_dir: str | Path, figure: bool = True, sweep_id: str | None = None) -> dict[str, Path]:
     """Write the sweep's table (CSV + Markdown) and figure; returns their paths (empty if no points)."""
     from common.checkpoint import atomic_write_bytes
     from common.logging import markdown_table
 
     sweep_dir = Path(sweep_dir)
-    points = collect_points(sweep_dir)
+    points = collect_points(sweep_dir, sweep_id)
     if not points:
         return {}
     keys, metrics = swept_keys(points), _ordered_metrics(points)
@@ -226,8 +232,10 @@ class SweepSummary(Callback):
     def __init__(self, objective: str | None = None, figure: bool = True) -> None:
         self.objective = objective
         self.figure = figure
+        self.sweep_id: str | None = None  # set before the launcher pickles this object into its jobs
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.sweep_id = f"{time.time_ns()}-{os.getpid()}"
         direction = config.hydra.sweeper.get("direction") if "sweeper" in config.hydra else None
         if self.objective and isinstance(direction, str):
             want = "minimize" if self.objective in _lower_better() else "maximize"
@@ -243,7 +251,7 @@ class SweepSummary(Callback):
         ok = job_return.status == JobStatus.COMPLETED
         result = job_return.return_value if ok else None
         write_point(config.hydra.runtime.output_dir, job_return.overrides, "completed" if ok else "failed", result,
-                    job_num=config.hydra.job.get("num", 0))
+                    job_num=config.hydra.job.get("num", 0), sweep_id=self.sweep_id)
         if ok and self.objective:
             metrics, _ = point_metrics(result)
             if self.objective not in metrics:
@@ -251,7 +259,7 @@ class SweepSummary(Callback):
             job_return.return_value = metrics.get(self.objective, float("nan"))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        paths = summarize(config.hydra.sweep.dir, figure=self.figure)
+        paths = summarize(config.hydra.sweep.dir, figure=self.figure, sweep_id=self.sweep_id)
         if paths:
             log.info("sweep summary: %s", ", ".join(str(p) for p in paths.values()))
             print((paths["md"]).read_text())

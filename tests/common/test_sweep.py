@@ -95,6 +95,23 @@ def test_objective_becomes_the_job_return_value_and_direction_is_checked(tmp_pat
     SweepSummary(objective="psnr").on_multirun_start(_job_config(tmp_path, "maximize"))
 
 
+def test_callback_lifecycle_ignores_points_of_an_earlier_sweep_in_the_same_folder(tmp_path):
+    from hydra.core.utils import JobReturn, JobStatus
+
+    write_point(tmp_path / "old", ["cfg=9"], "completed", {"mean": {"psnr": 99.0}}, sweep_id="earlier")
+    cb = SweepSummary()
+    cb.on_multirun_start(_job_config(tmp_path))
+    for num, (cfg, psnr) in enumerate([(1, 20.0), (2, 22.0)]):
+        conf = _job_config(tmp_path)
+        conf.hydra.runtime.output_dir, conf.hydra.job.num = str(tmp_path / f"cfg={cfg}"), num
+        ret = JobReturn()
+        ret.status, ret.overrides, ret.return_value = JobStatus.COMPLETED, [f"cfg={cfg}"], {"mean": {"psnr": psnr}}
+        cb.on_job_end(conf, ret)
+    cb.on_multirun_end(_job_config(tmp_path))
+    rows = _rows(tmp_path / "sweep_summary.csv")
+    assert [(r["cfg"], r["psnr"], r["best"]) for r in rows] == [("1", "20.0", ""), ("2", "22.0", "psnr")]
+
+
 def _tiny_pair(folder: Path, lr_side: int, hr_side: int) -> None:
     from common.data.bundled import bundled_pairs
 
