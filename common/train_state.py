@@ -230,7 +230,7 @@ class TrainState:
             future.result()
         barrier()
         if get_rank() == 0:
-            atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=1).encode())
+            atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=1, default=str).encode())
             atomic_write_bytes(tmp / COMPLETE, b"")
             if final.exists():  # re-saving a step (e.g. after a resume at that step) replaces it
                 shutil.rmtree(final)
@@ -297,26 +297,33 @@ class TrainState:
         load_engine_checkpoint(self.engine, path, universal=not same)
 
 
-def load_model_only(path, model_state: dict) -> dict:
-    """Fill ``model_state`` (FQN -> tensor, e.g. a fresh CPU model's ``state_dict()``) from checkpoint
-    ``path`` reading model entries only: the optimizer state is never loaded (export path, one process).
+def load_model_only(path, model_state: dict, ema: bool = False) -> bool:
+    """Fill ``model_state`` (FQN -> tensor, e.g. a fresh CPU model's ``state_dict()``, in place) from
+    checkpoint ``path`` reading model entries only: the optimizer state is never loaded (export, one process).
 
-    DCP: a partial load of the ``model.*`` keys. DeepSpeed: the per-parameter ``fp32.pt`` files of
-    the universal form (converted first if needed), since ZeRO keeps weights inside optimizer files.
+    ``ema=True`` takes the EMA average (``objects.ema.shadow``, keyed like ``model_state``) when the
+    checkpoint has one; returns whether it did. DCP: a partial load of those keys. DeepSpeed
+    without EMA: the per-parameter ``fp32.pt`` files of its universal form (converted first if
+    needed), since ZeRO keeps the weights inside optimizer files.
     """
     path = Path(path)
     meta = verify(path)
-    if meta.get("format") == "deepspeed":
+    from common.checkpoint_dcp import load_sharded, read_metadata
+
+    state_dir = path / "state"
+    use_ema = ema and state_dir.is_dir() and any(
+        k.startswith("objects.ema.shadow.") for k in read_metadata(state_dir).state_dict_metadata)
+    if use_ema:
+        load_sharded({"objects": {"ema": {"shadow": model_state}}}, state_dir, partial=True)
+    elif meta.get("format") == "deepspeed":
         from common.checkpoint_ds import convert_to_universal, universal_model_weights
 
         got = universal_model_weights(convert_to_universal(path), list(model_state))
         for k, t in model_state.items():
             t.copy_(got[k].reshape(t.shape))
-        return model_state
-    from common.checkpoint_dcp import load_sharded
-
-    load_sharded({"model": model_state}, path / "state", partial=True)
-    return model_state
+    else:
+        load_sharded({"model": model_state}, state_dir, partial=True)
+    return use_ema
 
 
 def _plain_state(sd: dict) -> dict:

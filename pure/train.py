@@ -115,7 +115,8 @@ class Trainer:
     # ---- save (training-state manager) --------------------------------------------------------
     def save(self) -> None:
         """Collective: every rank calls it at the same step."""
-        self.state.save(self.step, extra={"sampler": self.sampler.state_dict()})
+        # the config travels with the checkpoint so launch/export_checkpoint.py can rebuild the model
+        self.state.save(self.step, extra={"sampler": self.sampler.state_dict(), "config": _plain(self.cfg)})
     # ---- end save ------------------------------------------------------------------------------
 
     def train_step(self) -> dict:
