@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import pure.engine  # noqa: E402
 from pure.engine import get_engine, release_engines  # noqa: E402
 from pure.generate import generate  # noqa: E402
 from pure.jacobi import SJDConfig, _SJDRunner, speculative_generate  # noqa: E402
@@ -238,6 +239,17 @@ def _run(smoke: bool, device: torch.device, deadline: float | None) -> list[dict
     _free()
     _guard(rows, "SJD seconds per image", sjd_rows, deadline, 120)
     _free()
+    if cuda and compile:  # the decode step with FlexAttention (skips unfilled cache blocks)
+        def flex_rows():
+            pure.engine.ATTENTION = "flex"
+            try:
+                ms = decode_step_ms(model, prompt, sampling, image_mask, n_new, min(steps, n_new - 8), True, device)
+            finally:
+                pure.engine.ATTENTION = "sdpa"
+                _free()
+            return [_row("decode step, flex attention", round(ms, 2), "ms", target_step, "compiled + CUDA graph")]
+
+        _guard(rows, "decode step, flex attention", flex_rows, deadline, 150)
     if cuda:
         del model
         torch.cuda.empty_cache()

@@ -52,6 +52,10 @@ NCOLS = STATE_COLS + 8
 # test (whole-graph capture, functionalised cache writes): inductor's C++ build of the larger
 # SJD graph takes minutes on a loaded 2-core CI box.
 COMPILE_BACKEND = "inductor"
+# Decode attention over the static cache: "sdpa" (masked, reads every slot) or "flex"
+# (FlexAttention block mask, skips the unfilled blocks; fused only when compiled, eager it
+# materialises the scores); bench/gpu_pure.py measures both.
+ATTENTION = "sdpa"
 _ROUND = 256  # prompt capacities are rounded up so similar prompts (e.g. every 512 bucket) share one engine
 
 
@@ -68,6 +72,7 @@ class EngineSpec:
     eos_id: int = SpecialIds.EOT  # stop token
     uncond_reset: bool = True    # uncond context restarts at every image start (False: official SJD compat)
     compile: bool = False        # torch.compile the steps (CUDA graphs on CUDA)
+    attention: str = "sdpa"      # decode attention: sdpa | flex (see ATTENTION)
 
     @property
     def uses_cfg(self) -> bool:
@@ -103,7 +108,7 @@ class DecodeEngine:
         groups = [(spec.batch, spec.prompt_cap + extra)]
         if spec.uses_cfg:
             groups.append((spec.batch, spec.tail_cap + extra))
-        self.cache = StaticKVCache.for_model(model, groups, scratch=max(16, spec.window))
+        self.cache = StaticKVCache.for_model(model, groups, scratch=max(16, spec.window), attention=spec.attention)
         self.cuda_graphs = spec.compile and self.device.type == "cuda"
         if spec.compile:
             self.cache.mark_static()
@@ -248,7 +253,7 @@ def get_engine(model, prompts: Sequence[Sequence[int]], sampling: SamplingConfig
     cap = -(-max(map(len, prompts)) // _ROUND) * _ROUND
     tail = max(len(uncond_tail(p, uncond_reset)) for p in prompts) if sampling.uses_cfg else 0
     spec = EngineSpec(len(prompts), cap, -(-tail // 8) * 8, max_new_tokens, window, sampling, int(eos_id),
-                      uncond_reset, compile)
+                      uncond_reset, compile, ATTENTION)
     key = (id(model), spec, dataclasses.astuple(sampling), hash(image_mask.cpu().numpy().tobytes()))
     if key not in _ENGINES:
         release_engines()

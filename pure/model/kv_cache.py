@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 
 class KVCache:
@@ -151,8 +152,14 @@ class StaticKVCache:
     """
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, groups: list[tuple[int, int]],
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None, scratch: int = 16):
-        """`groups`: (rows, capacity) per group, in row order."""
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None, scratch: int = 16,
+                 attention: str = "sdpa"):
+        """`groups`: (rows, capacity) per group, in row order. `attention`: "sdpa" reads every
+        slot of the buffer under a mask; "flex" (FlexAttention with a block mask) skips the
+        128-slot blocks past each row's last slot, so a step reads only the filled part."""
+        if attention not in ("sdpa", "flex"):
+            raise ValueError(f"attention must be 'sdpa' or 'flex', got {attention!r}")
+        self.attention = attention
         self.num_layers, self.num_kv_heads, self.head_dim = num_layers, num_kv_heads, head_dim
         self.groups, self.scratch = [(int(r), int(c)) for r, c in groups], int(scratch)
         self.dtype, self.device = dtype, torch.device(device or "cpu")
@@ -162,17 +169,18 @@ class StaticKVCache:
             bounds.append(bounds[-1] + r)
         self.row_ranges = list(zip(bounds[:-1], bounds[1:], strict=True))
         # keys[layer][group]: (rows_g, H_kv, size_g, D); size_g >= capacity_g + scratch, rounded up to
-        # 64 slots so the attention mask's last dim meets the fused SDPA kernels' alignment.
-        self.sizes = [-(-(c + self.scratch) // 64) * 64 for _, c in self.groups]
+        # whole 128-slot blocks (FlexAttention's block; also the fused SDPA kernels' mask alignment).
+        self.sizes = [-(-(c + self.scratch) // _BLOCK) * _BLOCK for _, c in self.groups]
         self.keys = [[torch.zeros(r, num_kv_heads, n, head_dim, dtype=dtype, device=self.device)
                       for (r, _), n in zip(self.groups, self.sizes, strict=True)] for _ in range(num_layers)]
         self.values = [[torch.zeros_like(k) for k in layer] for layer in self.keys]
 
     @classmethod
-    def for_model(cls, model, groups: list[tuple[int, int]], scratch: int = 16, dtype=None, device=None):
+    def for_model(cls, model, groups: list[tuple[int, int]], scratch: int = 16, dtype=None, device=None,
+                  attention: str = "sdpa"):
         cfg, w = model.config, model.lm_head.weight
         return cls(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, groups, dtype or w.dtype,
-                   device or w.device, scratch)
+                   device or w.device, scratch, attention)
 
     def buffers(self) -> list[torch.Tensor]:
         return [t for layer in self.keys + self.values for t in layer]
@@ -194,8 +202,11 @@ class StaticKVCache:
         for (lo, hi), (_, cap), size in zip(self.row_ranges, self.groups, self.sizes, strict=True):
             s = slots[lo:hi]
             w = torch.where((s >= 0) & (s < cap), s, cap + t)
-            j = torch.arange(size, device=slots.device)
-            masks.append(((j <= s[..., None]) | (j == w[..., None]))[:, None])
+            if self.attention == "flex":
+                masks.append(_block_mask(s, w, cap, size))
+            else:
+                j = torch.arange(size, device=slots.device)
+                masks.append(((j <= s[..., None]) | (j == w[..., None]))[:, None])
             idx.append(w)
         return idx, masks
 
@@ -223,8 +234,31 @@ class StaticKVCache:
             rep = q.shape[1] // kk.shape[1]
             if rep > 1:
                 kk, vv = kk.repeat_interleave(rep, dim=1), vv.repeat_interleave(rep, dim=1)
-            outs.append(F.scaled_dot_product_attention(q[lo:hi], kk, vv, attn_mask=mask, is_causal=causal))
+            if isinstance(mask, BlockMask):
+                outs.append(flex_attention(q[lo:hi], kk, vv, block_mask=mask))
+            else:
+                outs.append(F.scaled_dot_product_attention(q[lo:hi], kk, vv, attn_mask=mask, is_causal=causal))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+_BLOCK = 128  # slots per FlexAttention KV block
+
+
+def _block_mask(s: torch.Tensor, w: torch.Tensor, cap: int, size: int):
+    """BlockMask equal to the SDPA mask (key j visible iff j <= s or j == w) whose per-row
+    block count stops after the row's last slot. Rows with a slot outside [0, cap) (their own
+    key sits in scratch at the end) keep every block: those are unconditional rows outside an
+    image, whose outputs are unused."""
+    rows, n_blocks = s.shape[0], size // _BLOCK
+    outside = ((s < 0) | (s >= cap)).any(-1)
+    used = torch.where(outside, n_blocks, (s.amax(-1) + _BLOCK) // _BLOCK).clamp(1, n_blocks)
+    order = torch.arange(n_blocks, device=s.device, dtype=torch.int32).expand(rows, 1, 1, n_blocks)
+
+    def visible(b, h, q_idx, kv_idx):
+        return (kv_idx <= s[b, q_idx]) | (kv_idx == w[b, q_idx])
+
+    return BlockMask.from_kv_blocks(used.to(torch.int32).view(rows, 1, 1), order.contiguous(),
+                                    BLOCK_SIZE=(_BLOCK, _BLOCK), mask_mod=visible, seq_lengths=(s.shape[1], size))
 
 
 class StaticStep(NamedTuple):

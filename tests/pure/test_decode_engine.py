@@ -133,6 +133,26 @@ def test_decode_loop_reads_no_device_value_per_token(model, image_mask, monkeypa
     assert count_reads(lambda: run(30, poll_every=10), monkeypatch) == many + 2
 
 
+def test_flex_attention_equals_sdpa(model, image_mask, monkeypatch, one_thread):
+    """The FlexAttention block-mask path gives the SDPA path's logits and tokens (AR with an
+    image opening mid-answer, and SJD windows), eager."""
+    import pure.engine
+
+    prompts = [[0, 9100, S.EOT, *header(1)], [0, 9200, 9300, S.EOT]]
+    outs = {}
+    for attention in ("sdpa", "flex"):
+        monkeypatch.setattr(pure.engine, "ATTENTION", attention)
+        ar = generate(model, prompts, SamplingConfig(), image_mask, max_new_tokens=10, seed=[1, 2],
+                      return_logits=True, return_uncond_logits=True)
+        sj = speculative_generate(model, prompts, SamplingConfig(), SJDConfig(active_from=0, window=4), image_mask,
+                                  max_new_tokens=10, seed=[1, 2])
+        outs[attention] = (ar, sj)
+    (ar_s, sj_s), (ar_f, sj_f) = outs["sdpa"], outs["flex"]
+    assert ar_f.tokens == ar_s.tokens and sj_f.tokens == sj_s.tokens
+    assert torch.allclose(ar_f.logits, ar_s.logits, atol=1e-5)
+    assert torch.allclose(ar_f.uncond_logits[0], ar_s.uncond_logits[0], atol=1e-5)  # row 0 is inside its grid
+
+
 def test_image_only_budget_is_known_in_advance(model, image_mask, one_thread):
     """Prompts ending in <8197><h><w> with the image end as stop token: the loop length is the
     block length (the structure mask forces the end token there), whatever max_new_tokens says."""
