@@ -1,9 +1,14 @@
-"""Speculative Jacobi Decoding for PURE (spec §8), self-contained on our KV cache.
+"""Speculative Jacobi Decoding for PURE (spec §8), batched, on the static-cache engine.
 
 Each iteration feeds one window [pending, carried drafts..., fresh drafts...] (16 tokens by
-default) in a single forward, verifies the drafts left to right against the model's own
-per-position distributions, commits the accepted prefix plus one corrected/bonus token, rolls
-the cache back to the committed length, and keeps the model's later samples as next drafts.
+default) per image in a single forward (all images and their CFG rows together), verifies
+the drafts left to right against the model's own per-position distributions, commits the
+accepted prefix plus one corrected/bonus token, rolls the cache back by moving the row's slot
+counter, and keeps the model's later samples as next drafts. Images accept different numbers
+of drafts in the same forward (every row has its own slot counter); the whole iteration —
+forward, processors, verification, commit — is tensor code compiled as one step (a CUDA graph
+on CUDA) and reads nothing back. `verify` / `residual_distribution` are the scalar statement
+of the rule that `batched_verify` implements (tests hold one against the other).
 
 Official deviations fixed by default (spec §8.3), each with a compat switch:
 1. fresh drafts and the image mask cover all 16,384 image ids (official SJD's processor allows

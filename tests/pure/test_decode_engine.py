@@ -133,6 +133,7 @@ def test_decode_loop_reads_no_device_value_per_token(model, image_mask, monkeypa
     assert count_reads(lambda: run(30, poll_every=10), monkeypatch) == many + 2
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_flex_attention_equals_sdpa(model, image_mask, monkeypatch, one_thread):
     """The FlexAttention block-mask path gives the SDPA path's logits and tokens (AR with an
     image opening mid-answer, and SJD windows), eager."""
