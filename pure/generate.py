@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pure.engine import DONE, LIVE, NOUT, TOK, get_engine
 from pure.processors import ImageState, SamplingConfig
 from pure.tokenizer import ImageCodeMap, SpecialIds, parse_image_block
 
@@ -177,8 +178,6 @@ def generate(model, prompts: Sequence[Sequence[int]], sampling: SamplingConfig |
     `out.logits` (B, steps, V) on `logits_device` in `logits_dtype`, aligned with `out.ids`;
     `return_uncond_logits` likewise for the unconditional rows (meaningful only while a row is
     inside an image grid)."""
-    from pure.engine import DONE, LIVE, NOUT, TOK, get_engine
-
     sampling = sampling or SamplingConfig()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
@@ -197,13 +196,13 @@ def generate(model, prompts: Sequence[Sequence[int]], sampling: SamplingConfig |
     while True:
         for store, x in zip(stores, (cond, uncond), strict=True):
             if store is not None:
-                store.add(x if x is not None else torch.zeros_like(cond))
+                store.add(x)
         if step >= max_new_tokens or poll(step, S[:, DONE]):
             break
         S, cond, uncond = engine.call(engine.ar_step, S)
         ids.append(S[:, TOK])
         step += 1
-    if return_uncond_logits and stores[1] is None:  # no CFG pass: report the cond logits' shape, zeros
+    if return_uncond_logits and stores[1] is None:  # no CFG pass (cfg 1.0): an empty (B, 0, V)
         stores[1] = _LogitStore(len(prompts), 0, vocab, logits_device, logits_dtype, device)
     ids_t = torch.stack(ids, 1)
     table = torch.cat([S[:, [NOUT, LIVE]], ids_t], 1).tolist()  # the one read-out of the run
