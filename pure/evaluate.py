@@ -162,6 +162,16 @@ def _restore_or_skip(restorer, batch: list, generator, skips, path_of) -> list:
     return [r for item in batch for r in _restore_or_skip(restorer, [item], generator, skips, path_of)]
 
 
+def build_restorer(cfg: PureSampleConfig, model, vq, tok, log=None):
+    """The `pure.restore.Restorer` a sampling config describes (folder runs and the web demo)."""
+    from pure.restore import Restorer
+
+    return Restorer(model, vq, tok, sampling_config(cfg), sjd_config(cfg), resolution=cfg.resolution,
+                    max_new_tokens=cfg.max_new_tokens, color_fix=cfg.color_fix, image_only=cfg.image_only,
+                    scale=cfg.scale, tile_overlap=cfg.tile_overlap, tile_batch=cfg.tile_batch,
+                    max_output_pixels=cfg.max_output_pixels, log=log)
+
+
 def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     """Restore a folder (distributed under torchrun); returns metrics + summary on rank 0.
 
@@ -174,7 +184,6 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     from common.logging import get_logger, progress
     from common.paths import SkipLog, start_folder_run
     from pure.engine import set_default_compile
-    from pure.restore import Restorer
 
     log = get_logger("pure.sample")
     files, out_dir, keep = start_folder_run(
@@ -185,10 +194,7 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     device = info.device
     model, vq, tok = load_components(cfg, device)
     set_default_compile(cfg.compile)
-    restorer = Restorer(model, vq, tok, sampling_config(cfg), sjd_config(cfg), resolution=cfg.resolution,
-                        max_new_tokens=cfg.max_new_tokens, color_fix=cfg.color_fix,
-                        image_only=cfg.image_only, scale=cfg.scale, tile_overlap=cfg.tile_overlap,
-                        tile_batch=cfg.tile_batch, max_output_pixels=cfg.max_output_pixels, log=log)
+    restorer = build_restorer(cfg, model, vq, tok, log)
     names = sorted(files)
     rank, world = get_rank(), get_world_size()
     mine = [i for i in range(rank, len(names), world) if names[i] not in keep]

@@ -29,7 +29,8 @@ def claim(folder: str) -> list[str]:
 
 
 CLAIMED.update({"varsr/train.yaml", "varsr/sample.yaml", "pure/train.yaml", "pure/sample.yaml",
-                "common/degrade.yaml", "common/evaluate.yaml", "common/vq_finetune.yaml"})
+                "common/degrade.yaml", "common/evaluate.yaml", "common/vq_finetune.yaml",
+                "common/web_demo.yaml"})
 
 
 # ---------------------------------------------------------------- VARSR
@@ -158,6 +159,21 @@ def test_vq_finetune_config(app, repo_root):
     spec.loader.exec_module(mod)
     cfg = to_dataclass(mod.VQFinetuneConfig, compose_config("common", "vq_finetune", [f"app={app}", "data=lsdir_ffhq"]))
     assert cfg.app == app and cfg.steps > 0 and cfg.data.sources
+
+
+def test_web_demo_config_entries_are_valid_sampling_configs():
+    """Every checkpoint the web demo offers by default composes into its app's sampling schema."""
+    from webdemo.config import WebDemoConfig, register_configs
+    from webdemo.host import _sample_config
+
+    register_configs()
+    cfg = to_dataclass(WebDemoConfig, compose_config("common", "web_demo", ["port=0"]))
+    assert cfg.host == "127.0.0.1"  # localhost unless the user opens it up
+    for app in ("varsr", "pure"):
+        assert cfg.__dict__[app], app
+        for name, entry in cfg.__dict__[app].items():
+            sample = _sample_config(app, entry)
+            assert sample.model is not None, (app, name)
 
 
 @pytest.mark.parametrize("name", claim("common/hydra/launcher"))

@@ -212,32 +212,24 @@ class ModelHost:
         }
 
     def _pure(self, base, models, req: Request, img: np.ndarray):
-        from pure.evaluate import sampling_config, sjd_config
-        from pure.restore import Restorer
+        from pure.evaluate import build_restorer
 
         model, vq, tok = models
         fix = base.color_fix if req.color_fix == "default" else req.color_fix
+        # tiling off: one native-resolution bucket (aspect kept); otherwise exactly `scale` x the input
+        # (4 unless the checkpoint entry says otherwise), in feathered tiles when above one tile.
+        scale = None if req.tile == "off" else (base.scale or 4)
         cfg = dataclasses.replace(
-            base, cfg=float(req.cfg), temperature=float(req.temperature), seed=int(req.seed), color_fix=fix
-        )
-        restorer = Restorer(
-            model,
-            vq,
-            tok,
-            sampling_config(cfg),
-            sjd_config(cfg),
-            resolution=cfg.resolution,
-            max_new_tokens=cfg.max_new_tokens,
-            color_fix=fix,
-            image_only=cfg.image_only,
+            base, cfg=float(req.cfg), temperature=float(req.temperature), seed=int(req.seed), color_fix=fix, scale=scale
         )
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        res = restorer.restore([img], gen)[0]
+        res = build_restorer(cfg, model, vq, tok).restore([img], gen)[0]
         info = {
             "cfg": cfg.cfg,
             "temperature": cfg.temperature,
             "seed": cfg.seed,
             "color_fix": fix,
+            "scale": scale,
             "degradation": res.degradation,
             "caption": res.caption,
             "generated_image": res.ok,
