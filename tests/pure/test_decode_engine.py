@@ -221,7 +221,7 @@ def test_compiled_sjd_iteration_traces_whole(model, image_mask, monkeypatch, one
     monkeypatch.setattr(pure.engine, "COMPILE_BACKEND", "aot_eager")
     prompts = [[0, 9100, 9200, S.EOT, *header(1)], [0, 9400, S.EOT, *header(1)]]
     outs = {}
-    for sampling in (SamplingConfig(temperature=0.0, cfg=0.8), SamplingConfig(temperature=0.9, cfg=0.8)):
+    for sampling in (SamplingConfig(temperature=0.9, cfg=0.8),):  # the sampling verifier (greedy is its subset)
         for flag in (False, True):
             release_engines()
             outs[flag] = speculative_generate(model, prompts, sampling, SJDConfig(active_from=0, window=4),
