@@ -165,6 +165,34 @@ def test_image_only_budget_is_known_in_advance(model, image_mask, one_thread):
     assert out.ids.shape[1] == 71  # no step beyond the longest block
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA's sync detector (the CPU count above is the must-show)")
+def test_cuda_decode_steps_never_synchronise(image_mask):
+    """AR steps and SJD iterations under torch.cuda.set_sync_debug_mode("error")."""
+    from pure.engine import get_engine
+    from pure.jacobi import _SJDRunner
+    from pure.model import ChameleonForCausalLM, chameleon_config
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = ChameleonForCausalLM(chameleon_config("tiny")).eval()
+    prompts = [[0, 9100, S.EOT, *header(1)], [0, 9200, 9300, S.EOT]]
+    engine = get_engine(model, prompts, SamplingConfig(), image_mask.cuda(), 20, S.EOT, compile=False)
+    S_, _, _ = engine.start(prompts, [0, 1])
+    sjd = get_engine(model, prompts, SamplingConfig(), image_mask.cuda(), 20, S.EOT, window=4, compile=False)
+    runner = _SJDRunner(sjd, SJDConfig(active_from=0, window=4), image_mask.cuda(), compile=False)
+    T_, _, _ = sjd.start(prompts, [0, 1])
+    carry = runner.initial(T_)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(6):
+            S_, _, _ = engine.call(engine.ar_step, S_)
+            T_, *carry = sjd.call(runner.step, T_, *carry)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    release_engines()
+
+
 def test_batched_sjd_greedy_equals_greedy_ar_per_image(model, image_mask, one_thread):
     # an 8x8 grid (73 tokens), a 4x4 grid (21) and a prompt that leaves the answer open
     prompts = [[0, 9100, 9200, S.EOT, 9300, *header(2)], [0, 9500, S.EOT, *header(1)], [0, 9600, 9700, S.EOT]]
