@@ -18,6 +18,7 @@ import torch
 
 from varsr.config import tiny_train_config
 from varsr.optim import clean_param_name
+from varsr.train import Trainer
 
 GLOBAL_BATCH = 4
 STEPS = 3
@@ -38,7 +39,6 @@ def make_cfg(run_dir, world: int, strategy: str = "ddp"):
 def run_and_dump(run_dir, world: int, strategy: str = "ddp") -> Path:
     """Train STEPS steps; rank 0 writes step 1's full gradients, every step's rank-mean loss, final params."""
     from common.dist import all_reduce_mean, get_rank
-    from varsr.train import Trainer
 
     out = {"losses": []}
 
@@ -83,6 +83,30 @@ def test_two_process_matches_single_process(tmp_path, strategy):
     for name, e in ref["ema"].items():
         assert torch.allclose(got["ema"][name], e, atol=2e-6, rtol=1e-5), name
     assert any(not torch.allclose(e, ref["params"][n]) for n, e in ref["ema"].items())  # a real average
+    _resume_one_process_past_planted(tmp_path, strategy, got["params"])
+
+
+def _resume_one_process_past_planted(tmp_path, strategy, params):
+    """The 2-rank run's sharded checkpoint (one DCP shard file per rank) resumes in ONE process, past a
+    planted newest checkpoint whose index runs code when unpickled: the payload never runs and the
+    weights are the 2-rank run's final ones."""
+    import shutil
+
+    from common.train_state import step_dir
+    from tests.common.test_train_state import plant_pickle
+
+    run = tmp_path / "ddp"
+    good = step_dir(run, STEPS)
+    assert sorted(p.name for p in (good / "state").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    shutil.copytree(good, step_dir(run, STEPS + 5))
+    marker = tmp_path / "PWNED"
+    plant_pickle(step_dir(run, STEPS + 5) / "state" / ".metadata", marker)
+    trainer = Trainer(make_cfg(run, 1, strategy))
+    assert not marker.exists() and trainer.step == STEPS
+    got = {clean_param_name(n): p.detach() for n, p in trainer.model.named_parameters()}
+    assert set(got) == set(params)
+    for name, p in params.items():
+        assert torch.equal(got[name], p), name
 
 
 if __name__ == "__main__":
