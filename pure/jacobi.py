@@ -122,7 +122,8 @@ def batched_verify(drafts: torch.Tensor, probs: torch.Tensor, dq: torch.Tensor, 
     at = n.clamp_max(T1 - 1)[:, None]
     V = probs.shape[-1]
     p_n = probs.gather(1, n[:, None, None].expand(-1, 1, V))[:, 0]
-    onehot = torch.nn.functional.one_hot(drafts.gather(1, at)[:, 0], V).to(p_n.dtype)
+    # one-hot of the draft without F.one_hot, whose range check reads the device on CUDA
+    onehot = (torch.arange(V, device=p_n.device) == drafts.gather(1, at)).to(p_n.dtype)
     q_n = torch.where(has_q.gather(1, at), dq.gather(1, at[..., None].expand(-1, 1, V))[:, 0], onehot)
     resid = (p_n - q_n).clamp_min(0.0)
     total = resid.sum(-1, keepdim=True)
