@@ -358,6 +358,6 @@ def counter_uniform(seed: torch.Tensor, counter: torch.Tensor, stream: torch.Ten
     """float64 uniforms in [0, 1) with 53 random bits; arguments broadcast (int64 tensors)."""
     x = _mix32(((seed ^ (seed >> 32)) & _MASK32) ^ 0x5BD1E995)
     x = _mix32(x ^ (counter & _MASK32))
-    x = _mix32(x ^ ((torch.as_tensor(stream, device=x.device) * 0x3C6EF35F + 0x1B873593) & _MASK32))
+    x = _mix32(x ^ ((stream * 0x3C6EF35F + 0x1B873593) & _MASK32))  # an int stream stays a Python int: no copy
     hi, lo = _mix32(x ^ 0x68E31DA4), _mix32(x ^ 0x2545F491)
     return ((hi >> 5).double() * 2.0**26 + (lo >> 6).double()) / 2.0**53
