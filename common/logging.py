@@ -26,10 +26,23 @@ class _RankFilter(_logging.Filter):
         return True
 
 
+class _StdoutHandler(_logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at emit time, not the stream seen when the logger was
+    made (pytest's capture and notebooks swap it; a stale one is closed and every record fails)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the live sys.stdout always wins
+        pass
+
+
 def get_logger(name: str = "arsr") -> _logging.Logger:
     logger = _logging.getLogger(name)
     if not logger.handlers:
-        h = _logging.StreamHandler(sys.stdout)
+        h = _StdoutHandler()
         h.addFilter(_RankFilter())
         h.setFormatter(_logging.Formatter("[%(asctime)s r%(rank)s %(name)s] %(message)s", "%H:%M:%S"))
         logger.addHandler(h)
