@@ -3,7 +3,7 @@
 - ``atomic_save``: write to a temp file in the same directory, fsync, ``os.replace``, fsync the
   directory. A process killed mid-write leaves the previous checkpoint intact.
 - ``safe_load``: ``torch.load(weights_only=True)`` or safetensors, nothing else.
-- ``latest_checkpoint``: auto-resume discovery over ``<run_dir>/checkpoints/ckpt_<step>.pt``.
+- (training checkpoints, their layout and auto-resume: ``common.train_state``, built on these)
 - ``rng_state`` / ``set_rng_state``: RNG streams as tensors and plain values (weights_only-safe).
 - ``PreemptionHandler``: turns SIGTERM/SIGUSR1 (SLURM pre-emption) into a flag the loop polls.
 """
@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import signal
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-
-CKPT_RE = re.compile(r"^ckpt_(\d{8,})\.pt$")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -86,42 +83,6 @@ def safe_load(path: str | os.PathLike, map_location="cpu"):
             f"{path}: cannot be loaded safely with weights_only=True ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}); convert a trusted file to safetensors first"
         ) from None
-
-
-def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
-    return checkpoint_dir(run_dir) / f"ckpt_{int(step):08d}.pt"
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    d = checkpoint_dir(run_dir)
-    if not d.is_dir():
-        return []
-    found = []
-    for p in d.iterdir():
-        m = CKPT_RE.match(p.name)
-        if m and (p.is_file() or p.is_dir()):
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """Newest complete checkpoint (temp files from an interrupted save never match the pattern)."""
-    found = list_checkpoints(run_dir)
-    return found[-1][1] if found else None
-
-
-def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
-    """Delete all but the ``keep`` newest checkpoints (keep <= 0 keeps everything)."""
-    if keep <= 0:
-        return
-    import shutil
-
-    for _, p in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def rng_state() -> dict:
