@@ -98,9 +98,14 @@ def worker(rank: int, world: int, port: int, args, out_dir: str) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     _step(model, opt, args.hidden)
     root = Path(out_dir)
-    ts = TrainState(root / "run", model, opt, keep=0)
+    ts = TrainState(root / "run", model, opt, keep=0, async_save=args.async_save)
+
+    def save():  # with --async-save: staging returns first, wait() publishes the step directory
+        ts.save(1)
+        ts.wait()
+
     res = {"rank": rank}
-    res["sharded_save_s"], res["sharded_save_peak"] = _measure(lambda: ts.save(1))
+    res["sharded_save_s"], res["sharded_save_peak"] = _measure(save)
     res["sharded_load_s"], res["sharded_load_peak"] = _measure(lambda: ts.load(step_dir(root / "run", 1)))
     if not args.check:
         save, load = _full_paths(model, opt, root / "full.pt", rank)
@@ -179,6 +184,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="working directory (default: a new temp dir)")
     ap.add_argument("--json", default=None, help="also write the raw results here")
     ap.add_argument("--check", action="store_true", help="skip the full path; verify a 1-process resume")
+    ap.add_argument("--async-save", action="store_true", help="sharded path with checkpoint.async_save")
     args = ap.parse_args()
     res = run(args)
     if args.json:
