@@ -164,8 +164,10 @@ def _restore_or_skip(restorer, batch: list, generator, skips, path_of) -> list:
 
 def build_restorer(cfg: PureSampleConfig, model, vq, tok, log=None):
     """The `pure.restore.Restorer` a sampling config describes (folder runs and the web demo)."""
+    from pure.engine import set_default_compile
     from pure.restore import Restorer
 
+    set_default_compile(cfg.compile)  # compiled decode steps: the config's switch, else by device
     return Restorer(model, vq, tok, sampling_config(cfg), sjd_config(cfg), resolution=cfg.resolution,
                     max_new_tokens=cfg.max_new_tokens, color_fix=cfg.color_fix, image_only=cfg.image_only,
                     scale=cfg.scale, tile_overlap=cfg.tile_overlap, tile_batch=cfg.tile_batch,
@@ -183,7 +185,6 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     from common.dist import barrier, get_rank, get_world_size, init_distributed, is_main
     from common.logging import get_logger, progress
     from common.paths import SkipLog, start_folder_run
-    from pure.engine import set_default_compile
 
     log = get_logger("pure.sample")
     files, out_dir, keep = start_folder_run(
@@ -193,7 +194,6 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     info = init_distributed(None if cfg.device == "auto" else cfg.device)
     device = info.device
     model, vq, tok = load_components(cfg, device)
-    set_default_compile(cfg.compile)
     restorer = build_restorer(cfg, model, vq, tok, log)
     names = sorted(files)
     rank, world = get_rank(), get_world_size()
