@@ -230,3 +230,24 @@ def test_stats_are_read_once_per_log_window(tmp_path, monkeypatch):
     res = main(make_cfg(tmp_path, **{"schedule.epochs": 2, "logging.every_steps": 3}))  # 8 steps
     assert len(res["losses"]) == 8 and all(np.isfinite(res["losses"]))
     assert [c[0] for c in calls] == [3, 3, 2]  # steps 1-3, 4-6, 7-8 (the last window at the end)
+
+
+def test_planted_rng_pickle_as_newest_checkpoint_never_runs(tmp_path, caplog, capfd):
+    """Single process: a newest checkpoint whose RNG file runs code when unpickled is skipped with a
+    warning naming the file; the run resumes from the previous good step and the payload never runs."""
+    import shutil
+
+    from common.train_state import step_dir
+    from tests.common.test_train_state import plant_torch
+
+    cfg = make_cfg(tmp_path, n_records=4, **{"schedule.epochs": 1, "checkpoint.every_steps": 1})
+    main(cfg)  # 2 steps/epoch: step_1 and step_2 on disk
+    bad = step_dir(cfg.run.run_dir, 7)
+    shutil.copytree(step_dir(cfg.run.run_dir, 2), bad)
+    plant_torch(bad / "rng" / "rank_00000.pt", tmp_path / "PWNED")
+    with caplog.at_level("WARNING"):
+        out = main(make_cfg(tmp_path, n_records=4, **{"schedule.epochs": 2}))
+    assert not (tmp_path / "PWNED").exists()
+    assert out["step"] == 4 and len(out["losses"]) == 2  # resumed at step 2, not 0 and not 7
+    printed = caplog.text + "".join(capfd.readouterr())  # the arsr logger may print without propagating
+    assert "skipping checkpoint step_00000007" in printed and "rank_00000.pt" in printed
