@@ -9,7 +9,7 @@ CPU cores one native 512 tile alone is ~4k tiny-model steps plus a 512^2 VQ roun
 minute).  Random weights decode every image token, so the time is that of a full image.
 Peak memory: CUDA allocator maximum, or the growth of the process RSS on CPU (common.peakmem).
 
-    python bench/sample_pure.py [--device auto] [--outputs 512 2048] [--resolution 32] [--tile-batch 1]
+    python bench/sample_pure.py [--device auto] [--outputs 512 2048] [--resolution 32] [--tile-batch N]
                                 [--out runs/bench/sample_pure]
 """
 from __future__ import annotations
@@ -71,7 +71,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--resolution", type=int, default=None, help="native side; default 512 on CUDA, 32 on CPU")
     ap.add_argument("--outputs", type=int, nargs="*", default=None, help="output sides (default 1 and 4 tiles)")
-    ap.add_argument("--tile-batch", type=int, default=1, help="tiles per AR generation")
+    ap.add_argument("--tile-batch", type=int, default=None, help="tiles per AR generation; default 1 on CUDA "
+                    "(a 7B tile's KV cache is ~6 GB), 25 on CPU (all 5x5 tiles of the tiny run at once)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="write <out>.md/.csv/.json")
     a = ap.parse_args(argv)
@@ -85,7 +86,7 @@ def main(argv=None) -> list[dict]:
         tok = TextTokenizer.from_file(build_test_tokenizer(tmp))
         grid_tokens = (res // vq.config.downsample) * (res // vq.config.downsample + 1)
         restorer = Restorer(model, vq, tok, SamplingConfig(), resolution=res, max_new_tokens=grid_tokens + 8,
-                            image_only=True, scale=4, tile_batch=a.tile_batch,
+                            image_only=True, scale=4, tile_batch=a.tile_batch or (1 if device.type == "cuda" else 25),
                             autocast_dtype=torch.bfloat16 if device.type == "cuda" else None)
         rows = [bench_one(restorer, side, device, name) for side in (a.outputs or [res, 4 * res])]
     print(markdown_table(rows))
