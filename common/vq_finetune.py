@@ -12,8 +12,8 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import asdict, dataclass
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -139,7 +139,8 @@ def finetune(model: torch.nn.Module, step_fn: StepFn, batches: Callable[[int], I
             terms["lpips"] = lpips(((recon.float() + 1) / 2).clamp(0, 1), hr01.float())
             loss = loss + s.lpips_weight * terms["lpips"]
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite tokenizer loss at step {step} ({ {k: float(v) for k, v in terms.items()} })")
+            values = {k: float(v) for k, v in terms.items()}
+            raise FloatingPointError(f"non-finite tokenizer loss at step {step} ({values})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip if s.grad_clip > 0 else math.inf)
