@@ -23,6 +23,7 @@ def read_keys(monkeypatch):
     return keys
 
 
+@pytest.mark.slow  # two tiny trainings + exports: ~20 s idle
 def test_varsr_export_equals_live_export_ema_and_raw(tmp_path, read_keys):
     from varsr.config import tiny_train_config
     from varsr.train import Trainer
@@ -50,6 +51,7 @@ def test_varsr_export_equals_live_export_ema_and_raw(tmp_path, read_keys):
         assert torch.equal(raw[k], v), k
 
 
+@pytest.mark.slow
 def test_pure_export_equals_live_export(tmp_path, read_keys):
     from safetensors.torch import load_file
 
