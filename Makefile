@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_varsr.py
 	$(BIN)/python bench/train_pure.py
 	$(BIN)/python bench/train_parallel.py
+	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/generate_pure.py
 
 # One GPU, under 8 minutes: every speed target in one Markdown table (+ JSON). `--smoke` = tiny, CPU.
