@@ -232,7 +232,7 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     atomic_write_bytes(out_dir.parent / "summary.json", json.dumps(summary, indent=1).encode())
     from common.metrics.select import scorable_metrics
 
-    metrics = scorable_metrics(cfg.metrics, cfg.hr_dir is not None)  # no HR: the no-reference ones (NIQE at least)
+    metrics = scorable_metrics(cfg.metrics, cfg.hr_dir is not None, out_dir)  # no HR: no-reference ones (NIQE at least)
     if not metrics:
         return {"summary": summary, "skipped": counts["skipped"]}
     from common.metrics import evaluate_folders

@@ -150,7 +150,7 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
     from common.metrics.select import scorable_metrics
 
     hr = cfg.hr_dir
-    metrics = scorable_metrics(cfg.metrics, hr is not None)  # no HR: the no-reference ones (NIQE at least)
+    metrics = scorable_metrics(cfg.metrics, hr is not None, out_dir)  # no HR: the no-reference ones (NIQE at least)
     if not metrics:
         return result
     # skipped inputs have no output: score what was produced, the skips are already counted

@@ -8,18 +8,44 @@ still means "do not score".
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from common.metrics.stack import FOLDER_LEVEL, FULL_REFERENCE
 
-NO_REFERENCE_FALLBACK = "niqe"  # no weights needed; needs outputs of at least 96 px (its 96-px patches)
+NO_REFERENCE_FALLBACK = "niqe"  # no weights needed
+NIQE_MIN_SIDE = 96  # NIQE works on 96-px patches; pyiqa fails on smaller images
 
 
-def scorable_metrics(requested, has_hr: bool) -> list[str]:
-    """Metric names to score for a run with (``has_hr``) or without a GT folder."""
+def _smallest_side(folder) -> int | None:
+    from PIL import Image
+
+    sides = []
+    for p in Path(folder).iterdir():
+        if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"):
+            with Image.open(p) as im:  # reads the header only
+                sides.append(min(im.size))
+    return min(sides) if sides else None
+
+
+def scorable_metrics(requested, has_hr: bool, out_dir=None) -> list[str]:
+    """Metric names to score for a run with (``has_hr``) or without a GT folder.
+
+    The NIQE fallback is dropped (with a log line) when an output in ``out_dir`` is smaller than
+    NIQE's patch: a tiny run ends with its images written, not with a traceback."""
     names = [str(m) for m in (requested or [])]  # a dict from the `metrics` config group gives its keys
     if has_hr or not names:
         return names
     kept = [m for m in names if m not in FULL_REFERENCE and m not in FOLDER_LEVEL]
-    return kept or [NO_REFERENCE_FALLBACK]
+    if kept:
+        return kept
+    side = _smallest_side(out_dir) if out_dir is not None and Path(out_dir).is_dir() else None
+    if side is not None and side < NIQE_MIN_SIDE:
+        from common.logging import get_logger
+
+        get_logger("metrics").warning("no hr_dir and outputs of %d px (< %d): not scored (NIQE needs %d px)",
+                                      side, NIQE_MIN_SIDE, NIQE_MIN_SIDE)
+        return []
+    return [NO_REFERENCE_FALLBACK]
 
 
-__all__ = ["NO_REFERENCE_FALLBACK", "scorable_metrics"]
+__all__ = ["NIQE_MIN_SIDE", "NO_REFERENCE_FALLBACK", "scorable_metrics"]
