@@ -15,7 +15,7 @@ A Hydra multirun (``-m cfg=4,6,8 temperature=0.7,0.9``) leaves one folder per po
   against ``cfg`` with one line per ``temperature``, or against whichever key was swept) into the
   sweep folder.
 
-With ``objective=<metric>`` (set by the ``hydra/sweeper=tune`` presets) the callback also makes
+With ``objective=<metric>`` (set by the ``+sweep=optuna`` presets) the callback also makes
 the job's return value that metric's mean, which is what Hydra's Optuna sweeper optimises.
 """
 from __future__ import annotations
