@@ -124,7 +124,8 @@ def _upload(page, path: Path) -> None:
     with page.expect_file_chooser() as chooser:
         page.locator("#upload button.upload-container").click()
     chooser.value.set_files(str(path))
-    page.locator("#upload").get_by_text(path.name).filter(visible=True).first.wait_for(timeout=30_000)
+    # uploaded once the server's copy is linked under the file's name
+    page.locator(f'#upload a[download="{path.name}"]').first.wait_for(timeout=60_000)
 
 
 def _restore(page, app: str, checkpoint: str, upload: Path, timeout_ms: int = 400_000) -> tuple[int, int]:
