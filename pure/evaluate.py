@@ -66,7 +66,7 @@ class PureSampleConfig:
     max_new_tokens: int = 8192          # README value; a 512 answer needs ~4.3k
     image_only: bool = False            # prefill <8197><h><w>, stop at the image end (no text answer)
     sjd: SJDSection = field(default_factory=SJDSection)
-    batch_size: int = 1                 # images per AR generation (SJD always runs one at a time)
+    batch_size: int = 1                 # images per generation, AR or SJD (each holds its own KV cache)
     seed: int = 0                       # batch starting at index i uses seed + i
     color_fix: str = "wavelet"          # wavelet (official) | adain | none
     device: str = "auto"                # auto | cpu | cuda
@@ -198,11 +198,10 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     names = sorted(files)
     rank, world = get_rank(), get_world_size()
     mine = [i for i in range(rank, len(names), world) if names[i] not in keep]
-    bs = 1 if cfg.sjd.enabled else cfg.batch_size
     skips = SkipLog("pure.sample", log)
     t0, done = time.time(), sum(names[i] in keep for i in range(rank, len(names), world))
-    for start in progress(range(0, len(mine), bs), desc="pure restore"):
-        batch = [(i, skips.read(files[names[i]])) for i in mine[start:start + bs]]
+    for start in progress(range(0, len(mine), cfg.batch_size), desc="pure restore"):
+        batch = [(i, skips.read(files[names[i]])) for i in mine[start:start + cfg.batch_size]]
         batch = [(i, img) for i, img in batch if img is not None]
         if not batch:
             continue

@@ -148,7 +148,7 @@ class Restorer:
 
     @torch.no_grad()
     def restore_native(self, lqs: list[np.ndarray], generator: torch.Generator | None = None) -> list[RestoreResult]:
-        """One pass per image at the native bucket (AR: one batched generation; SJD: one after another)."""
+        """All images at their native bucket in one batched generation (AR or SJD)."""
         t0 = time.time()
         prepared = [self.prepare(lq) for lq in lqs]
         out = self._generate([p for _, p, _ in prepared], generator)

@@ -63,7 +63,8 @@ def test_folder_run_writes_png_json_and_metrics(tmp_path, test_tokenizer_path):
     raw = compose_config("pure", "sample", ["model=tiny", "ckpt_dir=null", "vq_ckpt=null", "vq_size=tiny",
                                              f"tokenizer={test_tokenizer_path}", f"lr_dir={lr}", f"hr_dir={hr}",
                                              f"out_dir={tmp_path / 'out' / 'sr'}", "resolution=8", "image_only=true",
-                                             "max_new_tokens=30", "device=cpu", "metrics=[psnr]", "sjd.enabled=true", "sjd.active_from=0"])
+                                             "max_new_tokens=30", "device=cpu", "metrics=[psnr]", "sjd.enabled=true", "sjd.active_from=0",
+                                             "batch_size=2"])
     cfg = to_dataclass(PureSampleConfig, {k: v for k, v in raw.items()})
     result = run_restore(cfg)
     sr = tmp_path / "out" / "sr"
