@@ -119,7 +119,8 @@ class ExportConfig:
     dtype: str = "bf16"  # tensor dtype of the shards: bf16 (released PURE) | fp32 | fp16
 
 
-@checks(batch_size=at_least(1), num_workers=at_least(1), shard_size=at_least(1), target_size=at_least(1), device=DEVICE)
+@checks(batch_size=at_least(1), num_workers=at_least(1), shard_size=at_least(1), target_size=at_least(1), device=DEVICE,
+        lq_scale=at_least(1))
 @dataclass
 class PretokenizeConfig:
     """Everything `launch/pretokenize_pure.py` accepts."""
@@ -127,7 +128,7 @@ class PretokenizeConfig:
     out_dir: str = "data/pure_tokens"  # shards, per-shard JSONL indices, record.json, progress files
     images: list[str] = field(default_factory=list)  # HR folders (or ImageSource specs) to read
     target_size: int = 512  # MUST be 512 (two 768 images exceed max_seq_len)
-    lq_scale: int = 4  # LQ = HR/4, bicubic-resized back to target_size before VQ encoding
+    lq_scale: int = 4  # LQ = HR/lq_scale (PURE: 4), bicubic-resized back to target_size before VQ encoding
     degradation: str = "realesrgan"  # common.degradation preset (SeeSR offline = realesrgan)
     captions: str | None = None  # captions JSONL {id, caption}; None -> empty description
     degradation_scores: str | None = None  # optional score file (id, blur, noise) instead of the sampled params

@@ -89,7 +89,7 @@ def build_components(cfg, device: torch.device):
     roots = [_resolve_images(p, cfg.out_dir) for p in cfg.images]
     if not roots:
         raise ValueError("pretokenize: no image folders given (images: [...])")
-    deg_cfg = get_preset(cfg.degradation)
+    deg_cfg = get_preset(cfg.degradation, scale=cfg.lq_scale)  # LQ = HR / lq_scale
     ds = HRTrainDataset([ImageSource(root=r) for r in roots], crop_size=cfg.target_size, crop_mode="random",
                         kernel_sampler=KernelSampler(deg_cfg), seed=cfg.seed)
     with torch.random.fork_rng(devices=[]):
