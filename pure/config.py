@@ -20,8 +20,8 @@ class PureOptimConfig(OptimConfig):
     """AdamW; defaults from PURE's train.sh (the lr schedule is the `schedule` section)."""
 
     lr: float = 4e-4  # peak LR (20x Lumina-mGPT's 2e-5)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW (beta1, beta2), official
+    eps: float = 1e-8  # AdamW epsilon, official
     weight_decay: float = 0.1  # applied to ALL parameters, norms and embeddings included (official)
     grad_clip: float = 4.0  # global grad-norm clip
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -138,8 +138,8 @@ class PretokenizeConfig:
     shard_size: int = 1000  # records per shard file
     num_workers: int = 1  # local worker processes when not under torchrun (one shard stream each)
     max_seq_len: int = 11776  # reject longer records instead of truncating them
-    seed: int = 0
-    device: str = "auto"
+    seed: int = 0  # crops, kernels and degradations derive from it (deterministic on resume)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (degrade + VQ encode)
     batch_size: int = 4  # images degraded + encoded together
     limit: int | None = None  # only the first N items (smoke runs)
     convert_official: str | None = None  # official record JSON of pickles to convert instead

@@ -28,7 +28,7 @@ from pure.processors import SamplingConfig
 class SJDSection:
     """Speculative Jacobi decoding (spec §8); off = plain AR decoding."""
 
-    enabled: bool = False
+    enabled: bool = False               # decode with SJD (lossless w.r.t. AR sampling); false = plain AR
     window: int = 16                    # tokens per forward (1 committed + up to 15 drafts)
     active_from: int = 3                # Jacobi only for generated offsets in [active_from, active_until)
     active_until: int = 4150            # official 64*64 + 64 - 10
