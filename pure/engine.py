@@ -225,9 +225,12 @@ def uncond_tail(prompt: Sequence[int], reset: bool = True) -> list[int]:
     """What an unconditional row is prefilled with: the image the prompt leaves open
     ([8197, h, w, ...]) in AR semantics, or the prompt's last token (official SJD compat: the
     unconditional branch sees everything after the prompt's final 8710, that 8710 included)."""
+    return open_tail(prompt) if reset else [int(t) for t in prompt[-1:]]
+
+
+def open_tail(prompt: Sequence[int]) -> list[int]:
+    """The part of `prompt` from an image start it leaves open (e.g. `<8197><h><w>`), else []."""
     prompt = [int(t) for t in prompt]
-    if not reset:
-        return prompt[-1:]
     if not ImageState().advanced(prompt).open:
         return []
     return prompt[max(i for i, t in enumerate(prompt) if t == SpecialIds.IMG_START):]

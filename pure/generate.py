@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pure.engine import DONE, LIVE, NOUT, TOK, get_engine
+from pure.engine import DONE, LIVE, NOUT, TOK, get_engine, open_tail
 from pure.processors import ImageState, SamplingConfig
 from pure.tokenizer import ImageCodeMap, SpecialIds, parse_image_block
 
@@ -53,14 +53,6 @@ def split_answer(tokens: Sequence[int]) -> tuple[list[int], list[list[int]]]:
     if cur is not None:  # unterminated image: keep it so the caller can report it
         blocks.append(cur)
     return text, blocks
-
-
-def open_tail(prompt: Sequence[int]) -> list[int]:
-    """The part of `prompt` from an image start it leaves open (e.g. `<8197><h><w>`), else []."""
-    prompt = [int(t) for t in prompt]
-    if not ImageState().advanced(prompt).open:
-        return []
-    return prompt[max(i for i, t in enumerate(prompt) if t == SpecialIds.IMG_START):]
 
 
 def decode_answer(out: GenerationOutput, code_map: ImageCodeMap, tokenizer=None,
