@@ -6,9 +6,14 @@ on CPU a daemon thread samples the process resident set size (`/proc/self/statm`
 value.  `peak_delta` is the growth over the RSS at entry, i.e. what the measured code added on top of
 what was already resident.  Sampling can miss a spike shorter than the interval; large tensors take
 longer than a millisecond to fill, so the figure is a good (slightly low) estimate of the peak.
+glibc raises its mmap threshold after large frees, after which freed tensors stay in the heap and
+keep counting as resident; `PeakMemory` pins the threshold (128 KiB, glibc's default) so that
+big buffers are mmapped and given back on free, and RSS follows live memory.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import resource
 import threading
@@ -17,6 +22,15 @@ import time
 import torch
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def pin_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
+    """mallopt(M_MMAP_THRESHOLD): allocations above nbytes are mmapped and returned when freed."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, nbytes))  # -3 = M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to pin
+        return False
 
 
 def rss_bytes() -> int:
@@ -53,6 +67,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = self.peak = torch.cuda.memory_allocated(self.device)
             return self
+        pin_mmap_threshold()
         self.start = self.peak = rss_bytes()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
