@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 
 from common.config import DEVICE, at_least, checks, one_of
+from common.parallel import get_dtype
 from pure.jacobi import SJDConfig
 from pure.processors import SamplingConfig
 
@@ -40,7 +41,8 @@ class SJDSection:
 @checks(vq_size=one_of("ds8", "tiny"), out_size=at_least(1), resolution=at_least(1), cfg=at_least(0.0),
         temperature=at_least(0.0), top_k=at_least(0), max_new_tokens=at_least(1), batch_size=at_least(1),
         color_fix=one_of("wavelet", "adain", "none"), device=DEVICE, dtype=one_of("bf16", "fp16", "fp32"),
-        scale=at_least(0.01), tile_overlap=at_least(0), tile_batch=at_least(1), max_output_pixels=at_least(1))
+        scale=at_least(0.01), tile_overlap=at_least(0), tile_batch=at_least(1), max_output_pixels=at_least(1),
+        vq_dtype=one_of("fp32", "bf16"))
 @dataclass
 class PureSampleConfig:
     model: Any = None                   # ChameleonConfig fields (config group `model`); config.json in ckpt_dir wins
@@ -99,9 +101,7 @@ def sjd_config(cfg: PureSampleConfig) -> SJDConfig | None:
 
 
 def _dtype(cfg: PureSampleConfig, device: torch.device) -> torch.dtype:
-    if device.type != "cuda":
-        return torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.dtype]
+    return get_dtype(cfg.dtype) if device.type == "cuda" else torch.float32
 
 
 def load_components(cfg: PureSampleConfig, device: torch.device):
@@ -144,7 +144,7 @@ def load_components(cfg: PureSampleConfig, device: torch.device):
     if tok_path is None:
         log.warning("no tokenizer: using the stand-in test tokenizer")
         tok_path = build_test_tokenizer((Path(cfg.out_dir).parent if cfg.out_dir else Path(".")) / "test_tokenizer")
-    vq_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.vq_dtype] if device.type == "cuda" else torch.float32
+    vq_dtype = get_dtype(cfg.vq_dtype) if device.type == "cuda" else torch.float32
     return model.eval(), vq.to(device, vq_dtype).eval(), TextTokenizer.from_file(tok_path)
 
 

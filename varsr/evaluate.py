@@ -103,6 +103,7 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
     from common.data.io import write_image
     from common.dist import barrier, get_rank, get_world_size, init_distributed, is_main
     from common.logging import get_logger, progress
+    from common.parallel import get_dtype
     from common.paths import ImageRejected, SkipLog, start_folder_run
 
     log = get_logger("varsr.sample")
@@ -113,7 +114,7 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
     device = info.device
     model, vqvae = load_models(cfg, device)
     rank, world = get_rank(), get_world_size()
-    amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.dtype)
+    amp = None if cfg.dtype == "fp32" else get_dtype(cfg.dtype)  # fp32: autocast off
     skips = SkipLog("varsr.sample", log)
     t0, done = time.time(), 0
     for i in progress(range(rank, len(names), world), desc="varsr sr"):
