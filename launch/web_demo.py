@@ -20,8 +20,6 @@ def main(cfg: WebDemoConfig, block: bool = True):
     from webdemo.host import ModelHost
     from webdemo.ui import serve
 
-    if cfg.max_upload_mb <= 0 or cfg.queue_size < 1 or cfg.max_input_pixels < 1:
-        raise ValueError("max_upload_mb, queue_size and max_input_pixels must be positive")
     host = ModelHost({"varsr": cfg.varsr, "pure": cfg.pure}, device=cfg.device, max_input_pixels=cfg.max_input_pixels)
     return serve(
         host,

@@ -10,11 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.config import DEVICE, Rule, at_least, between, checks
+
 # The exports `make demo` writes (random tiny tokenizers: the pictures are noise, the plumbing is real).
 TINY_VARSR = "runs/demo/varsr/export/VARSR.pth"
 TINY_PURE = "runs/demo/pure/export"
 
 
+@checks(port=between(0, 65535), max_upload_mb=Rule(lambda v: v > 0, "> 0"), max_input_pixels=at_least(1),
+        queue_size=at_least(1), device=DEVICE)
 @dataclass
 class WebDemoConfig:
     """Web demo server. Add real weights with e.g.
