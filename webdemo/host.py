@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.config import REPO_ROOT, compose_config, to_dataclass
+from common.config import compose_config, repo_path, to_dataclass
 
 APPS = ("varsr", "pure")
 
@@ -75,21 +75,17 @@ def _sample_config(app: str, entry: dict):
     return to_dataclass(schema, compose_config(app, "sample", overrides))
 
 
+# the sampling-config keys that name weight files, per app
+_WEIGHT_KEYS = {"varsr": ("ckpt", "vae_ckpt"), "pure": ("ckpt_dir", "vq_ckpt", "tokenizer")}
+
+
 def _missing_files(app: str, cfg) -> list[str]:
-    keys = ("ckpt", "vae_ckpt") if app == "varsr" else ("ckpt_dir", "vq_ckpt", "tokenizer")
-    missing = []
-    for k in keys:
-        v = getattr(cfg, k, None)
-        if v and not (Path(v) if Path(v).is_absolute() else REPO_ROOT / v).exists():
-            missing.append(f"{k}={v}")
-    return missing
+    return [f"{k}={v}" for k in _WEIGHT_KEYS[app] if (v := getattr(cfg, k, None)) and not Path(repo_path(v)).exists()]
 
 
 def _absolute(app: str, cfg):
     """Relative checkpoint paths mean the repository, wherever the server was started from."""
-    keys = ("ckpt", "vae_ckpt") if app == "varsr" else ("ckpt_dir", "vq_ckpt", "tokenizer")
-    changes = {k: str(REPO_ROOT / v) for k in keys if (v := getattr(cfg, k, None)) and not Path(v).is_absolute()}
-    return dataclasses.replace(cfg, **changes)
+    return dataclasses.replace(cfg, **{k: repo_path(v) for k in _WEIGHT_KEYS[app] if (v := getattr(cfg, k, None))})
 
 
 class ModelHost:
