@@ -19,11 +19,16 @@ NIQE_MIN_SIDE = 96  # NIQE works on 96-px patches; pyiqa fails on smaller images
 def _smallest_side(folder) -> int | None:
     from PIL import Image
 
+    from common.data.io import is_image_file
+
     sides = []
     for p in Path(folder).iterdir():
-        if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"):
-            with Image.open(p) as im:  # reads the header only
-                sides.append(min(im.size))
+        if is_image_file(p):
+            try:
+                with Image.open(p) as im:  # reads the header only
+                    sides.append(min(im.size))
+            except OSError:  # unreadable: the scoring skips and counts it, it sets no size here
+                continue
     return min(sides) if sides else None
 
 
