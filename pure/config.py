@@ -126,7 +126,7 @@ class PretokenizeConfig:
     """Everything `launch/pretokenize_pure.py` accepts."""
 
     out_dir: str = "data/pure_tokens"  # shards, per-shard JSONL indices, record.json, progress files
-    images: list[str] = field(default_factory=list)  # HR folders (or ImageSource specs) to read
+    images: list[str] = field(default_factory=list)  # HR folders; "bundled" = the CC0 photos (written under out_dir)
     target_size: int = 512  # MUST be 512 (two 768 images exceed max_seq_len)
     lq_scale: int = 4  # LQ = HR/lq_scale (PURE: 4), bicubic-resized back to target_size before VQ encoding
     degradation: str = "realesrgan"  # common.degradation preset (SeeSR offline = realesrgan)
