@@ -153,6 +153,10 @@ def _restore_or_skip(restorer, batch: list, generator, skips, path_of) -> list:
     the minimum size, over max_output_pixels) is skipped and counted, the rest still run."""
     from common.paths import ImageRejected
 
+    if len(batch) > 1 and restorer.scale is not None:
+        # Scaled runs restore image after image anyway (their tiles are what is batched): going one at a
+        # time draws the same numbers, and a rejected image no longer discards the ones restored before it.
+        return [r for item in batch for r in _restore_or_skip(restorer, [item], generator, skips, path_of)]
     try:
         return list(zip([i for i, _ in batch], restorer.restore([img for _, img in batch], generator)))
     except ImageRejected as e:

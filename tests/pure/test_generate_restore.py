@@ -63,8 +63,8 @@ def test_folder_run_writes_png_json_and_metrics(tmp_path, test_tokenizer_path):
     raw = compose_config("pure", "sample", ["model=tiny", "ckpt_dir=null", "vq_ckpt=null", "vq_size=tiny",
                                              f"tokenizer={test_tokenizer_path}", f"lr_dir={lr}", f"hr_dir={hr}",
                                              f"out_dir={tmp_path / 'out' / 'sr'}", "resolution=8", "image_only=true",
-                                             "max_new_tokens=30", "device=cpu", "metrics=[psnr]", "sjd.enabled=true", "sjd.active_from=0",
-                                             "batch_size=2"])
+                                             "max_new_tokens=30", "device=cpu", "metrics=[psnr]", "sjd.enabled=true",
+                                             "sjd.active_from=0", "batch_size=2"])
     cfg = to_dataclass(PureSampleConfig, {k: v for k, v in raw.items()})
     result = run_restore(cfg)
     sr = tmp_path / "out" / "sr"
@@ -114,3 +114,31 @@ def test_load_components_from_hf_export(tmp_path, tiny_model, test_tokenizer_pat
     for (k, a), (_, b) in zip(sorted(model.state_dict().items()), sorted(tiny_model.state_dict().items())):
         assert torch.equal(a, b), k
     assert tok.code_map.num_codes == 16384 and vq.config.codebook_size == 64
+
+
+def test_scaled_batch_with_a_rejected_image_restores_each_other_image_once():
+    """A folder batch in scaled mode: the rejected image is skipped and counted, and the images
+    before it in the batch are not restored a second time (each one costs a whole generation)."""
+    from common.paths import ImageRejected, SkipLog
+    from pure.evaluate import _restore_or_skip
+
+    class CountingRestorer:
+        scale = 4.0
+
+        def __init__(self):
+            self.calls = []
+
+        def restore(self, lqs, generator=None):
+            out = []
+            for lq in lqs:  # image after image, as Restorer.restore does with `scale` set
+                if lq.shape[0] < 2:
+                    raise ImageRejected("too small")
+                self.calls.append(int(lq[0, 0, 0]))
+                out.append(f"restored {int(lq[0, 0, 0])}")
+            return out
+
+    batch = [(i, np.full((1 if i == 2 else 4, 4, 3), i, np.uint8)) for i in range(4)]
+    r, skips = CountingRestorer(), SkipLog("test")
+    got = _restore_or_skip(r, batch, None, skips, lambda i: f"img{i}.png")
+    assert got == [(0, "restored 0"), (1, "restored 1"), (3, "restored 3")]
+    assert sorted(r.calls) == [0, 1, 3] and skips.skipped == ["img2.png"]
