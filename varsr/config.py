@@ -40,6 +40,7 @@ class SourceConfig:
 class DataConfig:
     """Training batches: HR crops (+ CPU-sampled kernels) -> on-device degradation -> [-1, 1]."""
 
+    # training images, mixed per epoch by each source's ratio (default: the bundled photos, for smoke runs)
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(kind="bundled", resize_shorter_to=640)])
     crop_size: int = 512  # HR crop side; the LR is resized back to this size (1024 prefix tokens at 512)
     crop_mode: str = "resize_center"  # VARSR: resize shorter side (LANCZOS) then centre crop 512;
