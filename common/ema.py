@@ -44,6 +44,8 @@ def _is_dtensor(t) -> bool:
 
 
 class EMA:
+    """fp32 average of a model's trainable parameters, ``shadow = decay * shadow + (1 - decay) * p`` per step."""
+
     def __init__(self, model: nn.Module, decay: float = 0.9999, start_step: int = 0):
         self.decay, self.start_step = float(decay), int(start_step)
         self.shadow = {clean_param_name(n): p.detach().clone().float()
