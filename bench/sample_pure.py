@@ -50,8 +50,8 @@ def build(device: torch.device):
 def bench_one(restorer: Restorer, side: int, device: torch.device, name: str) -> dict:
     lq_side = max(1, side // 4)
     lq = np.random.default_rng(0).integers(0, 256, (lq_side, lq_side, 3), dtype=np.uint8)
-    p = plan(lq_side, lq_side, 4, restorer.resolution, restorer.tile_overlap, restorer.kv_bytes_per_image(),
-             restorer.weight_bytes())
+    p = plan(lq_side, lq_side, 4, restorer.resolution, restorer.tile_overlap,
+             restorer.kv_bytes_per_image() * restorer.tile_batch, restorer.weight_bytes())
     with PeakMemory(device) as pm:
         t0 = time.perf_counter()
         (res,) = restorer.restore([lq], torch.Generator(device=device).manual_seed(0))

@@ -130,7 +130,7 @@ def restore_scaled(restorer, lq: np.ndarray, scale: float, generator=None, overl
     """
     from common.logging import progress
 
-    p = plan(*lq.shape[:2], scale, restorer.resolution, overlap, restorer.kv_bytes_per_image(),
+    p = plan(*lq.shape[:2], scale, restorer.resolution, overlap, restorer.kv_bytes_per_image() * max(1, tile_batch),
              restorer.weight_bytes())
     check_limit(p, max_output_pixels)
     if p.n_tiles == 1:
