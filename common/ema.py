@@ -55,10 +55,10 @@ class EMA:
     def update(self, model: nn.Module, step: int) -> None:
         # Before start_step the average just tracks the weights (early weights are noise).
         d = 0.0 if step < self.start_step else self.decay
-        for n, p in model.named_parameters():
-            n = clean_param_name(n)
-            if n in self.shadow:
-                self.shadow[n].lerp_(p.detach().float(), 1.0 - d)
+        named = ((clean_param_name(n), p) for n, p in model.named_parameters())
+        pairs = [(self.shadow[n], p.detach().float()) for n, p in named if n in self.shadow]
+        if pairs:  # one multi-tensor kernel per step instead of a launch per parameter (hundreds for a 7B)
+            torch._foreach_lerp_([s for s, _ in pairs], [p for _, p in pairs], 1.0 - d)
 
     def state_dict(self, full: bool = False) -> dict:
         """`full=True` gathers DTensor shards into full tensors (collective: every rank calls it)."""
