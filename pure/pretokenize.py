@@ -138,7 +138,7 @@ def _progress_path(out_dir: Path, rank: int) -> Path:
 
 def pretokenize(cfg, rank: int = 0, world: int = 1, batch_size: int = 4, limit: int | None = None) -> dict:
     """Process this rank's share of the items; resumable. Returns counts for this rank."""
-    from common.checkpoint import atomic_write
+    from common.checkpoint import atomic_write_bytes
     from common.data.train_sets import collate_train
 
     if cfg.target_size != 512:
@@ -172,7 +172,7 @@ def pretokenize(cfg, rank: int = 0, world: int = 1, batch_size: int = 4, limit: 
         written += len(records)
         done.add(name)
         blob = json.dumps({"done": sorted(done), "n_shards": n_shards}).encode()
-        atomic_write(prog_path, lambda f: f.write(blob))
+        atomic_write_bytes(prog_path, blob)
         log.info("rank %d: wrote %s (%d records)", rank, name, len(records))
     if enc.rejected:
         log.warning("rank %d: rejected %d records longer than %d tokens", rank, enc.rejected, cfg.max_seq_len)
