@@ -49,7 +49,7 @@ class RestoreResult:
     degradation: str = ""          # "Medium blur, small noise."
     caption: str = ""
     new_tokens: int = 0
-    forwards: int = 0
+    forwards: int = 0               # forwards of the generation that made it (one batch shares them)
     seconds: float = 0.0
     raw: torch.Tensor | None = field(default=None, repr=False)  # decoded image before the colour fix
     tiles: int = 1                 # tiles restored for this image (text fields: the first tile's)
