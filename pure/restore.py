@@ -153,7 +153,6 @@ class Restorer:
         prepared = [self.prepare(lq) for lq in lqs]
         out = self._generate([p for _, p, _ in prepared], generator)
         decode_answer(out, self.tok.code_map, self.tok, prompts=[p for _, p, _ in prepared])
-        seconds = (time.time() - t0) / len(lqs)
         results = []
         for b, (x, _, (hh, ww)) in enumerate(prepared):
             codes = out.images[b]
@@ -166,6 +165,8 @@ class Restorer:
             image = lq if raw is None else apply_color_fix(raw[None], lq[None], self.color_fix)[0]
             deg, cap = split_text(out.texts[b])
             results.append(RestoreResult(image=image, lq=lq, ok=ok, text=out.texts[b], degradation=deg, caption=cap,
-                                         new_tokens=len(out.tokens[b]), forwards=out.forwards, seconds=seconds,
-                                         raw=raw))
+                                         new_tokens=len(out.tokens[b]), forwards=out.forwards, raw=raw))
+        seconds = (time.time() - t0) / len(lqs)  # the batch's wall time per image, VQ decode and colour fix included
+        for r in results:
+            r.seconds = seconds
         return results
