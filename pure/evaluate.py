@@ -59,7 +59,7 @@ class PureSampleConfig:
     # exactly scale x the LQ, restored in feathered tiles of resolution/scale LQ px when larger (pure.tiling)
     scale: Optional[float] = None
     tile_overlap: Optional[int] = None  # LQ px shared by neighbouring tiles; null = a quarter tile
-    tile_batch: int = 1                 # tiles per AR generation (each holds a KV cache like one image)
+    tile_batch: int = 1                 # tiles per generation, AR or SJD (each holds a KV cache like one image)
     max_output_pixels: Optional[int] = 67108864  # refuse larger outputs (8192^2) before any work; null = no limit
     cfg: float = 0.8                    # CFG weight g (README 0.8; 1.0 disables the uncond pass)
     temperature: float = 0.9            # README 0.9; 0 = greedy
