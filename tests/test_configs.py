@@ -30,7 +30,7 @@ def claim(folder: str) -> list[str]:
 
 CLAIMED.update({"varsr/train.yaml", "varsr/sample.yaml", "pure/train.yaml", "pure/sample.yaml",
                 "common/degrade.yaml", "common/evaluate.yaml", "common/vq_finetune.yaml",
-                "common/web_demo.yaml"})
+                "common/web_demo.yaml", "common/export_checkpoint.yaml"})
 
 
 # ---------------------------------------------------------------- VARSR
@@ -159,6 +159,18 @@ def test_vq_finetune_config(app, repo_root):
     spec.loader.exec_module(mod)
     cfg = to_dataclass(mod.VQFinetuneConfig, compose_config("common", "vq_finetune", [f"app={app}", "data=lsdir_ffhq"]))
     assert cfg.app == app and cfg.steps > 0 and cfg.data.sources
+
+
+def test_export_checkpoint_config(repo_root):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("export_checkpoint", repo_root / "launch" / "export_checkpoint.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["export_checkpoint"] = mod  # dataclasses resolve field types through sys.modules
+    spec.loader.exec_module(mod)
+    cfg = to_dataclass(mod.ExportConfig, compose_config("common", "export_checkpoint", ["run_dir=/r", "out=/o.pth"]))
+    assert (cfg.app, cfg.run_dir, cfg.out, cfg.step, cfg.ema) == ("varsr", "/r", "/o.pth", None, True)
 
 
 def test_web_demo_config_entries_are_valid_sampling_configs():

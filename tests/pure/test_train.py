@@ -167,7 +167,8 @@ def test_hf_export_roundtrip(tmp_path):
     from common.train_state import load_model_only, step_dir
 
     fresh = ChameleonForCausalLM(chameleon_config("tiny", vocab_size=VOCAB))
-    sd = load_model_only(step_dir(tmp_path / "run", 1), {"lm." + k: v.clone() for k, v in fresh.state_dict().items()})
+    sd = {"lm." + k: v.clone() for k, v in fresh.state_dict().items()}
+    load_model_only(step_dir(tmp_path / "run", 1), sd)  # fills sd in place, model keys only
     load_hf_shards(fresh, tmp_path / "hf")
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, sd["lm." + k].to(torch.bfloat16).float()), k
