@@ -41,6 +41,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_parallel.py
 	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/generate_pure.py
+	$(BIN)/python bench/sample_varsr.py
+	$(BIN)/python bench/sample_pure.py
 
 # One GPU, under 8 minutes: every speed target in one Markdown table (+ JSON). `--smoke` = tiny, CPU.
 bench-gpu: $(STAMP)
