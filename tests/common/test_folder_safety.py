@@ -146,6 +146,8 @@ def test_degrade_and_evaluate_processes_exit_codes(tmp_path):
 class _Restorer:
     """Stands in for pure.restore.Restorer: rejects images narrower than 5 px, echoes the rest."""
 
+    scale = None  # native size: a batch is one generation
+
     def __init__(self):
         self.calls = []
 
