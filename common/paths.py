@@ -107,7 +107,9 @@ def check_existing(out_dir: Path, outputs: Mapping[str, list[str]], out_key: str
     """Names (keys of ``outputs``: name -> its output file names in ``out_dir``) already done.
 
     ``skip_existing`` keeps outputs that are complete (resume); ``overwrite`` replaces them
-    (atomically, as every writer here writes to a temp name and renames); with neither, existing
+    (atomically, as every writer here writes to a temp name and renames) and wins over
+    ``skip_existing``, which sampling turns on by default, so ``overwrite=true`` alone redoes
+    a folder instead of silently keeping its old results; with neither, existing
     outputs are a one-line error before any work starts, so a second run never silently replaces
     the first run's results. Returns the names to skip.
     """
@@ -116,7 +118,7 @@ def check_existing(out_dir: Path, outputs: Mapping[str, list[str]], out_key: str
         few = ", ".join(existing[:3]) + (" ..." if len(existing) > 3 else "")
         raise UserError(f"{out_key}={out_dir} already holds {len(existing)} output(s) ({few}); set "
                         "skip_existing=true to keep them or overwrite=true to replace them")
-    if not skip_existing:
+    if overwrite or not skip_existing:
         return set()
     return {n for n, files in outputs.items() if all((out_dir / f).exists() for f in files)}
 

@@ -76,7 +76,7 @@ class PureSampleConfig:
     vq_dtype: str = "fp32"              # VQ encoder/decoder on CUDA: fp32 | bf16 (bench/gpu_pure.py times both)
     compile: Optional[bool] = None      # torch.compile the decode/SJD steps (CUDA graphs); null = on CUDA only
     skip_existing: bool = True          # keep PNG+JSON already written (resume after preemption)
-    overwrite: bool = False             # replace existing outputs (atomically); neither: existing outputs refuse
+    overwrite: bool = False             # replace existing outputs (atomically; wins over skip_existing)
     metrics: Any = None                 # metric names, or the `metrics` group's {name: spec}; empty/None = no scoring
     metrics_out: Optional[str] = None   # JSON path; None -> <out_dir>/../metrics.json
 

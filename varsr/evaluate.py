@@ -64,7 +64,7 @@ class SampleRunConfig:
     metrics: Any = None  # metric names, or the `metrics` group's {name: spec}; empty/None = no scoring
     metrics_out: Optional[str] = None                   # JSON path; None -> <out_dir>/../metrics.json
     skip_existing: bool = True                          # keep SR PNGs already in out_dir (resume a killed run)
-    overwrite: bool = False                             # replace existing SR PNGs (atomically); neither: refuse
+    overwrite: bool = False                             # replace existing SR PNGs (atomically; wins over skip)
 
 
 def register_configs() -> None:

@@ -45,7 +45,7 @@ class DegradeConfig:
     min_size: int = 64  # skip images whose shorter side (after trimming) is below this
     progress: bool = True  # show a progress bar
     skip_existing: bool = False  # keep pairs already in out_dir (and their params.jsonl lines): resume
-    overwrite: bool = False  # replace existing pairs (atomically); with neither, an out_dir holding pairs refuses
+    overwrite: bool = False  # replace existing pairs (atomically; wins over skip_existing); neither: refuse
 
 
 def _resolve_device(name: str) -> torch.device:

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 
 from common.data.io import read_image, write_image
-from common.paths import EXIT_SKIPPED, ImageRejected, OutputOverlapError, SkipLog, check_apart, exit_code, require_dir
+from common.paths import (
+    EXIT_SKIPPED,
+    ImageRejected,
+    OutputOverlapError,
+    SkipLog,
+    check_apart,
+    check_existing,
+    exit_code,
+    require_dir,
+)
 from tests.folder_cases import (
     BROKEN,
     assert_one_line,
@@ -182,3 +191,12 @@ def test_arsr_debug_shows_the_traceback(tmp_path, monkeypatch, degrade):
     monkeypatch.setenv("ARSR_DEBUG", "1")
     with pytest.raises(OutputOverlapError):  # the original exception, not a one-line exit
         degrade([f"hr_dir={hr}", f"out_dir={hr}"])
+
+
+def test_overwrite_wins_over_skip_existing(tmp_path):
+    """Sampling keeps outputs by default (skip_existing=true); overwrite=true alone must redo them."""
+    (tmp_path / "a.png").write_bytes(b"x")
+    outputs = {"a": ["a.png"], "b": ["b.png"]}
+    assert check_existing(tmp_path, outputs, "out_dir", skip_existing=True, overwrite=False) == {"a"}
+    assert check_existing(tmp_path, outputs, "out_dir", skip_existing=True, overwrite=True) == set()
+    assert check_existing(tmp_path, outputs, "out_dir", skip_existing=False, overwrite=True) == set()
