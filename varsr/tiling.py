@@ -123,7 +123,7 @@ def plan_tiles(h: int, w: int, model, vqvae, scale: int = 4, overlap: int | None
     batch = min(tile_batch or len(plan.cols), len(plan.cols))
     kv = 2 * core.cfg.depth * 2 * batch * (core.cfg.prefix_len + core.cfg.seq_len) * core.cfg.embed_dim * 4
     weights = 4 * (sum(p.numel() for p in model.parameters()) + sum(p.numel() for p in vqvae.parameters()))
-    one_shot = 4 * 4 * dec.conv_out.in_channels * H2 * W2  # ~4 live full-resolution activations
+    one_shot = 8 * 4 * dec.conv_out.in_channels * H2 * W2  # ~8 live full-resolution activations
     dec_tile = tile_bytes(vqvae, dtile, DEFAULT_HALO) if plan.n_decoder_tiles > 1 else one_shot
     plan.est_bytes = img + lat + max(kv, dec_tile) + weights
     return plan
