@@ -55,10 +55,14 @@ class EMA:
     def update(self, model: nn.Module, step: int) -> None:
         # Before start_step the average just tracks the weights (early weights are noise).
         d = 0.0 if step < self.start_step else self.decay
-        named = ((clean_param_name(n), p) for n, p in model.named_parameters())
-        pairs = [(self.shadow[n], p.detach().float()) for n, p in named if n in self.shadow]
-        if pairs:  # one multi-tensor kernel per step instead of a launch per parameter (hundreds for a 7B)
-            torch._foreach_lerp_([s for s, _ in pairs], [p for _, p in pairs], 1.0 - d)
+        cleaned = ((clean_param_name(n), p) for n, p in model.named_parameters())
+        named = [(self.shadow[k], p.detach()) for k, p in cleaned if k in self.shadow]
+        fp32 = [(s, p) for s, p in named if p.dtype == torch.float32]
+        if fp32:  # one multi-tensor kernel per step instead of a launch per parameter (hundreds for a 7B)
+            torch._foreach_lerp_([s for s, _ in fp32], [p for _, p in fp32], 1.0 - d)
+        for s, p in named:  # low-precision weights (DeepSpeed bf16): one fp32 copy alive at a time
+            if p.dtype != torch.float32:
+                s.lerp_(p.float(), 1.0 - d)
 
     def state_dict(self, full: bool = False) -> dict:
         """`full=True` gathers DTensor shards into full tensors (collective: every rank calls it)."""
