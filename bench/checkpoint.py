@@ -12,6 +12,7 @@ Peak memory is the largest growth of each rank's resident set over its value bef
 ``--check`` also resumes the sharded checkpoint in one process and compares every weight and Adam
 moment with the gathered originals (the test uses it for FSDP2 2 -> 1 and DDP 2 -> 1).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,9 @@ def _full_paths(model, opt, path: Path, rank: int):
 
 
 def worker(rank: int, world: int, port: int, args, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     from common.dist import barrier, destroy_distributed, init_distributed
     from common.train_state import TrainState, step_dir
@@ -113,10 +115,14 @@ def worker(rank: int, world: int, port: int, args, out_dir: str) -> None:
         barrier()
         res["full_load_s"], res["full_load_peak"] = _measure(load)
     else:  # reference values for the 1-process resume check (gathered after the measurements)
-        ref = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
-               for n, p in model.named_parameters()}
-        moms = {n: (opt.state[p]["exp_avg"].full_tensor() if args.strategy == "fsdp2" else opt.state[p]["exp_avg"])
-                for n, p in model.named_parameters()}
+        ref = {
+            n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for n, p in model.named_parameters()
+        }
+        moms = {
+            n: (opt.state[p]["exp_avg"].full_tensor() if args.strategy == "fsdp2" else opt.state[p]["exp_avg"])
+            for n, p in model.named_parameters()
+        }
         if rank == 0:
             torch.save({"params": ref, "exp_avg": moms}, root / "reference.pt")
     barrier()
@@ -153,9 +159,13 @@ def run(args) -> dict:
     n_params = args.layers * (args.hidden * args.hidden + args.hidden)
     step = out / "run" / "checkpoints" / "step_00000001"
     files = sorted(p.relative_to(step).as_posix() for p in step.rglob("*") if p.is_file())
-    result = {"ranks": ranks, "model_optim_bytes": 3 * 4 * n_params, "files": files,
-              "shard_bytes": {p.name: p.stat().st_size for p in (step / "state").glob("*.distcp")},
-              "checkpoint_bytes": sum(p.stat().st_size for p in step.rglob("*") if p.is_file())}
+    result = {
+        "ranks": ranks,
+        "model_optim_bytes": 3 * 4 * n_params,
+        "files": files,
+        "shard_bytes": {p.name: p.stat().st_size for p in (step / "state").glob("*.distcp")},
+        "checkpoint_bytes": sum(p.stat().st_size for p in step.rglob("*") if p.is_file()),
+    }
     if args.check:
         result["one_process_resume_ok"] = check_one_process_resume(out, args)
     return result
@@ -167,11 +177,15 @@ def table(res: dict, args) -> str:
     for kind in ("full", "sharded"):
         for r in res["ranks"]:
             if f"{kind}_save_s" in r:
-                rows.append(f"| {kind} | {r['rank']} | {r[f'{kind}_save_s']:.2f} | {r[f'{kind}_load_s']:.2f} | "
-                            f"{r[f'{kind}_save_peak'] / mib:.0f} | {r[f'{kind}_load_peak'] / mib:.0f} |")
-    head = (f"{args.strategy} MLP {args.layers} x {args.hidden}^2 on {args.world} CPU ranks: model + AdamW state "
-            f"{res['model_optim_bytes'] / mib:.0f} MiB; sharded checkpoint {res['checkpoint_bytes'] / mib:.0f} MiB "
-            f"in {len(res['shard_bytes'])} shard files\n\n")
+                rows.append(
+                    f"| {kind} | {r['rank']} | {r[f'{kind}_save_s']:.2f} | {r[f'{kind}_load_s']:.2f} | "
+                    f"{r[f'{kind}_save_peak'] / mib:.0f} | {r[f'{kind}_load_peak'] / mib:.0f} |"
+                )
+    head = (
+        f"{args.strategy} MLP {args.layers} x {args.hidden}^2 on {args.world} CPU ranks: model + AdamW state "
+        f"{res['model_optim_bytes'] / mib:.0f} MiB; sharded checkpoint {res['checkpoint_bytes'] / mib:.0f} MiB "
+        f"in {len(res['shard_bytes'])} shard files\n\n"
+    )
     return head + "\n".join(rows)
 
 

@@ -7,6 +7,7 @@ row because the VARSR class does it inside the same call.  Prints a Markdown tab
 
     python bench/degradation.py [--preset varsr_mild] [--rounds 1] [--batches 1 8 32] [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,25 +52,45 @@ class VarsrPerImage:
             k = self.deg.circular_lowpass_kernel(wc, ks, pad_to=False)
         else:
             sig = getattr(c, "blur_sigma" + sfx)
-            k = self.deg.random_mixed_kernels(getattr(c, "kernel_list" + sfx), getattr(c, "kernel_prob" + sfx), ks,
-                                              sig, sig, [-math.pi, math.pi], getattr(c, "betag_range" + sfx),
-                                              getattr(c, "betap_range" + sfx), noise_range=None)
+            k = self.deg.random_mixed_kernels(
+                getattr(c, "kernel_list" + sfx),
+                getattr(c, "kernel_prob" + sfx),
+                ks,
+                sig,
+                sig,
+                [-math.pi, math.pi],
+                getattr(c, "betag_range" + sfx),
+                getattr(c, "betap_range" + sfx),
+                noise_range=None,
+            )
         p = (21 - ks) // 2
         return torch.FloatTensor(np.pad(k, ((p, p), (p, p))))[None]
 
     def _noise(self, x, sfx):
         c = self.c
         if np.random.uniform() < getattr(c, "gaussian_noise_prob" + sfx):
-            return self.deg.random_add_gaussian_noise_pt(x, sigma_range=getattr(c, "noise_range" + sfx), clip=True,
-                                                         rounds=False, gray_prob=getattr(c, "gray_noise_prob" + sfx))
-        return self.deg.random_add_poisson_noise_pt(x, scale_range=getattr(c, "poisson_scale_range" + sfx),
-                                                    gray_prob=getattr(c, "gray_noise_prob" + sfx), clip=True, rounds=False)
+            return self.deg.random_add_gaussian_noise_pt(
+                x,
+                sigma_range=getattr(c, "noise_range" + sfx),
+                clip=True,
+                rounds=False,
+                gray_prob=getattr(c, "gray_noise_prob" + sfx),
+            )
+        return self.deg.random_add_poisson_noise_pt(
+            x,
+            scale_range=getattr(c, "poisson_scale_range" + sfx),
+            gray_prob=getattr(c, "gray_noise_prob" + sfx),
+            clip=True,
+            rounds=False,
+        )
 
     def _resize(self, x, sfx, size=None):
         c = self.c
         kind = random.choices(["up", "down", "keep"], getattr(c, "resize_prob" + sfx))[0]
         lo, hi = getattr(c, "resize_range" + sfx)
-        s = {"up": lambda: np.random.uniform(1, hi), "down": lambda: np.random.uniform(lo, 1), "keep": lambda: 1}[kind]()
+        s = {"up": lambda: np.random.uniform(1, hi), "down": lambda: np.random.uniform(lo, 1), "keep": lambda: 1}[
+            kind
+        ]()
         mode = random.choice(["area", "bilinear", "bicubic"])
         if size is None:
             return F.interpolate(x, scale_factor=s, mode=mode)
@@ -79,8 +100,11 @@ class VarsrPerImage:
         c = self.c
         k1, k2 = self._kernel(""), self._kernel("2")
         if np.random.uniform() < c.final_sinc_prob:
-            sk = torch.FloatTensor(self.deg.circular_lowpass_kernel(np.random.uniform(np.pi / 3, np.pi),
-                                                                   random.choice(c.kernel_range), pad_to=21))[None]
+            sk = torch.FloatTensor(
+                self.deg.circular_lowpass_kernel(
+                    np.random.uniform(np.pi / 3, np.pi), random.choice(c.kernel_range), pad_to=21
+                )
+            )[None]
         else:
             sk = torch.zeros(1, 21, 21)
             sk[0, 10, 10] = 1
@@ -118,13 +142,29 @@ def run(preset: str, batches: list[int], devices: list[str], rounds: int = 1, se
     def batched(gt):
         return deg(gt, collate_kernels([sampler(rng) for _ in range(gt.shape[0])]), gen).lq
 
-    rows = [{"path": "per-image, VARSR way (basicsr, batch 1)", "device": "cpu", "batch": 1,
-             "fn": lambda i: ref(pool[i % n_round:i % n_round + 1]), "calls": n_round, "sec": 0.0}]
+    rows = [
+        {
+            "path": "per-image, VARSR way (basicsr, batch 1)",
+            "device": "cpu",
+            "batch": 1,
+            "fn": lambda i: ref(pool[i % n_round : i % n_round + 1]),
+            "calls": n_round,
+            "sec": 0.0,
+        }
+    ]
     for device in devices:
         gts = {b: pool[:b].to(device) for b in batches}
         for b in batches:
-            rows.append({"path": "batched Degrader", "device": device, "batch": b,
-                         "fn": (lambda i, g=gts[b]: batched(g)), "calls": math.ceil(n_round / b), "sec": 0.0})
+            rows.append(
+                {
+                    "path": "batched Degrader",
+                    "device": device,
+                    "batch": b,
+                    "fn": (lambda i, g=gts[b]: batched(g)),
+                    "calls": math.ceil(n_round / b),
+                    "sec": 0.0,
+                }
+            )
     with torch.no_grad():
         for r in rows:  # warm-up: allocator, oneDNN/cuDNN/cuFFT plans, basicsr import
             r["fn"](0)
@@ -149,10 +189,16 @@ def run(preset: str, batches: list[int], devices: list[str], rounds: int = 1, se
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="varsr_mild", help="realesrgan | varsr_mild")
-    ap.add_argument("--rounds", type=int, default=1, help="interleaved timing rounds (each: max(batches) images per row)")
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="interleaved timing rounds (each: max(batches) images per row)"
+    )
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: a dataset worker's share; 0 leaves torch's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: a dataset worker's share; 0 leaves torch's default)",
+    )
     ap.add_argument("--no-cuda", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:

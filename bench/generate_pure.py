@@ -3,13 +3,15 @@
 Generates one image block after a prompt ending in `<8197><h><w>` (so an untrained model still
 walks the full structure: codes, row ends, end token) and reports tokens/s and forwards per
 image. Steps are compiled (CUDA graphs) on CUDA, eager on CPU (--compile). Rows: the tiny
-model on CPU (fp32), and on CUDA the largest model that fits (the 7B shape with random weights in bf16 when memory allows, else a 16-layer cut), both at the real
-64x64 grid (4,161 tokens) unless --grid says otherwise. Weights are random: acceptance rates
-of a trained model differ, so the SJD speed-up here is a mechanism check, not PURE's number.
+model on CPU (fp32), and on CUDA the largest model that fits (the 7B shape with random weights
+in bf16 when memory allows, else a 16-layer cut), both at the real 64x64 grid (4,161 tokens)
+unless --grid says otherwise. Weights are random: acceptance rates of a trained model differ,
+so the SJD speed-up here is a mechanism check, not PURE's number.
 Prints a Markdown table (and writes it with --out).
 
     python bench/generate_pure.py [--grid 2] [--cuda-grid 16] [--cfg 0.8] [--window 16] [--out runs/bench/generate_pure]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +42,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run_row(name: str, model, device, grid: int, prompt_len: int, sampling: SamplingConfig, window: int, seed: int,
-            compile: bool | None = None):
+def run_row(
+    name: str,
+    model,
+    device,
+    grid: int,
+    prompt_len: int,
+    sampling: SamplingConfig,
+    window: int,
+    seed: int,
+    compile: bool | None = None,
+):
     prompt = prompt_for(grid, prompt_len)
     n_image = (4 * grid + 1) * 4 * grid + 1  # tokens after <h><w>, end token included
     rows = []
@@ -51,17 +62,33 @@ def run_row(name: str, model, device, grid: int, prompt_len: int, sampling: Samp
         if method == "AR":
             out = generate(model, [prompt], sampling, max_new_tokens=n_image, seed=seed, compile=compile)
         else:
-            out = speculative_generate(model, [prompt], sampling, SJDConfig(window=window, active_from=0,
-                                                                            active_until=10**9),
-                                       max_new_tokens=n_image, seed=seed, compile=compile)
+            out = speculative_generate(
+                model,
+                [prompt],
+                sampling,
+                SJDConfig(window=window, active_from=0, active_until=10**9),
+                max_new_tokens=n_image,
+                seed=seed,
+                compile=compile,
+            )
         _sync(device)
         dt = time.perf_counter() - t0
         n = len(out.tokens[0]) + int(out.finished[0])
-        rows.append({"model": name, "device": str(device), "grid": f"{4 * grid}x{4 * grid}", "method": method,
-                     "compiled": bool(compile) if compile is not None else device.type == "cuda",
-                     "cfg": sampling.cfg, "tokens": n, "forwards": out.forwards,
-                     "tokens/forward": round(n / out.forwards, 2), "seconds": round(dt, 2),
-                     "tokens/s": round(n / dt, 1)})
+        rows.append(
+            {
+                "model": name,
+                "device": str(device),
+                "grid": f"{4 * grid}x{4 * grid}",
+                "method": method,
+                "compiled": bool(compile) if compile is not None else device.type == "cuda",
+                "cfg": sampling.cfg,
+                "tokens": n,
+                "forwards": out.forwards,
+                "tokens/forward": round(n / out.forwards, 2),
+                "seconds": round(dt, 2),
+                "tokens/s": round(n / dt, 1),
+            }
+        )
     return rows
 
 
@@ -96,8 +123,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-cuda", action="store_true")
-    ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                    help="torch.compile the decode/verify steps (auto: on CUDA only)")
+    ap.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="torch.compile the decode/verify steps (auto: on CUDA only)",
+    )
     ap.add_argument("--out", default=None, help="write <out>.{md,csv,json}")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,8 +143,7 @@ def main() -> None:
         name, big = cuda_model(dev)
         # warm-up at the real shapes: compiles the steps and captures the CUDA graphs
         run_row(name, big, dev, args.cuda_grid, args.cuda_prompt_len, sampling, args.window, args.seed, compile)
-        rows += run_row(name, big, dev, args.cuda_grid, args.cuda_prompt_len, sampling, args.window, args.seed,
-                        compile)
+        rows += run_row(name, big, dev, args.cuda_grid, args.cuda_prompt_len, sampling, args.window, args.seed, compile)
     print(markdown_table(rows))
     if args.out:
         write_table(rows, args.out)

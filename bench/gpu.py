@@ -19,6 +19,7 @@ does, so the script cannot rot); its numbers mean nothing.  Needs torch only to 
 training sections and the FSDP2 pass also need omegaconf (the configs are OmegaConf-backed
 dataclasses) and say so in their row when it is missing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,15 @@ from gpu_varsr import out_of_time, row, sync  # noqa: E402
 
 SECTIONS = ("VARSR sampling", "VARSR training", "PURE", "PURE training", "degradation", "NCCL world of one")
 # Dense bf16 peak FLOP/s for MFU, by device-name substring (first match); H100 is the target GPU.
-PEAK_BF16 = (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12),
-             ("4090", 165e12), ("A10", 125e12))
+PEAK_BF16 = (
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("4090", 165e12),
+    ("A10", 125e12),
+)
 TARGET_DEGRADATION = 1000.0
 TARGET_PURE_MFU = 0.40
 
@@ -72,8 +80,7 @@ def pure_training(smoke: bool, device: torch.device, deadline: float | None) -> 
         name = f"{'tiny' if smoke else '7B width'}, {mcfg.num_hidden_layers} layers, seq {seq}, bf16, full AC"
         try:
             with torch.device(device):  # weights allocated on the device, never on the host
-                r = bench_one(mcfg, seq, 1, 1 if smoke else 3, device, peak_flops(device), True,
-                              device.type == "cuda")
+                r = bench_one(mcfg, seq, 1, 1 if smoke else 3, device, peak_flops(device), True, device.type == "cuda")
         except torch.OutOfMemoryError:
             rows.append(row(sec, name, None, "", note="out of memory; trying fewer layers"))
             continue
@@ -81,8 +88,16 @@ def pure_training(smoke: bool, device: torch.device, deadline: float | None) -> 
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         rows.append(row(sec, f"{name}: tokens/s", r["tokens_per_s"], "tokens/s"))
-        rows.append(row(sec, f"{name}: MFU", r["MFU"], "fraction", f">= {TARGET_PURE_MFU} (ZeRO-3/FSDP2)",
-                        f"peak {r['peak_mem_GiB']} GiB"))
+        rows.append(
+            row(
+                sec,
+                f"{name}: MFU",
+                r["MFU"],
+                "fraction",
+                f">= {TARGET_PURE_MFU} (ZeRO-3/FSDP2)",
+                f"peak {r['peak_mem_GiB']} GiB",
+            )
+        )
         break
     return rows
 
@@ -106,8 +121,15 @@ def degradation(smoke: bool, device: torch.device, deadline: float | None) -> li
             deg(gt, collate_kernels([sampler(rng) for _ in range(batch)]), gen)
         sync(device)
     ips = batch * reps / (time.perf_counter() - t0)
-    return [row("degradation", f"varsr_mild, {size}px, batch {batch}", round(ips, 1), "images/s",
-                f">= {TARGET_DEGRADATION:.0f}")]
+    return [
+        row(
+            "degradation",
+            f"varsr_mild, {size}px, batch {batch}",
+            round(ips, 1),
+            "images/s",
+            f">= {TARGET_DEGRADATION:.0f}",
+        )
+    ]
 
 
 def _free_port() -> int:
@@ -121,8 +143,13 @@ def nccl_world_of_one(smoke: bool, device: torch.device, deadline: float | None)
     from common.dist import destroy_distributed, init_distributed
 
     sec, rows = "NCCL world of one", []
-    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port())}
+    env = {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -133,12 +160,18 @@ def nccl_world_of_one(smoke: bool, device: torch.device, deadline: float | None)
                 continue
             try:
                 dt, note = fn(info)
-                rows.append(row(sec, f"{name} ({info.backend}), 3 steps", round(dt, 4), "s/step", "runs",
-                                note))
+                rows.append(row(sec, f"{name} ({info.backend}), 3 steps", round(dt, 4), "s/step", "runs", note))
             except Exception as e:
-                rows.append(row(sec, f"{name} ({info.backend}), 3 steps", None, "", "runs",
-                                f"{'skipped' if isinstance(e, ImportError) else 'error'}: "
-                                f"{type(e).__name__}: {e}"[:300]))
+                rows.append(
+                    row(
+                        sec,
+                        f"{name} ({info.backend}), 3 steps",
+                        None,
+                        "",
+                        "runs",
+                        f"{'skipped' if isinstance(e, ImportError) else 'error'}: {type(e).__name__}: {e}"[:300],
+                    )
+                )
     finally:
         destroy_distributed()
         for k, v in saved.items():
@@ -169,8 +202,7 @@ def _ddp_steps(info) -> tuple[float, str]:
 
     torch.manual_seed(0)
     model, vqvae = build_models("tiny", device=info.device)
-    ddp = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-              broadcast_buffers=False)
+    ddp = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None, broadcast_buffers=False)
     opt = torch.optim.AdamW(ddp.parameters(), lr=1e-3)
     hr = torch.rand(2, 3, 96, 96, device=info.device) * 2 - 1
     lr = torch.rand(2, 3, 96, 96, device=info.device) * 2 - 1
@@ -182,6 +214,7 @@ def _ddp_steps(info) -> tuple[float, str]:
         loss.backward()
         opt.step()
         return loss.detach()
+
     return _timed_steps(step, info.device)
 
 
@@ -196,8 +229,9 @@ def _pure_engine_steps(info, backend: str) -> tuple[float, str]:
         lm = ChameleonForCausalLM(chameleon_config("tiny"))
         root = PureLoss(lm)
     bf16 = info.device.type == "cuda"
-    par = ParallelConfig(backend=backend, zero_stage=3, param_dtype="bf16" if bf16 else "fp32",
-                         activation_checkpointing="none")
+    par = ParallelConfig(
+        backend=backend, zero_stage=3, param_dtype="bf16" if bf16 else "fp32", activation_checkpointing="none"
+    )
     eng = build_engine(root, lm, PureOptimConfig(lr=1e-3), par, info, 2)
     ids = torch.randint(4, 8196, (2, 128), device=info.device)
     lab = ids.clone()
@@ -208,6 +242,7 @@ def _pure_engine_steps(info, backend: str) -> tuple[float, str]:
         eng.backward(loss)
         eng.step()
         return loss.detach()
+
     return _timed_steps(step, info.device)
 
 
@@ -232,17 +267,24 @@ def _varsr(part: str):
         import gpu_varsr
 
         return getattr(gpu_varsr, part)(smoke, device, deadline)
+
     return fn
 
 
 # Fast sections first, so a spent budget skips the slow ones; estimated minimum seconds to start.
-PLAN = (("degradation", degradation, 5), ("NCCL world of one", nccl_world_of_one, 10),
-        ("VARSR sampling", _varsr("sampling"), 30), ("PURE", pure_decode, 60),
-        ("VARSR training", _varsr("training"), 60), ("PURE training", pure_training, 45))
+PLAN = (
+    ("degradation", degradation, 5),
+    ("NCCL world of one", nccl_world_of_one, 10),
+    ("VARSR sampling", _varsr("sampling"), 30),
+    ("PURE", pure_decode, 60),
+    ("VARSR training", _varsr("training"), 60),
+    ("PURE training", pure_training, 45),
+)
 
 
-def run_all(smoke: bool, device: torch.device, budget_s: float, only: list[str] | None = None
-            ) -> tuple[list[dict], dict[str, dict]]:
+def run_all(
+    smoke: bool, device: torch.device, budget_s: float, only: list[str] | None = None
+) -> tuple[list[dict], dict[str, dict]]:
     """Rows of every section, and per section {status: ok | error | skipped, seconds, rows}."""
     deadline = time.monotonic() + budget_s
     rows, status = [], {}
@@ -272,9 +314,12 @@ def run_all(smoke: bool, device: torch.device, budget_s: float, only: list[str] 
 def header(device: torch.device, smoke: bool) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    note = ("smoke run: tiny sizes on the CPU, numbers are meaningless" if smoke else
-            "targets are for one H100 SXM; scale sampling/decode targets by memory bandwidth and training "
-            "targets by dense bf16 FLOP/s for another GPU")
+    note = (
+        "smoke run: tiny sizes on the CPU, numbers are meaningless"
+        if smoke
+        else "targets are for one H100 SXM; scale sampling/decode targets by memory bandwidth and training "
+        "targets by dense bf16 FLOP/s for another GPU"
+    )
     return f"GPU benchmark on {name}, torch {torch.__version__}, {when}; {note}."
 
 
@@ -296,8 +341,14 @@ def main(argv=None) -> dict:
     rows, status = run_all(a.smoke, device, a.budget_s, a.only)
     head = header(device, a.smoke)
     print(head + "\n\n" + markdown_table(rows))
-    out = {"header": head, "device": str(device), "smoke": a.smoke, "budget_s": a.budget_s, "sections": status,
-           "rows": rows}
+    out = {
+        "header": head,
+        "device": str(device),
+        "smoke": a.smoke,
+        "budget_s": a.budget_s,
+        "sections": status,
+        "rows": rows,
+    }
     path = Path(a.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, default=str))

@@ -16,6 +16,7 @@ floor (param bytes / memory bandwidth; ~5.5 ms on an H100), <= 20 s per image wi
 memory < 24 GB. Each figure is measured in its own try block: a failure becomes a row with
 the error instead of losing the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,19 @@ from pure.tokenizer.image import image_block  # noqa: E402
 
 SECTION = "PURE"  # the section name bench/gpu.py prints
 # Peak memory bandwidth (TB/s) by device name fragment; unknown GPUs are measured with a copy.
-BANDWIDTH_TBS = {"H200": 4.8, "H100 PCIe": 2.0, "H100": 3.35, "H800": 3.35, "A100-SXM4-80GB": 2.04,
-                 "A100 80GB PCIe": 1.94, "A100": 1.56, "A800": 2.04, "L40S": 0.864, "L4": 0.3, "4090": 1.01}
+BANDWIDTH_TBS = {
+    "H200": 4.8,
+    "H100 PCIe": 2.0,
+    "H100": 3.35,
+    "H800": 3.35,
+    "A100-SXM4-80GB": 2.04,
+    "A100 80GB PCIe": 1.94,
+    "A100": 1.56,
+    "A800": 2.04,
+    "L40S": 0.864,
+    "L4": 0.3,
+    "4090": 1.01,
+}
 
 
 def _sync(device) -> None:
@@ -129,8 +141,9 @@ def decode_step_ms(model, prompt, sampling, image_mask, max_new: int, n_steps: i
 
 def warm_sjd(model, prompt, sampling, sjd: SJDConfig, image_mask, max_new: int, compile: bool) -> None:
     """Compile the SJD iteration for the engine `speculative_generate` will reuse."""
-    engine = get_engine(model, [prompt], sampling, image_mask, max_new, SpecialIds.IMG_END, window=sjd.window,
-                        compile=compile)
+    engine = get_engine(
+        model, [prompt], sampling, image_mask, max_new, SpecialIds.IMG_END, window=sjd.window, compile=compile
+    )
     runner = _SJDRunner(engine, sjd, image_mask.to(engine.device), compile)
     S, _, _ = engine.start([prompt], [0])
     carry = runner.initial(S)
@@ -190,8 +203,14 @@ def _run(smoke: bool, device: torch.device, deadline: float | None) -> list[dict
     n_new = (4 * grid + 1) * 4 * grid + 1
     model = build_model(size, device, dtype)
     n_params = model.num_params()
-    rows: list[dict] = [_row("model", f"{size} random, {str(dtype).split('.')[-1]}, {device.type}", "",
-                             note=f"{n_params / 1e9:.2f} B params, prompt {len(prompt)}, image {n_new} tokens")]
+    rows: list[dict] = [
+        _row(
+            "model",
+            f"{size} random, {str(dtype).split('.')[-1]}, {device.type}",
+            "",
+            note=f"{n_params / 1e9:.2f} B params, prompt {len(prompt)}, image {n_new} tokens",
+        )
+    ]
     floor_ms = None
     if cuda:
         bw, how = bandwidth_tbs(device)
@@ -207,8 +226,15 @@ def _run(smoke: bool, device: torch.device, deadline: float | None) -> list[dict
         except Exception as exc:  # noqa: BLE001 - never run on a GPU before: keep measuring, eagerly
             if not compile:
                 raise
-            out.append(_row("decode step (compiled)", None, "", target_step,
-                            f"compile failed, the rest runs eager: {type(exc).__name__}: {str(exc)[:160]}"))
+            out.append(
+                _row(
+                    "decode step (compiled)",
+                    None,
+                    "",
+                    target_step,
+                    f"compile failed, the rest runs eager: {type(exc).__name__}: {str(exc)[:160]}",
+                )
+            )
             _free()
             compile = False
             ms = decode_step_ms(model, prompt, sampling, image_mask, n_new, min(steps, n_new - 8), compile, device)
@@ -216,23 +242,44 @@ def _run(smoke: bool, device: torch.device, deadline: float | None) -> list[dict
         return out + [_row("decode step (batched CFG)", round(ms, 2), "ms", target_step, kind)]
 
     def ar_rows():  # reuses the engine (and compiled step) of step_rows
-        sec, out, peak = time_image(lambda: generate(model, [prompt], sampling, image_mask, n_new, seed=0,
-                                                     eos_id=SpecialIds.IMG_END, compile=compile), device)
-        return [_row("AR forwards per image", out.forwards, "", "", f"{len(out.tokens[0]) + 1} tokens"),
-                _row("AR seconds per image", round(sec, 2), "s", "", "incl. prefill"),
-                _row("AR peak memory", None if peak is None else round(peak, 2), "GiB", "< 22.4" if cuda else "",
-                     "24 GB target")]
+        sec, out, peak = time_image(
+            lambda: generate(
+                model, [prompt], sampling, image_mask, n_new, seed=0, eos_id=SpecialIds.IMG_END, compile=compile
+            ),
+            device,
+        )
+        return [
+            _row("AR forwards per image", out.forwards, "", "", f"{len(out.tokens[0]) + 1} tokens"),
+            _row("AR seconds per image", round(sec, 2), "s", "", "incl. prefill"),
+            _row(
+                "AR peak memory",
+                None if peak is None else round(peak, 2),
+                "GiB",
+                "< 22.4" if cuda else "",
+                "24 GB target",
+            ),
+        ]
 
     def sjd_rows():
         cfg = SJDConfig(window=sjd_window, active_from=0, active_until=10**9)
         warm_sjd(model, prompt, sampling, cfg, image_mask, n_new, compile)
-        sec, out, peak = time_image(lambda: speculative_generate(
-            model, [prompt], sampling, cfg, image_mask, n_new, seed=0, eos_id=SpecialIds.IMG_END, compile=compile),
-            device)
-        return [_row("SJD forwards per image", out.forwards, "", "", f"window {sjd_window}, random weights"),
-                _row("SJD seconds per image", round(sec, 2), "s", "<= 20" if cuda else "", "H100 target"),
-                _row("SJD peak memory", None if peak is None else round(peak, 2), "GiB", "< 22.4" if cuda else "",
-                     "24 GB target")]
+        sec, out, peak = time_image(
+            lambda: speculative_generate(
+                model, [prompt], sampling, cfg, image_mask, n_new, seed=0, eos_id=SpecialIds.IMG_END, compile=compile
+            ),
+            device,
+        )
+        return [
+            _row("SJD forwards per image", out.forwards, "", "", f"window {sjd_window}, random weights"),
+            _row("SJD seconds per image", round(sec, 2), "s", "<= 20" if cuda else "", "H100 target"),
+            _row(
+                "SJD peak memory",
+                None if peak is None else round(peak, 2),
+                "GiB",
+                "< 22.4" if cuda else "",
+                "24 GB target",
+            ),
+        ]
 
     _guard(rows, "decode step (batched CFG)", step_rows, deadline, 60)
     _guard(rows, "AR seconds per image", ar_rows, deadline, 40)
@@ -240,6 +287,7 @@ def _run(smoke: bool, device: torch.device, deadline: float | None) -> list[dict
     _guard(rows, "SJD seconds per image", sjd_rows, deadline, 120)
     _free()
     if cuda and compile:  # the decode step with FlexAttention (skips unfilled cache blocks)
+
         def flex_rows():
             pure.engine.ATTENTION = "flex"
             try:
@@ -255,8 +303,13 @@ def _run(smoke: bool, device: torch.device, deadline: float | None) -> list[dict
         torch.cuda.empty_cache()
         for dt in (torch.float32, torch.bfloat16):
             name = f"VQ decode 512 ({str(dt).split('.')[-1]})"
-            _guard(rows, name, lambda dt=dt, name=name: [_row(name, round(vq_decode_ms(device, dt, 512), 1), "ms")],
-                   deadline, 5)
+            _guard(
+                rows,
+                name,
+                lambda dt=dt, name=name: [_row(name, round(vq_decode_ms(device, dt, 512), 1), "ms")],
+                deadline,
+                5,
+            )
     return rows
 
 

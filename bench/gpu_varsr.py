@@ -10,6 +10,7 @@ at d24 / 512 px / bf16 with the parallel options of `varsr.config.ParallelConfig
 compile, selective activation checkpointing, fused AdamW on CUDA).  `smoke`: the tiny model on
 the CPU, eager only, one timed call each; the numbers then only prove the code runs.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -44,11 +45,18 @@ def out_of_time(deadline: float | None, need_s: float = 0.0) -> bool:
 
 def _sampling_cases(smoke: bool) -> list[dict]:
     if smoke:  # compile on CPU takes minutes (inductor C++); covered by tests/varsr/test_generate.py
-        return [dict(batch=1, fastvar=False, compile=False), dict(batch=1, fastvar=True, compile=False),
-                dict(batch=2, fastvar=False, compile=False)]
-    return [dict(batch=1, fastvar=False, compile=False),
-            dict(batch=1, fastvar=False, compile=True), dict(batch=1, fastvar=True, compile=True),
-            dict(batch=16, fastvar=False, compile=True), dict(batch=16, fastvar=True, compile=True)]
+        return [
+            dict(batch=1, fastvar=False, compile=False),
+            dict(batch=1, fastvar=True, compile=False),
+            dict(batch=2, fastvar=False, compile=False),
+        ]
+    return [
+        dict(batch=1, fastvar=False, compile=False),
+        dict(batch=1, fastvar=False, compile=True),
+        dict(batch=1, fastvar=True, compile=True),
+        dict(batch=16, fastvar=False, compile=True),
+        dict(batch=16, fastvar=True, compile=True),
+    ]
 
 
 def _time_sampling(model, vqvae, case: dict, device: torch.device, dtype: str, reps: int) -> tuple[float, float]:
@@ -129,9 +137,14 @@ def training(smoke: bool, device: torch.device, deadline: float | None = None) -
         cfg.checkpoint.resume = False
         cfg.model = model_config(size)
         shorter = 640 if crop >= 512 else 120
-        cfg.data = DataConfig(sources=[SourceConfig(kind="bundled", resize_shorter_to=shorter)], crop_size=crop,
-                              resize_shorter_to=shorter, batch_size=batch, num_workers=0 if smoke else 8,
-                              lq_mode="degrade")
+        cfg.data = DataConfig(
+            sources=[SourceConfig(kind="bundled", resize_shorter_to=shorter)],
+            crop_size=crop,
+            resize_shorter_to=shorter,
+            batch_size=batch,
+            num_workers=0 if smoke else 8,
+            lq_mode="degrade",
+        )
         cfg.precision.dtype = dtype
         if not smoke:
             cfg.parallel.compile = True

@@ -12,6 +12,7 @@ Peak memory: CUDA allocator maximum, or the growth of the process RSS on CPU (co
     python bench/sample_pure.py [--device auto] [--outputs 512 2048] [--resolution 32] [--tile-batch N]
                                 [--out runs/bench/sample_pure]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,15 @@ def build(device: torch.device):
 def bench_one(restorer: Restorer, side: int, device: torch.device, name: str) -> dict:
     lq_side = max(1, side // 4)
     lq = np.random.default_rng(0).integers(0, 256, (lq_side, lq_side, 3), dtype=np.uint8)
-    p = plan(lq_side, lq_side, 4, restorer.resolution, restorer.tile_overlap,
-             restorer.kv_bytes_per_image() * restorer.tile_batch, restorer.weight_bytes())
+    p = plan(
+        lq_side,
+        lq_side,
+        4,
+        restorer.resolution,
+        restorer.tile_overlap,
+        restorer.kv_bytes_per_image() * restorer.tile_batch,
+        restorer.weight_bytes(),
+    )
     with PeakMemory(device) as pm:
         t0 = time.perf_counter()
         (res,) = restorer.restore([lq], torch.Generator(device=device).manual_seed(0))
@@ -59,11 +67,19 @@ def bench_one(restorer: Restorer, side: int, device: torch.device, name: str) ->
             torch.cuda.synchronize(device)
         sec = time.perf_counter() - t0
     assert res.image.shape[-2:] == (4 * lq_side,) * 2
-    return {"model": name, "device": device.type, "resolution": restorer.resolution,
-            "output": f"{res.image.shape[-1]}x{res.image.shape[-2]}", "tiles": res.tiles,
-            "tile batch": restorer.tile_batch, "image tokens": res.new_tokens, "all images ok": res.ok,
-            "s/image": round(sec, 2), "peak MiB": round(pm.peak_delta / 2**20, 1),
-            "estimate MiB": round(p.est_bytes / 2**20, 1)}
+    return {
+        "model": name,
+        "device": device.type,
+        "resolution": restorer.resolution,
+        "output": f"{res.image.shape[-1]}x{res.image.shape[-2]}",
+        "tiles": res.tiles,
+        "tile batch": restorer.tile_batch,
+        "image tokens": res.new_tokens,
+        "all images ok": res.ok,
+        "s/image": round(sec, 2),
+        "peak MiB": round(pm.peak_delta / 2**20, 1),
+        "estimate MiB": round(p.est_bytes / 2**20, 1),
+    }
 
 
 def main(argv=None) -> list[dict]:
@@ -71,23 +87,38 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--resolution", type=int, default=None, help="native side; default 512 on CUDA, 32 on CPU")
     ap.add_argument("--outputs", type=int, nargs="*", default=None, help="output sides (default 1 and 4 tiles)")
-    ap.add_argument("--tile-batch", type=int, default=None, help="tiles per AR generation; default 1 on CUDA "
-                    "(a 7B tile's KV cache is ~6 GB), 25 on CPU (all 5x5 tiles of the tiny run at once)")
+    ap.add_argument(
+        "--tile-batch",
+        type=int,
+        default=None,
+        help="tiles per AR generation; default 1 on CUDA "
+        "(a 7B tile's KV cache is ~6 GB), 25 on CPU (all 5x5 tiles of the tiny run at once)",
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="write <out>.md/.csv/.json")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if a.device == "auto" else a.device))
+    device = torch.device(
+        "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
+    )
     res = a.resolution or (512 if device.type == "cuda" else 32)
     name, model, vq = build(device)
     with tempfile.TemporaryDirectory() as tmp:  # the stand-in tokenizer (ids at PURE's positions)
         tok = TextTokenizer.from_file(build_test_tokenizer(tmp))
         grid_tokens = (res // vq.config.downsample) * (res // vq.config.downsample + 1)
-        restorer = Restorer(model, vq, tok, SamplingConfig(), resolution=res, max_new_tokens=grid_tokens + 8,
-                            image_only=True, scale=4, tile_batch=a.tile_batch or (1 if device.type == "cuda" else 25),
-                            autocast_dtype=torch.bfloat16 if device.type == "cuda" else None)
+        restorer = Restorer(
+            model,
+            vq,
+            tok,
+            SamplingConfig(),
+            resolution=res,
+            max_new_tokens=grid_tokens + 8,
+            image_only=True,
+            scale=4,
+            tile_batch=a.tile_batch or (1 if device.type == "cuda" else 25),
+            autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
+        )
         rows = [bench_one(restorer, side, device, name) for side in (a.outputs or [res, 4 * res])]
     print(markdown_table(rows))
     if a.out:

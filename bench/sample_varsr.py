@@ -11,6 +11,7 @@ Prints a Markdown table (and writes it with --out).
     python bench/sample_varsr.py [--device auto] [--size auto|tiny|d24] [--outputs 512 2048]
                                  [--decoder-stats exact|estimate] [--out runs/bench/sample_varsr]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,12 +43,18 @@ def bench_one(model, vqvae, cfg: SampleRunConfig, side: int, device: torch.devic
             torch.cuda.synchronize(device)
         sec = time.perf_counter() - t0
     assert out.shape[-2:] == (lr_side * cfg.scale,) * 2
-    return {"model": "tiny" if model.cfg.depth == 2 else f"d{model.cfg.depth}", "device": device.type,
-            "output": f"{out.shape[-1]}x{out.shape[-2]}", "path": "tiled" if tiled else "direct",
-            "latent tiles": plan.n_tiles if tiled else 1, "decoder tiles": plan.n_decoder_tiles if tiled else 1,
-            "decoder stats": cfg.decoder_stats if tiled and plan.n_decoder_tiles > 1 else "-",
-            "s/image": round(sec, 2), "peak MiB": round(pm.peak_delta / 2**20, 1),
-            "estimate MiB": round(plan.est_bytes / 2**20, 1)}
+    return {
+        "model": "tiny" if model.cfg.depth == 2 else f"d{model.cfg.depth}",
+        "device": device.type,
+        "output": f"{out.shape[-1]}x{out.shape[-2]}",
+        "path": "tiled" if tiled else "direct",
+        "latent tiles": plan.n_tiles if tiled else 1,
+        "decoder tiles": plan.n_decoder_tiles if tiled else 1,
+        "decoder stats": cfg.decoder_stats if tiled and plan.n_decoder_tiles > 1 else "-",
+        "s/image": round(sec, 2),
+        "peak MiB": round(pm.peak_delta / 2**20, 1),
+        "estimate MiB": round(plan.est_bytes / 2**20, 1),
+    }
 
 
 def main(argv=None) -> list[dict]:
@@ -62,15 +69,24 @@ def main(argv=None) -> list[dict]:
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if a.device == "auto" else a.device))
+    device = torch.device(
+        "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
+    )
     size = a.size if a.size != "auto" else ("d24" if device.type == "cuda" else "tiny")
     torch.manual_seed(0)
     model, vqvae = build_models(size)
     model, vqvae = model.to(device).eval(), vqvae.to(device).eval()
     S = model.cfg.image_size
-    cfg = SampleRunConfig(model=model.cfg, ckpt=None, vae_ckpt=None, lr_dir="-", device=device.type,
-                          decoder_stats=a.decoder_stats, decoder_tile=a.decoder_tile, max_output_pixels=None)
+    cfg = SampleRunConfig(
+        model=model.cfg,
+        ckpt=None,
+        vae_ckpt=None,
+        lr_dir="-",
+        device=device.type,
+        decoder_stats=a.decoder_stats,
+        decoder_tile=a.decoder_tile,
+        max_output_pixels=None,
+    )
     if device.type == "cuda":  # warm-up: kernels/autotuning outside the timed rows
         bench_one(model, vqvae, cfg, S, device)
     rows = [bench_one(model, vqvae, cfg, side, device) for side in (a.outputs or [S, 4 * S])]

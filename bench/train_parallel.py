@@ -10,6 +10,7 @@ activations, so differences between rows are activation memory. ``--compile`` ad
 compiled (inductor); on CUDA they are always included.
 CPU sizes: PURE hidden 256 x 4 layers at 1024 tokens, VARSR depth 4 width 256 at 96 px, batch 8.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,11 @@ def _model(app: str, device):
         from pure.losses import PureLoss
         from pure.model import ChameleonForCausalLM, chameleon_config
 
-        cfg = chameleon_config("7b", num_hidden_layers=4) if cuda else chameleon_config(
-            "tiny", hidden_size=256, intermediate_size=688, num_hidden_layers=4, vocab_size=9216)
+        cfg = (
+            chameleon_config("7b", num_hidden_layers=4)
+            if cuda
+            else chameleon_config("tiny", hidden_size=256, intermediate_size=688, num_hidden_layers=4, vocab_size=9216)
+        )
         root = PureLoss(ChameleonForCausalLM(cfg)).to(device).train()
         seq = 8448 if cuda else 1024
         ids = torch.randint(4, 8196, (1 if cuda else 2, seq), device=device)
@@ -89,10 +93,15 @@ def run_row(app: str, ac: str, compiled: bool, steps: int) -> dict:
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
     mem = torch.cuda.max_memory_allocated() if cuda else _rss_bytes() - base
-    return {"app": app, "device": torch.cuda.get_device_name() if cuda else "cpu",
-            "params (M)": round(sum(p.numel() for p in params) / 1e6, 1), "act. ckpt": ac,
-            "compiled blocks": compiled, "s/step": round(dt, 3),
-            ("peak mem (GiB)" if cuda else "peak RSS growth (MiB)"): round(mem / 2**(30 if cuda else 20), 2)}
+    return {
+        "app": app,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "params (M)": round(sum(p.numel() for p in params) / 1e6, 1),
+        "act. ckpt": ac,
+        "compiled blocks": compiled,
+        "s/step": round(dt, 3),
+        ("peak mem (GiB)" if cuda else "peak RSS growth (MiB)"): round(mem / 2 ** (30 if cuda else 20), 2),
+    }
 
 
 def main(argv=None) -> list[dict]:

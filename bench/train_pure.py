@@ -9,6 +9,7 @@ MFU = tokens/s x FLOPs/token (6N + 12*L*C*T, pure.optim.flops_per_token) / peak 
 On CUDA the 7B width (4096) is tried with 32, 16, 8, 4 layers: full 7B AdamW states (~113 GB)
 do not fit one GPU without sharding, so the table says which depth does.
 """
+
 import argparse
 import resource
 import sys
@@ -53,14 +54,25 @@ def bench_one(mcfg, seq: int, batch: int, steps: int, device, peak_flops: float,
     dt = sum(times) / len(times)
     tps = batch * seq / dt
     n = sum(p.numel() for p in lm.parameters())
-    mem = (torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda"
-           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    return {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-            "layers": mcfg.num_hidden_layers, "hidden": mcfg.hidden_size, "params_M": round(n / 1e6, 1),
-            "seq": seq, "batch": batch, "act_ckpt": ac, "precision": "bf16 autocast" if amp else "fp32",
-            "step_s": round(dt, 3), "tokens_per_s": round(tps, 1),
-            "MFU": round(tps * flops_per_token(mcfg, seq) / peak_flops, 4),
-            "peak_mem_GiB": round(mem, 2) if device.type == "cuda" else f"{mem:.2f} (max RSS)"}
+    mem = (
+        torch.cuda.max_memory_allocated() / 2**30
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )
+    return {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "layers": mcfg.num_hidden_layers,
+        "hidden": mcfg.hidden_size,
+        "params_M": round(n / 1e6, 1),
+        "seq": seq,
+        "batch": batch,
+        "act_ckpt": ac,
+        "precision": "bf16 autocast" if amp else "fp32",
+        "step_s": round(dt, 3),
+        "tokens_per_s": round(tps, 1),
+        "MFU": round(tps * flops_per_token(mcfg, seq) / peak_flops, 4),
+        "peak_mem_GiB": round(mem, 2) if device.type == "cuda" else f"{mem:.2f} (max RSS)",
+    }
 
 
 def main(argv=None) -> list[dict]:
@@ -88,8 +100,9 @@ def main(argv=None) -> list[dict]:
                 rows.append(bench_one(cfg, a.seq or 8448, 1, a.steps, dev, a.gpu_peak_tflops * 1e12, True, True))
                 break  # the largest that fits
             except torch.OutOfMemoryError:
-                rows.append({"device": torch.cuda.get_device_name(), "layers": layers, "hidden": 4096,
-                             "tokens_per_s": "OOM"})
+                rows.append(
+                    {"device": torch.cuda.get_device_name(), "layers": layers, "hidden": 4096, "tokens_per_s": "OOM"}
+                )
             finally:
                 torch.cuda.empty_cache()
     print(markdown_table(rows))

@@ -7,6 +7,7 @@ Rows: the tiny model at 96 px on CPU (fp32 and bf16 autocast); on CUDA also VAR-
 checkpointing). Weights are random (tokenizer too): throughput does not depend on their values.
 Peak memory: CUDA ``max_memory_allocated``; CPU the process's peak RSS (includes Python and torch).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +28,15 @@ from varsr.train import Trainer  # noqa: E402
 
 
 def _cases(cuda: bool) -> list[dict]:
-    cases = [dict(name="tiny 96px", device="cpu", size="tiny", dtype="fp32", crop=96, batch=2, ac=False),
-             dict(name="tiny 96px", device="cpu", size="tiny", dtype="bf16", crop=96, batch=2, ac=False)]
+    cases = [
+        dict(name="tiny 96px", device="cpu", size="tiny", dtype="fp32", crop=96, batch=2, ac=False),
+        dict(name="tiny 96px", device="cpu", size="tiny", dtype="bf16", crop=96, batch=2, ac=False),
+    ]
     if cuda:
-        cases += [dict(name="d24 512px", device="cuda", size="d24", dtype="bf16", crop=512, batch=4, ac=False),
-                  dict(name="d24 512px", device="cuda", size="d24", dtype="bf16", crop=512, batch=4, ac=True)]
+        cases += [
+            dict(name="d24 512px", device="cuda", size="d24", dtype="bf16", crop=512, batch=4, ac=False),
+            dict(name="d24 512px", device="cuda", size="d24", dtype="bf16", crop=512, batch=4, ac=True),
+        ]
     return cases
 
 
@@ -41,9 +46,14 @@ def bench_case(case: dict, steps: int, workdir: Path) -> dict:
     cfg.checkpoint.resume = False
     cfg.model = model_config(case["size"])
     big = case["crop"] >= 512
-    cfg.data = DataConfig(sources=[SourceConfig(kind="bundled", resize_shorter_to=640 if big else 120)],
-                          crop_size=case["crop"], resize_shorter_to=640 if big else 120, batch_size=case["batch"],
-                          num_workers=4 if big else 0, lq_mode="degrade")
+    cfg.data = DataConfig(
+        sources=[SourceConfig(kind="bundled", resize_shorter_to=640 if big else 120)],
+        crop_size=case["crop"],
+        resize_shorter_to=640 if big else 120,
+        batch_size=case["batch"],
+        num_workers=4 if big else 0,
+        lq_mode="degrade",
+    )
     cfg.precision.dtype = case["dtype"]
     cfg.parallel.activation_checkpointing = case["ac"]
     cfg.schedule.max_steps = steps + 2
@@ -61,13 +71,21 @@ def bench_case(case: dict, steps: int, workdir: Path) -> dict:
     if cuda:
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() if cuda
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
+    peak = (
+        torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ) / 2**30
     params = sum(p.numel() for p in trainer.model.parameters()) / 1e6
-    return {"config": case["name"], "device": torch.cuda.get_device_name() if cuda else "cpu",
-            "dtype": case["dtype"], "act. ckpt": case["ac"], "batch": case["batch"], "params (M)": round(params, 2),
-            "samples/s": round(case["batch"] * steps / dt, 3), "s/step": round(dt / steps, 3),
-            "peak mem (GiB)": round(peak, 2)}
+    return {
+        "config": case["name"],
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "dtype": case["dtype"],
+        "act. ckpt": case["ac"],
+        "batch": case["batch"],
+        "params (M)": round(params, 2),
+        "samples/s": round(case["batch"] * steps / dt, 3),
+        "s/step": round(dt / steps, 3),
+        "peak mem (GiB)": round(peak, 2),
+    }
 
 
 def main() -> None:

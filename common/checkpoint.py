@@ -7,6 +7,7 @@
 - ``rng_state`` / ``set_rng_state``: RNG streams as tensors and plain values (weights_only-safe).
 - ``PreemptionHandler``: turns SIGTERM/SIGUSR1 (SLURM pre-emption) into a flag the loop polls.
 """
+
 from __future__ import annotations
 
 import os

@@ -14,6 +14,7 @@ metadata classes, torch dtypes/sizes and paths (the globals a real ``.metadata``
 :class:`SafeLoadPlanner` loads non-tensor entries with ``weights_only=True``. A planted file
 therefore fails with ``UnpicklingError`` instead of running.
 """
+
 from __future__ import annotations
 
 import io
@@ -27,16 +28,32 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 _META_MODULE = "torch.distributed.checkpoint.metadata"
-_ALLOWED = {
-    (_META_MODULE, n) for n in ("Metadata", "MetadataIndex", "ChunkStorageMetadata", "TensorProperties",
-                                "TensorStorageMetadata", "BytesStorageMetadata", "StorageMeta", "_MEM_FORMAT_ENCODING")
-} | {
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    ("torch", "Size"),
-    ("torch.serialization", "_get_layout"),  # maps a layout name to torch.strided etc.; no side effects
-    ("collections", "OrderedDict"),
-} | {(m, n) for m in ("pathlib", "pathlib._local") for n in ("PosixPath", "WindowsPath", "PurePosixPath",
-                                                             "PureWindowsPath")}
+_ALLOWED = (
+    {
+        (_META_MODULE, n)
+        for n in (
+            "Metadata",
+            "MetadataIndex",
+            "ChunkStorageMetadata",
+            "TensorProperties",
+            "TensorStorageMetadata",
+            "BytesStorageMetadata",
+            "StorageMeta",
+            "_MEM_FORMAT_ENCODING",
+        )
+    }
+    | {
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),  # maps a layout name to torch.strided etc.; no side effects
+        ("collections", "OrderedDict"),
+    }
+    | {
+        (m, n)
+        for m in ("pathlib", "pathlib._local")
+        for n in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")
+    }
+)
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -106,9 +123,13 @@ def load_sharded(state: dict, directory, process_group=None, partial: bool = Fal
 
     ``partial=True`` loads only the keys ``state`` names (e.g. the model without the optimizer).
     """
-    dcp.load(state, storage_reader=SafeFileSystemReader(str(directory)),
-             planner=SafeLoadPlanner(allow_partial_load=partial), process_group=process_group,
-             no_dist=not _distributed())
+    dcp.load(
+        state,
+        storage_reader=SafeFileSystemReader(str(directory)),
+        planner=SafeLoadPlanner(allow_partial_load=partial),
+        process_group=process_group,
+        no_dist=not _distributed(),
+    )
     return state
 
 

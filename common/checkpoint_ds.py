@@ -13,6 +13,7 @@ with its fp32 weights and Adam moments; DeepSpeed can load them on any world siz
 (``checkpoint.load_universal``), and :func:`universal_model_weights` reads only the ``fp32.pt``
 files, so an export never holds optimizer state.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -74,8 +75,13 @@ def load_engine_checkpoint(engine, step_dir: Path, universal: bool = False) -> N
     engine._config.load_universal_checkpoint = universal
     try:
         with deepspeed_safe_loading():
-            path, _ = engine.load_checkpoint(str(step_dir), tag=tag, load_module_strict=True,
-                                             load_optimizer_states=True, load_lr_scheduler_states=False)
+            path, _ = engine.load_checkpoint(
+                str(step_dir),
+                tag=tag,
+                load_module_strict=True,
+                load_optimizer_states=True,
+                load_lr_scheduler_states=False,
+            )
     finally:
         engine._config.load_universal_checkpoint = old
     if path is None:
@@ -94,8 +100,15 @@ def convert_to_universal(step_dir: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     # One worker: the conversion then runs in this process, under the safe loader (worker processes
     # would unpickle with DeepSpeed's own weights_only=False).
-    args = Namespace(input_folder=str(step_dir / DS_TAG), output_folder=str(tmp), num_extract_workers=1,
-                     num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
+    args = Namespace(
+        input_folder=str(step_dir / DS_TAG),
+        output_folder=str(tmp),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,
+    )
     with deepspeed_safe_loading():
         ds_to_universal(args)
     # DeepSpeed looks for <load_dir>/<tag>/zero/...; the converter writes <out>/zero directly

@@ -7,6 +7,7 @@ Both autoregressive models drift in global colour; the papers correct it after d
 The official code round-trips through PIL (truncating x255); we stay in float and leave
 quantisation to whoever writes the file.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,7 +18,9 @@ COLOR_FIXES = ("adain", "wavelet", "none")
 
 def _check(x: torch.Tensor, ref: torch.Tensor) -> None:
     if x.dim() != 4 or ref.dim() != 4 or x.shape[:2] != ref.shape[:2]:
-        raise ValueError(f"colour fix expects (B,C,H,W) tensors with equal B,C; got {tuple(x.shape)} and {tuple(ref.shape)}")
+        raise ValueError(
+            f"colour fix expects (B,C,H,W) tensors with equal B,C; got {tuple(x.shape)} and {tuple(ref.shape)}"
+        )
 
 
 def _mean_std(t: torch.Tensor, eps: float):
@@ -46,7 +49,7 @@ def wavelet_decompose(x: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, t
     (dilation 2**i), high accumulates what each blur removed."""
     high = torch.zeros_like(x)
     for i in range(levels):
-        low = _blur(x, 2 ** i)
+        low = _blur(x, 2**i)
         high = high + (x - low)
         x = low
     return high, x
@@ -56,7 +59,9 @@ def wavelet_color_fix(x: torch.Tensor, ref: torch.Tensor, levels: int = 5) -> to
     """High frequencies of ``x`` + low frequencies of ``ref`` (same size as ``x``), clamped."""
     _check(x, ref)
     if x.shape != ref.shape:
-        raise ValueError(f"wavelet colour fix needs ref resized to the output size: {tuple(x.shape)} vs {tuple(ref.shape)}")
+        raise ValueError(
+            f"wavelet colour fix needs ref resized to the output size: {tuple(x.shape)} vs {tuple(ref.shape)}"
+        )
     high, _ = wavelet_decompose(x.float(), levels)
     _, low = wavelet_decompose(ref.float(), levels)
     return (high + low).clamp(0, 1).to(x.dtype)

@@ -9,6 +9,7 @@ YAML files hold values; dataclasses (structured configs) hold the schema and the
 every key. ``validate(schema, cfg)`` merges a composed config into its schema so a typo or a
 wrong type is a one-line error at start-up rather than a crash hours into a run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,8 +63,9 @@ def app_config_dir(app: str) -> str:
     return str(CONFIG_ROOT / app)
 
 
-def compose_config(app: str, config_name: str = "train", overrides: list[str] | None = None,
-                   hydra_node: bool = False) -> DictConfig:
+def compose_config(
+    app: str, config_name: str = "train", overrides: list[str] | None = None, hydra_node: bool = False
+) -> DictConfig:
     """Compose a config with Hydra's compose API (tests, and every rank under torchrun).
 
     ``hydra_node`` keeps Hydra's own ``hydra`` node (run dir, command-line overrides) in the result."""
@@ -98,8 +100,9 @@ def validate(schema: type, cfg: DictConfig | dict) -> Any:
         merged = OmegaConf.merge(base, cfg)
     except Exception as e:  # omegaconf errors are multi-line; keep the useful first line and the key
         key = getattr(e, "full_key", None)
-        raise ValueError(f"invalid {schema.__name__} config{f' key {key}' if key else ''}: "
-                         f"{str(e).splitlines()[0]}") from None
+        raise ValueError(
+            f"invalid {schema.__name__} config{f' key {key}' if key else ''}: {str(e).splitlines()[0]}"
+        ) from None
     check_values(merged)
     return merged
 
@@ -124,8 +127,9 @@ def one_of(*choices) -> Rule:
     return Rule(lambda v: v in choices, "one of " + ", ".join(str(c) for c in choices))
 
 
-DEVICE = Rule(lambda v: v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v) is not None,
-              "auto, cpu, cuda or cuda:N")
+DEVICE = Rule(
+    lambda v: v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v) is not None, "auto, cpu, cuda or cuda:N"
+)
 
 
 def checks(**rules: Rule):
@@ -136,9 +140,11 @@ def checks(**rules: Rule):
     allowed, before any model loads. ``None`` (an Optional left unset) and ``???`` are not checked.
     Subclasses inherit and may extend the rules.
     """
+
     def deco(cls):
         cls.__config_checks__ = {**getattr(cls, "__config_checks__", {}), **rules}
         return cls
+
     return deco
 
 
@@ -247,8 +253,15 @@ class _OneLineErrors:
     command line; set ``ARSR_DEBUG=1`` to get the traceback anyway.
     """
 
-    USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError, KeyError,
-                   UserError)
+    USER_ERRORS = (
+        FileNotFoundError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+        ValueError,
+        KeyError,
+        UserError,
+    )
 
     def __enter__(self):
         return self
@@ -259,10 +272,10 @@ class _OneLineErrors:
 
         if exc is None or os.environ.get("ARSR_DEBUG"):
             return False
+        import errno
+
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
-
-        import errno
 
         # a full or read-only disk met while writing outputs is the user's to fix, not a bug
         disk = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
@@ -280,8 +293,16 @@ class _OneLineErrors:
 one_line_errors = _OneLineErrors
 
 
-def run_app(app: str, config_name: str, schema: type, fn, argv: list[str] | None = None, typed: bool = True,
-            spawn_script: str | None = None, view=None):
+def run_app(
+    app: str,
+    config_name: str,
+    schema: type,
+    fn,
+    argv: list[str] | None = None,
+    typed: bool = True,
+    spawn_script: str | None = None,
+    view=None,
+):
     """Shared body of the ``launch/`` entry points.
 
     A plain call (also under torchrun / the deepspeed launcher) composes the config on every rank

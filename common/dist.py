@@ -7,6 +7,7 @@ Collectives: app code (``pure/``, ``varsr/``, ``launch/``) never calls ``torch.d
 collectives itself (a test enforces it); it uses the helpers here, which put every tensor on the
 process group's device (CUDA for NCCL, CPU for gloo) and hand the result back on the caller's device.
 """
+
 from __future__ import annotations
 
 import datetime

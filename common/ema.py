@@ -9,6 +9,7 @@ with the official names. Under FSDP2 the parameters are DTensor shards and so is
 each rank averages only its own shard (no communication per step); `state_dict(full=True)`
 gathers it for a full-file checkpoint (a collective).
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -48,8 +49,9 @@ class EMA:
 
     def __init__(self, model: nn.Module, decay: float = 0.9999, start_step: int = 0):
         self.decay, self.start_step = float(decay), int(start_step)
-        self.shadow = {clean_param_name(n): p.detach().clone().float()
-                       for n, p in model.named_parameters() if p.requires_grad}
+        self.shadow = {
+            clean_param_name(n): p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad
+        }
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:

@@ -3,6 +3,7 @@
 Only rank 0 prints INFO, shows progress bars and talks to wandb; other ranks stay quiet unless
 something is wrong. Tables are written as JSON + CSV + Markdown so a paper can paste them.
 """
+
 from __future__ import annotations
 
 import csv
@@ -66,7 +67,9 @@ class Tracker:
     Scalars are also appended to ``<run_dir>/metrics.jsonl`` so a run is inspectable without wandb.
     """
 
-    def __init__(self, project: str, run_dir, config: dict | None = None, mode: str = "offline", name: str | None = None):
+    def __init__(
+        self, project: str, run_dir, config: dict | None = None, mode: str = "offline", name: str | None = None
+    ):
         self.run_dir = Path(run_dir)
         self.active = get_rank() == 0
         self._wandb = None
@@ -80,8 +83,13 @@ class Tracker:
 
                 os.environ.setdefault("WANDB_SILENT", "true")
                 self._wandb = wandb.init(
-                    project=project, dir=str(self.run_dir), config=config or {}, mode=mode,
-                    name=name or self.run_dir.name, resume="allow", id=_stable_run_id(self.run_dir),
+                    project=project,
+                    dir=str(self.run_dir),
+                    config=config or {},
+                    mode=mode,
+                    name=name or self.run_dir.name,
+                    resume="allow",
+                    id=_stable_run_id(self.run_dir),
                 )
             except Exception as e:  # tracking must never kill a training run
                 get_logger().warning(f"wandb disabled ({type(e).__name__}: {e})")

@@ -14,6 +14,7 @@
 
 Order of application in both apps: activation checkpointing, then compile, then sharding.
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,9 +53,16 @@ def _saved_ops() -> frozenset:
     recomputed. Attention kernels are resolved by name because which exist depends on the build.
     """
     aten = torch.ops.aten
-    names = ("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention",
-             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
-             "_scaled_dot_product_flash_attention_for_cpu")
+    names = (
+        "mm",
+        "addmm",
+        "bmm",
+        "baddbmm",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+    )
     return frozenset(getattr(aten, n).default for n in names if hasattr(aten, n))
 
 
@@ -143,8 +151,13 @@ def fsdp2_kwargs(dist, param_dtype: str, reduce_dtype: str, cpu_offload: bool = 
     return {"mesh": mesh, "mp_policy": mp, "offload_policy": offload}
 
 
-def loader_kwargs(num_workers: int, device: torch.device | str, prefetch_factor: int = 2,
-                  persistent_workers: bool = True, pin_memory: bool | None = None) -> dict:
+def loader_kwargs(
+    num_workers: int,
+    device: torch.device | str,
+    prefetch_factor: int = 2,
+    persistent_workers: bool = True,
+    pin_memory: bool | None = None,
+) -> dict:
     """DataLoader options that overlap host-side loading with device compute.
 
     ``pin_memory`` (default: on CUDA) makes host->device copies asynchronous with

@@ -14,11 +14,12 @@ Exit codes (README "Bad input"): 0 all done; 2 user error (one line on stderr: t
 start, or no input at all could be processed); 3 done with skips (every usable image processed,
 the others named in the log and counted in the final line).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
@@ -81,7 +82,8 @@ def check_apart(out, out_key: str, inputs: Mapping[str, object], contains_ok: bo
             how = "is" if o == i else ("is inside" if i in o.parents else "contains")
             raise OutputOverlapError(
                 f"{out_key}={out} {how} the input folder {key}={inp} (real paths {o} and {i}); outputs must "
-                f"never overwrite inputs: choose an {out_key} outside {key}")
+                f"never overwrite inputs: choose an {out_key} outside {key}"
+            )
 
 
 def prepare_output_dir(out, out_key: str, inputs: Mapping[str, object]) -> Path:
@@ -95,15 +97,17 @@ def prepare_output_dir(out, out_key: str, inputs: Mapping[str, object]) -> Path:
     except FileExistsError:  # a parent is a file
         raise NotADirectoryError(f"{out_key}={out}: a parent of it is a file; give a folder for the outputs") from None
     except OSError as e:  # read-only file system, permission denied, /proc ...
-        raise PermissionError(f"{out_key}={out} cannot be created ({e.strerror or type(e).__name__}); choose a "
-                              "writable folder") from None
+        raise PermissionError(
+            f"{out_key}={out} cannot be created ({e.strerror or type(e).__name__}); choose a writable folder"
+        ) from None
     if not os.access(p, os.W_OK | os.X_OK):
         raise PermissionError(f"{out_key}={out} is not writable; choose a writable folder")
     return p
 
 
-def check_existing(out_dir: Path, outputs: Mapping[str, list[str]], out_key: str, skip_existing: bool,
-                   overwrite: bool) -> set[str]:
+def check_existing(
+    out_dir: Path, outputs: Mapping[str, list[str]], out_key: str, skip_existing: bool, overwrite: bool
+) -> set[str]:
     """Names (keys of ``outputs``: name -> its output file names in ``out_dir``) already done.
 
     ``skip_existing`` keeps outputs that are complete (resume); ``overwrite`` replaces them
@@ -116,8 +120,10 @@ def check_existing(out_dir: Path, outputs: Mapping[str, list[str]], out_key: str
     existing = sorted(f for files in outputs.values() for f in files if (out_dir / f).exists())
     if existing and not (skip_existing or overwrite):
         few = ", ".join(existing[:3]) + (" ..." if len(existing) > 3 else "")
-        raise UserError(f"{out_key}={out_dir} already holds {len(existing)} output(s) ({few}); set "
-                        "skip_existing=true to keep them or overwrite=true to replace them")
+        raise UserError(
+            f"{out_key}={out_dir} already holds {len(existing)} output(s) ({few}); set "
+            "skip_existing=true to keep them or overwrite=true to replace them"
+        )
     if overwrite or not skip_existing:
         return set()
     return {n for n, files in outputs.items() if all((out_dir / f).exists() for f in files)}
@@ -185,8 +191,9 @@ class SkipLog:
         skipped = sorted(s for _, ss, _ in per_rank for s in ss)
         if skipped and not done:
             first = next(r for _, _, rs in per_rank for r in rs)
-            raise UserError(f"{self.what}: none of the {len(skipped)} input file(s) could be processed "
-                            f"(first: {first})")
+            raise UserError(
+                f"{self.what}: none of the {len(skipped)} input file(s) could be processed (first: {first})"
+            )
         self.log.info("%s: %d done, %d skipped%s", self.what, done, len(skipped), extra)
         return {"done": done, "skipped": len(skipped), "skipped_files": skipped}
 
@@ -194,8 +201,6 @@ class SkipLog:
 def exit_code(result) -> int:
     """0 when a folder run processed everything, 3 (`EXIT_SKIPPED`) when it skipped some inputs."""
     return EXIT_SKIPPED if isinstance(result, Mapping) and result.get("skipped") else EXIT_OK
-
-
 
 
 def sampling_out_dir(out_dir, hydra_cfg, world_size: int = 1) -> str:
@@ -220,6 +225,20 @@ def sampling_out_dir(out_dir, hydra_cfg, world_size: int = 1) -> str:
     return str(Path(base or hydra_cfg.run.dir) / "sr")
 
 
-__all__ = ["EXIT_OK", "EXIT_SKIPPED", "EXIT_USER_ERROR", "ImageRejected", "OutputOverlapError", "SkipLog", "UserError",
-           "check_apart", "check_existing", "exit_code", "prepare_output_dir", "require_dir", "require_file",
-           "sampling_out_dir", "start_folder_run"]
+__all__ = [
+    "EXIT_OK",
+    "EXIT_SKIPPED",
+    "EXIT_USER_ERROR",
+    "ImageRejected",
+    "OutputOverlapError",
+    "SkipLog",
+    "UserError",
+    "check_apart",
+    "check_existing",
+    "exit_code",
+    "prepare_output_dir",
+    "require_dir",
+    "require_file",
+    "sampling_out_dir",
+    "start_folder_run",
+]

@@ -10,6 +10,7 @@ glibc raises its mmap threshold after large frees, after which freed tensors sta
 keep counting as resident; `PeakMemory` pins the threshold (128 KiB, glibc's default) so that
 big buffers are mmapped and given back on free, and RSS follows live memory.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -12,6 +12,7 @@ shard over a world of one).
 
 Children see torchrun's ``RANK``/``WORLD_SIZE`` and therefore never spawn again.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,13 @@ from pathlib import Path
 
 # Variables set by the launchers we defer to (torchrun/torch elastic, the deepspeed launcher,
 # Open MPI / MPICH / Intel MPI).
-_LAUNCHER_VARS = (("TORCHELASTIC_RUN_ID", "torchrun"), ("RANK", "torchrun/deepspeed"),
-                  ("LOCAL_RANK", "torchrun/deepspeed"), ("OMPI_COMM_WORLD_SIZE", "mpirun"),
-                  ("PMI_SIZE", "mpirun"))
+_LAUNCHER_VARS = (
+    ("TORCHELASTIC_RUN_ID", "torchrun"),
+    ("RANK", "torchrun/deepspeed"),
+    ("LOCAL_RANK", "torchrun/deepspeed"),
+    ("OMPI_COMM_WORLD_SIZE", "mpirun"),
+    ("PMI_SIZE", "mpirun"),
+)
 
 
 def launched_externally(env=None) -> str | None:
@@ -51,8 +56,10 @@ def resolve_nproc(nproc, device: str = "auto") -> int:
     if n < 1:
         raise ValueError(f"nproc must be auto or a positive integer, got {nproc!r}")
     if cuda and n > torch.cuda.device_count():
-        raise ValueError(f"nproc={n} but only {torch.cuda.device_count()} CUDA devices are visible "
-                         "(use run.device=cpu for simulated CPU ranks)")
+        raise ValueError(
+            f"nproc={n} but only {torch.cuda.device_count()} CUDA devices are visible "
+            "(use run.device=cpu for simulated CPU ranks)"
+        )
     return n
 
 

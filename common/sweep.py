@@ -18,6 +18,7 @@ A Hydra multirun (``-m cfg=4,6,8 temperature=0.7,0.9``) leaves one folder per po
 With ``objective=<metric>`` (set by the ``+sweep=optuna`` presets) the callback also makes
 the job's return value that metric's mean, which is what Hydra's Optuna sweeper optimises.
 """
+
 from __future__ import annotations
 
 import csv
@@ -70,14 +71,21 @@ def parse_overrides(overrides: list[str]) -> dict[str, str]:
     return out
 
 
-def write_point(job_dir: str | Path, overrides: list[str], status: str, result: Any, job_num: int = 0,
-                sweep_id: str | None = None) -> Path:
+def write_point(
+    job_dir: str | Path, overrides: list[str], status: str, result: Any, job_num: int = 0, sweep_id: str | None = None
+) -> Path:
     """Write one point's record (``sweep_point.json``) into its job folder, atomically."""
     from common.checkpoint import atomic_write_bytes
 
     metrics, lower = point_metrics(result) if status == "completed" else ({}, [])
-    record = {"job_num": int(job_num), "overrides": [str(o) for o in overrides], "status": status,
-              "metrics": metrics, "lower_better": lower, "sweep_id": sweep_id}
+    record = {
+        "job_num": int(job_num),
+        "overrides": [str(o) for o in overrides],
+        "status": status,
+        "metrics": metrics,
+        "lower_better": lower,
+        "sweep_id": sweep_id,
+    }
     path = Path(job_dir) / POINT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(record, indent=1, allow_nan=True).encode())
@@ -145,11 +153,22 @@ def summarize(sweep_dir: str | Path, figure: bool = True, sweep_id: str | None =
     for p in points:
         params = parse_overrides(p["overrides"])
         is_best = [m for m in metrics if m in best and p["metrics"].get(m) == best[m]]
-        rows.append({**{k: params.get(k, "") for k in keys}, "status": p["status"],
-                     **{m: p["metrics"].get(m, "") for m in metrics}, "best": ";".join(is_best),
-                     "job_dir": p["job_dir"]})
-        md_rows.append({**{k: params.get(k, "") for k in keys}, "status": p["status"],
-                        **{m: _md_cell(p["metrics"].get(m), m in is_best) for m in metrics}})
+        rows.append(
+            {
+                **{k: params.get(k, "") for k in keys},
+                "status": p["status"],
+                **{m: p["metrics"].get(m, "") for m in metrics},
+                "best": ";".join(is_best),
+                "job_dir": p["job_dir"],
+            }
+        )
+        md_rows.append(
+            {
+                **{k: params.get(k, "") for k in keys},
+                "status": p["status"],
+                **{m: _md_cell(p["metrics"].get(m), m in is_best) for m in metrics},
+            }
+        )
     paths = {"csv": sweep_dir / f"{SUMMARY_STEM}.csv", "md": sweep_dir / f"{SUMMARY_STEM}.md"}
     buf = io.StringIO(newline="")
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -208,7 +227,7 @@ def plot_sweep(points: list[dict], keys: list[str], metrics: list[str], out: Pat
         if x_key not in numeric:
             ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize="small")
     fig.tight_layout()
@@ -240,8 +259,10 @@ class SweepSummary(Callback):
         if self.objective and isinstance(direction, str):
             want = "minimize" if self.objective in _lower_better() else "maximize"
             if direction != want:
-                raise ValueError(f"sweep objective {self.objective} should be {want}d, but "
-                                 f"hydra.sweeper.direction={direction}; set hydra.sweeper.direction={want}")
+                raise ValueError(
+                    f"sweep objective {self.objective} should be {want}d, but "
+                    f"hydra.sweeper.direction={direction}; set hydra.sweeper.direction={want}"
+                )
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if not _is_multirun(config):
@@ -250,8 +271,14 @@ class SweepSummary(Callback):
 
         ok = job_return.status == JobStatus.COMPLETED
         result = job_return.return_value if ok else None
-        write_point(config.hydra.runtime.output_dir, job_return.overrides, "completed" if ok else "failed", result,
-                    job_num=config.hydra.job.get("num", 0), sweep_id=self.sweep_id)
+        write_point(
+            config.hydra.runtime.output_dir,
+            job_return.overrides,
+            "completed" if ok else "failed",
+            result,
+            job_num=config.hydra.job.get("num", 0),
+            sweep_id=self.sweep_id,
+        )
         if ok and self.objective:
             metrics, _ = point_metrics(result)
             if self.objective not in metrics:
@@ -265,5 +292,15 @@ class SweepSummary(Callback):
             print((paths["md"]).read_text())
 
 
-__all__ = ["POINT_FILE", "SweepSummary", "best_values", "collect_points", "parse_overrides", "plot_sweep",
-           "point_metrics", "summarize", "swept_keys", "write_point"]
+__all__ = [
+    "POINT_FILE",
+    "SweepSummary",
+    "best_values",
+    "collect_points",
+    "parse_overrides",
+    "plot_sweep",
+    "point_metrics",
+    "summarize",
+    "swept_keys",
+    "write_point",
+]

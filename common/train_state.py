@@ -19,6 +19,7 @@ load; a bad one is skipped with a warning naming the bad file and the previous o
 Model and optimizer go through ``torch.distributed.checkpoint.state_dict`` (FQN-keyed, sharded
 under FSDP2), so each rank writes and reads only its shards and any world size can resume.
 """
+
 from __future__ import annotations
 
 import json
@@ -146,8 +147,16 @@ class TrainState:
     Every method that touches files is collective: all ranks call it.
     """
 
-    def __init__(self, run_dir, model, optimizer=None, objects: dict | None = None, keep: int = 2,
-                 async_save: bool = False, engine=None):
+    def __init__(
+        self,
+        run_dir,
+        model,
+        optimizer=None,
+        objects: dict | None = None,
+        keep: int = 2,
+        async_save: bool = False,
+        engine=None,
+    ):
         self.run_dir, self.model, self.optimizer = Path(run_dir), model, optimizer
         self.objects = dict(objects or {})
         self.keep, self.async_save, self.engine = int(keep), bool(async_save), engine
@@ -178,8 +187,7 @@ class TrainState:
         if self.engine is not None:
             pass
         elif self.optimizer is not None:
-            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                           optim_state_dict=state["optim"])
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         else:
             set_model_state_dict(self.model, state["model"])
         for k, obj in self.objects.items():
@@ -206,8 +214,13 @@ class TrainState:
             tmp.mkdir(parents=True)
         barrier()
         atomic_save(rng_state(), tmp / "rng" / f"rank_{get_rank():05d}.pt")
-        meta = {"step": int(step), "world_size": get_world_size(), "time": time.time(), "extra": extra or {},
-                "format": "deepspeed" if self.engine is not None else "dcp"}
+        meta = {
+            "step": int(step),
+            "world_size": get_world_size(),
+            "time": time.time(),
+            "extra": extra or {},
+            "format": "deepspeed" if self.engine is not None else "dcp",
+        }
         future = None
         if self.engine is not None:
             self.engine.save_checkpoint(str(tmp), tag="ds", save_latest=False)
@@ -243,7 +256,7 @@ class TrainState:
     def prune(self) -> None:
         if self.keep > 0:
             good = [p for _, p in list_steps(self.run_dir) if p.name not in self._bad]
-            for p in good[:-self.keep]:
+            for p in good[: -self.keep]:
                 shutil.rmtree(p, ignore_errors=True)
 
     # -- resume -----------------------------------------------------------------------------------
@@ -263,8 +276,10 @@ class TrainState:
                 log.warning(f"skipping checkpoint {Path(path).name}: {_first_line(e)}; trying the previous one")
                 self._bad.add(Path(path).name)
         if has_checkpoint(self.run_dir):
-            raise ValueError(f"{checkpoint_root(self.run_dir)}: no checkpoint could be loaded (see the warnings); "
-                             "move the directory away to start from the initial weights")
+            raise ValueError(
+                f"{checkpoint_root(self.run_dir)}: no checkpoint could be loaded (see the warnings); "
+                "move the directory away to start from the initial weights"
+            )
         return None
 
     def load(self, path: Path, meta: dict | None = None) -> Resumed:
@@ -290,8 +305,10 @@ class TrainState:
             # DeepSpeed's partitioned files only fit the world size that wrote them; its universal
             # form (one folder per parameter) loads on any. Rank 0 converts once, next to ds/.
             if get_rank() == 0:
-                log.warning(f"{path}: written by {meta.get('world_size')} ranks, resuming on {get_world_size()}: "
-                            "converting to a DeepSpeed universal checkpoint")
+                log.warning(
+                    f"{path}: written by {meta.get('world_size')} ranks, resuming on {get_world_size()}: "
+                    "converting to a DeepSpeed universal checkpoint"
+                )
                 convert_to_universal(path)
             barrier()
         load_engine_checkpoint(self.engine, path, universal=not same)
@@ -311,8 +328,11 @@ def load_model_only(path, model_state: dict, ema: bool = False) -> bool:
     from common.checkpoint_dcp import load_sharded, read_metadata
 
     state_dir = path / "state"
-    use_ema = ema and state_dir.is_dir() and any(
-        k.startswith("objects.ema.shadow.") for k in read_metadata(state_dir).state_dict_metadata)
+    use_ema = (
+        ema
+        and state_dir.is_dir()
+        and any(k.startswith("objects.ema.shadow.") for k in read_metadata(state_dir).state_dict_metadata)
+    )
     if use_ema:
         load_sharded({"objects": {"ema": {"shadow": model_state}}}, state_dir, partial=True)
     elif meta.get("format") == "deepspeed":

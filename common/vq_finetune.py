@@ -7,6 +7,7 @@ AdamW, grad clipping, metrics.jsonl/wandb through ``Tracker``, atomic checkpoint
 of HR batches in [0, 1] that starts at a given step, so a resumed run sees the batches an
 uninterrupted one would (``hr_stream`` builds one from an ``HRTrainDataset``).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -65,8 +66,17 @@ def hr_stream(dataset, batch_size: int, num_workers: int = 0, collate_fn=None) -
 
     def batches(start_step: int) -> Iterator:
         counter = itertools.count(start_step * batch_size)
-        return iter(DataLoader(_Stream(dataset), batch_size=batch_size, sampler=counter, num_workers=num_workers,
-                               collate_fn=collate_fn or collate_train, drop_last=True))
+        return iter(
+            DataLoader(
+                _Stream(dataset),
+                batch_size=batch_size,
+                sampler=counter,
+                num_workers=num_workers,
+                collate_fn=collate_fn or collate_train,
+                drop_last=True,
+            )
+        )
+
     return batches
 
 
@@ -97,9 +107,15 @@ def _lpips_fn(s: FinetuneSettings, device):
     return lambda x01, y01: metric(x01, y01).mean()
 
 
-def finetune(model: torch.nn.Module, step_fn: StepFn, batches: Callable[[int], Iterable], s: FinetuneSettings,
-             device: str | torch.device = "cpu", config: dict | None = None,
-             eval_hr: torch.Tensor | None = None) -> dict:
+def finetune(
+    model: torch.nn.Module,
+    step_fn: StepFn,
+    batches: Callable[[int], Iterable],
+    s: FinetuneSettings,
+    device: str | torch.device = "cpu",
+    config: dict | None = None,
+    eval_hr: torch.Tensor | None = None,
+) -> dict:
     """Train ``model`` for ``s.steps`` steps (resuming from ``s.run_dir`` if it holds a checkpoint).
 
     Returns {"step", "l1", "psnr", <aux terms>, "seconds", "resumed_from"} where l1/psnr/aux are
@@ -148,8 +164,11 @@ def finetune(model: torch.nn.Module, step_fn: StepFn, batches: Callable[[int], I
         step += 1
         bar.update(1)
         row = {k: float(v.detach()) for k, v in terms.items()}
-        row.update(loss=float(loss.detach()), grad_norm=float(gnorm),
-                   psnr=psnr01(((recon.detach().float() + 1) / 2).clamp(0, 1), hr01))
+        row.update(
+            loss=float(loss.detach()),
+            grad_norm=float(gnorm),
+            psnr=psnr01(((recon.detach().float() + 1) / 2).clamp(0, 1), hr01),
+        )
         for k, v in row.items():
             window.setdefault(k, []).append(v)
         if step % s.log_every == 0 or step == s.steps:
@@ -169,6 +188,8 @@ def finetune(model: torch.nn.Module, step_fn: StepFn, batches: Callable[[int], I
         save_image_grid([[a, b] for a, b in zip(eval_hr.cpu(), rec.cpu())], f"{s.run_dir}/recon.png", ["HR", "recon"])
         tracker.log({"eval_psnr": out["eval_psnr"]}, step)
     tracker.finish()
-    log.info(f"tokenizer fine-tuning done at step {step}: " + ", ".join(
-        f"{k} {v:.4f}" for k, v in out.items() if isinstance(v, float)))
+    log.info(
+        f"tokenizer fine-tuning done at step {step}: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in out.items() if isinstance(v, float))
+    )
     return out

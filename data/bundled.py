@@ -7,6 +7,7 @@ hubble_deep_field, retina; common.md §2.7). Used by the tiny configs, the demo 
 
 Writes ``<out>/HR/<name>.png`` (size x size: centre crops, small photos resized up first).
 """
+
 from __future__ import annotations
 
 import argparse

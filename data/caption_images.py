@@ -8,6 +8,7 @@ model AutoModelForImageTextToText loads). Ids are paths relative to --images wit
 which is what launch/pretokenize_pure.py looks up. Rerunning resumes (ids already in --out are
 skipped). `--stub` writes deterministic placeholder captions (no model).
 """
+
 import argparse
 import sys
 

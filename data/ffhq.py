@@ -10,6 +10,7 @@ once and say so in the data card (common.md §2.2).
 
 Writes ``<out>/<same relative path>.png`` and ``<out>/manifest.csv``; re-running skips done files.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -13,6 +13,7 @@ AVA 0.32 (common.md §2.5). The natural count ratio of positives to negatives is
 Writes a ``path,label`` manifest (label 1) for ``{root: <csv>, kind: manifest}``; several sets
 can be listed as several sources (VARSR negatives resize their shorter side to 512).
 """
+
 from __future__ import annotations
 
 import argparse

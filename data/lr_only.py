@@ -1,4 +1,5 @@
 """Shared command line of the LR-only test-set scripts (reallq250.py, reallr200.py)."""
+
 from __future__ import annotations
 
 import argparse

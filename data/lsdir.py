@@ -11,6 +11,7 @@ Uses ``train.json`` when present, otherwise walks ``HR/train``. ``--check`` open
 and lists unreadable files (the training loader skips them anyway). Training configs then use
 ``{root: /data/LSDIR, kind: lsdir}`` or ``{root: <manifest>, kind: manifest}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,10 @@ def main(argv=None) -> int:
                 image_size(p)
             except BadImageError as e:
                 print(e)
-    out = write_manifest([(os.path.relpath(p, a.root), lab) for p, lab in items if os.path.isfile(p)],
-                         a.out or Path(a.root) / "manifest.csv")
+    out = write_manifest(
+        [(os.path.relpath(p, a.root), lab) for p, lab in items if os.path.isfile(p)],
+        a.out or Path(a.root) / "manifest.csv",
+    )
     n = len(items) - len(missing)
     print(f"{n} images -> {out}" + ("" if n == EXPECTED else f" (official train split: {EXPECTED})"))
     return 0

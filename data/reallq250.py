@@ -8,6 +8,7 @@ PURE's evaluation material; origin not verified here, common.md §2.4). Unpack i
 Writes ``<out>/RealLQ250/LR/<name>.png``; evaluate with no-reference metrics:
 ``launch/evaluate.py sr_dir=<outputs> metrics=nr out=...``.
 """
+
 from __future__ import annotations
 
 import sys

@@ -7,6 +7,7 @@ preset test datasets link in its README). Unpack it anywhere.
 
 Writes ``<out>/RealLR200/LR/<name>.png`` for no-reference evaluation.
 """
+
 from __future__ import annotations
 
 import sys

@@ -13,6 +13,7 @@ this script strips the _HR/_LR4/_x1/_x4 suffixes and writes matched names (commo
 The same command prepares OST-Val or any other paired set (``--set OST-Val``; construction of
 PURE's OST-Val is undocumented). Evaluate with ``launch/evaluate.py hr_dir=<out>/<set>/HR``.
 """
+
 from __future__ import annotations
 
 import argparse

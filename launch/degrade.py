@@ -7,6 +7,7 @@ out_dir may not be, contain or lie inside hr_dir. Keys and their meaning: Degrad
 common/degradation/folder.py. Exit codes: 0 all done, 3 done but unreadable inputs were skipped
 (each named in the log), 2 a user error (one line; ARSR_DEBUG=1 shows the traceback).
 """
+
 from __future__ import annotations
 
 import sys

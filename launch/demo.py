@@ -11,6 +11,7 @@ Each stage runs the same command line a user would type, so the demo also proves
 launchers, configs and checkpoints fit together. Usage: ``python launch/demo.py [out_dir=runs/demo]
 [varsr_steps=N] [pure_steps=N] [skip=[pure]]``.
 """
+
 from __future__ import annotations
 
 import json
@@ -78,16 +79,22 @@ def write_report(out: Path, rows: list[dict], columns: dict[str, Path], hr_dir: 
 
     grid_rows = [[load(d / n) for d in columns.values()] for n in names]
     save_image_grid(grid_rows, out / "grid.png", labels=list(columns))
-    curves = {title: (out / run / "metrics.jsonl", keys) for title, run, keys in (
-        ("VARSR (CE + 2 x refiner)", "varsr", ["train/loss", "train/ce", "train/diff"]),
-        ("PURE (next-token CE)", "pure", ["loss", "ce_text", "ce_image"])) if (out / run / "metrics.jsonl").exists()}
+    curves = {
+        title: (out / run / "metrics.jsonl", keys)
+        for title, run, keys in (
+            ("VARSR (CE + 2 x refiner)", "varsr", ["train/loss", "train/ce", "train/diff"]),
+            ("PURE (next-token CE)", "pure", ["loss", "ce_text", "ce_image"]),
+        )
+        if (out / run / "metrics.jsonl").exists()
+    }
     if curves:
         plot_curves(curves, out / "curves.png")
     (out / "report.md").write_text(
         "# arsr demo report\n\nTiny models trained for minutes on the bundled photos, decoding through "
         "untrained (random) tiny image tokenizers: the SR columns are noise and the numbers only show that "
         "every stage (degrade, train, export, sample, evaluate) runs end to end. Real weights: see README.\n\n"
-        + markdown_table(rows) + "\n\n![grid](grid.png)\n"
+        + markdown_table(rows)
+        + "\n\n![grid](grid.png)\n"
         + ("\n![training curves](curves.png)\n" if curves else "")
     )
 
@@ -104,14 +111,30 @@ def main(raw) -> None:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     py = sys.executable
-    hydra_quiet = ["hydra.run.dir=" + str(out / ".hydra_runs" / "${now:%H-%M-%S-%f}"), "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    hydra_quiet = [
+        "hydra.run.dir=" + str(out / ".hydra_runs" / "${now:%H-%M-%S-%f}"),
+        "hydra/job_logging=none",
+        "hydra/hydra_logging=none",
+    ]
 
     from common.data.bundled import write_bundled_dataset
 
     photos = write_bundled_dataset(out / "photos", size=512)
     test = out / "testset"
-    run([py, "launch/degrade.py", f"hr_dir={photos / 'HR'}", f"out_dir={test}", "overwrite=true",
-         f"degradation={cfg.degradation}", f"seed={cfg.seed}", f"crop={cfg.test_size}", *hydra_quiet], logs / "degrade.log")
+    run(
+        [
+            py,
+            "launch/degrade.py",
+            f"hr_dir={photos / 'HR'}",
+            f"out_dir={test}",
+            "overwrite=true",
+            f"degradation={cfg.degradation}",
+            f"seed={cfg.seed}",
+            f"crop={cfg.test_size}",
+            *hydra_quiet,
+        ],
+        logs / "degrade.log",
+    )
 
     columns = {"LR": test / "LR"}
     rows = []
@@ -119,8 +142,18 @@ def main(raw) -> None:
     def score(name: str, sr_dir: Path) -> None:
         res = out / f"metrics_{name}.json"
         metrics = "[" + ",".join(cfg.metrics) + "]"
-        run([py, "launch/evaluate.py", f"sr_dir={sr_dir}", f"hr_dir={test / 'HR'}", f"metrics={metrics}",
-             f"out={res}", *hydra_quiet], logs / f"evaluate_{name}.log")
+        run(
+            [
+                py,
+                "launch/evaluate.py",
+                f"sr_dir={sr_dir}",
+                f"hr_dir={test / 'HR'}",
+                f"metrics={metrics}",
+                f"out={res}",
+                *hydra_quiet,
+            ],
+            logs / f"evaluate_{name}.log",
+        )
         summary = json.loads(res.read_text())
         means = summary.get("mean", summary)
         rows.append({"method": name, **{k: means[k] for k in cfg.metrics if k in means}})
@@ -133,27 +166,76 @@ def main(raw) -> None:
         vrun = out / "varsr"
         # The tiny VQVAE is trained with nothing (random init): the export holds it next to the
         # transformer (official layout, 'vae_local'), so the same file serves as both checkpoints.
-        run([py, "launch/train_varsr.py", "+exp=quick", f"run.run_dir={vrun}", f"run.seed={cfg.seed}",
-             f"schedule.max_steps={cfg.varsr_steps}"], logs / "train_varsr.log")
+        run(
+            [
+                py,
+                "launch/train_varsr.py",
+                "+exp=quick",
+                f"run.run_dir={vrun}",
+                f"run.seed={cfg.seed}",
+                f"schedule.max_steps={cfg.varsr_steps}",
+            ],
+            logs / "train_varsr.log",
+        )
         export = vrun / "export" / "VARSR.pth"
-        run([py, "launch/sample_varsr.py", "model=tiny", f"ckpt={export}", f"vae_ckpt={export}",
-             f"lr_dir={test / 'LR'}", f"out_dir={out / 'sr_varsr'}", f"out_size={cfg.test_size}", "metrics=[]",
-             "skip_existing=false", "overwrite=true",  # a re-run retrains, so its outputs replace the old ones
-             "device=cpu", *hydra_quiet], logs / "sample_varsr.log")
+        run(
+            [
+                py,
+                "launch/sample_varsr.py",
+                "model=tiny",
+                f"ckpt={export}",
+                f"vae_ckpt={export}",
+                f"lr_dir={test / 'LR'}",
+                f"out_dir={out / 'sr_varsr'}",
+                f"out_size={cfg.test_size}",
+                "metrics=[]",
+                "skip_existing=false",
+                "overwrite=true",  # a re-run retrains, so its outputs replace the old ones
+                "device=cpu",
+                *hydra_quiet,
+            ],
+            logs / "sample_varsr.log",
+        )
         score("varsr", out / "sr_varsr")
 
     if "pure" not in cfg.skip:
         prun = out / "pure"
         tokens = prun / "tokens"
         # LQ/HQ pairs of the bundled photos -> degradation text + VQ codes -> sharded token files.
-        run([py, "launch/pretokenize_pure.py", "+exp=quick", f"pretokenize.out_dir={tokens}"], logs / "pretokenize_pure.log")
-        run([py, "launch/train_pure.py", "+exp=quick", f"run.run_dir={prun}", f"run.seed={cfg.seed}",
-             f"data.meta={tokens / 'record.json'}", f"schedule.max_steps={cfg.pure_steps}", f"export.hf_dir={prun / 'export'}"],
-            logs / "train_pure.log")
-        run([py, "launch/sample_pure.py", "+exp=quick", f"ckpt_dir={prun / 'export'}", f"lr_dir={test / 'LR'}",
-             f"out_dir={out / 'sr_pure'}", f"out_size={cfg.test_size}", "metrics=[]", "device=cpu",
-             "skip_existing=false", "overwrite=true", *hydra_quiet],
-            logs / "sample_pure.log")
+        run(
+            [py, "launch/pretokenize_pure.py", "+exp=quick", f"pretokenize.out_dir={tokens}"],
+            logs / "pretokenize_pure.log",
+        )
+        run(
+            [
+                py,
+                "launch/train_pure.py",
+                "+exp=quick",
+                f"run.run_dir={prun}",
+                f"run.seed={cfg.seed}",
+                f"data.meta={tokens / 'record.json'}",
+                f"schedule.max_steps={cfg.pure_steps}",
+                f"export.hf_dir={prun / 'export'}",
+            ],
+            logs / "train_pure.log",
+        )
+        run(
+            [
+                py,
+                "launch/sample_pure.py",
+                "+exp=quick",
+                f"ckpt_dir={prun / 'export'}",
+                f"lr_dir={test / 'LR'}",
+                f"out_dir={out / 'sr_pure'}",
+                f"out_size={cfg.test_size}",
+                "metrics=[]",
+                "device=cpu",
+                "skip_existing=false",
+                "overwrite=true",
+                *hydra_quiet,
+            ],
+            logs / "sample_pure.log",
+        )
         score("pure", out / "sr_pure")
 
     columns["HR"] = test / "HR"

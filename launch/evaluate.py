@@ -12,6 +12,7 @@ file stops the run with one line naming it; an unreadable file is skipped with a
 FILE.json may not go into sr_dir or hr_dir. Exit codes: 0 all scored, 3 scored but unreadable files
 were skipped (listed in FILE.json), 2 a user error (one line; ARSR_DEBUG=1 shows the traceback).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,9 +36,18 @@ def run(cfg: EvaluateConfig) -> dict:
     if not metrics:
         raise ValueError("no metrics selected (metrics=[psnr,ssim] or metrics=paired)")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    return evaluate_folders(cfg.sr_dir, cfg.hr_dir, metrics, cfg.out, device=device, weights_dir=cfg.weights_dir,
-                            crop_border=cfg.crop_border, set_name=cfg.set_name, show_progress=cfg.progress,
-                            overwrite=cfg.overwrite)
+    return evaluate_folders(
+        cfg.sr_dir,
+        cfg.hr_dir,
+        metrics,
+        cfg.out,
+        device=device,
+        weights_dir=cfg.weights_dir,
+        crop_border=cfg.crop_border,
+        set_name=cfg.set_name,
+        show_progress=cfg.progress,
+        overwrite=cfg.overwrite,
+    )
 
 
 def run_and_print(cfg: EvaluateConfig) -> dict:
@@ -45,8 +55,17 @@ def run_and_print(cfg: EvaluateConfig) -> dict:
         summary = run(cfg)
     except ImportError as e:  # a metric's optional package: the user installs it
         raise UserError(f"evaluate: {e}; install that package or drop the metric") from None
-    print(json.dumps({"set": summary["set"], "n_images": summary["n_images"], "skipped": summary["skipped"],
-                      "mean": summary["mean"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "set": summary["set"],
+                "n_images": summary["n_images"],
+                "skipped": summary["skipped"],
+                "mean": summary["mean"],
+            },
+            indent=2,
+        )
+    )
     return summary  # a sweep's summary callback (common.sweep) tabulates it
 
 

@@ -10,6 +10,7 @@ VARSR writes ``varsr.official.export_official``'s ``.pth``; PURE writes HF safet
 config.json through ``pure.official.save_hf_shards`` (the same fields and dtype as the end-of-
 training export). The model is rebuilt from the training config stored in the checkpoint.
 """
+
 from __future__ import annotations
 
 import sys
@@ -88,9 +89,15 @@ def export_pure(path: Path, cfg: ExportConfig) -> Path:
     used_ema = load_model_only(path, sd, ema=True) if cfg.ema else False
     if not used_ema:  # the model entries are keyed by the training root (PureLoss wraps the LM as `lm`)
         load_model_only(path, {"lm." + k: v for k, v in sd.items()})
-    save_hf_shards(sd, cfg.out, max_shard_size=tcfg.export.max_shard_size, config=lm.config,
-                   vocabulary_map=getattr(lm.config, "vocabulary_map", None), dtype=get_dtype(tcfg.export.dtype),
-                   base_config=read_hf_config(tcfg.init.from_hf))
+    save_hf_shards(
+        sd,
+        cfg.out,
+        max_shard_size=tcfg.export.max_shard_size,
+        config=lm.config,
+        vocabulary_map=getattr(lm.config, "vocabulary_map", None),
+        dtype=get_dtype(tcfg.export.dtype),
+        base_config=read_hf_config(tcfg.init.from_hf),
+    )
     log.info(f"exported {path.name}{' (EMA)' if used_ema else ''} to {cfg.out}")
     return Path(cfg.out)
 

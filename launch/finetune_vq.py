@@ -16,12 +16,12 @@ Writes ``out`` in the layout the apps load (VARSR: {'trainer': {'vae_local'}} fo
 plus ``run_dir`` (default ``<out>_run``: checkpoints/, metrics.jsonl, recon.png). Re-running
 the same command resumes from the newest checkpoint. Schema: `VQFinetuneConfig` below.
 """
+
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
 
@@ -45,9 +45,9 @@ class FTData:
 class VQFinetuneConfig:
     app: str = "varsr"  # varsr (multi-scale VQVAE) | pure (LlamaGen VQ-8)
     size: str = "tiny"  # tiny | full (VARSR's VQVAE.pth / LlamaGen's vq_ds8_c2i.pt shape)
-    init: Optional[str] = None  # start from this tokenizer file (official layout); None = random init
+    init: str | None = None  # start from this tokenizer file (official layout); None = random init
     out: str = "runs/vq_finetune/tokenizer.pth"  # exported tokenizer
-    run_dir: Optional[str] = None  # checkpoints + metrics; None -> "<out without suffix>_run"
+    run_dir: str | None = None  # checkpoints + metrics; None -> "<out without suffix>_run"
     seed: int = 0  # model init and data order
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
     data: FTData = field(default_factory=FTData)
@@ -62,7 +62,7 @@ class VQFinetuneConfig:
     grad_clip: float = 1.0  # max global grad norm (<= 0 disables)
     beta: float = 0.25  # commitment weight (VAR / LlamaGen default)
     lpips_weight: float = 0.0  # > 0 adds LPIPS (needs the pyiqa LPIPS weights offline)
-    lpips_weights_dir: Optional[str] = None  # where LPIPS_v0.1_alex-*.pth and alexnet-*.pth live
+    lpips_weights_dir: str | None = None  # where LPIPS_v0.1_alex-*.pth and alexnet-*.pth live
     eval_size: int = 96  # side of the fixed held-out crops scored (PSNR) and saved to recon.png
     eval_count: int = 6  # how many of them
     log_every: int = 10  # steps between metrics.jsonl rows
@@ -88,8 +88,18 @@ def _app(cfg: VQFinetuneConfig):
 def _sources(cfg: VQFinetuneConfig) -> list[ImageSource]:
     if not cfg.data.sources:
         raise ValueError("data.sources is empty")
-    return [ImageSource(root=s.root, kind=s.kind, label=s.label, ratio=s.ratio, limit=s.limit, meta=s.meta,
-                        resize_shorter_to=s.resize_shorter_to) for s in cfg.data.sources]
+    return [
+        ImageSource(
+            root=s.root,
+            kind=s.kind,
+            label=s.label,
+            ratio=s.ratio,
+            limit=s.limit,
+            meta=s.meta,
+            resize_shorter_to=s.resize_shorter_to,
+        )
+        for s in cfg.data.sources
+    ]
 
 
 def run(cfg: VQFinetuneConfig) -> dict:
@@ -98,24 +108,45 @@ def run(cfg: VQFinetuneConfig) -> dict:
     model, step_fn, export, need = _app(cfg)
     for key in ("crop_size", "eval_size"):
         if need is not None and getattr(cfg, key) != need:
-            raise ValueError(f"{key}={getattr(cfg, key)}: the {cfg.size} VARSR VQVAE needs {need} px "
-                             "(16 * its last patch_num)")
+            raise ValueError(
+                f"{key}={getattr(cfg, key)}: the {cfg.size} VARSR VQVAE needs {need} px (16 * its last patch_num)"
+            )
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     sources = _sources(cfg)
     train = HRTrainDataset(sources, crop_size=cfg.crop_size, crop_mode=cfg.crop_mode, seed=cfg.seed)
     # Held-out crops: same photos, different positions (another seed), no flip.
-    held = HRTrainDataset(sources, crop_size=cfg.eval_size, crop_mode=cfg.crop_mode, hflip=False,
-                          seed=cfg.seed + 7919)
+    held = HRTrainDataset(sources, crop_size=cfg.eval_size, crop_mode=cfg.crop_mode, hflip=False, seed=cfg.seed + 7919)
     eval_hr = torch.stack([held[i]["hr"] for i in range(min(cfg.eval_count, len(held)))])
     out = Path(cfg.out)
     settings = FinetuneSettings(
-        run_dir=cfg.run_dir or str(out.with_suffix("")) + "_run", steps=cfg.steps, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, lpips_weight=cfg.lpips_weight,
-        lpips_weights_dir=cfg.lpips_weights_dir, log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
-        wandb_mode=cfg.wandb_mode, project=f"{cfg.app}-vq")
-    stats = finetune(model, step_fn, hr_stream(train, cfg.batch_size, cfg.num_workers), settings, device,
-                     config={"app": cfg.app, "size": cfg.size, "init": cfg.init, "crop_size": cfg.crop_size,
-                             "batch_size": cfg.batch_size, "beta": cfg.beta}, eval_hr=eval_hr)
+        run_dir=cfg.run_dir or str(out.with_suffix("")) + "_run",
+        steps=cfg.steps,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+        lpips_weight=cfg.lpips_weight,
+        lpips_weights_dir=cfg.lpips_weights_dir,
+        log_every=cfg.log_every,
+        ckpt_every=cfg.ckpt_every,
+        wandb_mode=cfg.wandb_mode,
+        project=f"{cfg.app}-vq",
+    )
+    stats = finetune(
+        model,
+        step_fn,
+        hr_stream(train, cfg.batch_size, cfg.num_workers),
+        settings,
+        device,
+        config={
+            "app": cfg.app,
+            "size": cfg.size,
+            "init": cfg.init,
+            "crop_size": cfg.crop_size,
+            "batch_size": cfg.batch_size,
+            "beta": cfg.beta,
+        },
+        eval_hr=eval_hr,
+    )
     export(model, out)
     return {**stats, "out": str(out)}
 

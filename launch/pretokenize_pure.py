@@ -5,6 +5,7 @@ both). Parallel: under torchrun every rank takes items i = rank (mod world); oth
 `pretokenize.num_workers` local processes do. Resumable (rerun the same command). Official
 pickles: `pretokenize.convert_official=path/record.json pretokenize.trusted=true`.
 """
+
 import os
 import sys
 
@@ -23,8 +24,9 @@ def _worker(rank: int, world: int, cfg: PretokenizeConfig) -> None:
 def run(argv: list[str]):
     full = compose_config("pure", "train", argv)
     cfg = to_dataclass(PretokenizeConfig, full.pretokenize)
-    folders = {f"pretokenize.images[{i}]": p for i, p in enumerate(cfg.images)
-               if isinstance(p, str) and os.path.isdir(p)}
+    folders = {
+        f"pretokenize.images[{i}]": p for i, p in enumerate(cfg.images) if isinstance(p, str) and os.path.isdir(p)
+    }
     check_apart(cfg.out_dir, "pretokenize.out_dir", folders)  # shards never land among the source images
     if cfg.convert_official:
         return convert_official(cfg.convert_official, cfg.out_dir, trusted=cfg.trusted, shard_size=cfg.shard_size)

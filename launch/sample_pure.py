@@ -14,6 +14,7 @@ both (`+exp=quick vq_ckpt=my_vq.pt` uses my_vq.pt).
 Exit codes: 0 every image done, 3 done but unreadable inputs were skipped (each named in the log),
 2 a user error (one line on stderr; ARSR_DEBUG=1 shows the traceback). README "Bad input".
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -9,6 +9,7 @@ Explicit: `torchrun --nproc_per_node 8 launch/train_pure.py +exp=lsdir_ffhq` (FS
 Every rank composes the same config with Hydra's compose API (no per-rank output folders);
 schema: pure/config.py. Re-running the same command resumes from the newest checkpoint.
 """
+
 import sys
 from pathlib import Path
 

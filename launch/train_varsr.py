@@ -13,6 +13,7 @@ Re-running the same command resumes from the newest checkpoint in the run direct
 Examples: ``python launch/train_varsr.py +exp=quick`` (tiny, CPU, minutes);
 ``torchrun --nproc_per_node=8 launch/train_varsr.py +exp=lsdir_ffhq run.run_dir=runs/varsr_d24``.
 """
+
 from __future__ import annotations
 
 import sys

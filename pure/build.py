@@ -67,7 +67,7 @@ def extend_vocabulary(lm: nn.Module, new_vocab: int, seed: int = 0, image_ids=(4
     if new_vocab <= old_v:
         raise ValueError(f"extend_vocabulary: new size {new_vocab} must exceed the current {old_v}")
     g = torch.Generator().manual_seed(seed)
-    img = old_e[image_ids[0]:image_ids[1]].float()
+    img = old_e[image_ids[0] : image_ids[1]].float()
     mu, sd = img.mean(0), img.std(0)
     extra = mu + sd * torch.randn(new_vocab - old_v, c, generator=g)
     emb = nn.Embedding(new_vocab, c, dtype=old_e.dtype, device=old_e.device)

@@ -11,8 +11,8 @@ stand-in for tests and for runs without a VLM.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 DEFAULT_PROMPT = "Please describe this image in detail."
 
@@ -56,18 +56,29 @@ class StubCaptioner:
 class HFCaptioner:
     """Greedy captions from a local HF vision-language model directory (no hub access)."""
 
-    def __init__(self, model_path: str | Path, prompt: str = DEFAULT_PROMPT, device: str = "auto",
-                 dtype: str = "auto", max_new_tokens: int = 256):
+    def __init__(
+        self,
+        model_path: str | Path,
+        prompt: str = DEFAULT_PROMPT,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_new_tokens: int = 256,
+    ):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         p = Path(model_path)
         if not p.is_dir():
             raise FileNotFoundError(f"captioning model directory not found: {p}")
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
-        torch_dtype = {"auto": (torch.float16 if self.device.type == "cuda" else torch.float32),
-                       "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        self.device = torch.device(
+            "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        )
+        torch_dtype = {
+            "auto": (torch.float16 if self.device.type == "cuda" else torch.float32),
+            "fp32": torch.float32,
+            "fp16": torch.float16,
+            "bf16": torch.bfloat16,
+        }[dtype]
         self.processor = AutoProcessor.from_pretrained(str(p), local_files_only=True)
         self.model = AutoModelForImageTextToText.from_pretrained(str(p), local_files_only=True, dtype=torch_dtype)
         self.model.to(self.device).eval()
@@ -86,14 +97,16 @@ class HFCaptioner:
 
         text = self._text()
         inputs = self.processor(images=list(images), text=[text] * len(images), return_tensors="pt", padding=True)
-        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                  for k, v in inputs.items()}
+        inputs = {
+            k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+            for k, v in inputs.items()
+        }
         with torch.no_grad():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         if not self.model.config.is_encoder_decoder and out.shape[1] >= inputs["input_ids"].shape[1]:
             prefix = out[:, : inputs["input_ids"].shape[1]]
             if torch.equal(prefix.cpu(), inputs["input_ids"].cpu()):
-                out = out[:, inputs["input_ids"].shape[1]:]  # decoder-only VLMs echo the prompt
+                out = out[:, inputs["input_ids"].shape[1] :]  # decoder-only VLMs echo the prompt
         texts = self.processor.batch_decode(out, skip_special_tokens=True)
         return [_strip_prompt(t, self.prompt) for t in texts]
 
@@ -101,11 +114,12 @@ class HFCaptioner:
 def _strip_prompt(text: str, prompt: str) -> str:
     text = text.strip()
     low, p = text.lower(), prompt.lower().strip()
-    return text[len(p):].strip() if p and low.startswith(p) else text
+    return text[len(p) :].strip() if p and low.startswith(p) else text
 
 
-def caption_folder(folder: str | Path, out_path: str | Path, captioner: Callable, batch_size: int = 4,
-                   limit: int | None = None) -> dict:
+def caption_folder(
+    folder: str | Path, out_path: str | Path, captioner: Callable, batch_size: int = 4, limit: int | None = None
+) -> dict:
     """Caption every image under `folder` into `out_path` (ids = relative path without extension);
     resumes by skipping ids already in the file; unreadable images are skipped and counted."""
     from PIL import Image
@@ -122,7 +136,7 @@ def caption_folder(folder: str | Path, out_path: str | Path, captioner: Callable
     bad = 0
     for s in range(0, len(todo), batch_size):
         ids, imgs = [], []
-        for image_id, p in todo[s:s + batch_size]:
+        for image_id, p in todo[s : s + batch_size]:
             try:
                 imgs.append(Image.fromarray(read_image(p)))
                 ids.append(image_id)

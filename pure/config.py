@@ -119,8 +119,14 @@ class ExportConfig:
     dtype: str = "bf16"  # tensor dtype of the shards: bf16 (released PURE) | fp32 | fp16
 
 
-@checks(batch_size=at_least(1), num_workers=at_least(1), shard_size=at_least(1), target_size=at_least(1), device=DEVICE,
-        lq_scale=at_least(1))
+@checks(
+    batch_size=at_least(1),
+    num_workers=at_least(1),
+    shard_size=at_least(1),
+    target_size=at_least(1),
+    device=DEVICE,
+    lq_scale=at_least(1),
+)
 @dataclass
 class PretokenizeConfig:
     """Everything `launch/pretokenize_pure.py` accepts."""

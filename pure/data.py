@@ -52,8 +52,15 @@ def write_shard(path: str | Path, records: list[dict]) -> list[dict]:
         toks.append(t.astype(np.int32))
         masks.append(m.astype(np.uint8))
         offs.append(offs[-1] + t.size)
-        index.append({"file": path.name + ".safetensors", "idx": i, "len": int(t.size),
-                      "id": str(r.get("id", i)), "type": r.get("type") or "default"})
+        index.append(
+            {
+                "file": path.name + ".safetensors",
+                "idx": i,
+                "len": int(t.size),
+                "id": str(r.get("id", i)),
+                "type": r.get("type") or "default",
+            }
+        )
     tensors = {
         "tokens": torch.from_numpy(np.concatenate(toks) if toks else np.zeros(0, np.int32)),
         "mask": torch.from_numpy(np.concatenate(masks) if masks else np.zeros(0, np.uint8)),
@@ -100,8 +107,12 @@ class TokenShardDataset(Dataset):
                 if int(r["len"]) > max_seq_len:
                     self.dropped += 1
                     continue
-                r = dict(r, root=str(rec_path.parent), type=ent.get("type") or r.get("type") or "default",
-                         ratio=float(ent.get("ratio", 1.0) or 1.0))
+                r = dict(
+                    r,
+                    root=str(rec_path.parent),
+                    type=ent.get("type") or r.get("type") or "default",
+                    ratio=float(ent.get("ratio", 1.0) or 1.0),
+                )
                 self.records.append(r)
         self.lengths = np.array([int(r["len"]) for r in self.records], dtype=np.int64)
         self._handles: dict[str, object] = {}
@@ -120,7 +131,7 @@ class TokenShardDataset(Dataset):
     def __getitem__(self, i: int):
         r = self.records[i]
         f = self._shard(str(Path(r["root"]) / r["file"]))
-        a, b = f.get_slice("offsets")[int(r["idx"]): int(r["idx"]) + 2].tolist()
+        a, b = f.get_slice("offsets")[int(r["idx"]) : int(r["idx"]) + 2].tolist()
         tok = f.get_slice("tokens")[a:b].long()
         mask = f.get_slice("mask")[a:b].bool()
         lab = torch.where(mask, tok, torch.full_like(tok, IGNORE))
@@ -161,8 +172,16 @@ class LengthGroupedSampler:
     global batch G = micro_batch * world_size * grad_accum. State = (epoch, consumed global batches).
     """
 
-    def __init__(self, dataset: TokenShardDataset, micro_batch: int, world_size: int = 1, rank: int = 0,
-                 grad_accum: int = 1, window_mult: int = 500, seed: int = 0):
+    def __init__(
+        self,
+        dataset: TokenShardDataset,
+        micro_batch: int,
+        world_size: int = 1,
+        rank: int = 0,
+        grad_accum: int = 1,
+        window_mult: int = 500,
+        seed: int = 0,
+    ):
         self.ds, self.mb, self.world, self.rank = dataset, micro_batch, world_size, rank
         self.accum, self.window_mult, self.seed = grad_accum, window_mult, seed
         self.global_batch = micro_batch * world_size * grad_accum
@@ -183,9 +202,9 @@ class LengthGroupedSampler:
             idx = idx[np.argsort(self.ds.lengths[idx], kind="stable")]
             win = self.global_batch * self.window_mult
             for s in range(0, len(idx), win):
-                rng.shuffle(idx[s: s + win])
+                rng.shuffle(idx[s : s + win])
             n_full = len(idx) // self.global_batch  # drop the ragged tail: every rank must step together
-            batches += [idx[k * self.global_batch:(k + 1) * self.global_batch].tolist() for k in range(n_full)]
+            batches += [idx[k * self.global_batch : (k + 1) * self.global_batch].tolist() for k in range(n_full)]
         order = rng.permutation(len(batches))
         return [batches[k] for k in order]
 
@@ -198,9 +217,9 @@ class LengthGroupedSampler:
             gbs = self.global_batches(self.epoch)
             while self.consumed < len(gbs):
                 gb = gbs[self.consumed]
-                per_rank = gb[self.rank * self.mb * self.accum:(self.rank + 1) * self.mb * self.accum]
+                per_rank = gb[self.rank * self.mb * self.accum : (self.rank + 1) * self.mb * self.accum]
                 for k in range(self.accum):
-                    yield per_rank[k * self.mb:(k + 1) * self.mb]
+                    yield per_rank[k * self.mb : (k + 1) * self.mb]
                 self.consumed += 1
             self.epoch, self.consumed = self.epoch + 1, 0
 
@@ -248,12 +267,17 @@ def build_train_loader(cfg, dist):
     ds = TokenShardDataset(cfg.data.meta, cfg.data.max_seq_len)
     if len(ds) == 0:
         raise ValueError(f"no training records in {cfg.data.meta} ({ds.dropped} longer than max_seq_len)")
-    sampler = LengthGroupedSampler(ds, cfg.data.batch_size, dist.world_size, dist.rank,
-                                   cfg.optim.grad_accum, cfg.data.window_mult, cfg.run.seed)
+    sampler = LengthGroupedSampler(
+        ds, cfg.data.batch_size, dist.world_size, dist.rank, cfg.optim.grad_accum, cfg.data.window_mult, cfg.run.seed
+    )
     if sampler.steps_per_epoch() == 0:
         raise ValueError(f"{len(ds)} records is fewer than one global batch of {sampler.global_batch}")
-    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=Collate(cfg.data.pad_to_multiple),
-                        **data_loader_kwargs(cfg.data, dist.device))
+    loader = DataLoader(
+        ds,
+        batch_sampler=sampler,
+        collate_fn=Collate(cfg.data.pad_to_multiple),
+        **data_loader_kwargs(cfg.data, dist.device),
+    )
     return ds, sampler, loader
 
 
@@ -261,5 +285,6 @@ def data_loader_kwargs(data_cfg, device) -> dict:
     """Workers / pinned memory / prefetch from `cfg.data` (common.parallel.loader_kwargs)."""
     from common.parallel import loader_kwargs
 
-    return loader_kwargs(data_cfg.num_workers, device, data_cfg.prefetch_factor, data_cfg.persistent_workers,
-                         data_cfg.pin_memory)
+    return loader_kwargs(
+        data_cfg.num_workers, device, data_cfg.prefetch_factor, data_cfg.persistent_workers, data_cfg.pin_memory
+    )

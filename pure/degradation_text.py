@@ -39,9 +39,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 BLUR_SIGMA = (0.45, 1.55)  # LQ-pixel sigma mapped to score 0 and 1
 NOISE_STD = (5.0, 28.0)  # 8-bit std mapped to score 0 and 1
@@ -58,7 +59,7 @@ def level_name(score: float) -> str:
 
 
 def sentence_from_scores(blur: float, noise: float) -> str:
-    """"<Blur-level> blur, <noise-level> noise." with the first word capitalised (PURE figure)."""
+    """ "<Blur-level> blur, <noise-level> noise." with the first word capitalised (PURE figure)."""
     return f"{level_name(blur).capitalize()} blur, {level_name(noise)} noise."
 
 
@@ -129,10 +130,16 @@ def scores_from_params(params: Mapping[str, Any]) -> DegradationScores:
     sinc = _get(params, "sinc", "sinc_kernel")
     s1 = max(float(_get(st1, "resize_scale", default=1.0)), 1e-3)  # relative to the HR size
     s2 = max(float(_get(st2, "resize_scale", default=1.0)), 1e-3)  # relative to the LQ size
-    noise1 = {"noise_type": _get(st1, "noise", default="gaussian"), "sigma": _get(st1, "noise_sigma", default=0.0),
-              "poisson_scale": _get(st1, "poisson_scale", default=0.0)}
-    noise2 = {"noise_type": _get(st2, "noise", default="gaussian"), "sigma": _get(st2, "noise_sigma", default=0.0),
-              "poisson_scale": _get(st2, "poisson_scale", default=0.0)}
+    noise1 = {
+        "noise_type": _get(st1, "noise", default="gaussian"),
+        "sigma": _get(st1, "noise_sigma", default=0.0),
+        "poisson_scale": _get(st1, "poisson_scale", default=0.0),
+    }
+    noise2 = {
+        "noise_type": _get(st2, "noise", default="gaussian"),
+        "sigma": _get(st2, "noise_sigma", default=0.0),
+        "poisson_scale": _get(st2, "poisson_scale", default=0.0),
+    }
     jpeg1, jpeg2 = _get(st1, "jpeg_quality"), _get(fin, "jpeg_quality")
 
     b = min(1.0, 4.0 * s1, s2)

@@ -21,6 +21,7 @@ logits for the last real token of each row only. pure/generate.py (AR) and pure/
 drive an engine; engines (their caches and compiled steps) are reused across calls with the
 same shapes, see :func:`get_engine` / :func:`release_engines`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,16 +64,16 @@ _ROUND = 256  # prompt capacities are rounded up so similar prompts (e.g. every 
 class EngineSpec:
     """Everything that fixes the shapes and constants of the compiled steps."""
 
-    batch: int                   # B images (the cache has 2B rows with CFG)
-    prompt_cap: int              # longest prompt the conditional rows take
-    tail_cap: int                # longest unconditional prefill (an image header left open by the prompt)
-    max_new_tokens: int          # answer budget per row
-    window: int                  # tokens per forward (1 = AR; SJD window)
+    batch: int  # B images (the cache has 2B rows with CFG)
+    prompt_cap: int  # longest prompt the conditional rows take
+    tail_cap: int  # longest unconditional prefill (an image header left open by the prompt)
+    max_new_tokens: int  # answer budget per row
+    window: int  # tokens per forward (1 = AR; SJD window)
     sampling: SamplingConfig = field(compare=False)  # processor chain constants (keyed by value in get_engine)
     eos_id: int = SpecialIds.EOT  # stop token
-    uncond_reset: bool = True    # uncond context restarts at every image start (False: official SJD compat)
-    compile: bool = False        # torch.compile the steps (CUDA graphs on CUDA)
-    attention: str = "sdpa"      # decode attention: sdpa | flex (see ATTENTION)
+    uncond_reset: bool = True  # uncond context restarts at every image start (False: official SJD compat)
+    compile: bool = False  # torch.compile the steps (CUDA graphs on CUDA)
+    attention: str = "sdpa"  # decode attention: sdpa | flex (see ATTENTION)
 
     @property
     def uses_cfg(self) -> bool:
@@ -202,9 +203,25 @@ class DecodeEngine:
         seed = torch.tensor([int(s) for s in seeds], device=dev)
         zero = torch.zeros_like(seed)
         nxt = self.choose(cond, uncond, st, seed, zero)
-        S = torch.cat([advance_t(st, nxt), torch.stack([
-            nxt, torch.tensor(lens, device=dev), torch.tensor([len(t) for t in tails], device=dev),
-            (nxt == spec.eos_id).long(), zero + 1, zero + 1, seed, zero], 1)], 1)
+        S = torch.cat(
+            [
+                advance_t(st, nxt),
+                torch.stack(
+                    [
+                        nxt,
+                        torch.tensor(lens, device=dev),
+                        torch.tensor([len(t) for t in tails], device=dev),
+                        (nxt == spec.eos_id).long(),
+                        zero + 1,
+                        zero + 1,
+                        seed,
+                        zero,
+                    ],
+                    1,
+                ),
+            ],
+            1,
+        )
         return S, cond, uncond
 
     def _ar_step(self, S: torch.Tensor):
@@ -215,9 +232,25 @@ class DecodeEngine:
         nxt = self.choose(cond, uncond, S, S[:, SEED], S[:, STEP])
         nxt = torch.where(done, self.spec.eos_id, nxt)  # finished rows idle on the stop token
         uslot = self.next_uslot(S, opens, torch.zeros_like(opens))
-        S = torch.cat([advance_t(S[:, :STATE_COLS], nxt), torch.stack([
-            nxt, S[:, SLOT] + 1, uslot, (done | (nxt == self.spec.eos_id)).long(),
-            S[:, NOUT] + (~done).long(), S[:, STEP] + 1, S[:, SEED], S[:, LIVE] + (~done).long()], 1)], 1)
+        S = torch.cat(
+            [
+                advance_t(S[:, :STATE_COLS], nxt),
+                torch.stack(
+                    [
+                        nxt,
+                        S[:, SLOT] + 1,
+                        uslot,
+                        (done | (nxt == self.spec.eos_id)).long(),
+                        S[:, NOUT] + (~done).long(),
+                        S[:, STEP] + 1,
+                        S[:, SEED],
+                        S[:, LIVE] + (~done).long(),
+                    ],
+                    1,
+                ),
+            ],
+            1,
+        )
         return S, cond, uncond
 
 
@@ -233,7 +266,7 @@ def open_tail(prompt: Sequence[int]) -> list[int]:
     prompt = [int(t) for t in prompt]
     if not ImageState().advanced(prompt).open:
         return []
-    return prompt[max(i for i, t in enumerate(prompt) if t == SpecialIds.IMG_START):]
+    return prompt[max(i for i, t in enumerate(prompt) if t == SpecialIds.IMG_START) :]
 
 
 def _right_pad(rows: Sequence[Sequence[int]], device) -> torch.Tensor:
@@ -246,17 +279,35 @@ def _right_pad(rows: Sequence[Sequence[int]], device) -> torch.Tensor:
 _ENGINES: dict = {}
 
 
-def get_engine(model, prompts: Sequence[Sequence[int]], sampling: SamplingConfig, image_mask: torch.Tensor,
-               max_new_tokens: int, eos_id: int, window: int = 1, uncond_reset: bool = True,
-               compile: bool | None = None) -> DecodeEngine:
+def get_engine(
+    model,
+    prompts: Sequence[Sequence[int]],
+    sampling: SamplingConfig,
+    image_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_id: int,
+    window: int = 1,
+    uncond_reset: bool = True,
+    compile: bool | None = None,
+) -> DecodeEngine:
     """The engine for these shapes, reused when the last call had the same ones (compiled
     graphs and the KV cache survive; only one engine is kept, so memory does not pile up)."""
     device = model.lm_head.weight.device
     compile = default_compile(device) if compile is None else bool(compile)
     cap = -(-max(map(len, prompts)) // _ROUND) * _ROUND
     tail = max(len(uncond_tail(p, uncond_reset)) for p in prompts) if sampling.uses_cfg else 0
-    spec = EngineSpec(len(prompts), cap, -(-tail // 8) * 8, max_new_tokens, window, sampling, int(eos_id),
-                      uncond_reset, compile, ATTENTION)
+    spec = EngineSpec(
+        len(prompts),
+        cap,
+        -(-tail // 8) * 8,
+        max_new_tokens,
+        window,
+        sampling,
+        int(eos_id),
+        uncond_reset,
+        compile,
+        ATTENTION,
+    )
     key = (id(model), spec, dataclasses.astuple(sampling), hash(image_mask.cpu().numpy().tobytes()))
     if key not in _ENGINES:
         release_engines()

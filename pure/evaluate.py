@@ -7,13 +7,14 @@ and `<out_dir>/<name>.json` (degradation sentence, caption, token/forward counts
 writes `summary.json` and scores the folder with `common.metrics.evaluate_folders`.
 `PureSampleConfig` documents every key of configs/pure/sample.yaml (`pure_sample_schema`).
 """
+
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -23,62 +24,76 @@ from pure.jacobi import SJDConfig
 from pure.processors import SamplingConfig
 
 
-@checks(window=at_least(1), active_from=at_least(0), active_until=at_least(0),
-        scheme=one_of("speculative_jacobi", "jacobi"))
+@checks(
+    window=at_least(1), active_from=at_least(0), active_until=at_least(0), scheme=one_of("speculative_jacobi", "jacobi")
+)
 @dataclass
 class SJDSection:
     """Speculative Jacobi decoding (spec §8); off = plain AR decoding."""
 
-    enabled: bool = False               # decode with SJD (lossless w.r.t. AR sampling); false = plain AR
-    window: int = 16                    # tokens per forward (1 committed + up to 15 drafts)
-    active_from: int = 3                # Jacobi only for generated offsets in [active_from, active_until)
-    active_until: int = 4150            # official 64*64 + 64 - 10
+    enabled: bool = False  # decode with SJD (lossless w.r.t. AR sampling); false = plain AR
+    window: int = 16  # tokens per forward (1 committed + up to 15 drafts)
+    active_from: int = 3  # Jacobi only for generated offsets in [active_from, active_until)
+    active_until: int = 4150  # official 64*64 + 64 - 10
     scheme: str = "speculative_jacobi"  # or "jacobi" (greedy, lossless w.r.t. greedy AR)
-    uncond_compat: bool = False         # official SJD unconditional context (spec §8.3 bug 2)
-    mean_k_compat: bool = False         # official one-k-per-window top-k (bug 3)
+    uncond_compat: bool = False  # official SJD unconditional context (spec §8.3 bug 2)
+    mean_k_compat: bool = False  # official one-k-per-window top-k (bug 3)
 
 
-@checks(vq_size=one_of("ds8", "tiny"), out_size=at_least(1), resolution=at_least(1), cfg=at_least(0.0),
-        temperature=at_least(0.0), top_k=at_least(0), max_new_tokens=at_least(1), batch_size=at_least(1),
-        color_fix=one_of("wavelet", "adain", "none"), device=DEVICE, dtype=one_of("bf16", "fp16", "fp32"),
-        scale=at_least(0.01), tile_overlap=at_least(0), tile_batch=at_least(1), max_output_pixels=at_least(1),
-        vq_dtype=one_of("fp32", "bf16"))
+@checks(
+    vq_size=one_of("ds8", "tiny"),
+    out_size=at_least(1),
+    resolution=at_least(1),
+    cfg=at_least(0.0),
+    temperature=at_least(0.0),
+    top_k=at_least(0),
+    max_new_tokens=at_least(1),
+    batch_size=at_least(1),
+    color_fix=one_of("wavelet", "adain", "none"),
+    device=DEVICE,
+    dtype=one_of("bf16", "fp16", "fp32"),
+    scale=at_least(0.01),
+    tile_overlap=at_least(0),
+    tile_batch=at_least(1),
+    max_output_pixels=at_least(1),
+    vq_dtype=one_of("fp32", "bf16"),
+)
 @dataclass
 class PureSampleConfig:
-    model: Any = None                   # ChameleonConfig fields (config group `model`); config.json in ckpt_dir wins
-    ckpt_dir: Optional[str] = "checkpoints/PURE"  # HF shards + config.json (nonwhy/PURE or our export); None = random
-    vq_ckpt: Optional[str] = "checkpoints/vq_ds8_c2i.pt"  # LlamaGen VQ-8; None = seeded random VQ (plumbing only)
-    vq_size: str = "ds8"                # ds8 (released) | tiny (tests)
-    tokenizer: Optional[str] = None     # tokenizer JSON or dir; None -> ckpt_dir if it has one, else stand-in
-    lr_dir: str = "???"                 # folder of LQ images
-    hr_dir: Optional[str] = None        # GT folder (same names) -> full-reference metrics
-    out_dir: Optional[str] = None       # PNG + JSON per image; None -> <hydra run dir>/sr
-    out_size: Optional[int] = None      # resize outputs to this square side (e.g. GT size of demo sets)
-    resolution: int = 512               # model input/output side (README: LQ resized to 512)
+    model: Any = None  # ChameleonConfig fields (config group `model`); config.json in ckpt_dir wins
+    ckpt_dir: str | None = "checkpoints/PURE"  # HF shards + config.json (nonwhy/PURE or our export); None = random
+    vq_ckpt: str | None = "checkpoints/vq_ds8_c2i.pt"  # LlamaGen VQ-8; None = seeded random VQ (plumbing only)
+    vq_size: str = "ds8"  # ds8 (released) | tiny (tests)
+    tokenizer: str | None = None  # tokenizer JSON or dir; None -> ckpt_dir if it has one, else stand-in
+    lr_dir: str = "???"  # folder of LQ images
+    hr_dir: str | None = None  # GT folder (same names) -> full-reference metrics
+    out_dir: str | None = None  # PNG + JSON per image; None -> <hydra run dir>/sr
+    out_size: int | None = None  # resize outputs to this square side (e.g. GT size of demo sets)
+    resolution: int = 512  # model input/output side (README: LQ resized to 512)
     # output size: null = the native bucket (about resolution^2, the LQ's aspect ratio kept); a number =
     # exactly scale x the LQ, restored in feathered tiles of resolution/scale LQ px when larger (pure.tiling)
-    scale: Optional[float] = None
-    tile_overlap: Optional[int] = None  # LQ px shared by neighbouring tiles; null = a quarter tile
-    tile_batch: int = 1                 # tiles per generation, AR or SJD (each holds a KV cache like one image)
-    max_output_pixels: Optional[int] = 67108864  # refuse larger outputs (8192^2) before any work; null = no limit
-    cfg: float = 0.8                    # CFG weight g (README 0.8; 1.0 disables the uncond pass)
-    temperature: float = 0.9            # README 0.9; 0 = greedy
-    top_k: int = 1                      # text top-k outside images (README 1)
-    entropy_top_k: bool = True          # PURE's entropy-adaptive k inside images
-    max_new_tokens: int = 8192          # README value; a 512 answer needs ~4.3k
-    image_only: bool = False            # prefill <8197><h><w>, stop at the image end (no text answer)
+    scale: float | None = None
+    tile_overlap: int | None = None  # LQ px shared by neighbouring tiles; null = a quarter tile
+    tile_batch: int = 1  # tiles per generation, AR or SJD (each holds a KV cache like one image)
+    max_output_pixels: int | None = 67108864  # refuse larger outputs (8192^2) before any work; null = no limit
+    cfg: float = 0.8  # CFG weight g (README 0.8; 1.0 disables the uncond pass)
+    temperature: float = 0.9  # README 0.9; 0 = greedy
+    top_k: int = 1  # text top-k outside images (README 1)
+    entropy_top_k: bool = True  # PURE's entropy-adaptive k inside images
+    max_new_tokens: int = 8192  # README value; a 512 answer needs ~4.3k
+    image_only: bool = False  # prefill <8197><h><w>, stop at the image end (no text answer)
     sjd: SJDSection = field(default_factory=SJDSection)
-    batch_size: int = 1                 # images per generation, AR or SJD (each holds its own KV cache)
-    seed: int = 0                       # batch starting at index i uses seed + i
-    color_fix: str = "wavelet"          # wavelet (official) | adain | none
-    device: str = "auto"                # auto | cpu | cuda
-    dtype: str = "bf16"                 # bf16 | fp16 | fp32 weights on CUDA (CPU always fp32)
-    vq_dtype: str = "fp32"              # VQ encoder/decoder on CUDA: fp32 | bf16 (bench/gpu_pure.py times both)
-    compile: Optional[bool] = None      # torch.compile the decode/SJD steps (CUDA graphs); null = on CUDA only
-    skip_existing: bool = True          # keep PNG+JSON already written (resume after preemption)
-    overwrite: bool = False             # replace existing outputs (atomically; wins over skip_existing)
-    metrics: Any = None                 # metric names, or the `metrics` group's {name: spec}; empty/None = no scoring
-    metrics_out: Optional[str] = None   # JSON path; None -> <out_dir>/../metrics.json
+    batch_size: int = 1  # images per generation, AR or SJD (each holds its own KV cache)
+    seed: int = 0  # batch starting at index i uses seed + i
+    color_fix: str = "wavelet"  # wavelet (official) | adain | none
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "bf16"  # bf16 | fp16 | fp32 weights on CUDA (CPU always fp32)
+    vq_dtype: str = "fp32"  # VQ encoder/decoder on CUDA: fp32 | bf16 (bench/gpu_pure.py times both)
+    compile: bool | None = None  # torch.compile the decode/SJD steps (CUDA graphs); null = on CUDA only
+    skip_existing: bool = True  # keep PNG+JSON already written (resume after preemption)
+    overwrite: bool = False  # replace existing outputs (atomically; wins over skip_existing)
+    metrics: Any = None  # metric names, or the `metrics` group's {name: spec}; empty/None = no scoring
+    metrics_out: str | None = None  # JSON path; None -> <out_dir>/../metrics.json
 
 
 def register_configs() -> None:
@@ -88,16 +103,23 @@ def register_configs() -> None:
 
 
 def sampling_config(cfg: PureSampleConfig) -> SamplingConfig:
-    return SamplingConfig(temperature=cfg.temperature, cfg=cfg.cfg, text_top_k=cfg.top_k,
-                          entropy_top_k=cfg.entropy_top_k)
+    return SamplingConfig(
+        temperature=cfg.temperature, cfg=cfg.cfg, text_top_k=cfg.top_k, entropy_top_k=cfg.entropy_top_k
+    )
 
 
 def sjd_config(cfg: PureSampleConfig) -> SJDConfig | None:
     s = cfg.sjd
     if not s.enabled:
         return None
-    return SJDConfig(window=s.window, active_from=s.active_from, active_until=s.active_until, scheme=s.scheme,
-                     uncond_compat=s.uncond_compat, mean_k_compat=s.mean_k_compat)
+    return SJDConfig(
+        window=s.window,
+        active_from=s.active_from,
+        active_until=s.active_until,
+        scheme=s.scheme,
+        uncond_compat=s.uncond_compat,
+        mean_k_compat=s.mean_k_compat,
+    )
 
 
 def _dtype(cfg: PureSampleConfig, device: torch.device) -> torch.dtype:
@@ -138,8 +160,11 @@ def load_components(cfg: PureSampleConfig, device: torch.device):
     else:
         log.warning("no vq_ckpt: randomly initialised VQ (plumbing only)")
     tok_path = cfg.tokenizer
-    if tok_path is None and ckpt is not None and any((ckpt / n).is_file()
-                                                     for n in ("tokenizer.json", "text_tokenizer.json")):
+    if (
+        tok_path is None
+        and ckpt is not None
+        and any((ckpt / n).is_file() for n in ("tokenizer.json", "text_tokenizer.json"))
+    ):
         tok_path = str(ckpt)
     if tok_path is None:
         log.warning("no tokenizer: using the stand-in test tokenizer")
@@ -172,10 +197,22 @@ def build_restorer(cfg: PureSampleConfig, model, vq, tok, log=None):
     from pure.restore import Restorer
 
     set_default_compile(cfg.compile)  # compiled decode steps: the config's switch, else by device
-    return Restorer(model, vq, tok, sampling_config(cfg), sjd_config(cfg), resolution=cfg.resolution,
-                    max_new_tokens=cfg.max_new_tokens, color_fix=cfg.color_fix, image_only=cfg.image_only,
-                    scale=cfg.scale, tile_overlap=cfg.tile_overlap, tile_batch=cfg.tile_batch,
-                    max_output_pixels=cfg.max_output_pixels, log=log)
+    return Restorer(
+        model,
+        vq,
+        tok,
+        sampling_config(cfg),
+        sjd_config(cfg),
+        resolution=cfg.resolution,
+        max_new_tokens=cfg.max_new_tokens,
+        color_fix=cfg.color_fix,
+        image_only=cfg.image_only,
+        scale=cfg.scale,
+        tile_overlap=cfg.tile_overlap,
+        tile_batch=cfg.tile_batch,
+        max_output_pixels=cfg.max_output_pixels,
+        log=log,
+    )
 
 
 def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
@@ -192,8 +229,11 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
 
     log = get_logger("pure.sample")
     files, out_dir, keep = start_folder_run(
-        cfg, default_out, {"ckpt_dir": cfg.ckpt_dir, "vq_ckpt": cfg.vq_ckpt, "tokenizer": cfg.tokenizer},
-        lambda n: [f"{n}.png", f"{n}.json"])
+        cfg,
+        default_out,
+        {"ckpt_dir": cfg.ckpt_dir, "vq_ckpt": cfg.vq_ckpt, "tokenizer": cfg.tokenizer},
+        lambda n: [f"{n}.png", f"{n}.json"],
+    )
     cfg.out_dir = str(out_dir)
     info = init_distributed(None if cfg.device == "auto" else cfg.device)
     device = info.device
@@ -205,7 +245,7 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     skips = SkipLog("pure.sample", log)
     t0, done = time.time(), sum(names[i] in keep for i in range(rank, len(names), world))
     for start in progress(range(0, len(mine), cfg.batch_size), desc="pure restore"):
-        batch = [(i, skips.read(files[names[i]])) for i in mine[start:start + cfg.batch_size]]
+        batch = [(i, skips.read(files[names[i]])) for i in mine[start : start + cfg.batch_size]]
         batch = [(i, img) for i, img in batch if img is not None]
         if not batch:
             continue
@@ -215,11 +255,13 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
         for i, res in results:
             img = res.image
             if cfg.out_size:
-                img = torch.nn.functional.interpolate(img[None], size=(cfg.out_size, cfg.out_size), mode="bicubic",
-                                                      align_corners=False)[0].clamp(0, 1)
+                img = torch.nn.functional.interpolate(
+                    img[None], size=(cfg.out_size, cfg.out_size), mode="bicubic", align_corners=False
+                )[0].clamp(0, 1)
             write_image(out_dir / f"{names[i]}.png", img)  # temp name + rename: never a half-written file
-            atomic_write_bytes(out_dir / f"{names[i]}.json",
-                               json.dumps({"name": names[i], **res.record()}, indent=1).encode())
+            atomic_write_bytes(
+                out_dir / f"{names[i]}.json", json.dumps({"name": names[i], **res.record()}, indent=1).encode()
+            )
             if not res.ok:
                 log.warning("%s: no valid image generated; wrote the bicubic LQ instead", names[i])
     counts = skips.finish(done, extra=f" in {time.time() - t0:.1f}s -> {out_dir}")
@@ -227,10 +269,13 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     if not is_main():
         return {"skipped": counts["skipped"]}
     records = [json.loads((out_dir / f"{n}.json").read_text()) for n in names if (out_dir / f"{n}.json").is_file()]
-    summary = {"images": len(records), "failed": sum(not r["ok"] for r in records),
-               "mean_seconds": sum(r["seconds"] for r in records) / max(1, len(records)),
-               "mean_forwards": sum(r["forwards"] for r in records) / max(1, len(records)),
-               "mean_new_tokens": sum(r["new_tokens"] for r in records) / max(1, len(records))}
+    summary = {
+        "images": len(records),
+        "failed": sum(not r["ok"] for r in records),
+        "mean_seconds": sum(r["seconds"] for r in records) / max(1, len(records)),
+        "mean_forwards": sum(r["forwards"] for r in records) / max(1, len(records)),
+        "mean_new_tokens": sum(r["new_tokens"] for r in records) / max(1, len(records)),
+    }
     summary.update(skipped=counts["skipped"], skipped_files=counts["skipped_files"])
     atomic_write_bytes(out_dir.parent / "summary.json", json.dumps(summary, indent=1).encode())
     from common.metrics.select import scorable_metrics
@@ -241,10 +286,18 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     from common.metrics import evaluate_folders
 
     out_json = Path(cfg.metrics_out or out_dir.parent / "metrics.json")
-    scores = evaluate_folders(out_dir, cfg.hr_dir, metrics, out_json, device=str(device),
-                              allow_extra_hr=bool(counts["skipped"]))  # skipped inputs have no output
+    scores = evaluate_folders(
+        out_dir, cfg.hr_dir, metrics, out_json, device=str(device), allow_extra_hr=bool(counts["skipped"])
+    )  # skipped inputs have no output
     return {"summary": summary, **scores, "skipped": counts["skipped"]}
 
 
-__all__ = ["PureSampleConfig", "SJDSection", "load_components", "register_configs", "run_restore",
-           "sampling_config", "sjd_config"]
+__all__ = [
+    "PureSampleConfig",
+    "SJDSection",
+    "load_components",
+    "register_configs",
+    "run_restore",
+    "sampling_config",
+    "sjd_config",
+]

@@ -9,6 +9,7 @@ its own slot counter. Memory: weights + KV for (prompt + max_new_tokens) conditi
 (image + window) unconditional slots per image, ~0.5 MiB per slot for the 7B in bf16; lower
 max_new_tokens (~4,400 suffices for one 512 answer) to shrink it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -25,12 +26,12 @@ from pure.tokenizer import ImageCodeMap, SpecialIds, parse_image_block
 class GenerationOutput:
     """What :func:`generate` returns, per sample."""
 
-    tokens: list[list[int]]            # generated ids, final 8710 stripped
-    finished: list[bool]               # stopped on 8710 (False: hit max_new_tokens)
-    forwards: int                      # model forwards (CFG rows share one forward)
-    texts: list[str] = field(default_factory=list)          # answer text (needs a tokenizer)
+    tokens: list[list[int]]  # generated ids, final 8710 stripped
+    finished: list[bool]  # stopped on 8710 (False: hit max_new_tokens)
+    forwards: int  # model forwards (CFG rows share one forward)
+    texts: list[str] = field(default_factory=list)  # answer text (needs a tokenizer)
     images: list[torch.Tensor | None] = field(default_factory=list)  # (h_lat, w_lat) code grids
-    ids: torch.Tensor | None = None    # (B, steps) id drawn at every step (finished rows: eos_id after the end)
+    ids: torch.Tensor | None = None  # (B, steps) id drawn at every step (finished rows: eos_id after the end)
     logits: torch.Tensor | None = None  # (B, steps, V) raw conditional logits per step (return_logits)
     uncond_logits: torch.Tensor | None = None  # (B, steps, V) raw unconditional logits (return_uncond_logits)
 
@@ -55,8 +56,9 @@ def split_answer(tokens: Sequence[int]) -> tuple[list[int], list[list[int]]]:
     return text, blocks
 
 
-def decode_answer(out: GenerationOutput, code_map: ImageCodeMap, tokenizer=None,
-                  prompts: Sequence[Sequence[int]] | None = None) -> GenerationOutput:
+def decode_answer(
+    out: GenerationOutput, code_map: ImageCodeMap, tokenizer=None, prompts: Sequence[Sequence[int]] | None = None
+) -> GenerationOutput:
     """Fill `texts` and `images` (first parsable image per sample, else None).
 
     With `prompts`, an image header the prompt left open is prepended before parsing."""
@@ -149,13 +151,25 @@ class _LogitStore:
 
 
 @torch.no_grad()
-def generate(model, prompts: Sequence[Sequence[int]], sampling: SamplingConfig | None = None,
-             image_mask: torch.Tensor | None = None, max_new_tokens: int = 8192,
-             generator: torch.Generator | None = None, seed: int | Sequence[int] | None = None,
-             eos_id: int = SpecialIds.EOT, code_map: ImageCodeMap | None = None, tokenizer=None, *,
-             compile: bool | None = None, return_logits: bool = False, return_uncond_logits: bool = False,
-             logits_device: str | torch.device = "cpu", logits_dtype: torch.dtype = torch.float32,
-             poll_every: int = 64) -> GenerationOutput:
+def generate(
+    model,
+    prompts: Sequence[Sequence[int]],
+    sampling: SamplingConfig | None = None,
+    image_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 8192,
+    generator: torch.Generator | None = None,
+    seed: int | Sequence[int] | None = None,
+    eos_id: int = SpecialIds.EOT,
+    code_map: ImageCodeMap | None = None,
+    tokenizer=None,
+    *,
+    compile: bool | None = None,
+    return_logits: bool = False,
+    return_uncond_logits: bool = False,
+    logits_device: str | torch.device = "cpu",
+    logits_dtype: torch.dtype = torch.float32,
+    poll_every: int = 64,
+) -> GenerationOutput:
     """Sample up to `max_new_tokens` per prompt, one token per forward, stopping on `eos_id`.
 
     Runs on :class:`pure.engine.DecodeEngine`: batched CFG rows in one forward over a static KV
@@ -180,8 +194,10 @@ def generate(model, prompts: Sequence[Sequence[int]], sampling: SamplingConfig |
     engine = get_engine(model, prompts, sampling, image_mask, max_new_tokens, eos_id, compile=compile)
     S, cond, uncond = engine.start(prompts, seeds)
     vocab = cond.shape[-1]
-    stores = [_LogitStore(len(prompts), max_new_tokens, vocab, logits_device, logits_dtype, device) if keep else None
-              for keep in (return_logits, return_uncond_logits and uncond is not None)]
+    stores = [
+        _LogitStore(len(prompts), max_new_tokens, vocab, logits_device, logits_dtype, device) if keep else None
+        for keep in (return_logits, return_uncond_logits and uncond is not None)
+    ]
     poll = DonePoll(device, poll_every)
     ids = [S[:, TOK]]
     step = 1
@@ -205,7 +221,12 @@ def generate(model, prompts: Sequence[Sequence[int]], sampling: SamplingConfig |
         tokens.append(row[: n - 1] if fin else row[:n])
         finished.append(fin)
     # forwards until the last row finished; `ids` has every step run (idle ones until the poll noticed)
-    result = GenerationOutput(tokens=tokens, finished=finished, forwards=1 + max(live),
-                              ids=ids_t, logits=stores[0].result() if stores[0] else None,
-                              uncond_logits=stores[1].result() if stores[1] else None)
+    result = GenerationOutput(
+        tokens=tokens,
+        finished=finished,
+        forwards=1 + max(live),
+        ids=ids_t,
+        logits=stores[0].result() if stores[0] else None,
+        uncond_logits=stores[1].result() if stores[1] else None,
+    )
     return decode_answer(result, code_map, tokenizer, prompts) if code_map is not None else result

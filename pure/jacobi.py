@@ -20,6 +20,7 @@ Official deviations fixed by default (spec §8.3), each with a compat switch:
    temperature and top-k to it, which changes the distribution and breaks losslessness).
 The greedy `jacobi` scheme accepts a draft iff it equals the argmax: output == greedy AR.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -48,12 +49,12 @@ from pure.tokenizer import ImageCodeMap, SpecialIds
 class SJDConfig:
     """Knobs of `speculative_generate`; defaults follow the official `test_pure_jacobi.py`."""
 
-    window: int = 16              # tokens per forward: 1 pending + up to 15 drafts
-    active_from: int = 3          # Jacobi only for generated offsets in [active_from, active_until)
-    active_until: int = 4150      # = 64*64 + 64 - 10 (official); outside: one token per forward
+    window: int = 16  # tokens per forward: 1 pending + up to 15 drafts
+    active_from: int = 3  # Jacobi only for generated offsets in [active_from, active_until)
+    active_until: int = 4150  # = 64*64 + 64 - 10 (official); outside: one token per forward
     scheme: str = "speculative_jacobi"  # or "jacobi" (greedy: accept iff draft == argmax)
-    uncond_compat: bool = False   # official SJD unconditional context (bug 2)
-    mean_k_compat: bool = False   # one top-k per window from the mean entropy (bug 3)
+    uncond_compat: bool = False  # official SJD unconditional context (bug 2)
+    mean_k_compat: bool = False  # one top-k per window from the mean entropy (bug 3)
 
 
 def residual_distribution(p: torch.Tensor, q: torch.Tensor | None, draft: int) -> torch.Tensor:
@@ -68,8 +69,9 @@ def residual_distribution(p: torch.Tensor, q: torch.Tensor | None, draft: int) -
     return r / total if total > 0 else p
 
 
-def verify(drafts: list[int], q: list[torch.Tensor | None], p: torch.Tensor, uniforms: torch.Tensor,
-           greedy: bool = False) -> tuple[int, torch.Tensor | None]:
+def verify(
+    drafts: list[int], q: list[torch.Tensor | None], p: torch.Tensor, uniforms: torch.Tensor, greedy: bool = False
+) -> tuple[int, torch.Tensor | None]:
     """Check drafts x_1..x_m (window inputs 1..m) against targets p[0..m-1].
 
     Returns (n accepted, residual distribution for the token after them or None when all
@@ -88,15 +90,24 @@ def verify(drafts: list[int], q: list[torch.Tensor | None], p: torch.Tensor, uni
     return len(drafts), None
 
 
-def window_scores(cond: torch.Tensor, uncond: torch.Tensor | None, states: torch.Tensor, sampling: SamplingConfig,
-                  image_mask: torch.Tensor, mean_k: bool = False) -> torch.Tensor:
+def window_scores(
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    states: torch.Tensor,
+    sampling: SamplingConfig,
+    image_mask: torch.Tensor,
+    mean_k: bool = False,
+) -> torch.Tensor:
     """Processed scores (B, T, V) for every window position (states (B, T, 6)).
 
     Default: the AR chain per position. `mean_k` (official, bug 3): CFG + structure mask per
     position, then ONE k per row from the entropy averaged over its window positions."""
     B, T, V = cond.shape
-    flat = (cond.reshape(B * T, V), None if uncond is None else uncond.reshape(B * T, V),
-            states.reshape(B * T, -1)[:, :STATE_COLS])
+    flat = (
+        cond.reshape(B * T, V),
+        None if uncond is None else uncond.reshape(B * T, V),
+        states.reshape(B * T, -1)[:, :STATE_COLS],
+    )
     if not mean_k:
         return process_scores_t(*flat, sampling, image_mask).view(B, T, V)
     scores = guided_scores_t(*flat, sampling, image_mask).view(B, T, V)
@@ -104,8 +115,14 @@ def window_scores(cond: torch.Tensor, uncond: torch.Tensor | None, states: torch
     return top_k_static(scores, k, V)
 
 
-def batched_verify(drafts: torch.Tensor, probs: torch.Tensor, dq: torch.Tensor, has_q: torch.Tensor,
-                   u: torch.Tensor, gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def batched_verify(
+    drafts: torch.Tensor,
+    probs: torch.Tensor,
+    dq: torch.Tensor,
+    has_q: torch.Tensor,
+    u: torch.Tensor,
+    gate: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Tensor form of :func:`verify` for B rows of T - 1 drafts.
 
     drafts (B, T-1); probs (B, T, V) targets per window output; dq (B, T-1, V) the draft
@@ -197,19 +214,45 @@ class _SJDRunner:
         new_done = done | (live & (eos_accepted | (nxt == eos))) | (new_nout >= spec.max_new_tokens)
         st_n = states.gather(1, n[:, None, None].expand(-1, 1, states.shape[-1]))[:, 0]
         tok = torch.where(live & ~eos_accepted, nxt, torch.where(live, eos, S[:, TOK]))
-        S2 = torch.cat([torch.where(live[:, None], advance_t(st_n, tok), S[:, :STATE_COLS]), torch.stack([
-            tok, torch.where(live, S[:, SLOT] + n + 1, S[:, SLOT]),
-            torch.where(live, self.engine.next_uslot(S, opens, n), S[:, USLOT]),
-            new_done.long(), new_nout, S[:, STEP] + 1, S[:, SEED], S[:, LIVE] + live.long()], 1)], 1)
+        S2 = torch.cat(
+            [
+                torch.where(live[:, None], advance_t(st_n, tok), S[:, :STATE_COLS]),
+                torch.stack(
+                    [
+                        tok,
+                        torch.where(live, S[:, SLOT] + n + 1, S[:, SLOT]),
+                        torch.where(live, self.engine.next_uslot(S, opens, n), S[:, USLOT]),
+                        new_done.long(),
+                        new_nout,
+                        S[:, STEP] + 1,
+                        S[:, SEED],
+                        S[:, LIVE] + live.long(),
+                    ],
+                    1,
+                ),
+            ],
+            1,
+        )
         return S2, new_drafts, new_dq, carried, out
 
 
 @torch.no_grad()
-def speculative_generate(model, prompts, sampling: SamplingConfig | None = None, sjd: SJDConfig | None = None,
-                         image_mask: torch.Tensor | None = None, max_new_tokens: int = 11776,
-                         generator: torch.Generator | None = None, seed: int | Sequence[int] | None = None,
-                         eos_id: int = SpecialIds.EOT, code_map: ImageCodeMap | None = None,
-                         tokenizer=None, *, compile: bool | None = None, poll_every: int = 8) -> GenerationOutput:
+def speculative_generate(
+    model,
+    prompts,
+    sampling: SamplingConfig | None = None,
+    sjd: SJDConfig | None = None,
+    image_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 11776,
+    generator: torch.Generator | None = None,
+    seed: int | Sequence[int] | None = None,
+    eos_id: int = SpecialIds.EOT,
+    code_map: ImageCodeMap | None = None,
+    tokenizer=None,
+    *,
+    compile: bool | None = None,
+    poll_every: int = 8,
+) -> GenerationOutput:
     """SJD counterpart of `pure.generate.generate` (same output type, same seeding), batched:
     every row keeps its own cache slot counter, so rows accept different numbers of drafts in
     the same forward. `compile` (default: on CUDA) compiles the whole iteration (forward +
@@ -227,8 +270,17 @@ def speculative_generate(model, prompts, sampling: SamplingConfig | None = None,
     image_mask = (ImageCodeMap.synthetic().image_mask() if image_mask is None else image_mask).to(device)
     seeds = row_seeds(len(prompts), seed, generator)
     max_new_tokens = tokens_needed(prompts, eos_id, max_new_tokens)
-    engine = get_engine(model, prompts, sampling, image_mask, max_new_tokens, eos_id, window=sjd.window,
-                        uncond_reset=not sjd.uncond_compat, compile=compile)
+    engine = get_engine(
+        model,
+        prompts,
+        sampling,
+        image_mask,
+        max_new_tokens,
+        eos_id,
+        window=sjd.window,
+        uncond_reset=not sjd.uncond_compat,
+        compile=compile,
+    )
     runner = _SJDRunner(engine, sjd, image_mask, engine.spec.compile)
     S, _, _ = engine.start(prompts, seeds)
     S[:, DONE] |= (S[:, NOUT] >= max_new_tokens).long()  # a budget of one token is spent already

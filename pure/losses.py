@@ -54,7 +54,7 @@ class PureLoss(nn.Module):
         logits = self.lm.lm_head(hs)
         ces, lses = [], []
         for s in range(0, max(tg.numel(), 1), self.chunk):
-            lg, t = logits[s:s + self.chunk], tg[s:s + self.chunk]
+            lg, t = logits[s : s + self.chunk], tg[s : s + self.chunk]
             if torch.is_grad_enabled() and t.numel():
                 ce, lse = checkpoint(_ce_chunk, lg, t, use_reentrant=False)
             else:
@@ -74,8 +74,11 @@ class PureLoss(nn.Module):
             img, txt = is_img & in_ce, ~is_img & in_ce
             n_img, n_txt = img.sum(), txt.sum()
             stats = {
-                "ce": ce.sum() / n_ce, "z_loss": z.detach(),
-                "ce_image": (ce * img).sum() / n_img.clamp_min(1), "ce_text": (ce * txt).sum() / n_txt.clamp_min(1),
-                "n_image": n_img, "n_text": n_txt,
+                "ce": ce.sum() / n_ce,
+                "z_loss": z.detach(),
+                "ce_image": (ce * img).sum() / n_img.clamp_min(1),
+                "ce_text": (ce * txt).sum() / n_txt.clamp_min(1),
+                "n_image": n_img,
+                "n_text": n_txt,
             }
         return loss, stats

@@ -8,6 +8,7 @@
   `read_hf_config`) every field of it is kept (`merged_hf_config`), `vocabulary_map` included.
 - `load_llamagen_vq`: LlamaGen's `vq_ds8_c2i.pt` (`{"model": state_dict}`, weights_only).
 """
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,13 @@ def _slot(model: nn.Module, name: str):
     return model.get_submodule(mod_name) if mod_name else model, attr
 
 
-def load_hf_shards(model: nn.Module, ckpt_dir, strict: bool = True, dtype: torch.dtype | None = None,
-                   device: torch.device | str = "cpu") -> LoadReport:
+def load_hf_shards(
+    model: nn.Module,
+    ckpt_dir,
+    strict: bool = True,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+) -> LoadReport:
     """Fill `model` from an HF checkpoint directory (index + shards, or one model.safetensors).
 
     Each tensor is read once from its shard onto `device`. Parameters still on `meta` are
@@ -75,8 +81,13 @@ def load_hf_shards(model: nn.Module, ckpt_dir, strict: bool = True, dtype: torch
 
     ckpt_dir = Path(ckpt_dir)
     targets = dict(model.named_parameters())
-    targets.update({n: b for n, b in model.named_buffers() if n.rpartition(".")[2] not in
-                    getattr(_slot(model, n)[0], "_non_persistent_buffers_set", set())})
+    targets.update(
+        {
+            n: b
+            for n, b in model.named_buffers()
+            if n.rpartition(".")[2] not in getattr(_slot(model, n)[0], "_non_persistent_buffers_set", set())
+        }
+    )
     report = LoadReport()
     for file in _shard_files(ckpt_dir):
         with _open_shard(safe_open, file, device) as f:
@@ -97,8 +108,10 @@ def load_hf_shards(model: nn.Module, ckpt_dir, strict: bool = True, dtype: torch
     done = set(report.loaded)
     report.missing = [k for k in targets if k not in done]
     if strict and (report.missing or report.unexpected):
-        raise ValueError(f"strict load of {ckpt_dir} failed: missing {len(report.missing)} "
-                         f"{report.missing[:4]}, unexpected {len(report.unexpected)} {report.unexpected[:4]}")
+        raise ValueError(
+            f"strict load of {ckpt_dir} failed: missing {len(report.missing)} "
+            f"{report.missing[:4]}, unexpected {len(report.unexpected)} {report.unexpected[:4]}"
+        )
     return report
 
 
@@ -107,8 +120,10 @@ def _open_shard(safe_open, file: Path, device):
     try:
         return safe_open(str(file), framework="pt", device=str(device))
     except Exception as exc:  # SafetensorError, OSError: a truncated or foreign file
-        raise ValueError(f"{file}: not a readable safetensors shard ({type(exc).__name__}: {exc}); "
-                         "download it again or re-export the checkpoint") from None
+        raise ValueError(
+            f"{file}: not a readable safetensors shard ({type(exc).__name__}: {exc}); "
+            "download it again or re-export the checkpoint"
+        ) from None
 
 
 @torch.no_grad()
@@ -138,9 +153,15 @@ def _write_json(obj, path: Path) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=False).encode())
 
 
-def save_hf_shards(model_or_state_dict, out_dir, max_shard_size: int | str = "5GB",
-                   config: ChameleonConfig | None = None, vocabulary_map: dict | None = None,
-                   dtype: torch.dtype | None = torch.bfloat16, base_config: dict | None = None) -> Path:
+def save_hf_shards(
+    model_or_state_dict,
+    out_dir,
+    max_shard_size: int | str = "5GB",
+    config: ChameleonConfig | None = None,
+    vocabulary_map: dict | None = None,
+    dtype: torch.dtype | None = torch.bfloat16,
+    base_config: dict | None = None,
+) -> Path:
     """Write `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json` (+ config.json
     when `config` is given) into `out_dir`; return the index path.
 
@@ -157,7 +178,10 @@ def save_hf_shards(model_or_state_dict, out_dir, max_shard_size: int | str = "5G
     sd = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else model_or_state_dict
     sd = {k: v for k, v in sd.items() if torch.is_tensor(v) and not k.startswith(IGNORED_PREFIXES)}
     limit = parse_size(max_shard_size)
-    item = (lambda t: (dtype or t.dtype).itemsize * t.numel())
+
+    def item(t):  # bytes of t once cast to the export dtype
+        return (dtype or t.dtype).itemsize * t.numel()
+
     shards: list[list[str]] = [[]]
     size = 0
     for k, t in sd.items():
@@ -177,8 +201,9 @@ def save_hf_shards(model_or_state_dict, out_dir, max_shard_size: int | str = "5G
         del tensors
     if config is not None:
         torch_dtype = str(dtype or next(iter(sd.values())).dtype).removeprefix("torch.")
-        _write_json(merged_hf_config(hf_config_dict(config, vocabulary_map, torch_dtype), base_config),
-                    out_dir / "config.json")
+        _write_json(
+            merged_hf_config(hf_config_dict(config, vocabulary_map, torch_dtype), base_config), out_dir / "config.json"
+        )
     index = out_dir / INDEX_NAME
     _write_json({"metadata": {"total_size": sum(item(t) for t in sd.values())}, "weight_map": weight_map}, index)
     for stale in out_dir.iterdir():
@@ -223,8 +248,10 @@ def load_llamagen_vq(vq: nn.Module, path, strict: bool = True) -> nn.Module:
     except Exception as exc:  # custom pickled classes or a truncated file
         raise ValueError(f"{path}: cannot be loaded with weights_only=True ({type(exc).__name__}: {exc})") from None
     if not isinstance(blob, dict) or not isinstance(blob.get("model"), dict):
-        raise ValueError(f"{path}: expected a dict with a 'model' state dict (LlamaGen format), "
-                         f"got keys {list(blob)[:5] if isinstance(blob, dict) else type(blob).__name__}")
+        raise ValueError(
+            f"{path}: expected a dict with a 'model' state dict (LlamaGen format), "
+            f"got keys {list(blob)[:5] if isinstance(blob, dict) else type(blob).__name__}"
+        )
     sd = blob["model"]
     is_meta = any(p.is_meta for p in vq.parameters())
     try:

@@ -21,8 +21,14 @@ def make_optimizer(params, optim_cfg) -> torch.optim.Optimizer:
 
     params = list(params)
     fused = fused_adamw(getattr(optim_cfg, "fused", None), params)
-    return torch.optim.AdamW(params, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,
-                             weight_decay=optim_cfg.weight_decay, fused=fused or None)
+    return torch.optim.AdamW(
+        params,
+        lr=optim_cfg.lr,
+        betas=tuple(optim_cfg.betas),
+        eps=optim_cfg.eps,
+        weight_decay=optim_cfg.weight_decay,
+        fused=fused or None,
+    )
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, min_lr: float = 0.0) -> float:

@@ -164,12 +164,23 @@ def deepspeed_config(optim_cfg, par_cfg, micro_batch: int, world_size: int) -> d
         "train_batch_size": int(micro_batch) * max(1, int(optim_cfg.grad_accum)) * int(world_size),
         "gradient_clipping": float(optim_cfg.grad_clip),
         "bf16": {"enabled": bf16},
-        "zero_optimization": {"stage": int(par_cfg.zero_stage), "overlap_comm": False,
-                              "contiguous_gradients": True, "reduce_bucket_size": 5e7},
+        "zero_optimization": {
+            "stage": int(par_cfg.zero_stage),
+            "overlap_comm": False,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": 5e7,
+        },
         # torch_adam: DeepSpeed's fused CPU/GPU Adam needs a compiled op; torch's AdamW is exact and portable.
-        "optimizer": {"type": "AdamW", "params": {"lr": optim_cfg.lr, "betas": list(optim_cfg.betas),
-                                                   "eps": optim_cfg.eps, "weight_decay": optim_cfg.weight_decay,
-                                                   "torch_adam": True}},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": optim_cfg.lr,
+                "betas": list(optim_cfg.betas),
+                "eps": optim_cfg.eps,
+                "weight_decay": optim_cfg.weight_decay,
+                "torch_adam": True,
+            },
+        },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -236,16 +247,19 @@ def materialize_from_rank0(root: nn.Module, full_state: dict | None, dist, cpu_o
     set_model_state_dict(root, full_state if dist.is_main else {}, options=opts)
 
 
-def build_engine(root: nn.Module, lm: nn.Module, optim_cfg, par_cfg, dist, micro_batch: int,
-                 full_state: dict | None = None) -> Engine:
+def build_engine(
+    root: nn.Module, lm: nn.Module, optim_cfg, par_cfg, dist, micro_batch: int, full_state: dict | None = None
+) -> Engine:
     """Apply activation checkpointing + the configured sharding and build the optimizer.
 
     `full_state`: rank 0's weights for a meta-built root under multi-rank FSDP2 (fsdp2_meta_init)."""
     backend = par_cfg.backend
     offload = bool(getattr(par_cfg, "cpu_offload", False))
     if offload and (backend == "none" or dist.backend is None):
-        raise ValueError("parallel.cpu_offload needs parallel.backend=fsdp2 | deepspeed and a process group "
-                         "(launch/train_pure.py starts a torchrun world of one for it)")
+        raise ValueError(
+            "parallel.cpu_offload needs parallel.backend=fsdp2 | deepspeed and a process group "
+            "(launch/train_pure.py starts a torchrun world of one for it)"
+        )
     apply_activation_checkpointing(lm, par_cfg.activation_checkpointing)
     if getattr(par_cfg, "compile", False):
         if backend == "deepspeed":  # ZeRO-3 gathers parameters in hooks that dynamo cannot trace per block

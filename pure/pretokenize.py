@@ -35,8 +35,16 @@ log = get_logger("pure.pretokenize")
 class PairEncoder:
     """(HR batch, kernels) -> list of records {token, label, id, type, blur, noise, degradation}."""
 
-    def __init__(self, degrader, vq, tok, captions: dict | None = None,
-                 estimator: DegradationEstimator | None = None, max_seq_len: int = 11776, record_type: str = "sr"):
+    def __init__(
+        self,
+        degrader,
+        vq,
+        tok,
+        captions: dict | None = None,
+        estimator: DegradationEstimator | None = None,
+        max_seq_len: int = 11776,
+        record_type: str = "sr",
+    ):
         self.degrader, self.vq, self.tok = degrader, vq, tok
         self.captions = captions or {}
         self.estimator = estimator or ParamEstimator()
@@ -47,7 +55,11 @@ class PairEncoder:
     def __call__(self, hr: torch.Tensor, kernels: dict, ids: list[str], generator: torch.Generator | None = None):
         size = hr.shape[-2:]
         res = self.degrader(hr, kernels, generator)
-        lq = res.lq_up if res.lq_up is not None else F.interpolate(res.lq, size=size, mode="bicubic", align_corners=False)
+        lq = (
+            res.lq_up
+            if res.lq_up is not None
+            else F.interpolate(res.lq, size=size, mode="bicubic", align_corners=False)
+        )
         lq = torch.round(lq.clamp(0, 1) * 255) / 255  # an 8-bit image, as the README's resized LQ file
         dt = next(self.vq.parameters()).dtype
         lq_codes = self.vq.encode_codes((lq * 2 - 1).to(dt)).cpu()
@@ -55,13 +67,22 @@ class PairEncoder:
         out = []
         for i, image_id in enumerate(ids):
             sc = self.estimator(lq=lq[i], image_id=image_id, params=res.params[i])
-            tokens, labels = build_training_example(lq_codes[i], hq_codes[i], sc.sentence(),
-                                                    self.captions.get(image_id, ""), self.tok)
+            tokens, labels = build_training_example(
+                lq_codes[i], hq_codes[i], sc.sentence(), self.captions.get(image_id, ""), self.tok
+            )
             if len(tokens) > self.max_seq_len:
                 self.rejected += 1
                 continue
-            out.append({"token": tokens, "label": labels, "id": image_id, "type": self.record_type,
-                        "blur": sc.blur, "noise": sc.noise})
+            out.append(
+                {
+                    "token": tokens,
+                    "label": labels,
+                    "id": image_id,
+                    "type": self.record_type,
+                    "blur": sc.blur,
+                    "noise": sc.noise,
+                }
+            )
         return out
 
 
@@ -90,8 +111,13 @@ def build_components(cfg, device: torch.device):
     if not roots:
         raise ValueError("pretokenize: no image folders given (images: [...])")
     deg_cfg = get_preset(cfg.degradation, scale=cfg.lq_scale)  # LQ = HR / lq_scale
-    ds = HRTrainDataset([ImageSource(root=r) for r in roots], crop_size=cfg.target_size, crop_mode="random",
-                        kernel_sampler=KernelSampler(deg_cfg), seed=cfg.seed)
+    ds = HRTrainDataset(
+        [ImageSource(root=r) for r in roots],
+        crop_size=cfg.target_size,
+        crop_mode="random",
+        kernel_sampler=KernelSampler(deg_cfg),
+        seed=cfg.seed,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # a random VQ (no checkpoint) must be the same in every worker/resume
         vq = VQModel(vq_config("ds8"))
@@ -142,10 +168,14 @@ def pretokenize(cfg, rank: int = 0, world: int = 1, batch_size: int = 4, limit: 
     from common.data.train_sets import collate_train
 
     if cfg.target_size != 512:
-        log.warning("target_size %d: PURE trains at 512 (768 would exceed max_seq_len with two images)",
-                    cfg.target_size)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+        log.warning(
+            "target_size %d: PURE trains at 512 (768 would exceed max_seq_len with two images)", cfg.target_size
+        )
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ds, enc, roots = build_components(cfg, device)
@@ -159,10 +189,10 @@ def pretokenize(cfg, rank: int = 0, world: int = 1, batch_size: int = 4, limit: 
         name = f"shard_r{rank:03d}_{k:05d}"
         if name in done:
             continue
-        items = mine[k * cfg.shard_size:(k + 1) * cfg.shard_size]
+        items = mine[k * cfg.shard_size : (k + 1) * cfg.shard_size]
         records = []
         for s in range(0, len(items), batch_size):
-            idx = items[s:s + batch_size]
+            idx = items[s : s + batch_size]
             batch = collate_train([ds[i] for i in idx])
             # One degradation generator per batch, seeded by its first item: deterministic on resume.
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + idx[0])
@@ -189,8 +219,9 @@ def convert_official(record_json, out_dir, trusted: bool = False, shard_size: in
     a record JSON of {"file", "len", "id"}) to our shards. Unpickling executes code: only with
     `trusted=True`, for files you produced yourself or otherwise trust."""
     if not trusted:
-        raise PermissionError(f"{record_json}: official records are pickles; pass trusted=True "
-                              f"(--trusted) only if you trust these files")
+        raise PermissionError(
+            f"{record_json}: official records are pickles; pass trusted=True (--trusted) only if you trust these files"
+        )
     import pickle
 
     rec_path = Path(record_json)
@@ -203,8 +234,14 @@ def convert_official(record_json, out_dir, trusted: bool = False, shard_size: in
         with open(f, "rb") as fh:
             # one of the repo's two trusted-only unpickling sites (the other: varsr.official.convert)
             item = pickle.load(fh)  # noqa: S301 (guarded by trusted=True above)
-        records.append({"token": item["token"], "label": item["label"], "id": str(item.get("id", e.get("id"))),
-                        "type": e.get("type")})
+        records.append(
+            {
+                "token": item["token"],
+                "label": item["label"],
+                "id": str(item.get("id", e.get("id"))),
+                "type": e.get("type"),
+            }
+        )
         if len(records) == shard_size:
             write_shard(out_dir / f"official_{k:05d}", records)
             records, k = [], k + 1
@@ -217,7 +254,9 @@ class OnlinePairs:
     """Online mode: wraps a DataLoader of `collate_train` batches and yields padded token batches
     made on the training device (degrade + VQ encode per batch, nothing written to disk)."""
 
-    def __init__(self, loader, encoder: PairEncoder, device, roots: list[str], pad_to_multiple: int = 64, seed: int = 0):
+    def __init__(
+        self, loader, encoder: PairEncoder, device, roots: list[str], pad_to_multiple: int = 64, seed: int = 0
+    ):
         self.loader, self.enc, self.device, self.roots = loader, encoder, device, roots
         self.pad_to_multiple, self.seed = pad_to_multiple, seed
 
@@ -259,8 +298,16 @@ def build_online_loader(cfg, dist):
 
     ds, enc, roots = build_components(cfg.pretokenize, dist.device)
     enc.max_seq_len = cfg.data.max_seq_len
-    sampler = LengthGroupedSampler(_UniformRecords(len(ds)), cfg.data.batch_size, dist.world_size, dist.rank,
-                                   cfg.optim.grad_accum, cfg.data.window_mult, cfg.run.seed)
-    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate_train,
-                        **data_loader_kwargs(cfg.data, dist.device))
+    sampler = LengthGroupedSampler(
+        _UniformRecords(len(ds)),
+        cfg.data.batch_size,
+        dist.world_size,
+        dist.rank,
+        cfg.optim.grad_accum,
+        cfg.data.window_mult,
+        cfg.run.seed,
+    )
+    loader = DataLoader(
+        ds, batch_sampler=sampler, collate_fn=collate_train, **data_loader_kwargs(cfg.data, dist.device)
+    )
     return sampler, OnlinePairs(loader, enc, dist.device, roots, cfg.data.pad_to_multiple, cfg.pretokenize.seed)

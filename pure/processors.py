@@ -10,6 +10,7 @@ samples at different points of their answers and the AR loop and the SJD window 
 window position) share the same code.  Everything in this module is a pure function of
 (logits, states); no model is needed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -117,13 +118,15 @@ def state_from_prompt(prompt: Sequence[int], ids=SpecialIds) -> ImageState:
 
 # ---- the individual steps ---------------------------------------------------------------
 
+
 def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
     """g * (cond - uncond) + uncond on raw fp32 logits (g = 0.8 blends toward the image prior)."""
     return scale * (cond - uncond) + uncond
 
 
-def apply_structure_mask(scores: torch.Tensor, kinds: torch.Tensor, image_mask: torch.Tensor,
-                         ids=SpecialIds) -> torch.Tensor:
+def apply_structure_mask(
+    scores: torch.Tensor, kinds: torch.Tensor, image_mask: torch.Tensor, ids=SpecialIds
+) -> torch.Tensor:
     """Force newline/end tokens and restrict codes to image ids, row by row (kinds: (N,))."""
     kinds = kinds.to(scores.device)
     allowed = torch.ones_like(scores, dtype=torch.bool)
@@ -170,13 +173,14 @@ def top_k_filter(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 # ---- the whole chain ----------------------------------------------------------------------
 
+
 @dataclass
 class SamplingConfig:
     """Decoding knobs; defaults are the README's (spec §7.1), not the processor class defaults."""
 
-    temperature: float = 0.9   # <= 0 means greedy (argmax of the processed scores)
-    cfg: float = 0.8           # g; 1.0 skips the unconditional pass
-    text_top_k: int = 1        # top-k outside images
+    temperature: float = 0.9  # <= 0 means greedy (argmax of the processed scores)
+    cfg: float = 0.8  # g; 1.0 skips the unconditional pass
+    text_top_k: int = 1  # top-k outside images
     entropy_top_k: bool = True  # PURE's adaptive k inside images (False: text_top_k everywhere)
 
     @property
@@ -193,10 +197,16 @@ def cfg_rows(states: Sequence[ImageState]) -> list[int]:
     return [i for i, s in enumerate(states) if s.in_grid]
 
 
-def process_scores(cond: torch.Tensor, states: Sequence[ImageState], cfg: SamplingConfig,
-                   image_mask: torch.Tensor, uncond: torch.Tensor | None = None,
-                   uncond_rows: Sequence[int] | None = None, ids=SpecialIds,
-                   return_k: bool = False):
+def process_scores(
+    cond: torch.Tensor,
+    states: Sequence[ImageState],
+    cfg: SamplingConfig,
+    image_mask: torch.Tensor,
+    uncond: torch.Tensor | None = None,
+    uncond_rows: Sequence[int] | None = None,
+    ids=SpecialIds,
+    return_k: bool = False,
+):
     """CFG -> structure mask -> top-k on (N, V) logits; returns filtered fp32 scores.
 
     `uncond` holds logits only for `uncond_rows` (default :func:`cfg_rows`), in that order.
@@ -235,8 +245,12 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
     One uniform per row (so SJD's draws are cheap and reproducible); `torch.multinomial` costs
     ~60 ms per 16 x 73,728 window on CPU. Zero-probability ids are never returned: the search
     picks the first id whose cumulative mass exceeds u, and the cdf only rises on positive mass."""
-    u = torch.rand(probs.shape[:-1], generator=generator, dtype=torch.float64,
-                   device=generator.device if generator is not None else probs.device).to(probs.device)
+    u = torch.rand(
+        probs.shape[:-1],
+        generator=generator,
+        dtype=torch.float64,
+        device=generator.device if generator is not None else probs.device,
+    ).to(probs.device)
     return sample_with_uniform(probs, u)
 
 
@@ -261,8 +275,9 @@ STATE_COLS = 6
 
 
 def state_tensor(states: Sequence[ImageState], device=None) -> torch.Tensor:
-    return torch.tensor([[int(s.open), s.header, s.h, s.w, s.count, int(s.valid)] for s in states],
-                        dtype=torch.long, device=device).view(-1, STATE_COLS)
+    return torch.tensor(
+        [[int(s.open), s.header, s.h, s.w, s.count, int(s.valid)] for s in states], dtype=torch.long, device=device
+    ).view(-1, STATE_COLS)
 
 
 def advance_t(st: torch.Tensor, tok: torch.Tensor, ids=SpecialIds) -> torch.Tensor:
@@ -295,8 +310,14 @@ def mask_kind_t(st: torch.Tensor) -> torch.Tensor:
     return torch.where(grid, kind, FREE)
 
 
-def guided_scores_t(cond: torch.Tensor, uncond: torch.Tensor | None, st: torch.Tensor, cfg: SamplingConfig,
-                    image_mask: torch.Tensor, ids=SpecialIds) -> torch.Tensor:
+def guided_scores_t(
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    st: torch.Tensor,
+    cfg: SamplingConfig,
+    image_mask: torch.Tensor,
+    ids=SpecialIds,
+) -> torch.Tensor:
     """CFG (rows inside a grid) and structure mask on (N, V); every row has an uncond row."""
     scores = cond.float()
     if uncond is not None and cfg.uses_cfg:

@@ -12,6 +12,7 @@ A generation that yields no parsable image (an untrained model, max_new_tokens t
 not an exception: the result carries `ok=False` and falls back to the bicubic LQ, so a folder
 run counts the failures instead of dying on image 731.
 """
+
 from __future__ import annotations
 
 import re
@@ -42,23 +43,30 @@ def split_text(text: str) -> tuple[str, str]:
 
 @dataclass
 class RestoreResult:
-    image: torch.Tensor            # (3, H, W) in [0, 1], colour-fixed (bicubic LQ when not ok)
-    lq: torch.Tensor               # (3, H, W) in [0, 1]: the resized LQ the model saw
-    ok: bool                       # an image block was generated and decoded
-    text: str = ""                 # full answer text
-    degradation: str = ""          # "Medium blur, small noise."
+    image: torch.Tensor  # (3, H, W) in [0, 1], colour-fixed (bicubic LQ when not ok)
+    lq: torch.Tensor  # (3, H, W) in [0, 1]: the resized LQ the model saw
+    ok: bool  # an image block was generated and decoded
+    text: str = ""  # full answer text
+    degradation: str = ""  # "Medium blur, small noise."
     caption: str = ""
     new_tokens: int = 0
-    forwards: int = 0               # forwards of the generation that made it (one batch shares them)
+    forwards: int = 0  # forwards of the generation that made it (one batch shares them)
     seconds: float = 0.0
     raw: torch.Tensor | None = field(default=None, repr=False)  # decoded image before the colour fix
-    tiles: int = 1                 # tiles restored for this image (text fields: the first tile's)
+    tiles: int = 1  # tiles restored for this image (text fields: the first tile's)
 
     def record(self) -> dict:
         """JSON-able summary written next to the PNG."""
-        return {"ok": self.ok, "degradation": self.degradation, "caption": self.caption, "text": self.text,
-                "new_tokens": self.new_tokens, "forwards": self.forwards, "seconds": round(self.seconds, 3),
-                "tiles": self.tiles}
+        return {
+            "ok": self.ok,
+            "degradation": self.degradation,
+            "caption": self.caption,
+            "text": self.text,
+            "new_tokens": self.new_tokens,
+            "forwards": self.forwards,
+            "seconds": round(self.seconds, 3),
+            "tiles": self.tiles,
+        }
 
 
 class Restorer:
@@ -75,11 +83,24 @@ class Restorer:
     `tile_overlap` (LQ px, None = a quarter tile), `tile_batch` tiles per generation and a
     `max_output_pixels` refusal."""
 
-    def __init__(self, model, vq, tokenizer, sampling: SamplingConfig | None = None, sjd: SJDConfig | None = None,
-                 resolution: int = 512, max_new_tokens: int = 8192, color_fix: str = "wavelet",
-                 autocast_dtype: torch.dtype | None = None, image_only: bool = False, scale: float | None = None,
-                 tile_overlap: int | None = None, tile_batch: int = 1, max_output_pixels: int | None = None,
-                 log=None):
+    def __init__(
+        self,
+        model,
+        vq,
+        tokenizer,
+        sampling: SamplingConfig | None = None,
+        sjd: SJDConfig | None = None,
+        resolution: int = 512,
+        max_new_tokens: int = 8192,
+        color_fix: str = "wavelet",
+        autocast_dtype: torch.dtype | None = None,
+        image_only: bool = False,
+        scale: float | None = None,
+        tile_overlap: int | None = None,
+        tile_batch: int = 1,
+        max_output_pixels: int | None = None,
+        log=None,
+    ):
         self.model, self.vq, self.tok = model, vq, tokenizer
         self.scale, self.tile_overlap, self.tile_batch = scale, tile_overlap, tile_batch
         self.max_output_pixels, self.log = max_output_pixels, log
@@ -124,10 +145,17 @@ class Restorer:
         return [SpecialIds.IMG_START] + [SpecialIds.SIZE_BASE + n // LATENT_PER_GRID for n in grid]
 
     def _generate(self, prompts, generator) -> GenerationOutput:
-        kw = dict(image_mask=self.image_mask, max_new_tokens=self.max_new_tokens, generator=generator,
-                  eos_id=SpecialIds.IMG_END if self.image_only else SpecialIds.EOT)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                            enabled=self.autocast_dtype is not None and self.device.type == "cuda"):
+        kw = dict(
+            image_mask=self.image_mask,
+            max_new_tokens=self.max_new_tokens,
+            generator=generator,
+            eos_id=SpecialIds.IMG_END if self.image_only else SpecialIds.EOT,
+        )
+        with torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.bfloat16,
+            enabled=self.autocast_dtype is not None and self.device.type == "cuda",
+        ):
             if self.sjd is not None:
                 return speculative_generate(self.model, prompts, self.sampling, self.sjd, **kw)
             return generate(self.model, prompts, self.sampling, **kw)
@@ -143,8 +171,12 @@ class Restorer:
         """Restore a batch of LQ images: native size (scale None) or exactly scale x LQ (tiled)."""
         if self.scale is None:
             return self.restore_native(lqs, generator)
-        return [restore_scaled(self, lq, self.scale, generator, self.tile_overlap, self.tile_batch,
-                               self.max_output_pixels, self.log) for lq in lqs]
+        return [
+            restore_scaled(
+                self, lq, self.scale, generator, self.tile_overlap, self.tile_batch, self.max_output_pixels, self.log
+            )
+            for lq in lqs
+        ]
 
     @torch.no_grad()
     def restore_native(self, lqs: list[np.ndarray], generator: torch.Generator | None = None) -> list[RestoreResult]:
@@ -159,13 +191,25 @@ class Restorer:
             ok = codes is not None and bool((codes < self.vq.config.codebook_size).all())
             raw = self._decode(codes) if ok else None
             if raw is not None and raw.shape[-2:] != x.shape[-2:]:  # the model chose another grid size
-                raw = torch.nn.functional.interpolate(raw[None], size=x.shape[-2:], mode="bicubic",
-                                                      align_corners=False)[0].clamp(0, 1)
+                raw = torch.nn.functional.interpolate(
+                    raw[None], size=x.shape[-2:], mode="bicubic", align_corners=False
+                )[0].clamp(0, 1)
             lq, raw = x[:, :hh, :ww], None if raw is None else raw[:, :hh, :ww]  # content only, padding dropped
             image = lq if raw is None else apply_color_fix(raw[None], lq[None], self.color_fix)[0]
             deg, cap = split_text(out.texts[b])
-            results.append(RestoreResult(image=image, lq=lq, ok=ok, text=out.texts[b], degradation=deg, caption=cap,
-                                         new_tokens=len(out.tokens[b]), forwards=out.forwards, raw=raw))
+            results.append(
+                RestoreResult(
+                    image=image,
+                    lq=lq,
+                    ok=ok,
+                    text=out.texts[b],
+                    degradation=deg,
+                    caption=cap,
+                    new_tokens=len(out.tokens[b]),
+                    forwards=out.forwards,
+                    raw=raw,
+                )
+            )
         seconds = (time.time() - t0) / len(lqs)  # the batch's wall time per image, VQ decode and colour fix included
         for r in results:
             r.seconds = seconds

@@ -11,7 +11,8 @@ with tokens (unshifted); the loss shifts them.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
@@ -57,7 +58,11 @@ def build_inference_prompt(lq_codes, tok: TextEncoder, instruction: str = INSTRU
 
 
 def build_training_example(
-    lq_codes, hq_codes, degradation_text: str, caption: str | None, tok: TextEncoder,
+    lq_codes,
+    hq_codes,
+    degradation_text: str,
+    caption: str | None,
+    tok: TextEncoder,
     instruction: str = INSTRUCTION,
 ) -> tuple[list[int], list[int]]:
     """(tokens, labels) of one example; the whole prompt (BOS, instruction, LQ, its 8710) is -100."""

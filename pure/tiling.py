@@ -18,6 +18,7 @@ reads and writes non-square images; Lumina-mGPT trained it on aspect-ratio bucke
   summed weights.  Peak memory: the output and weight buffers plus one batch of tiles (the model's
   KV cache per tile is the same as for one 512 image); the tile count only costs time.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,7 +69,7 @@ def feather(n: int, ramp: int, lo_edge: bool, hi_edge: bool) -> torch.Tensor:
         if lo_edge:
             w[:r] = torch.minimum(w[:r], up)
         if hi_edge:
-            w[n - r:] = torch.minimum(w[n - r:], up.flip(0))
+            w[n - r :] = torch.minimum(w[n - r :], up.flip(0))
     return w
 
 
@@ -76,12 +77,12 @@ def feather(n: int, ramp: int, lo_edge: bool, hi_edge: bool) -> torch.Tensor:
 class PurePlan:
     """Where the tiles go (LQ px) and what it costs."""
 
-    lq: tuple[int, int]            # (h, w)
-    out: tuple[int, int]           # (H, W) = round(scale x LQ)
-    tile: int                      # LQ px per tile side (resolution / scale)
+    lq: tuple[int, int]  # (h, w)
+    out: tuple[int, int]  # (H, W) = round(scale x LQ)
+    tile: int  # LQ px per tile side (resolution / scale)
     rows: list[int]
     cols: list[int]
-    overlap: int                   # LQ px
+    overlap: int  # LQ px
     est_bytes: int = 0
 
     @property
@@ -90,19 +91,34 @@ class PurePlan:
 
     def describe(self) -> str:
         (h, w), (H, W) = self.lq, self.out
-        return (f"{w}x{h} -> {W}x{H} ({W * H / 1e6:.2f} Mpx): {len(self.rows)}x{len(self.cols)} = {self.n_tiles} "
-                f"tile(s) of {self.tile} LQ px, overlap {self.overlap}; est. peak memory "
-                f"{self.est_bytes / 2**30:.2f} GiB; time ~ {self.n_tiles} x one native-size image")
+        return (
+            f"{w}x{h} -> {W}x{H} ({W * H / 1e6:.2f} Mpx): {len(self.rows)}x{len(self.cols)} = {self.n_tiles} "
+            f"tile(s) of {self.tile} LQ px, overlap {self.overlap}; est. peak memory "
+            f"{self.est_bytes / 2**30:.2f} GiB; time ~ {self.n_tiles} x one native-size image"
+        )
 
 
-def plan(h: int, w: int, scale: float, resolution: int, overlap: int | None = None,
-         kv_bytes_per_tile: int = 0, weight_bytes: int = 0) -> PurePlan:
+def plan(
+    h: int,
+    w: int,
+    scale: float,
+    resolution: int,
+    overlap: int | None = None,
+    kv_bytes_per_tile: int = 0,
+    weight_bytes: int = 0,
+) -> PurePlan:
     if min(h, w) < MIN_SIDE:
         raise ImageRejected(f"input is {w}x{h} px; the minimum is {MIN_SIDE}x{MIN_SIDE}")
     tile = max(1, round(resolution / scale))
     overlap = tile // 4 if overlap is None else overlap
-    p = PurePlan((h, w), (max(1, round(h * scale)), max(1, round(w * scale))), tile,
-                 offsets(h, tile, overlap), offsets(w, tile, overlap), overlap)
+    p = PurePlan(
+        (h, w),
+        (max(1, round(h * scale)), max(1, round(w * scale))),
+        tile,
+        offsets(h, tile, overlap),
+        offsets(w, tile, overlap),
+        overlap,
+    )
     H, W = p.out
     p.est_bytes = 4 * (3 * H * W * 2 + H * W) + 4 * 3 * resolution * resolution * 8 + kv_bytes_per_tile + weight_bytes
     return p
@@ -111,8 +127,10 @@ def plan(h: int, w: int, scale: float, resolution: int, overlap: int | None = No
 def check_limit(p: PurePlan, max_output_pixels: int | None) -> None:
     H, W = p.out
     if max_output_pixels and H * W > max_output_pixels:
-        raise ImageRejected(f"output {W}x{H} = {H * W} px exceeds max_output_pixels={max_output_pixels} "
-                         f"({p.n_tiles} tiles); set max_output_pixels={H * W} to run it anyway")
+        raise ImageRejected(
+            f"output {W}x{H} = {H * W} px exceeds max_output_pixels={max_output_pixels} "
+            f"({p.n_tiles} tiles); set max_output_pixels={H * W} to run it anyway"
+        )
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -121,8 +139,16 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x[None], size=size, mode="bicubic", align_corners=False, antialias=True)[0].clamp(0, 1)
 
 
-def restore_scaled(restorer, lq: np.ndarray, scale: float, generator=None, overlap: int | None = None,
-                   tile_batch: int = 1, max_output_pixels: int | None = None, log=None):
+def restore_scaled(
+    restorer,
+    lq: np.ndarray,
+    scale: float,
+    generator=None,
+    overlap: int | None = None,
+    tile_batch: int = 1,
+    max_output_pixels: int | None = None,
+    log=None,
+):
     """One LQ (uint8 HWC) -> RestoreResult whose image is exactly round(scale x LQ), tiled if needed.
 
     `restorer.restore_native` restores lists of crops; text fields come from the first tile and
@@ -130,8 +156,14 @@ def restore_scaled(restorer, lq: np.ndarray, scale: float, generator=None, overl
     """
     from common.logging import progress
 
-    p = plan(*lq.shape[:2], scale, restorer.resolution, overlap, restorer.kv_bytes_per_image() * max(1, tile_batch),
-             restorer.weight_bytes())
+    p = plan(
+        *lq.shape[:2],
+        scale,
+        restorer.resolution,
+        overlap,
+        restorer.kv_bytes_per_image() * max(1, tile_batch),
+        restorer.weight_bytes(),
+    )
     check_limit(p, max_output_pixels)
     if p.n_tiles == 1:
         res = restorer.restore_native([lq], generator)[0]
@@ -145,8 +177,8 @@ def restore_scaled(restorer, lq: np.ndarray, scale: float, generator=None, overl
     first, new_tokens, forwards, seconds, ok = None, 0, 0, 0.0, True
     bar = progress(total=len(boxes), desc="pure tiles", leave=False)
     for j in range(0, len(boxes), max(1, tile_batch)):
-        chunk = boxes[j:j + max(1, tile_batch)]
-        crops = [np.ascontiguousarray(lq[t:t + p.tile, lf:lf + p.tile]) for t, lf in chunk]
+        chunk = boxes[j : j + max(1, tile_batch)]
+        crops = [np.ascontiguousarray(lq[t : t + p.tile, lf : lf + p.tile]) for t, lf in chunk]
         for (t, lf), crop, res in zip(chunk, crops, restorer.restore_native(crops, generator)):
             # HR box of this tile: rounded edges of the scaled LQ box, so neighbours meet exactly
             y0, y1 = round(t * scale), round((t + crop.shape[0]) * scale)

@@ -89,14 +89,20 @@ class Trainer:
         self.engine = build_engine(root, self.lm, cfg.optim, cfg.parallel, dist, cfg.data.batch_size, full_state)
         del full_state
         if cfg.ema.enabled and cfg.parallel.backend == "deepspeed" and cfg.parallel.zero_stage >= 3:
-            raise ValueError("ema.enabled needs full or FSDP2-sharded parameters; DeepSpeed ZeRO-3 partitions them "
-                             "(use parallel.backend=fsdp2 or zero_stage <= 2)")
+            raise ValueError(
+                "ema.enabled needs full or FSDP2-sharded parameters; DeepSpeed ZeRO-3 partitions them "
+                "(use parallel.backend=fsdp2 or zero_stage <= 2)"
+            )
         # Over `lm` (HF names); under FSDP2 its parameters and so the average are this rank's shards.
         self.ema = EMA(self.lm, cfg.ema.decay, cfg.ema.start_step) if cfg.ema.enabled else None
         self.step = 0
         # ---- resume (training-state manager) -------------------------------------------------
-        self.state = self.engine.train_state(self.run_dir, {"ema": self.ema} if self.ema is not None else {},
-                                             cfg.checkpoint.keep, cfg.checkpoint.async_save)
+        self.state = self.engine.train_state(
+            self.run_dir,
+            {"ema": self.ema} if self.ema is not None else {},
+            cfg.checkpoint.keep,
+            cfg.checkpoint.async_save,
+        )
         got = self.state.resume() if cfg.checkpoint.resume else None  # newest good step_<n>/ (common.train_state)
         if got is not None:
             self.step = got.step
@@ -107,8 +113,12 @@ class Trainer:
         if got is not None:
             got.restore_rng()  # same world size: continue every rank's streams exactly
         # ---- end resume ----------------------------------------------------------------------
-        self.tracker = Tracker(cfg.run.wandb_project, self.run_dir, config=_plain(cfg),
-                               mode=cfg.run.wandb_mode if cfg.logging.wandb else "disabled")
+        self.tracker = Tracker(
+            cfg.run.wandb_project,
+            self.run_dir,
+            config=_plain(cfg),
+            mode=cfg.run.wandb_mode if cfg.logging.wandb else "disabled",
+        )
         self.use_amp = dist.device.type == "cuda" and cfg.parallel.autocast and cfg.parallel.backend != "deepspeed"
         self._flops_tok = None
 
@@ -117,6 +127,7 @@ class Trainer:
         """Collective: every rank calls it at the same step."""
         # the config travels with the checkpoint so launch/export_checkpoint.py can rebuild the model
         self.state.save(self.step, extra={"sampler": self.sampler.state_dict(), "config": _plain(self.cfg)})
+
     # ---- end save ------------------------------------------------------------------------------
 
     def train_step(self) -> dict:
@@ -167,15 +178,29 @@ class Trainer:
             dt = max(time.time() - t0, 1e-9)
             mean = {k: sum(r[i] for r in stacked) / len(stacked) for i, k in enumerate(_LOGGED)}
             tps = tok["n_tokens"] / dt  # per rank
-            metrics = dict(mean, lr=self.engine.optimizer.param_groups[0]["lr"],
-                           tokens_per_s=tps * dist.world_size, mfu=tps * self._flops_tok / cfg.logging.peak_flops,
-                           padding_waste=tok["n_pad"] / max(tok["n_seen"], 1), epoch=self.step / self.steps_per_epoch)
+            metrics = dict(
+                mean,
+                lr=self.engine.optimizer.param_groups[0]["lr"],
+                tokens_per_s=tps * dist.world_size,
+                mfu=tps * self._flops_tok / cfg.logging.peak_flops,
+                padding_waste=tok["n_pad"] / max(tok["n_seen"], 1),
+                epoch=self.step / self.steps_per_epoch,
+            )
             if torch.cuda.is_available():
                 metrics["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
             self.tracker.log(metrics, self.step)
-            log.info("step %d/%d loss %.4f (text %.3f image %.3f) gnorm %.3g lr %.3g tok/s %.0f MFU %.3f",
-                     self.step, self.total_steps, metrics["loss"], metrics["ce_text"], metrics["ce_image"],
-                     metrics["grad_norm"], metrics["lr"], metrics["tokens_per_s"], metrics["mfu"])
+            log.info(
+                "step %d/%d loss %.4f (text %.3f image %.3f) gnorm %.3g lr %.3g tok/s %.0f MFU %.3f",
+                self.step,
+                self.total_steps,
+                metrics["loss"],
+                metrics["ce_text"],
+                metrics["ce_image"],
+                metrics["grad_norm"],
+                metrics["lr"],
+                metrics["tokens_per_s"],
+                metrics["mfu"],
+            )
             window.clear()
             tok.update(n_tokens=0, n_pad=0, n_seen=0)
             t0 = time.time()
@@ -224,12 +249,22 @@ class Trainer:
             sd = self.engine.full_model_state_dict()  # collective under FSDP2 / ZeRO-3
             sd = {k.removeprefix("lm."): v for k, v in sd.items()}
             if self.dist.is_main:
-                save_hf_shards(sd, cfg.hf_dir, max_shard_size=cfg.max_shard_size, config=self.lm.config,
-                               vocabulary_map=getattr(self.lm.config, "vocabulary_map", None), dtype=dtype,
-                               base_config=read_hf_config(self.cfg.init.from_hf))
+                save_hf_shards(
+                    sd,
+                    cfg.hf_dir,
+                    max_shard_size=cfg.max_shard_size,
+                    config=self.lm.config,
+                    vocabulary_map=getattr(self.lm.config, "vocabulary_map", None),
+                    dtype=dtype,
+                    base_config=read_hf_config(self.cfg.init.from_hf),
+                )
         if self.dist.is_main:
-            log.info("exported HF shards (%s%s) to %s", cfg.dtype,
-                     ", EMA weights" if self.ema is not None and self.cfg.ema.use_for_eval else "", cfg.hf_dir)
+            log.info(
+                "exported HF shards (%s%s) to %s",
+                cfg.dtype,
+                ", EMA weights" if self.ema is not None and self.cfg.ema.use_for_eval else "",
+                cfg.hf_dir,
+            )
         barrier()
 
 

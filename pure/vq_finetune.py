@@ -10,6 +10,7 @@ fine-tuning on re-tokenized data too.
 The result is saved as ``{'model': state_dict}``, the layout of LlamaGen's ``vq_ds8_c2i.pt``,
 which `pure.official.load_llamagen_vq` reads strictly.
 """
+
 from __future__ import annotations
 
 from functools import partial

@@ -1,4 +1,5 @@
 """Suite-wide test settings: quiet tracking, few threads (CI has 2 cores), shared small fixtures."""
+
 import os
 
 os.environ.setdefault("WANDB_MODE", "offline")

@@ -4,6 +4,7 @@ Every folder tool (degrade, evaluate, sample_varsr, sample_pure) is checked the 
 output folder overlapping the input is refused and the inputs stay byte-identical; broken files
 among good ones are skipped and counted (exit 3); user errors are one line on stderr (exit 2).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,8 +37,11 @@ def make_folder(d: Path, good: dict[str, tuple[int, int]], seed: int = 0) -> Pat
 
 def tree_hash(d: Path) -> dict[str, str]:
     """{relative path: sha256} of every file under ``d`` (symlinks followed)."""
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(d).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(d).rglob("*"))
+        if p.is_file()
+    }
 
 
 def load_launcher(name: str):
@@ -64,8 +68,14 @@ def run_script(name: str, args: list[str], timeout: int = 300) -> subprocess.Com
     """Run `launch/<name>.py` as a new user would (own process, repository as cwd)."""
     env = {**os.environ, "ARSR_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     env.pop("ARSR_DEBUG", None)
-    return subprocess.run([sys.executable, str(ROOT / "launch" / f"{name}.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "launch" / f"{name}.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_one_line(res: subprocess.CompletedProcess, *needles: str) -> None:

@@ -4,6 +4,7 @@ Each YAML under ``configs/`` is claimed by exactly one check below; a file no ch
 ``test_every_config_file_is_checked``, so a new config cannot land untested. Models are built on
 the ``meta`` device (no memory), full sizes included.
 """
+
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,19 @@ def claim(folder: str) -> list[str]:
     return names
 
 
-CLAIMED.update({"varsr/train.yaml", "varsr/sample.yaml", "pure/train.yaml", "pure/sample.yaml",
-                "common/degrade.yaml", "common/evaluate.yaml", "common/vq_finetune.yaml",
-                "common/web_demo.yaml", "common/export_checkpoint.yaml"})
+CLAIMED.update(
+    {
+        "varsr/train.yaml",
+        "varsr/sample.yaml",
+        "pure/train.yaml",
+        "pure/sample.yaml",
+        "common/degrade.yaml",
+        "common/evaluate.yaml",
+        "common/vq_finetune.yaml",
+        "common/web_demo.yaml",
+        "common/export_checkpoint.yaml",
+    }
+)
 
 
 # ---------------------------------------------------------------- VARSR
@@ -131,7 +142,7 @@ def test_pure_sample_config():
 # ---------------------------------------------------------------- common
 @pytest.mark.parametrize("name", claim("common/degradation"))
 def test_degradation_presets_compose_and_build(name):
-    from common.degradation import Degrader, DegradationConfig
+    from common.degradation import DegradationConfig, Degrader
 
     cfg = compose_config("common", "degrade", [f"degradation={name}", "hr_dir=/a", "out_dir=/b"])
     dcfg = to_dataclass(DegradationConfig, cfg.degradation)
@@ -199,8 +210,9 @@ def test_slurm_launcher_config(name):
     assert "submitit" in cfg.hydra.launcher._target_ and cfg.hydra.launcher.gpus_per_node == 8
 
 
-@pytest.mark.parametrize("app,name", [("varsr", n) for n in claim("varsr/sweep")] +
-                         [("pure", n) for n in claim("pure/sweep")])
+@pytest.mark.parametrize(
+    "app,name", [("varsr", n) for n in claim("varsr/sweep")] + [("pure", n) for n in claim("pure/sweep")]
+)
 def test_optuna_sweep_presets(app, name):
     """+sweep=optuna selects Hydra's Optuna sweeper over cfg and temperature, maximising PSNR, and
     leaves the sampling config itself valid."""

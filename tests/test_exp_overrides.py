@@ -6,6 +6,7 @@ the command-line value. The keys an experiment sets for another launcher in a pr
 (PURE's `sample:` block, read by launch/sample_pure.py, and `run.device`) are checked through
 that launcher's own view of the config, where the preset used to replace the command line.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -77,8 +78,9 @@ def test_every_exp_key_is_overridable_from_the_command_line(path):
         assert got == value or str(got).lower() == str(value).lower(), f"{path.name}: command-line {key} lost"
 
 
-@pytest.mark.parametrize("path", [p for p in EXP_FILES if "defaults" in (_load(p))],
-                         ids=lambda p: f"{p.parent.parent.name}/{p.stem}")
+@pytest.mark.parametrize(
+    "path", [p for p in EXP_FILES if "defaults" in (_load(p))], ids=lambda p: f"{p.parent.parent.name}/{p.stem}"
+)
 def test_command_line_group_choice_beats_the_exp_default_override(path):
     app, name = path.parent.parent.name, path.stem
     _register(app)
@@ -104,12 +106,25 @@ def test_sampling_keys_on_the_command_line_beat_the_exp_sample_block(path):
     """The `vq_ckpt` case of issue 8: `+exp=quick vq_ckpt=X` used the exp's `sample.vq_ckpt: null`."""
     _register("pure")
     block = _load(path).get("sample") or {}
-    given = {"vq_ckpt": "my_vq.pt", "resolution": 77, "max_new_tokens": 33, "image_only": False, "device": "cuda",
-             **{k: _other(v, k)[0] for k, v in block.items()}}
-    spell = {k: (str(v).lower() if isinstance(v, bool) else f"'{v}'" if isinstance(v, str) else v)
-             for k, v in given.items()}
-    raw, hc = split_hydra(compose_config("pure", "sample", [f"+exp={path.stem}", "lr_dir=x",
-                                                            *(f"{k}={v}" for k, v in spell.items())], hydra_node=True))
+    given = {
+        "vq_ckpt": "my_vq.pt",
+        "resolution": 77,
+        "max_new_tokens": 33,
+        "image_only": False,
+        "device": "cuda",
+        **{k: _other(v, k)[0] for k, v in block.items()},
+    }
+    spell = {
+        k: (str(v).lower() if isinstance(v, bool) else f"'{v}'" if isinstance(v, str) else v) for k, v in given.items()
+    }
+    raw, hc = split_hydra(
+        compose_config(
+            "pure",
+            "sample",
+            [f"+exp={path.stem}", "lr_dir=x", *(f"{k}={v}" for k, v in spell.items())],
+            hydra_node=True,
+        )
+    )
     view = _sample_pure_view()(raw, hc)
     assert {k: view[k] for k in given} == given
     if block:  # without command-line values, the exp's block still applies (it is a preset, not ignored)
@@ -123,6 +138,9 @@ def test_preset_block_respects_nested_command_line_keys():
 
     given = cli_keys(["sjd.window=8", "+extra=1", "++cfg=0.5"])
     assert given == {"sjd.window", "extra", "cfg"}
-    out = apply_preset({"cfg": 0.5, "sjd": {"window": 8, "enabled": False}},
-                       {"cfg": 1.0, "sjd": {"window": 16, "enabled": True}}, given)
+    out = apply_preset(
+        {"cfg": 0.5, "sjd": {"window": 8, "enabled": False}},
+        {"cfg": 1.0, "sjd": {"window": 16, "enabled": True}},
+        given,
+    )
     assert out == {"cfg": 0.5, "sjd": {"window": 8, "enabled": True}}

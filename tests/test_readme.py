@@ -16,6 +16,7 @@ dropped). Then, by shape:
 
 A README command of a new shape fails `test_every_command_is_classified` until this file knows it.
 """
+
 import importlib.util
 import inspect
 import re
@@ -32,9 +33,18 @@ README = ROOT / "README.md"
 # launcher -> overrides that make it a seconds-long CPU run (tiny model, tiny images)
 TINY = {
     "sample_varsr.py": ["model=tiny", "ckpt=null", "vae_ckpt=null", "device=cpu"],
-    "sample_pure.py": ["model=tiny", "ckpt_dir=null", "vq_ckpt=null", "vq_size=tiny", "resolution=8",
-                       "image_only=true", "max_new_tokens=30", "device=cpu", "dtype=fp32",
-                       "out_size=96"],  # 96 px: NIQE (the no-HR fallback) needs 96-px patches
+    "sample_pure.py": [
+        "model=tiny",
+        "ckpt_dir=null",
+        "vq_ckpt=null",
+        "vq_size=tiny",
+        "resolution=8",
+        "image_only=true",
+        "max_new_tokens=30",
+        "device=cpu",
+        "dtype=fp32",
+        "out_size=96",
+    ],  # 96 px: NIQE (the no-HR fallback) needs 96-px patches
     "degrade.py": ["device=cpu", "batch_size=2", "min_size=16"],
     "evaluate.py": ["device=cpu", "progress=false"],
 }
@@ -214,8 +224,11 @@ def _check(script: Path, overrides: list[str], compose) -> str:
         return {}
 
     mod.run_app = checker
-    entry = next(f for name, f in inspect.getmembers(mod, inspect.isfunction)
-                 if f.__module__ == mod.__name__ and "run_app(" in inspect.getsource(f))
+    entry = next(
+        f
+        for name, f in inspect.getmembers(mod, inspect.isfunction)
+        if f.__module__ == mod.__name__ and "run_app(" in inspect.getsource(f)
+    )
     entry(overrides)
     assert seen, f"{script.name}: the entry point did not reach run_app"
     return seen[0]
@@ -288,8 +301,13 @@ def test_cpu_command_runs_on_the_tiny_models(argv, photo_sets, tmp_path):
     args.append(f"hydra.sweep.dir={tmp_path / 'sweep'}" if multirun else f"hydra.run.dir={tmp_path / 'run'}")
     if script == "degrade.py":
         args = [a for a in args if not a.startswith("hydra.run.dir=")]  # its run dir is out_dir
-    r = subprocess.run([sys.executable, str(ROOT / "launch" / script), *args], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / script), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, f"{' '.join(args)}\n{r.stderr[-3000:]}"
     if multirun:  # every README sweep ends with its summary table
         assert (tmp_path / "sweep" / "sweep_summary.csv").is_file()

@@ -8,6 +8,7 @@ CUDA, inductor fuses the AdaLN / RoPE / GELU element-wise work around the matmul
 graphs run through inductor's C++ backend, which is what the compiled-vs-eager tests exercise.
 Model modules stay plain nn.Modules: nothing here touches the modules' own forward.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -47,6 +48,7 @@ def block_runner(core, compile: bool) -> Callable:
         for i, blk in enumerate(core.blocks):
             x = step(blk, x, cond, rope, caches[i], None if state is None else state(i))
         return x
+
     return run
 
 

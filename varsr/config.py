@@ -9,10 +9,10 @@ The dataclasses are registered in Hydra's ConfigStore as ``varsr_train_schema``;
 a typo in an override is an error at start-up. Model and degradation nodes reuse the owners'
 dataclasses (``VARSRModelConfig``, ``DegradationConfig``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from common.config import CheckpointConfig, OptimConfig, RunConfig, at_least, checks, one_of
 from common.degradation.presets import DegradationConfig, get_preset
@@ -29,9 +29,9 @@ class SourceConfig:
     #                       label = index of the sub-folder in sorted order)
     label: int = 0  # sr mode: 0 = positive (HQ photo), 1 = negative (low-MOS IQA image); ignored for classes
     ratio: float = 1.0  # per-epoch draws = round(ratio * len(source)); <1 subsamples, >1 repeats
-    limit: Optional[int] = None  # keep only the first N sorted files (ffhq: 10,000 = FFHQ10k)
-    meta: Optional[str] = None  # lsdir: train.json / list file
-    resize_shorter_to: Optional[int] = None  # per-source shorter-side resize (VARSR: 640 positives, 512 negatives)
+    limit: int | None = None  # keep only the first N sorted files (ffhq: 10,000 = FFHQ10k)
+    meta: str | None = None  # lsdir: train.json / list file
+    resize_shorter_to: int | None = None  # per-source shorter-side resize (VARSR: 640 positives, 512 negatives)
     holdout: int = 0  # classes: keep the last N sorted images of each class out of training (official C2I: 50)
 
 
@@ -45,7 +45,7 @@ class DataConfig:
     crop_size: int = 512  # HR crop side; the LR is resized back to this size (1024 prefix tokens at 512)
     crop_mode: str = "resize_center"  # VARSR: resize shorter side (LANCZOS) then centre crop 512;
     #                                   C2I (spec 7): resize_random (same resize, random crop)
-    resize_shorter_to: Optional[int] = 640  # round(1.25 * 512); sources may override (negatives: 512); C2I: 576
+    resize_shorter_to: int | None = 640  # round(1.25 * 512); sources may override (negatives: 512); C2I: 576
     hflip: bool = True  # random horizontal flip in the dataset (the degradation flips again in official code)
     min_size: int = 0  # skip images whose shorter side is below this (0 = keep all, resize handles it)
     batch_size: int = 4  # per-rank micro-batch (official: 4 per GPU, 8 GPUs -> 32)
@@ -53,7 +53,7 @@ class DataConfig:
     #                       batched on the training device in varsr.data.BatchMaker)
     prefetch_factor: int = 2  # batches prefetched per worker
     persistent_workers: bool = True  # keep workers alive between iterators (num_workers > 0)
-    pin_memory: Optional[bool] = None  # page-locked batches for async host->GPU copies; None = on CUDA
+    pin_memory: bool | None = None  # page-locked batches for async host->GPU copies; None = on CUDA
     lq_mode: str = "degrade"  # degrade = common.degradation pipeline | bicubic = deterministic x1/scale and back
 
 
@@ -73,11 +73,26 @@ class ScheduleConfig:
 class VARSROptimConfig(OptimConfig):
     """AdamW (see common OptimConfig: lr 5e-5, betas (0.9, 0.95), wd 0.05, clip 2.0)."""
 
-    no_decay_keys: list[str] = field(default_factory=lambda: [
-        "cls_token", "start_token", "task_token", "cfg_uncond", "pos_embed", "pos_1LC", "pos_start",
-        "start_pos", "lvl_embed", "gamma", "beta", "ada_gss", "moe_bias", "scale_mul", "diffloss",
-    ])  # substrings that exclude a parameter from weight decay (plus all 1-D params and biases)
-    fused: Optional[bool] = None  # fused AdamW; None = on CUDA only
+    no_decay_keys: list[str] = field(
+        default_factory=lambda: [
+            "cls_token",
+            "start_token",
+            "task_token",
+            "cfg_uncond",
+            "pos_embed",
+            "pos_1LC",
+            "pos_start",
+            "start_pos",
+            "lvl_embed",
+            "gamma",
+            "beta",
+            "ada_gss",
+            "moe_bias",
+            "scale_mul",
+            "diffloss",
+        ]
+    )  # substrings that exclude a parameter from weight decay (plus all 1-D params and biases)
+    fused: bool | None = None  # fused AdamW; None = on CUDA only
 
 
 @checks(dtype=one_of("fp32", "bf16", "fp16"))
@@ -186,8 +201,15 @@ def tiny_train_config(run_dir: str, **sections) -> VARSRTrainConfig:
     cfg = VARSRTrainConfig(
         run=RunConfig(run_dir=str(run_dir), seed=0, wandb_mode="disabled", device="cpu"),
         model=model_config("tiny"),
-        data=DataConfig(sources=[SourceConfig(kind="bundled", resize_shorter_to=120)], crop_size=96,
-                        resize_shorter_to=120, hflip=False, batch_size=2, num_workers=0, lq_mode="bicubic"),
+        data=DataConfig(
+            sources=[SourceConfig(kind="bundled", resize_shorter_to=120)],
+            crop_size=96,
+            resize_shorter_to=120,
+            hflip=False,
+            batch_size=2,
+            num_workers=0,
+            lq_mode="bicubic",
+        ),
         optim=VARSROptimConfig(lr=1e-3),
         schedule=ScheduleConfig(max_steps=20, warmup_epochs=0.0),
         precision=PrecisionConfig(dtype="fp32"),
@@ -208,19 +230,27 @@ def check_train_config(cfg: VARSRTrainConfig) -> None:
         raise ValueError(f"mode must be sr | c2i, got {cfg.mode!r}")
     m, ic = cfg.model, cfg.init
     if cfg.mode == "c2i" and m.lr_prefix:
-        raise ValueError("mode=c2i needs a C2I-shaped transformer (model.lr_prefix=false, e.g. model=c2i_d24 "
-                         "or model=c2i_tiny), got an SR model (lr_prefix=true)")
+        raise ValueError(
+            "mode=c2i needs a C2I-shaped transformer (model.lr_prefix=false, e.g. model=c2i_d24 "
+            "or model=c2i_tiny), got an SR model (lr_prefix=true)"
+        )
     if cfg.mode == "sr" and not m.lr_prefix:
-        raise ValueError("mode=sr needs an SR transformer (model.lr_prefix=true); lr_prefix=false is the "
-                         "C2I pretraining model (mode=c2i)")
+        raise ValueError(
+            "mode=sr needs an SR transformer (model.lr_prefix=true); lr_prefix=false is the "
+            "C2I pretraining model (mode=c2i)"
+        )
     if cfg.data.crop_size != m.image_size:
-        raise ValueError(f"data.crop_size={cfg.data.crop_size} must equal the model's image size {m.image_size} "
-                         f"(16 x last patch_num {m.patch_nums[-1]})")
+        raise ValueError(
+            f"data.crop_size={cfg.data.crop_size} must equal the model's image size {m.image_size} "
+            f"(16 x last patch_num {m.patch_nums[-1]})"
+        )
     if cfg.mode == "c2i" and (ic.varsr or ic.c2i):
         raise ValueError("init.varsr / init.c2i initialise an SR model; for mode=c2i use init.c2i_official")
     if cfg.mode == "sr" and ic.c2i_official:
-        raise ValueError("init.c2i_official loads a C2I model (mode=c2i); to start SR training from a C2I "
-                         "checkpoint use init.c2i (transfer)")
+        raise ValueError(
+            "init.c2i_official loads a C2I model (mode=c2i); to start SR training from a C2I "
+            "checkpoint use init.c2i (transfer)"
+        )
 
 
 def register_configs() -> None:

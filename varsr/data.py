@@ -12,6 +12,7 @@
 Labels (sr mode): 0 = positive HQ photo, 1 = negative (low-MOS) image; both go through the same
 degradation (spec §6). C2I mode: one class per sub-folder of a root, label = folder index, no LR.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,9 @@ def bundled_root(cache_dir: str | Path | None = None) -> Path:
     return write_bundled_dataset(base / "bundled_512") / "HR"
 
 
-def class_sources(root: str | Path, ratio: float = 1.0, limit: int | None = None,
-                  holdout: int = 0) -> list[ImageSource]:
+def class_sources(
+    root: str | Path, ratio: float = 1.0, limit: int | None = None, holdout: int = 0
+) -> list[ImageSource]:
     """C2I: one ImageSource per sub-folder of ``root`` (sorted), label = its index.
 
     ``holdout`` keeps the last N (natural-sorted) images of every class out of training, the
@@ -64,12 +66,16 @@ def check_c2i_classes(cfg) -> int:
     equals ``model.num_classes``; returns the number of real classes, else a one-line ValueError."""
     srcs = list(cfg.data.sources)
     if len(srcs) != 1 or srcs[0].kind != "classes":
-        raise ValueError("mode=c2i needs exactly one data source of kind 'classes' (one sub-folder per class), "
-                         f"got kinds {[s.kind for s in srcs]}")
+        raise ValueError(
+            "mode=c2i needs exactly one data source of kind 'classes' (one sub-folder per class), "
+            f"got kinds {[s.kind for s in srcs]}"
+        )
     n = len(class_sources(srcs[0].root))
     if cfg.model.num_classes != n + 1:
-        raise ValueError(f"model.num_classes={cfg.model.num_classes} does not fit the data: {srcs[0].root} has "
-                         f"{n} class folders, so num_classes must be {n + 1} (the last class is the null class)")
+        raise ValueError(
+            f"model.num_classes={cfg.model.num_classes} does not fit the data: {srcs[0].root} has "
+            f"{n} class folders, so num_classes must be {n + 1} (the last class is the null class)"
+        )
     return n
 
 
@@ -85,8 +91,17 @@ def build_sources(data_cfg, cache_dir: str | Path | None = None) -> list[ImageSo
             kind, root = "folder", str(bundled_root(cache_dir))
         if not root:
             raise ValueError(f"data source of kind {s.kind!r} needs a root")
-        out.append(ImageSource(root=root, kind=kind, label=s.label, ratio=s.ratio, limit=s.limit,
-                               meta=s.meta, resize_shorter_to=s.resize_shorter_to))
+        out.append(
+            ImageSource(
+                root=root,
+                kind=kind,
+                label=s.label,
+                ratio=s.ratio,
+                limit=s.limit,
+                meta=s.meta,
+                resize_shorter_to=s.resize_shorter_to,
+            )
+        )
     if not out:
         raise ValueError("data.sources is empty")
     return out
@@ -121,8 +136,15 @@ class ResumableBatchSampler(Sampler):
     the permutation (official ``fill_last``), so every batch is full on every rank.
     """
 
-    def __init__(self, num_items: int, batch_size: int, world_size: int = 1, rank: int = 0,
-                 seed: int = 0, start_micro_batch: int = 0):
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        start_micro_batch: int = 0,
+    ):
         if num_items <= 0:
             raise ValueError("the training set is empty")
         self.n, self.b, self.world, self.rank = int(num_items), int(batch_size), int(world_size), int(rank)
@@ -145,7 +167,7 @@ class ResumableBatchSampler(Sampler):
             order = self.epoch_order(epoch)
             for b in range(batch, self.batches_per_epoch):
                 lo = b * self.global_batch + self.rank * self.b
-                yield [(epoch, int(i)) for i in order[lo:lo + self.b]]
+                yield [(epoch, int(i)) for i in order[lo : lo + self.b]]
             epoch, batch = epoch + 1, 0
 
     def __len__(self) -> int:  # one epoch; the iterator itself never ends
@@ -160,13 +182,26 @@ def build_train_dataset(cfg, cache_dir: str | Path | None = None) -> HRTrainData
         from common.degradation.kernels import KernelSampler
 
         sampler = KernelSampler(cfg.degradation)
-    return HRTrainDataset(build_sources(d, cache_dir), crop_size=d.crop_size, crop_mode=d.crop_mode,
-                          resize_shorter_to=d.resize_shorter_to, hflip=d.hflip, min_size=d.min_size,
-                          kernel_sampler=sampler, seed=cfg.run.seed)
+    return HRTrainDataset(
+        build_sources(d, cache_dir),
+        crop_size=d.crop_size,
+        crop_mode=d.crop_mode,
+        resize_shorter_to=d.resize_shorter_to,
+        hflip=d.hflip,
+        min_size=d.min_size,
+        kernel_sampler=sampler,
+        seed=cfg.run.seed,
+    )
 
 
-def build_train_loader(dataset: HRTrainDataset, cfg, world_size: int, rank: int, start_micro_batch: int = 0,
-                       device: torch.device | str = "cpu") -> tuple[DataLoader, ResumableBatchSampler]:
+def build_train_loader(
+    dataset: HRTrainDataset,
+    cfg,
+    world_size: int,
+    rank: int,
+    start_micro_batch: int = 0,
+    device: torch.device | str = "cpu",
+) -> tuple[DataLoader, ResumableBatchSampler]:
     """Per-rank DataLoader; workers/pinned memory/prefetch per ``cfg.data`` (``common.parallel.loader_kwargs``)."""
     d = cfg.data
     sampler = ResumableBatchSampler(len(dataset), d.batch_size, world_size, rank, cfg.run.seed, start_micro_batch)
@@ -174,8 +209,9 @@ def build_train_loader(dataset: HRTrainDataset, cfg, world_size: int, rank: int,
     # A private generator: creating the iterator must not draw from the global torch RNG,
     # otherwise a resumed run's RNG stream would be one draw off the uninterrupted run's.
     gen = torch.Generator().manual_seed(cfg.run.seed * 1000 + rank)
-    return DataLoader(EpochIndexed(dataset), batch_sampler=sampler, collate_fn=collate_train, generator=gen,
-                      **kw), sampler
+    return DataLoader(
+        EpochIndexed(dataset), batch_sampler=sampler, collate_fn=collate_train, generator=gen, **kw
+    ), sampler
 
 
 def _kernels_to(kernels: dict, device: torch.device) -> dict:
@@ -244,8 +280,9 @@ def make_val_pairs(cfg, device: torch.device):
     if not paths:
         raise ValueError(f"validation.root {root} holds no images")
     rng = np.random.default_rng(v.seed)
-    hr = torch.stack([to_tensor(crop_image(read_image(p), d.crop_size, "resize_center", rng, d.resize_shorter_to))
-                      for p in paths])
+    hr = torch.stack(
+        [to_tensor(crop_image(read_image(p), d.crop_size, "resize_center", rng, d.resize_shorter_to)) for p in paths]
+    )
     if d.lq_mode == "bicubic":
         lr = bicubic_lq(hr, cfg.degradation.scale)
     else:

@@ -6,12 +6,13 @@ results do not depend on the world size), writes `<out_dir>/<name>.png`, and on 
 the folder with `common.metrics.evaluate_folders`.  `SampleRunConfig` documents every key of
 `configs/varsr/sample.yaml` and is registered in Hydra's ConfigStore as `varsr_sample_schema`.
 """
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,49 +27,63 @@ from .sample import resize_bicubic
 from .tiling import restore_image
 
 
-@checks(scale=at_least(1), out_size=at_least(1), cfg=at_least(0.0), top_k=at_least(0), top_p=between(0.0, 1.0),
-        temperature=at_least(0.0), refiner_temperature=at_least(0.0), color_fix=one_of("adain", "wavelet", "none"),
-        intermediate_max=at_least(0), device=DEVICE,
-        tile=one_of("auto", "on", "off"), decoder_tile=at_least(0), decoder_stats=one_of("exact", "estimate"),
-        max_output_pixels=at_least(1), tile_overlap=at_least(0), tile_batch=at_least(1),
-        dtype=one_of("fp32", "fp16", "bf16"))
+@checks(
+    scale=at_least(1),
+    out_size=at_least(1),
+    cfg=at_least(0.0),
+    top_k=at_least(0),
+    top_p=between(0.0, 1.0),
+    temperature=at_least(0.0),
+    refiner_temperature=at_least(0.0),
+    color_fix=one_of("adain", "wavelet", "none"),
+    intermediate_max=at_least(0),
+    device=DEVICE,
+    tile=one_of("auto", "on", "off"),
+    decoder_tile=at_least(0),
+    decoder_stats=one_of("exact", "estimate"),
+    max_output_pixels=at_least(1),
+    tile_overlap=at_least(0),
+    tile_batch=at_least(1),
+    dtype=one_of("fp32", "fp16", "bf16"),
+)
 @dataclass
 class SampleRunConfig:
     model: VARSRModelConfig = field(default_factory=lambda: model_config("d24"))  # config group `model`
-    ckpt: Optional[str] = "checkpoints/VARSR.pth"       # transformer weights (official layout or our export)
-    vae_ckpt: Optional[str] = "checkpoints/VQVAE.pth"   # VQVAE weights
-    lr_dir: str = "???"                                 # folder of LR images
-    hr_dir: Optional[str] = None                        # GT folder (same names) -> full-reference metrics
-    out_dir: Optional[str] = None                       # SR PNGs; None -> <hydra run dir>/sr
-    scale: int = 4                                      # output = scale x LR size (unless out_size)
-    out_size: Optional[int] = None                      # force a square output side (e.g. demo sets)
-    cfg: float = 6.0                                    # CFG weight at the last scale (official 6.0)
-    top_k: int = 1                                      # 1 = greedy (official)
-    top_p: float = 0.0                                  # nucleus; 0 disables
-    temperature: float = 1.0                            # token sampling temperature
-    refiner_temperature: float = 1.0                    # diffusion refiner noise scale
-    seed: int = 0                                       # image i uses seed + i
-    color_fix: str = "adain"                            # adain | wavelet | none
-    tile: str = "auto"                                  # auto (tile when scale x LR > model size) | on | off
-    tile_cfg: float = 7.0                               # CFG used for tiles (upstream test_tile.py)
-    tile_overlap: Optional[int] = None                  # tokens; None -> tile / 4 (8)
-    decoder_tile: Optional[int] = None                  # decoder tile, latent cells; None: 2 x model grid; 0: one shot
-    decoder_stats: str = "exact"                        # tiled-decoder GroupNorm statistics: exact | estimate (1 pass)
-    tile_batch: Optional[int] = 4                       # latent tiles generated together (KV cache each); null = a row
-    max_output_pixels: Optional[int] = 67108864         # refuse larger outputs (8192^2) up front; null = no limit
+    ckpt: str | None = "checkpoints/VARSR.pth"  # transformer weights (official layout or our export)
+    vae_ckpt: str | None = "checkpoints/VQVAE.pth"  # VQVAE weights
+    lr_dir: str = "???"  # folder of LR images
+    hr_dir: str | None = None  # GT folder (same names) -> full-reference metrics
+    out_dir: str | None = None  # SR PNGs; None -> <hydra run dir>/sr
+    scale: int = 4  # output = scale x LR size (unless out_size)
+    out_size: int | None = None  # force a square output side (e.g. demo sets)
+    cfg: float = 6.0  # CFG weight at the last scale (official 6.0)
+    top_k: int = 1  # 1 = greedy (official)
+    top_p: float = 0.0  # nucleus; 0 disables
+    temperature: float = 1.0  # token sampling temperature
+    refiner_temperature: float = 1.0  # diffusion refiner noise scale
+    seed: int = 0  # image i uses seed + i
+    color_fix: str = "adain"  # adain | wavelet | none
+    tile: str = "auto"  # auto (tile when scale x LR > model size) | on | off
+    tile_cfg: float = 7.0  # CFG used for tiles (upstream test_tile.py)
+    tile_overlap: int | None = None  # tokens; None -> tile / 4 (8)
+    decoder_tile: int | None = None  # decoder tile, latent cells; None: 2 x model grid; 0: one shot
+    decoder_stats: str = "exact"  # tiled-decoder GroupNorm statistics: exact | estimate (1 pass)
+    tile_batch: int | None = 4  # latent tiles generated together (KV cache each); null = a row
+    max_output_pixels: int | None = 67108864  # refuse larger outputs (8192^2) up front; null = no limit
     fastvar: FastVARConfig = field(default_factory=FastVARConfig)  # cached token pruning (spec 11)
-    export_intermediate: bool = False                   # decode f_hat after each scale -> <name>_scales/
-    intermediate_max: int = 10                          # ... for the first N images only
-    device: str = "auto"                                # auto | cpu | cuda
-    dtype: str = "fp32"                                 # fp32 | fp16 | bf16 (autocast on CUDA)
+    export_intermediate: bool = False  # decode f_hat after each scale -> <name>_scales/
+    intermediate_max: int = 10  # ... for the first N images only
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "fp32"  # fp32 | fp16 | bf16 (autocast on CUDA)
     metrics: Any = None  # metric names, or the `metrics` group's {name: spec}; empty/None = no scoring
-    metrics_out: Optional[str] = None                   # JSON path; None -> <out_dir>/../metrics.json
-    skip_existing: bool = True                          # keep SR PNGs already in out_dir (resume a killed run)
-    overwrite: bool = False                             # replace existing SR PNGs (atomically; wins over skip)
+    metrics_out: str | None = None  # JSON path; None -> <out_dir>/../metrics.json
+    skip_existing: bool = True  # keep SR PNGs already in out_dir (resume a killed run)
+    overwrite: bool = False  # replace existing SR PNGs (atomically; wins over skip)
 
 
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
+
     ConfigStore.instance().store(name="varsr_sample_schema", node=SampleRunConfig)
 
 
@@ -107,8 +122,9 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
     from common.paths import ImageRejected, SkipLog, start_folder_run
 
     log = get_logger("varsr.sample")
-    files, out_dir, keep = start_folder_run(cfg, default_out, {"ckpt": cfg.ckpt, "vae_ckpt": cfg.vae_ckpt},
-                                            lambda n: [f"{n}.png"])
+    files, out_dir, keep = start_folder_run(
+        cfg, default_out, {"ckpt": cfg.ckpt, "vae_ckpt": cfg.vae_ckpt}, lambda n: [f"{n}.png"]
+    )
     names = sorted(files)
     info = init_distributed(None if cfg.device == "auto" else cfg.device)
     device = info.device
@@ -128,10 +144,12 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
         gen = torch.Generator(device=device).manual_seed(cfg.seed + i)  # by index: unreadable files shift nothing
         on_scale = None
         if cfg.export_intermediate and i < cfg.intermediate_max:
+
             def on_scale(si, f_hat, name=name):
                 pn = model.patch_nums[si]
                 x = (vqvae.decode_fhat(f_hat[:1]).float() + 1) / 2
                 write_image(out_dir / f"{name}_scales" / f"side{pn}.png", x[0])
+
         on_cuda_amp = amp is not None and device.type == "cuda"
         try:
             with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=on_cuda_amp):
@@ -147,6 +165,7 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
     if not (is_main() and cfg.metrics):  # a dict from the config group gives its keys below
         return result
     from common.metrics import evaluate_folders
+
     out_json = Path(cfg.metrics_out or out_dir.parent / "metrics.json")
     from common.metrics.select import scorable_metrics
 
@@ -155,8 +174,10 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
     if not metrics:
         return result
     # skipped inputs have no output: score what was produced, the skips are already counted
-    scores = evaluate_folders(out_dir, hr, metrics, out_json, device=str(device),
-                              allow_extra_hr=bool(counts["skipped"]))
+    scores = evaluate_folders(
+        out_dir, hr, metrics, out_json, device=str(device), allow_extra_hr=bool(counts["skipped"])
+    )
     return {**scores, **result}
+
 
 __all__ = ["SampleRunConfig", "register_configs", "run_sampling", "sr_one", "load_models"]

@@ -10,6 +10,7 @@ Fixes relative to the `VARSR-FAST` fork (spec 11): scores on the raw residual st
 side-18 (third-last) outputs serve as cache for both pruned scales, the prefix step is never
 pruned (explicit step check), state is per batch, selection is per sample (CFG doubles B).
 """
+
 from __future__ import annotations
 
 import math
@@ -22,11 +23,11 @@ import torch.nn.functional as F
 
 @dataclass
 class FastVARConfig:
-    enabled: bool = False            # --fastvar
-    second_last_ratio: float = 0.4   # drop ratio at the second-last scale (side 24 at 512 px)
-    last_ratio: float = 0.3          # drop ratio at the last scale (side 32); 0 = fidelity-safe
-    later_layer_start: int = 3       # blocks [0, start) are never pruned
-    min_keep: int = 64               # never keep fewer tokens than this
+    enabled: bool = False  # --fastvar
+    second_last_ratio: float = 0.4  # drop ratio at the second-last scale (side 24 at 512 px)
+    last_ratio: float = 0.3  # drop ratio at the last scale (side 32); 0 = fidelity-safe
+    later_layer_start: int = 3  # blocks [0, start) are never pruned
+    min_keep: int = 64  # never keep fewer tokens than this
 
 
 def keep_count(n_tokens: int, ratio: float, min_keep: int) -> int:

@@ -15,6 +15,7 @@ Official quirks not reproduced (spec 12): no extra unguided last-scale draw, the
 unguided only when t == 0, no hard-coded CUDA or 1024-token reshapes.  `scale_loop` is shared
 with class-to-image sampling (varsr.sample_c2i).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -26,18 +27,26 @@ from .fastvar import make_state
 from .parallelize import unwrap as _core  # bare module under DDP
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
-_DTYPES = {None: None, "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+_DTYPES = {
+    None: None,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 @dataclass
 class GenerationTrace:
     """What a generation call sampled, for analysis and reproducibility (`return_trace=True`)."""
-    ids: list[torch.Tensor] = field(default_factory=list)     # per scale: sampled token ids (B, pn^2)
+
+    ids: list[torch.Tensor] = field(default_factory=list)  # per scale: sampled token ids (B, pn^2)
     # per scale: raw model logits (rows, pn^2, V) fp32 before guidance; with CFG rows = 2B
     # ([B cond; B guidance branch]), else B.
     logits: list[torch.Tensor] = field(default_factory=list)
-    cfg: list[float] = field(default_factory=list)            # per scale: guidance weight t (0 without CFG)
+    cfg: list[float] = field(default_factory=list)  # per scale: guidance weight t (0 without CFG)
 
 
 def cfg_ramp(cfg: float, si: int, num_scales: int, power: float = 1.0) -> float:
@@ -50,8 +59,9 @@ def cfg_ramp(cfg: float, si: int, num_scales: int, power: float = 1.0) -> float:
     return cfg * (si / (num_scales - 1)) ** power
 
 
-def sample_tokens(logits: torch.Tensor, top_k: int = 1, top_p: float = 0.0, temperature: float = 1.0,
-                  generator: Generators = None) -> torch.Tensor:
+def sample_tokens(
+    logits: torch.Tensor, top_k: int = 1, top_p: float = 0.0, temperature: float = 1.0, generator: Generators = None
+) -> torch.Tensor:
     """VAR's top-k / top-p sampling on (B, l, V) logits -> Long (B, l).
 
     top_k keeps every logit >= the k-th largest (ties keep all maxima); top_p drops the smallest
@@ -74,18 +84,33 @@ def sample_tokens(logits: torch.Tensor, top_k: int = 1, top_p: float = 0.0, temp
     if isinstance(generator, (list, tuple)):
         if len(generator) != B:
             raise ValueError(f"{len(generator)} generators for {B} images")
-        return torch.stack([torch.multinomial(probs[b], 1, replacement=True, generator=g).view(n)
-                            for b, g in enumerate(generator)])
+        return torch.stack(
+            [torch.multinomial(probs[b], 1, replacement=True, generator=g).view(n) for b, g in enumerate(generator)]
+        )
     return torch.multinomial(probs.view(-1, V), 1, replacement=True, generator=generator).view(B, n)
 
 
 @torch.no_grad()
-def generate_fhat(model, vqvae, lr: torch.Tensor, cfg: float = 6.0, top_k: int = 1, top_p: float = 0.0,
-                  temperature: float = 1.0, generator: Generators = None, fastvar=None,
-                  label: int = 0, refine: bool = True, refiner_temperature: float = 1.0,
-                  on_scale: Callable[[int, torch.Tensor], None] | None = None,
-                  return_logits: bool = False, dtype: str | torch.dtype | None = None, compile: bool = False,
-                  refiner_noise: torch.Tensor | None = None, return_trace: bool = False):
+def generate_fhat(
+    model,
+    vqvae,
+    lr: torch.Tensor,
+    cfg: float = 6.0,
+    top_k: int = 1,
+    top_p: float = 0.0,
+    temperature: float = 1.0,
+    generator: Generators = None,
+    fastvar=None,
+    label: int = 0,
+    refine: bool = True,
+    refiner_temperature: float = 1.0,
+    on_scale: Callable[[int, torch.Tensor], None] | None = None,
+    return_logits: bool = False,
+    dtype: str | torch.dtype | None = None,
+    compile: bool = False,
+    refiner_noise: torch.Tensor | None = None,
+    return_trace: bool = False,
+):
     """LR (B, 3, S, S) in [-1, 1] at the model size -> accumulated latent f_hat (B, Cvae, G, G).
 
     Returns f_hat, then (when asked) the guided per-scale logits [(B, pn^2, V)] (return_logits)
@@ -102,9 +127,26 @@ def generate_fhat(model, vqvae, lr: torch.Tensor, cfg: float = 6.0, top_k: int =
         labels = torch.cat([labels, torch.full_like(labels, core.cfg.num_classes - 1)])
     with _autocast(lr.device, dtype):
         x, cond = core.prefix(lr, labels)  # the LR is encoded once for both branches
-        return scale_loop(core, vqvae, x, cond, B, [cfg_ramp(cfg, si, K) for si in range(K)] if doubled else None,
-                          top_k, top_p, temperature, generator, fastvar, refine, refiner_temperature, on_scale,
-                          return_logits, compile=compile, refiner_noise=refiner_noise, return_trace=return_trace)
+        return scale_loop(
+            core,
+            vqvae,
+            x,
+            cond,
+            B,
+            [cfg_ramp(cfg, si, K) for si in range(K)] if doubled else None,
+            top_k,
+            top_p,
+            temperature,
+            generator,
+            fastvar,
+            refine,
+            refiner_temperature,
+            on_scale,
+            return_logits,
+            compile=compile,
+            refiner_noise=refiner_noise,
+            return_trace=return_trace,
+        )
 
 
 def _autocast(device: torch.device, dtype: str | torch.dtype | None):
@@ -118,10 +160,27 @@ def _cache_dtype(core, device: torch.device) -> torch.dtype:
     return core.head.weight.dtype
 
 
-def scale_loop(core, vqvae, x: torch.Tensor, cond: torch.Tensor, B: int, ramp: list[float] | None,
-               top_k: int, top_p: float, temperature: float, generator: Generators, fastvar,
-               refine: bool, refiner_temperature: float, on_scale, return_logits: bool, *,
-               compile: bool = False, refiner_noise: torch.Tensor | None = None, return_trace: bool = False):
+def scale_loop(
+    core,
+    vqvae,
+    x: torch.Tensor,
+    cond: torch.Tensor,
+    B: int,
+    ramp: list[float] | None,
+    top_k: int,
+    top_p: float,
+    temperature: float,
+    generator: Generators,
+    fastvar,
+    refine: bool,
+    refiner_temperature: float,
+    on_scale,
+    return_logits: bool,
+    *,
+    compile: bool = False,
+    refiner_noise: torch.Tensor | None = None,
+    return_trace: bool = False,
+):
     """KV-cached next-scale loop shared by SR and C2I sampling.
 
     `x`, `cond`: prefix tokens and AdaLN condition from `core.prefix`, already doubled
@@ -129,6 +188,7 @@ def scale_loop(core, vqvae, x: torch.Tensor, cond: torch.Tensor, B: int, ramp: l
     logits = (1 + t) l_cond - t l_branch.  The refiner is guided with the last scale's t.
     """
     from .compiled import block_runner, refiner_trunk
+
     pns, K = core.patch_nums, len(core.patch_nums)
     quant = vqvae.quantize
     doubled = ramp is not None
@@ -167,9 +227,15 @@ def scale_loop(core, vqvae, x: torch.Tensor, cond: torch.Tensor, B: int, ramp: l
         guided = doubled and t != 0
         if doubled and not guided:  # weight 0: the branch rows would not influence anything
             z = z[: B * G * G]
-        res = core.diffloss.sample(z, cfg_t=t, guided=guided, temperature=refiner_temperature,
-                                   generator=generator, noise=refiner_noise,
-                                   trunk=refiner_trunk(core.diffloss.net, compile))
+        res = core.diffloss.sample(
+            z,
+            cfg_t=t,
+            guided=guided,
+            temperature=refiner_temperature,
+            generator=generator,
+            noise=refiner_noise,
+            trunk=refiner_trunk(core.diffloss.net, compile),
+        )
         res = (res * core.cfg.vae_scale).view(B, G * G, -1).transpose(1, 2).reshape(B, -1, G, G)
         f_hat = f_hat + res.to(f_hat.dtype)
     out = (f_hat,) + ((all_logits,) if return_logits else ()) + ((trace,) if return_trace else ())

@@ -6,6 +6,7 @@ side, rather than inside `VARSR.forward`: the module then stays a deterministic 
 inputs (teacher-forced == KV-cached logits, evaluation passes need no train/eval switch), and the
 dropout draws come from the training loop's RNG, which the checkpoints save and restore.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,9 @@ from .model.vqvae import VQVAE
 from .parallelize import unwrap
 
 
-def drop_labels(label: torch.Tensor, null_class: int, p: float,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def drop_labels(
+    label: torch.Tensor, null_class: int, p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Replace each label by `null_class` with probability p (p == 0 draws no random numbers)."""
     if p <= 0:
         return label
@@ -24,9 +26,16 @@ def drop_labels(label: torch.Tensor, null_class: int, p: float,
     return torch.where(drop, torch.full_like(label, null_class), label)
 
 
-def varsr_loss(model, vqvae: VQVAE, hr: torch.Tensor, lr: torch.Tensor | None, label: torch.Tensor,
-               diff_weight: float = 2.0, cond_drop_prob: float | None = None,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def varsr_loss(
+    model,
+    vqvae: VQVAE,
+    hr: torch.Tensor,
+    lr: torch.Tensor | None,
+    label: torch.Tensor,
+    diff_weight: float = 2.0,
+    cond_drop_prob: float | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """hr, lr in [-1, 1] at the model size (lr already resized back; None for a C2I model); label Long(B).
 
     CE is averaged over all L positions and the batch (no smoothing, no per-scale weights).  The
@@ -56,9 +65,14 @@ def varsr_loss(model, vqvae: VQVAE, hr: torch.Tensor, lr: torch.Tensor | None, l
         n_last = mcfg.patch_nums[-1] ** 2
         acc = (logits.argmax(-1) == gt).float()
         # Device tensors: the training loop reads them once per logging window (no sync per step).
-        stats = {"loss": loss.detach(), "ce": ce.detach(), "diff": diff.detach(),
-                 "ce_tail": ce_tok[:, -n_last:].mean(), "acc": acc.mean() * 100,
-                 "acc_tail": acc[:, -n_last:].mean() * 100}
+        stats = {
+            "loss": loss.detach(),
+            "ce": ce.detach(),
+            "diff": diff.detach(),
+            "ce_tail": ce_tok[:, -n_last:].mean(),
+            "acc": acc.mean() * 100,
+            "acc_tail": acc[:, -n_last:].mean() * 100,
+        }
         if mcfg.null_class is not None:
             stats["label_drop"] = (label == mcfg.null_class).float().mean()
     return loss, stats
@@ -72,5 +86,7 @@ def _check_labels(label: torch.Tensor, mcfg) -> None:
         return
     top = int(label.max())
     if top >= mcfg.null_class or int(label.min()) < 0:
-        raise ValueError(f"C2I label {top} out of range: the model has {mcfg.null_class} real classes "
-                         f"(num_classes={mcfg.num_classes} includes the null class)")
+        raise ValueError(
+            f"C2I label {top} out of range: the model has {mcfg.null_class} real classes "
+            f"(num_classes={mcfg.num_classes} includes the null class)"
+        )

@@ -10,6 +10,7 @@ pointing at the converter, which is the only code here that unpickles:
 The converter flattens nested dicts with '/' between nesting levels, so
 'trainer/var_wo_ddp/<param>' in the safetensors file maps back to the same place.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,6 +43,7 @@ def _read(path) -> dict:
         raise CheckpointError(f"{path} is a folder, not a checkpoint file; give the .pth/.safetensors file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         try:
             return load_file(str(path))
         except Exception as e:  # SafetensorError ("HeaderTooLarge") does not name the file
@@ -52,7 +54,8 @@ def _read(path) -> dict:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(
             f"{path}: not loadable with weights_only=True ({first[:160]}); if you trust this file, run "
-            f"`python -m varsr.official convert {path} {path.with_suffix('.safetensors')}` and load that") from None
+            f"`python -m varsr.official convert {path} {path.with_suffix('.safetensors')}` and load that"
+        ) from None
 
 
 def _extract(obj: dict, nest: tuple[str, ...], path) -> dict[str, torch.Tensor]:
@@ -61,13 +64,15 @@ def _extract(obj: dict, nest: tuple[str, ...], path) -> dict[str, torch.Tensor]:
     if all(k in cur for k in nest[:1]):
         for k in nest:
             if not isinstance(cur, dict) or k not in cur:
-                raise CheckpointError(f"{path}: missing key {'/'.join(nest)}; not the checkpoint this key expects "
-                                      "(VQVAE.pth given for the transformer, or the reverse?)")
+                raise CheckpointError(
+                    f"{path}: missing key {'/'.join(nest)}; not the checkpoint this key expects "
+                    "(VQVAE.pth given for the transformer, or the reverse?)"
+                )
             cur = cur[k]
         return dict(cur)
     prefix = "/".join(nest) + "/"
     if any(k.startswith(prefix) for k in obj):
-        return {k[len(prefix):]: v for k, v in obj.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in obj.items() if k.startswith(prefix)}
     if any("/" in k for k in obj):
         raise CheckpointError(f"{path}: no '{prefix}*' tensors in this converted file")
     return dict(obj)  # already a plain state dict (e.g. our export of one module)
@@ -86,13 +91,16 @@ def load_state_strict(module: nn.Module, sd: dict[str, torch.Tensor], path, tole
             sd.pop(k)
     missing = [k for k in own if k not in sd and k not in tolerate]
     unexpected = [k for k in sd if k not in own]
-    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd
-           if k in own and sd[k].shape != own[k].shape]
+    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape]
     if missing or unexpected or bad:
+
         def few(xs):
             return ", ".join(xs[:4]) + (f" (+{len(xs) - 4} more)" if len(xs) > 4 else "")
-        raise CheckpointError(f"{path}: state dict does not match the model: missing [{few(missing)}] "
-                              f"unexpected [{few(unexpected)}] shape [{few(bad)}]")
+
+        raise CheckpointError(
+            f"{path}: state dict does not match the model: missing [{few(missing)}] "
+            f"unexpected [{few(unexpected)}] shape [{few(bad)}]"
+        )
     meta = _is_meta(module)
     module.load_state_dict(sd, strict=False, assign=meta)
     if meta:  # a tolerated key left a meta buffer behind: give it real (zero) storage
@@ -115,8 +123,10 @@ def load_official_c2i(path, model: nn.Module) -> nn.Module:
     """
     cfg = getattr(_bare(model), "cfg", None)
     if cfg is None or cfg.lr_prefix:
-        raise CheckpointError(f"{path}: a C2I checkpoint needs a C2I model (lr_prefix=False, e.g. "
-                              "model_config('c2i_d24')); to start SR training from it use transfer_from_c2i")
+        raise CheckpointError(
+            f"{path}: a C2I checkpoint needs a C2I model (lr_prefix=False, e.g. "
+            "model_config('c2i_d24')); to start SR training from it use transfer_from_c2i"
+        )
     return load_official_varsr(path, model)
 
 
@@ -188,8 +198,11 @@ def _flatten_tensors(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
 
 def convert(src, dst) -> Path:
     """Trusted-file converter: unpickle `src` fully, keep only the model tensors, write safetensors."""
-    print(f"WARNING: unpickling {src} with weights_only=False executes code stored in the file; "
-          "only do this for files you trust (e.g. the official HF release qyp2000/VARSR).", file=sys.stderr)
+    print(
+        f"WARNING: unpickling {src} with weights_only=False executes code stored in the file; "
+        "only do this for files you trust (e.g. the official HF release qyp2000/VARSR).",
+        file=sys.stderr,
+    )
     # One of the repo's two trusted-only unpickling sites (the other: pure.pretokenize.convert_official).
     obj = torch.load(src, map_location="cpu", weights_only=False)
     trainer = obj.get("trainer", {}) if isinstance(obj, dict) else {}

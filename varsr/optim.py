@@ -8,6 +8,7 @@ iterations and a linear decay to 0.01·peak at the last iteration.
 Names are matched after removing wrapper prefixes so the same groups come out for a plain
 module, a DDP/FSDP2-wrapped one or one with activation-checkpoint wrappers.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,10 +23,23 @@ from common.ema import clean_param_name  # wrapper-free names, shared with the E
 # reused by VARSR, which adds "diffloss" so the whole refiner MLP is never decayed). Many entries
 # name modules our model does not have; they are kept so a VAR/C2I-shaped model groups the same way.
 NO_DECAY_KEYS: tuple[str, ...] = (
-    "cls_token", "start_token", "task_token", "cfg_uncond",
-    "pos_embed", "pos_1LC", "pos_start", "start_pos", "lvl_embed",
-    "gamma", "beta", "ada_gss", "moe_bias", "scale_mul", "diffloss",
+    "cls_token",
+    "start_token",
+    "task_token",
+    "cfg_uncond",
+    "pos_embed",
+    "pos_1LC",
+    "pos_start",
+    "start_pos",
+    "lvl_embed",
+    "gamma",
+    "beta",
+    "ada_gss",
+    "moe_bias",
+    "scale_mul",
+    "diffloss",
 )
+
 
 def is_no_decay(name: str, param: torch.Tensor, no_decay_keys=NO_DECAY_KEYS) -> bool:
     """Official rule: 1-D tensors, biases and any name containing a no-decay key."""
@@ -51,9 +65,15 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_keys=NO_DECAY_K
     return [g for g in groups.values() if g["params"]]
 
 
-def build_optimizer(model: nn.Module, lr: float, betas=(0.9, 0.95), eps: float = 1e-8,
-                    weight_decay: float = 0.05, no_decay_keys=NO_DECAY_KEYS,
-                    fused: bool | None = None) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    betas=(0.9, 0.95),
+    eps: float = 1e-8,
+    weight_decay: float = 0.05,
+    no_decay_keys=NO_DECAY_KEYS,
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`. ``fused`` defaults to True on CUDA only."""
     from common.parallel import fused_adamw
 

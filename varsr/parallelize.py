@@ -10,6 +10,7 @@ wrapped model only through the helpers here:
   unsharded, name-keyed dicts (official parameter names, no wrapper prefixes), so checkpoints
   written under DDP load under FSDP2 or on one CPU and vice versa.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,8 +64,10 @@ def parallelize(model: nn.Module, cfg, dist_info) -> nn.Module:
     if offload and cfg.strategy != "fsdp2":
         raise ValueError(f"parallel.cpu_offload needs parallel.strategy=fsdp2 (got {cfg.strategy!r})")
     if offload and dist_info.backend is None:
-        raise ValueError("parallel.cpu_offload needs a process group: start through launch/train_varsr.py "
-                         "(it starts a torchrun world of one) or torchrun")
+        raise ValueError(
+            "parallel.cpu_offload needs a process group: start through launch/train_varsr.py "
+            "(it starts a torchrun world of one) or torchrun"
+        )
     apply_activation_checkpointing(model, cfg.activation_checkpointing)
     if cfg.compile:
         par.compile_blocks(_blocks(model), backend=cfg.compile_backend)
@@ -74,8 +77,9 @@ def parallelize(model: nn.Module, cfg, dist_info) -> nn.Module:
         ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
         # broadcast_buffers=False as in the official trainer: the only buffers are constant
         # (mask, level ids, zero bias), so re-broadcasting them each step is pure overhead.
-        return DDP(model, device_ids=ids, broadcast_buffers=False,
-                   find_unused_parameters=bool(cfg.find_unused_parameters))
+        return DDP(
+            model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=bool(cfg.find_unused_parameters)
+        )
     if cfg.strategy == "fsdp2":
         from torch.distributed.fsdp import fully_shard
 
@@ -127,8 +131,9 @@ def get_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = N
     return out
 
 
-def set_full_state(model: nn.Module, state: dict, optimizer: torch.optim.Optimizer | None = None,
-                   strict: bool = True) -> None:
+def set_full_state(
+    model: nn.Module, state: dict, optimizer: torch.optim.Optimizer | None = None, strict: bool = True
+) -> None:
     """Load what :func:`get_full_state` produced, on every rank, under any wrapper."""
     opts = StateDictOptions(full_state_dict=True, strict=strict)
     set_model_state_dict(model, state["model"], options=opts)

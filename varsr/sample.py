@@ -9,6 +9,7 @@ Official quirks not reproduced (spec 12): no extra unguided last-scale draw, the
 unguided only when t == 0, no hard-coded CUDA or 1024-token reshapes.  `scale_loop` is shared
 with class-to-image sampling (varsr.sample_c2i).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -33,6 +34,7 @@ def apply_color_fix(x: torch.Tensor, ref: torch.Tensor, mode: str | None) -> tor
     if mode in (None, "none"):
         return x
     from common.color_fix import adain_color_fix, wavelet_color_fix
+
     if mode == "adain":
         return adain_color_fix(x, ref)
     if mode == "wavelet":
@@ -41,11 +43,22 @@ def apply_color_fix(x: torch.Tensor, ref: torch.Tensor, mode: str | None) -> tor
 
 
 @torch.no_grad()
-def sample_sr(model, vqvae, lr: torch.Tensor, cfg: float = 6.0, top_k: int = 1, top_p: float = 0.0,
-              generator: torch.Generator | None = None, color_fix: str | None = "adain", fastvar=None,
-              temperature: float = 1.0, refiner_temperature: float = 1.0,
-              on_scale: Callable[[int, torch.Tensor], None] | None = None, dtype: str | None = None,
-              compile: bool = False) -> torch.Tensor:
+def sample_sr(
+    model,
+    vqvae,
+    lr: torch.Tensor,
+    cfg: float = 6.0,
+    top_k: int = 1,
+    top_p: float = 0.0,
+    generator: torch.Generator | None = None,
+    color_fix: str | None = "adain",
+    fastvar=None,
+    temperature: float = 1.0,
+    refiner_temperature: float = 1.0,
+    on_scale: Callable[[int, torch.Tensor], None] | None = None,
+    dtype: str | None = None,
+    compile: bool = False,
+) -> torch.Tensor:
     """LR (B, 3, H, W) in [0, 1] -> SR (B, 3, S, S) in [0, 1], S = model size (512).
 
     `generator` may be one per image; `dtype` ("bf16"/"fp16": autocast) and `compile` (per-scale
@@ -58,8 +71,21 @@ def sample_sr(model, vqvae, lr: torch.Tensor, cfg: float = 6.0, top_k: int = 1, 
     core = _core(model)
     S = core.cfg.image_size
     lr = resize_bicubic(lr.float(), (S, S))
-    f_hat = generate_fhat(model, vqvae, lr * 2 - 1, cfg, top_k, top_p, temperature, generator, fastvar,
-                          refiner_temperature=refiner_temperature, on_scale=on_scale, dtype=dtype, compile=compile)
+    f_hat = generate_fhat(
+        model,
+        vqvae,
+        lr * 2 - 1,
+        cfg,
+        top_k,
+        top_p,
+        temperature,
+        generator,
+        fastvar,
+        refiner_temperature=refiner_temperature,
+        on_scale=on_scale,
+        dtype=dtype,
+        compile=compile,
+    )
     img = (vqvae.decode_fhat(f_hat).float() + 1) / 2
     return apply_color_fix(img, lr, color_fix).clamp_(0, 1)
 
@@ -67,4 +93,5 @@ def sample_sr(model, vqvae, lr: torch.Tensor, cfg: float = 6.0, top_k: int = 1, 
 def sample_tiled(model, vqvae, lr: torch.Tensor, **kwargs) -> torch.Tensor:
     """Latent-tiled x4 SR for LR of any size (see varsr.tiling.sample_tiled)."""
     from .tiling import sample_tiled as _tiled
+
     return _tiled(model, vqvae, lr, **kwargs)

@@ -6,9 +6,10 @@ label dropout trains), and its weight ramps quadratically, t = cfg * (si / (K - 
 (test_C2I.py defaults: cfg 4.0, top_k 20, top_p 0.75).  The refiner is guided with the last
 scale's t (= cfg), exactly as in SR.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -24,11 +25,21 @@ def _labels(label: torch.Tensor | Sequence[int] | int, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_c2i_fhat(model, vqvae, label, cfg: float = 4.0, top_k: int = 20, top_p: float = 0.75,
-                      temperature: float = 1.0, generator: torch.Generator | None = None, fastvar=None,
-                      refine: bool = True, refiner_temperature: float = 1.0,
-                      on_scale: Callable[[int, torch.Tensor], None] | None = None,
-                      return_logits: bool = False):
+def generate_c2i_fhat(
+    model,
+    vqvae,
+    label,
+    cfg: float = 4.0,
+    top_k: int = 20,
+    top_p: float = 0.75,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    fastvar=None,
+    refine: bool = True,
+    refiner_temperature: float = 1.0,
+    on_scale: Callable[[int, torch.Tensor], None] | None = None,
+    return_logits: bool = False,
+):
     """Class labels (B,) -> accumulated latent f_hat (B, Cvae, G, G) (+ guided per-scale logits)."""
     core = _core(model)
     if core.cfg.lr_prefix:
@@ -44,15 +55,40 @@ def generate_c2i_fhat(model, vqvae, label, cfg: float = 4.0, top_k: int = 20, to
         labels = torch.cat([labels, torch.full_like(labels, null)])
     x, cond = core.prefix(None, labels)
     ramp = [cfg_ramp(cfg, si, K, C2I_RAMP_POWER) for si in range(K)] if doubled else None
-    return scale_loop(core, vqvae, x, cond, B, ramp, top_k, top_p, temperature, generator, fastvar,
-                      refine, refiner_temperature, on_scale, return_logits)
+    return scale_loop(
+        core,
+        vqvae,
+        x,
+        cond,
+        B,
+        ramp,
+        top_k,
+        top_p,
+        temperature,
+        generator,
+        fastvar,
+        refine,
+        refiner_temperature,
+        on_scale,
+        return_logits,
+    )
 
 
 @torch.no_grad()
-def sample_c2i(model, vqvae, label, cfg: float = 4.0, top_k: int = 20, top_p: float = 0.75,
-               generator: torch.Generator | None = None, temperature: float = 1.0,
-               refiner_temperature: float = 1.0, fastvar=None) -> torch.Tensor:
+def sample_c2i(
+    model,
+    vqvae,
+    label,
+    cfg: float = 4.0,
+    top_k: int = 20,
+    top_p: float = 0.75,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    refiner_temperature: float = 1.0,
+    fastvar=None,
+) -> torch.Tensor:
     """Class labels (int, list or Long(B)) -> images (B, 3, S, S) in [0, 1], S = model size."""
-    f_hat = generate_c2i_fhat(model, vqvae, label, cfg, top_k, top_p, temperature, generator, fastvar,
-                              refiner_temperature=refiner_temperature)
+    f_hat = generate_c2i_fhat(
+        model, vqvae, label, cfg, top_k, top_p, temperature, generator, fastvar, refiner_temperature=refiner_temperature
+    )
     return ((vqvae.decode_fhat(f_hat).float() + 1) / 2).clamp_(0, 1)

@@ -36,6 +36,7 @@ What we do instead (spec varsr.md section 10, "decoder tiling (GroupNorm-aware)"
 Peak memory: the global-stage tensors plus one (tile + 2 halo)^2 tile at full resolution plus the
 output image; independent of how many tiles there are.
 """
+
 from __future__ import annotations
 
 import math
@@ -90,7 +91,7 @@ class _TileRun:
         if self.m.collect is None or self.m.collect == k:
             f = H // self.lat_hw[0]  # pixels per latent cell at this layer
             t0, t1, l0, l1 = self.core
-            self.m.add(k, xf[..., t0 * f:t1 * f, l0 * f:l1 * f].reshape(B, G, -1).double())
+            self.m.add(k, xf[..., t0 * f : t1 * f, l0 * f : l1 * f].reshape(B, G, -1).double())
             if self.m.collect == k:
                 raise _Stop
         if k >= len(self.m.stats):
@@ -135,7 +136,7 @@ def attention_chunked(attn, x: torch.Tensor, max_bytes: int = 2**30) -> torch.Te
     N = H * W
     q, k, v = (t.transpose(1, 2)[:, None] for t in attn.qkv(attn.norm(x)).reshape(B, 3, C, N).unbind(1))
     step = max(1, max_bytes // (4 * N * B))
-    out = torch.cat([F.scaled_dot_product_attention(q[:, :, s:s + step], k, v) for s in range(0, N, step)], dim=2)
+    out = torch.cat([F.scaled_dot_product_attention(q[:, :, s : s + step], k, v) for s in range(0, N, step)], dim=2)
     return x + attn.proj_out(out[:, 0].transpose(1, 2).reshape(B, C, H, W))
 
 
@@ -166,8 +167,7 @@ def decoder_tiles(H: int, W: int, tile: int) -> list[tuple[int, int, int, int]]:
     return [(t0, t1, l0, l1) for t0, t1 in split_even(H, tile) for l0, l1 in split_even(W, tile)]
 
 
-def _run_pass(vqvae, h: torch.Tensor, tiles, halo: int, moments: _Moments, out: torch.Tensor | None,
-              bar=None) -> None:
+def _run_pass(vqvae, h: torch.Tensor, tiles, halo: int, moments: _Moments, out: torch.Tensor | None, bar=None) -> None:
     H, W = h.shape[-2:]
     for t0, t1, l0, l1 in tiles:
         a0, a1, b0, b1 = max(0, t0 - halo), min(H, t1 + halo), max(0, l0 - halo), min(W, l1 + halo)
@@ -178,8 +178,9 @@ def _run_pass(vqvae, h: torch.Tensor, tiles, halo: int, moments: _Moments, out: 
             img = None
         if out is not None:
             s = img.shape[-2] // (a1 - a0)
-            out[..., t0 * s:t1 * s, l0 * s:l1 * s] = img[..., (t0 - a0) * s:(t1 - a0) * s,
-                                                         (l0 - b0) * s:(l1 - b0) * s].to(out.dtype)
+            out[..., t0 * s : t1 * s, l0 * s : l1 * s] = img[
+                ..., (t0 - a0) * s : (t1 - a0) * s, (l0 - b0) * s : (l1 - b0) * s
+            ].to(out.dtype)
         if bar is not None:
             bar.update(1)
 
@@ -209,8 +210,14 @@ def decoder_stats(vqvae, f_hat: torch.Tensor) -> list:
 
 
 @torch.no_grad()
-def decode_tiled(vqvae, f_hat: torch.Tensor, tile: int = 32, halo: int = DEFAULT_HALO, stats: str | list = "exact",
-                 progress_desc: str | None = "decode tiles") -> torch.Tensor:
+def decode_tiled(
+    vqvae,
+    f_hat: torch.Tensor,
+    tile: int = 32,
+    halo: int = DEFAULT_HALO,
+    stats: str | list = "exact",
+    progress_desc: str | None = "decode tiles",
+) -> torch.Tensor:
     """Latent (B, Cvae, H, W) -> image (B, 3, 16H, 16W) in [-1, 1], decoded in tiles of `tile` cells.
 
     A latent that fits in one tile takes the one-shot `decode_fhat` (bit-identical).  `stats` is

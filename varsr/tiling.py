@@ -20,6 +20,7 @@ larger than the model size on either side):
 `plan_tiles` computes the geometry and a memory/time estimate that is logged before any work, and
 `check_limits` refuses, with one line naming `max_output_pixels`, outputs above the pixel limit.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,13 +70,13 @@ class TilePlan:
 
     lr: tuple[int, int]
     scale: int
-    out: tuple[int, int]          # exactly scale x LR
-    work: tuple[int, int]         # padded canvas in px
-    grid: tuple[int, int]         # latent tokens of the canvas
-    tile: int                     # tokens per tile side (the model's last scale)
+    out: tuple[int, int]  # exactly scale x LR
+    work: tuple[int, int]  # padded canvas in px
+    grid: tuple[int, int]  # latent tokens of the canvas
+    tile: int  # tokens per tile side (the model's last scale)
     rows: list[int]
     cols: list[int]
-    decoder_tile: int             # latent cells per decoder tile side; 0 = one-shot decode
+    decoder_tile: int  # latent cells per decoder tile side; 0 = one-shot decode
     est_bytes: int = 0
 
     @property
@@ -90,14 +91,24 @@ class TilePlan:
 
     def describe(self) -> str:
         (h, w), (H, W), (gh, gw) = self.lr, self.out, self.grid
-        return (f"{w}x{h} -> {W}x{H} ({W * H / 1e6:.1f} Mpx): {len(self.rows)}x{len(self.cols)} = {self.n_tiles} "
-                f"latent tiles of {self.tile}x{self.tile} on a {gw}x{gh} grid, {self.n_decoder_tiles} decoder "
-                f"tile(s); est. peak memory {self.est_bytes / 2**30:.2f} GiB; time ~ {self.n_tiles} x one "
-                f"model-size image (progress per tile below)")
+        return (
+            f"{w}x{h} -> {W}x{H} ({W * H / 1e6:.1f} Mpx): {len(self.rows)}x{len(self.cols)} = {self.n_tiles} "
+            f"latent tiles of {self.tile}x{self.tile} on a {gw}x{gh} grid, {self.n_decoder_tiles} decoder "
+            f"tile(s); est. peak memory {self.est_bytes / 2**30:.2f} GiB; time ~ {self.n_tiles} x one "
+            f"model-size image (progress per tile below)"
+        )
 
 
-def plan_tiles(h: int, w: int, model, vqvae, scale: int = 4, overlap: int | None = None,
-               decoder_tile: int | None = None, tile_batch: int | None = 4) -> TilePlan:
+def plan_tiles(
+    h: int,
+    w: int,
+    model,
+    vqvae,
+    scale: int = 4,
+    overlap: int | None = None,
+    decoder_tile: int | None = None,
+    tile_batch: int | None = 4,
+) -> TilePlan:
     """Tile geometry for an h x w LR and a rough peak-memory estimate (fp32 buffers).
 
     decoder_tile None -> twice the model grid (64 cells = 1024 px for d24); 0 -> one-shot decode.
@@ -114,8 +125,17 @@ def plan_tiles(h: int, w: int, model, vqvae, scale: int = 4, overlap: int | None
     W2, H2 = tiled_size(w, h, scale, S)
     gh, gw = H2 // px, W2 // px
     dtile = 2 * tile if decoder_tile is None else decoder_tile
-    plan = TilePlan((h, w), scale, (h * scale, w * scale), (H2, W2), (gh, gw), tile,
-                    tile_offsets(gh, tile, overlap), tile_offsets(gw, tile, overlap), dtile)
+    plan = TilePlan(
+        (h, w),
+        scale,
+        (h * scale, w * scale),
+        (H2, W2),
+        (gh, gw),
+        tile,
+        tile_offsets(gh, tile, overlap),
+        tile_offsets(gw, tile, overlap),
+        dtile,
+    )
     # image-sized fp32 buffers (LR canvas, decoded canvas, crop, colour-fix reference + temporaries)
     img = 3 * 4 * (5 * H2 * W2 + 3 * plan.out[0] * plan.out[1])
     cvae, dec = vqvae.quantize.cvae, vqvae.decoder
@@ -133,9 +153,11 @@ def check_limits(plan: TilePlan, max_output_pixels: int | None) -> None:
     """One-line refusal when the output is larger than the configured pixel limit."""
     H, W = plan.out
     if max_output_pixels and H * W > max_output_pixels:
-        raise ImageRejected(f"output {W}x{H} = {H * W} px exceeds max_output_pixels={max_output_pixels} "
-                         f"({plan.n_tiles} tiles, est. {plan.est_bytes / 2**30:.1f} GiB); "
-                         f"set max_output_pixels={H * W} to run it anyway")
+        raise ImageRejected(
+            f"output {W}x{H} = {H * W} px exceeds max_output_pixels={max_output_pixels} "
+            f"({plan.n_tiles} tiles, est. {plan.est_bytes / 2**30:.1f} GiB); "
+            f"set max_output_pixels={H * W} to run it anyway"
+        )
 
 
 def pad_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -148,21 +170,59 @@ def pad_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_tiled(model, vqvae, lr: torch.Tensor, scale: int = 4, cfg: float = 7.0, top_k: int = 1,
-                 top_p: float = 0.0, temperature: float = 1.0, generator: torch.Generator | None = None,
-                 color_fix: str | None = "adain", fastvar=None, overlap: int | None = None,
-                 decoder_tile: int | None = None, tile_batch: int | None = 4, refiner_temperature: float = 1.0,
-                 decoder_stats: str = "exact", max_output_pixels: int | None = None,
-                 plan: TilePlan | None = None, log=None) -> torch.Tensor:
+def sample_tiled(
+    model,
+    vqvae,
+    lr: torch.Tensor,
+    scale: int = 4,
+    cfg: float = 7.0,
+    top_k: int = 1,
+    top_p: float = 0.0,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    color_fix: str | None = "adain",
+    fastvar=None,
+    overlap: int | None = None,
+    decoder_tile: int | None = None,
+    tile_batch: int | None = 4,
+    refiner_temperature: float = 1.0,
+    decoder_stats: str = "exact",
+    max_output_pixels: int | None = None,
+    plan: TilePlan | None = None,
+    log=None,
+) -> torch.Tensor:
     """LR (1, 3, h, w) in [0, 1] -> SR (1, 3, scale*h, scale*w) in [0, 1] (label 0; upstream cfg 7)."""
     from common.logging import progress
 
     if lr.dim() == 3:
         lr = lr[None]
     if lr.shape[0] != 1:
-        return torch.cat([sample_tiled(model, vqvae, x[None], scale, cfg, top_k, top_p, temperature, generator,
-                                       color_fix, fastvar, overlap, decoder_tile, tile_batch, refiner_temperature,
-                                       decoder_stats, max_output_pixels, plan, log) for x in lr])
+        return torch.cat(
+            [
+                sample_tiled(
+                    model,
+                    vqvae,
+                    x[None],
+                    scale,
+                    cfg,
+                    top_k,
+                    top_p,
+                    temperature,
+                    generator,
+                    color_fix,
+                    fastvar,
+                    overlap,
+                    decoder_tile,
+                    tile_batch,
+                    refiner_temperature,
+                    decoder_stats,
+                    max_output_pixels,
+                    plan,
+                    log,
+                )
+                for x in lr
+            ]
+        )
     h, w = lr.shape[-2:]
     plan = plan or plan_tiles(h, w, model, vqvae, scale, overlap, decoder_tile, tile_batch)
     check_limits(plan, max_output_pixels)
@@ -176,25 +236,35 @@ def sample_tiled(model, vqvae, lr: torch.Tensor, scale: int = 4, cfg: float = 7.
     wsum = lr.new_zeros(plan.grid, dtype=torch.float32)
     for top in plan.rows:
         for left in plan.cols:
-            wsum[top:top + tile, left:left + tile] += win
+            wsum[top : top + tile, left : left + tile] += win
     acc = None
     step = tile_batch or len(plan.cols)
     bar = progress(total=plan.n_tiles, desc="varsr tiles", leave=False)
     for top in plan.rows:
         for j in range(0, len(plan.cols), step):  # tiles of a row are batched
-            row = plan.cols[j:j + step]
-            crops = torch.cat([canvas[..., top * px:(top + tile) * px, lf * px:(lf + tile) * px] for lf in row])
-            f = generate_fhat(model, vqvae, crops * 2 - 1, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
-                              generator=generator, fastvar=fastvar, refiner_temperature=refiner_temperature)
+            row = plan.cols[j : j + step]
+            crops = torch.cat([canvas[..., top * px : (top + tile) * px, lf * px : (lf + tile) * px] for lf in row])
+            f = generate_fhat(
+                model,
+                vqvae,
+                crops * 2 - 1,
+                cfg=cfg,
+                top_k=top_k,
+                top_p=top_p,
+                temperature=temperature,
+                generator=generator,
+                fastvar=fastvar,
+                refiner_temperature=refiner_temperature,
+            )
             if acc is None:
                 acc = torch.zeros(1, f.shape[1], *plan.grid, device=f.device, dtype=torch.float32)
             for k, lf in enumerate(row):
-                wk = win / wsum[top:top + tile, lf:lf + tile]
-                acc[..., top:top + tile, lf:lf + tile] += f[k:k + 1].float() * wk
+                wk = win / wsum[top : top + tile, lf : lf + tile]
+                acc[..., top : top + tile, lf : lf + tile] += f[k : k + 1].float() * wk
             bar.update(len(row))
     bar.close()
     img = decode_tiled(vqvae, acc, plan.decoder_tile or max(plan.grid), stats=decoder_stats)
-    out = (img.float()[..., :plan.out[0], :plan.out[1]] + 1) / 2
+    out = (img.float()[..., : plan.out[0], : plan.out[1]] + 1) / 2
     return apply_color_fix(out, ref, color_fix).clamp_(0, 1)
 
 
@@ -221,19 +291,47 @@ def restore_image(model, vqvae, img: np.ndarray, cfg, device, generator=None, on
     limit = getattr(cfg, "max_output_pixels", None)
     if cfg.tile == "on" or (cfg.tile == "auto" and max(H, W) > S):
         lr = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float().div(255).to(device)
-        return sample_tiled(model, vqvae, lr, scale=cfg.scale, cfg=cfg.tile_cfg, top_k=cfg.top_k, top_p=cfg.top_p,
-                            temperature=cfg.temperature, generator=generator, color_fix=cfg.color_fix,
-                            fastvar=cfg.fastvar, overlap=cfg.tile_overlap, decoder_tile=cfg.decoder_tile,
-                            refiner_temperature=cfg.refiner_temperature, tile_batch=getattr(cfg, "tile_batch", 4),
-                            decoder_stats=getattr(cfg, "decoder_stats", "exact"), max_output_pixels=limit, log=log)
+        return sample_tiled(
+            model,
+            vqvae,
+            lr,
+            scale=cfg.scale,
+            cfg=cfg.tile_cfg,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            temperature=cfg.temperature,
+            generator=generator,
+            color_fix=cfg.color_fix,
+            fastvar=cfg.fastvar,
+            overlap=cfg.tile_overlap,
+            decoder_tile=cfg.decoder_tile,
+            refiner_temperature=cfg.refiner_temperature,
+            tile_batch=getattr(cfg, "tile_batch", 4),
+            decoder_stats=getattr(cfg, "decoder_stats", "exact"),
+            max_output_pixels=limit,
+            log=log,
+        )
     if limit and H * W > limit:
-        raise ImageRejected(f"output {W}x{H} = {H * W} px exceeds max_output_pixels={limit}; "
-                         f"set max_output_pixels={H * W} to run it anyway")
+        raise ImageRejected(
+            f"output {W}x{H} = {H * W} px exceeds max_output_pixels={limit}; "
+            f"set max_output_pixels={H * W} to run it anyway"
+        )
     x, (hh, ww) = _fit_pad(img, S)
     square = (hh, ww) == (S, S)
-    out = sample_sr(model, vqvae, x.to(device), cfg=cfg.cfg, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator,
-                    color_fix=cfg.color_fix if square else "none", fastvar=cfg.fastvar,
-                    temperature=cfg.temperature, refiner_temperature=cfg.refiner_temperature, on_scale=on_scale)
+    out = sample_sr(
+        model,
+        vqvae,
+        x.to(device),
+        cfg=cfg.cfg,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        generator=generator,
+        color_fix=cfg.color_fix if square else "none",
+        fastvar=cfg.fastvar,
+        temperature=cfg.temperature,
+        refiner_temperature=cfg.refiner_temperature,
+        on_scale=on_scale,
+    )
     if not square:  # colour statistics of the content only, not of the padding
         ref = x[..., :hh, :ww].to(out.device)
         out = apply_color_fix(out[..., :hh, :ww], ref, cfg.color_fix).clamp_(0, 1)

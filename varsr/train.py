@@ -11,6 +11,7 @@ data position, EMA) is checkpointed atomically every N steps and at the next ste
 after SIGTERM/SIGUSR1; a restarted run resumes from the newest checkpoint through the same code.
 Rank 0 owns the run directory, logging (wandb offline + metrics.jsonl) and validation grids.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,14 @@ from common.logging import Tracker, get_logger
 from common.parallel import get_dtype
 from common.train_state import TrainState, has_checkpoint
 from varsr.config import VARSRTrainConfig, check_train_config
-from varsr.data import (BatchMaker, build_train_dataset, build_train_loader, check_c2i_classes, make_val_pairs,
-                        step_generator)
+from varsr.data import (
+    BatchMaker,
+    build_train_dataset,
+    build_train_loader,
+    check_c2i_classes,
+    make_val_pairs,
+    step_generator,
+)
 from varsr.optim import LinearSchedule, build_optimizer, build_scheduler, warmup_steps_for
 from varsr.parallelize import get_full_state, grad_sync, parallelize, unwrap
 
@@ -70,8 +77,9 @@ class Trainer:
         seed_everything(cfg.run.seed, self.rank)  # per-rank streams from here on (drop-path, refiner noise)
         self.model = parallelize(model, cfg.parallel, self.dist)
         o = cfg.optim
-        self.optimizer = build_optimizer(self.model, o.lr, o.betas, o.eps, o.weight_decay,
-                                         tuple(o.no_decay_keys), o.fused)
+        self.optimizer = build_optimizer(
+            self.model, o.lr, o.betas, o.eps, o.weight_decay, tuple(o.no_decay_keys), o.fused
+        )
         self.accum = max(1, int(o.grad_accum))
 
         self.dataset = build_train_dataset(cfg)
@@ -79,23 +87,36 @@ class Trainer:
         self.steps_per_epoch = max(1, math.ceil(len(self.dataset) / global_batch) // self.accum)
         sc = cfg.schedule
         self.total_steps = sc.max_steps or max(1, math.ceil(sc.epochs * self.steps_per_epoch))
-        self.schedule = LinearSchedule(self.total_steps, warmup_steps_for(sc.warmup_epochs, self.steps_per_epoch,
-                                       self.total_steps), sc.warmup_start, sc.flat_fraction, sc.end_ratio)
+        self.schedule = LinearSchedule(
+            self.total_steps,
+            warmup_steps_for(sc.warmup_epochs, self.steps_per_epoch, self.total_steps),
+            sc.warmup_start,
+            sc.flat_fraction,
+            sc.end_ratio,
+        )
         self.scheduler = build_scheduler(self.optimizer, self.schedule)
         p = cfg.precision
         amp = get_dtype(p.dtype)
         self.amp_dtype = None if amp == torch.float32 else amp  # fp32: autocast off
-        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=p.init_scale,
-                                           growth_interval=p.growth_interval, enabled=p.dtype == "fp16")
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, init_scale=p.init_scale, growth_interval=p.growth_interval, enabled=p.dtype == "fp16"
+        )
         self.ema = EMA(unwrap(self.model), cfg.ema.decay, cfg.ema.start_step) if cfg.ema.enabled else None
         self.step, self._val = 0, None
         objects = {"scheduler": self.scheduler, "scaler": self.scaler, **({"ema": self.ema} if self.ema else {})}
-        self.state = TrainState(self.run_dir, self.model, self.optimizer, objects, keep=cfg.checkpoint.keep,
-                                async_save=cfg.checkpoint.async_save)
+        self.state = TrainState(
+            self.run_dir,
+            self.model,
+            self.optimizer,
+            objects,
+            keep=cfg.checkpoint.keep,
+            async_save=cfg.checkpoint.async_save,
+        )
         if resume_from:
             self._resume()
-        self.loader, self.sampler = build_train_loader(self.dataset, cfg, self.world, self.rank,
-                                                       start_micro_batch=self.step * self.accum, device=self.device)
+        self.loader, self.sampler = build_train_loader(
+            self.dataset, cfg, self.world, self.rank, start_micro_batch=self.step * self.accum, device=self.device
+        )
         self.batch_maker = BatchMaker(cfg, self.device)
         self.tracker = Tracker(cfg.run.wandb_project, self.run_dir, config_dict, mode=cfg.run.wandb_mode)
 
@@ -110,8 +131,9 @@ class Trainer:
         if ic.vqvae:
             self._load_vqvae()
         elif not ic.allow_random_vqvae:
-            raise ValueError("init.vqvae (VARSR's VQVAE.pth) is required; set init.allow_random_vqvae=true "
-                             "only for tests/benchmarks")
+            raise ValueError(
+                "init.vqvae (VARSR's VQVAE.pth) is required; set init.allow_random_vqvae=true only for tests/benchmarks"
+            )
         if ic.c2i_official:  # mode=c2i (check_train_config)
             from varsr.official import load_official_c2i
 
@@ -133,15 +155,23 @@ class Trainer:
             seed_everything(self.cfg.run.seed + self.step, self.rank)
         saved_gb = got.extra.get("data", {}).get("global_batch")
         if saved_gb and saved_gb != self.cfg.data.batch_size * self.world:
-            log.warning(f"global batch changed ({saved_gb} -> {self.cfg.data.batch_size * self.world}); "
-                        "the data position is kept in global batches")
+            log.warning(
+                f"global batch changed ({saved_gb} -> {self.cfg.data.batch_size * self.world}); "
+                "the data position is kept in global batches"
+            )
 
     def save(self) -> Path:
         """Collective: every rank writes its shards of ``checkpoints/step_<step>`` (common.train_state)."""
-        return self.state.save(self.step, extra={
-            "data": {"global_batches_consumed": self.step * self.accum,
-                     "global_batch": self.cfg.data.batch_size * self.world},
-            "config": self.config_yaml})
+        return self.state.save(
+            self.step,
+            extra={
+                "data": {
+                    "global_batches_consumed": self.step * self.accum,
+                    "global_batch": self.cfg.data.batch_size * self.world,
+                },
+                "config": self.config_yaml,
+            },
+        )
 
     # -- one optimizer step ---------------------------------------------------------------------
     def train_step(self, batches) -> dict:
@@ -156,11 +186,13 @@ class Trainer:
             gen = step_generator(self.device, cfg.run.seed, self.rank, self.step, micro)
             hr, lr, label = self.batch_maker(batch, gen)  # lr is None in c2i mode
             with grad_sync(self.model, micro == self.accum - 1):
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                    enabled=self.amp_dtype is not None):
+                with torch.autocast(
+                    self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+                ):
                     # c2i: label dropout draws from `gen` (keyed by step) -> resume-exact; sr: no draws
-                    loss, stats = varsr_loss(self.model, self.vqvae, hr, lr, label, diff_weight=cfg.loss.diff_weight,
-                                             generator=gen)
+                    loss, stats = varsr_loss(
+                        self.model, self.vqvae, hr, lr, label, diff_weight=cfg.loss.diff_weight, generator=gen
+                    )
                 self.scaler.scale(loss / self.accum).backward()
             for k, v in {"loss": loss.detach(), **stats}.items():
                 totals[k] = totals.get(k, 0.0) + v.float() / self.accum
@@ -270,7 +302,7 @@ class Trainer:
             classes, k = self._val_classes(), max(1, v.samples_per_class)
             labels = torch.tensor(classes, device=self.device).repeat_interleave(k)
             imgs = self._sample_eval(model, lambda g: sample_c2i(model, self.vqvae, labels, cfg=v.cfg, generator=g))
-            rows, heads = [list(imgs[i * k:(i + 1) * k].cpu()) for i in range(len(classes))], None
+            rows, heads = [list(imgs[i * k : (i + 1) * k].cpu()) for i in range(len(classes))], None
         else:
             from common.metrics import psnr_y
             from varsr.sample import sample_sr
@@ -311,8 +343,10 @@ class Trainer:
             ema = None if collective else self.ema  # the gathered copy already holds the EMA weights
             with eval_weights(ema, model, self.cfg.ema.use_for_eval):
                 export_official(model, self.vqvae, path)
-            log.info(f"exported official-layout weights to {path}"
-                     + (" (EMA)" if self.ema is not None and self.cfg.ema.use_for_eval else ""))
+            log.info(
+                f"exported official-layout weights to {path}"
+                + (" (EMA)" if self.ema is not None and self.cfg.ema.use_for_eval else "")
+            )
         barrier()
         return path
 

@@ -9,6 +9,7 @@ tokens stay those VARSR predicts. Perceptual/GAN terms of VAR's recipe are not r
 The result is written in the official layout ({'trainer': {'vae_local': state_dict}}), which
 `varsr.official.load_official_vqvae` reads strictly, so it drops in for VQVAE.pth.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -48,8 +49,9 @@ def export_vqvae(vqvae: VQVAE, path) -> Path:
     sd = {k: v.detach().cpu().contiguous() for k, v in vqvae.state_dict().items()}
     if str(path).endswith(".safetensors"):
         prefix = "/".join(VAE_KEY) + "/"
-        return save_safetensors_atomic({prefix + k: v for k, v in sd.items()}, path,
-                                       metadata={"format": "varsr-official"})
+        return save_safetensors_atomic(
+            {prefix + k: v for k, v in sd.items()}, path, metadata={"format": "varsr-official"}
+        )
     return atomic_save({VAE_KEY[0]: {VAE_KEY[1]: sd}}, path)
 
 

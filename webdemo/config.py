@@ -17,8 +17,13 @@ TINY_VARSR = "runs/demo/varsr/export/VARSR.pth"
 TINY_PURE = "runs/demo/pure/export"
 
 
-@checks(port=between(0, 65535), max_upload_mb=Rule(lambda v: v > 0, "> 0"), max_input_pixels=at_least(1),
-        queue_size=at_least(1), device=DEVICE)
+@checks(
+    port=between(0, 65535),
+    max_upload_mb=Rule(lambda v: v > 0, "> 0"),
+    max_input_pixels=at_least(1),
+    queue_size=at_least(1),
+    device=DEVICE,
+)
 @dataclass
 class WebDemoConfig:
     """Web demo server. Add real weights with e.g.

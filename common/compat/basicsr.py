@@ -11,6 +11,7 @@ import time of this module: call :func:`get_basicsr` or one of the accessors bel
 is used as an *oracle* in tests (filter2D, USMSharp, DiffJPEG, noise, kernels, PSNR/SSIM,
 NIQE) and by metric code; our own degradation pipeline does not depend on it.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -44,8 +45,9 @@ def get_basicsr():
     try:
         return importlib.import_module("basicsr")
     except ImportError as exc:  # one clear line instead of a deep traceback
-        raise ImportError(f"basicsr could not be imported ({exc}); install basicsr==1.4.2 "
-                          "with --no-build-isolation after torch") from None
+        raise ImportError(
+            f"basicsr could not be imported ({exc}); install basicsr==1.4.2 with --no-build-isolation after torch"
+        ) from None
 
 
 def _submodule(name: str):

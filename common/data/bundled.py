@@ -6,6 +6,7 @@ every pipeline can run end to end on a machine that cannot download anything. Ex
 purpose: ``moon`` and ``stereo_motorcycle`` (licence not stated) and the pooch-fetched images
 (need the network).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,7 +48,7 @@ def fit_square(img: np.ndarray, size: int) -> np.ndarray:
         img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.LANCZOS))
         h, w = img.shape[:2]
     top, left = (h - size) // 2, (w - size) // 2
-    return np.ascontiguousarray(img[top:top + size, left:left + size])
+    return np.ascontiguousarray(img[top : top + size, left : left + size])
 
 
 def write_bundled_dataset(out_dir, size: int = 512) -> Path:

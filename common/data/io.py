@@ -6,6 +6,7 @@ file.  Training sets (LSDIR, FFHQ, IQA negatives scraped from the web) contain g
 RGBA, 16-bit and CMYK files; converting them here means no dataset worker ever crashes on
 one, and the conversions are the same everywhere (training, evaluation, data prep).
 """
+
 from __future__ import annotations
 
 import warnings

@@ -7,6 +7,7 @@
 - VARSR negatives: τ = min(score) + s·max(score), keep score < τ (common.md §2.5);
 - one-off resizing (FFHQ 1024 -> 512).
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,7 +23,15 @@ from common.data.io import BadImageError, image_size, read_image, write_image
 from common.data.sources import natural_key, walk_images
 
 # VARSR `dataloader/localdataset_lpm.py` factors s per IQA dataset (common.md §2.5).
-NEGATIVE_S = {"spaq": 0.4, "koniq10k": 0.6, "clive": 0.6, "kadid10k": 0.6, "flive": 0.6, "flive_patches": 0.5, "ava": 0.32}
+NEGATIVE_S = {
+    "spaq": 0.4,
+    "koniq10k": 0.6,
+    "clive": 0.6,
+    "kadid10k": 0.6,
+    "flive": 0.6,
+    "flive_patches": 0.5,
+    "ava": 0.32,
+}
 _SUFFIX = re.compile(r"[_-](hr|gt|lr\d*|lq|x\d+)$", re.IGNORECASE)
 
 
@@ -33,6 +42,7 @@ def pair_key(stem: str) -> str:
 
 def match_pairs(hr_files, lr_files) -> list[tuple[str, Path, Path]]:
     """``[(key, hr, lr)]`` by `pair_key`; unmatched or ambiguous files raise naming them."""
+
     def index(files, what):
         out: dict[str, Path] = {}
         for f in files:
@@ -65,8 +75,9 @@ def place(src: Path, dst: Path, mode: str = "copy") -> None:
         shutil.copyfile(src, dst)
 
 
-def prepare_paired_set(hr_dir, lr_dir, out_dir, name: str, scale: int = 4, expected: int | None = None,
-                       mode: str = "copy") -> int:
+def prepare_paired_set(
+    hr_dir, lr_dir, out_dir, name: str, scale: int = 4, expected: int | None = None, mode: str = "copy"
+) -> int:
     """Write ``out_dir/name/{HR,LR}/<key>.png``; checks HR == scale x LR for every pair."""
     pairs = match_pairs(walk_images(hr_dir), walk_images(lr_dir))
     for key, hr, lr in pairs:
@@ -140,4 +151,3 @@ def resize_folder(src_dir, out_dir, size: int, limit: int | None = None) -> list
     if bad:
         print(f"{bad} unreadable file(s) skipped")
     return written
-

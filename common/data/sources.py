@@ -4,6 +4,7 @@ Each `ImageSource` resolves to a sorted list of ``(path, label)``; `HRTrainDatas
 (train_sets.py) mixes several of them.  Listing never opens an image (84,991 LSDIR PNGs would
 take minutes): bad files are dealt with when they are read.
 """
+
 from __future__ import annotations
 
 import csv

@@ -6,6 +6,7 @@ scripts write identical names into ``<set>/LR`` and ``<set>/HR``. Any missing, d
 extra file is reported by name before a single image is read, because a silently shorter
 evaluation set gives numbers that cannot be compared.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,8 +43,9 @@ def _names(xs, k: int = 5) -> str:
     return ", ".join(xs[:k]) + (f" ... (+{len(xs) - k} more)" if len(xs) > k else "")
 
 
-def pair_files(a_dir, b_dir, a_what: str = "lr_dir", b_what: str = "hr_dir",
-               allow_extra_b: bool = False) -> list[tuple[str, Path, Path]]:
+def pair_files(
+    a_dir, b_dir, a_what: str = "lr_dir", b_what: str = "hr_dir", allow_extra_b: bool = False
+) -> list[tuple[str, Path, Path]]:
     """``[(stem, a_path, b_path)]`` natural-sorted; raises `PairingError` naming the unmatched files.
 
     allow_extra_b: files only in ``b_dir`` are tolerated (e.g. evaluating a subset of outputs
@@ -53,12 +55,14 @@ def pair_files(a_dir, b_dir, a_what: str = "lr_dir", b_what: str = "hr_dir",
     b = list_images_by_stem(b_dir, b_what)
     missing = set(a) - set(b)
     if missing:
-        raise PairingError(f"{len(missing)} file(s) in {a_what} {a_dir} have no counterpart in "
-                           f"{b_what} {b_dir}: {_names(missing)}")
+        raise PairingError(
+            f"{len(missing)} file(s) in {a_what} {a_dir} have no counterpart in {b_what} {b_dir}: {_names(missing)}"
+        )
     extra = set(b) - set(a)
     if extra and not allow_extra_b:
-        raise PairingError(f"{len(extra)} file(s) in {b_what} {b_dir} have no counterpart in "
-                           f"{a_what} {a_dir}: {_names(extra)}")
+        raise PairingError(
+            f"{len(extra)} file(s) in {b_what} {b_dir} have no counterpart in {a_what} {a_dir}: {_names(extra)}"
+        )
     return [(s, a[s], b[s]) for s in sorted(a, key=natural_key)]
 
 
@@ -90,9 +94,13 @@ class PairedFolder(Dataset):
         item = {"name": name, "lr": to_tensor(lr)}
         if hr_path is not None:
             hr = read_image(hr_path)
-            if self.scale is not None and (hr.shape[0] != lr.shape[0] * self.scale or hr.shape[1] != lr.shape[1] * self.scale):
-                raise PairingError(f"{name}: HR {hr.shape[1]}x{hr.shape[0]} ({hr_path}) is not {self.scale}x "
-                                   f"LR {lr.shape[1]}x{lr.shape[0]} ({lr_path})")
+            if self.scale is not None and (
+                hr.shape[0] != lr.shape[0] * self.scale or hr.shape[1] != lr.shape[1] * self.scale
+            ):
+                raise PairingError(
+                    f"{name}: HR {hr.shape[1]}x{hr.shape[0]} ({hr_path}) is not {self.scale}x "
+                    f"LR {lr.shape[1]}x{lr.shape[0]} ({lr_path})"
+                )
             item["hr"] = to_tensor(hr)
         return item
 

@@ -11,12 +11,13 @@ whole copies plus a random remainder when ratio > 1), shuffled together with a p
 seeded by ``(seed, e)``. Call `set_epoch` before each epoch, and use ``persistent_workers=False``
 (workers then pick up the new plan) or let the sampler shuffle (the plan is still fixed per epoch).
 """
+
 from __future__ import annotations
 
 import logging
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -47,8 +48,9 @@ def resize_shorter(img: np.ndarray, target: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((nw, nh), Image.LANCZOS))
 
 
-def crop_image(img: np.ndarray, size: int, mode: str, rng: np.random.Generator,
-               resize_to: int | None = None) -> np.ndarray:
+def crop_image(
+    img: np.ndarray, size: int, mode: str, rng: np.random.Generator, resize_to: int | None = None
+) -> np.ndarray:
     """Square ``size`` crop of ``img`` (uint8 HWC) by ``mode`` (see CROP_MODES)."""
     if mode not in CROP_MODES:
         raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {mode!r}")
@@ -61,7 +63,7 @@ def crop_image(img: np.ndarray, size: int, mode: str, rng: np.random.Generator,
         top, left = (h - size) // 2, (w - size) // 2
     else:
         top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-    return img[top:top + size, left:left + size]
+    return img[top : top + size, left : left + size]
 
 
 def mixing_plan(sizes: Sequence[int], ratios: Sequence[float], seed: int, epoch: int) -> np.ndarray:
@@ -93,9 +95,17 @@ class HRTrainDataset(Dataset):
     index is drawn deterministically and the reason counted in ``bad_counts`` (per process).
     """
 
-    def __init__(self, sources: Sequence[ImageSource], crop_size: int = 512, crop_mode: str = "random",
-                 resize_shorter_to: int | None = None, hflip: bool = True, min_size: int | None = None,
-                 kernel_sampler=None, seed: int = 0):
+    def __init__(
+        self,
+        sources: Sequence[ImageSource],
+        crop_size: int = 512,
+        crop_mode: str = "random",
+        resize_shorter_to: int | None = None,
+        hflip: bool = True,
+        min_size: int | None = None,
+        kernel_sampler=None,
+        seed: int = 0,
+    ):
         if crop_mode not in CROP_MODES:
             raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {crop_mode!r}")
         if not sources:
@@ -130,8 +140,9 @@ class HRTrainDataset(Dataset):
         self.bad_counts[reason] += 1
         n = sum(self.bad_counts.values())
         if n & (n - 1) == 0:  # 1, 2, 4, 8, ...: a summary, not one line per file
-            log.warning("skipped %d bad training images so far %s; latest: %s (%s)",
-                        n, dict(self.bad_counts), path, reason)
+            log.warning(
+                "skipped %d bad training images so far %s; latest: %s (%s)", n, dict(self.bad_counts), path, reason
+            )
 
     def _load(self, src_i: int, local: int, rng: np.random.Generator):
         path, label = self.items[src_i][local]
@@ -162,8 +173,10 @@ class HRTrainDataset(Dataset):
             if self.kernel_sampler is not None:
                 item["kernels"] = self.kernel_sampler(rng)
             return item
-        raise RuntimeError(f"{_MAX_ATTEMPTS} consecutive bad images drawn from source "
-                           f"{self.sources[src_i].name}; is its root right? counts: {dict(self.bad_counts)}")
+        raise RuntimeError(
+            f"{_MAX_ATTEMPTS} consecutive bad images drawn from source "
+            f"{self.sources[src_i].name}; is its root right? counts: {dict(self.bad_counts)}"
+        )
 
 
 def collate_train(batch: list[dict]) -> dict:

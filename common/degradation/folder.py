@@ -8,12 +8,12 @@ and one line of ``out_dir/params.jsonl``.  Each image's crop, kernels and random
 from (seed, image index) alone, so a file's pair does not depend on batching or on which other
 files were readable.  Unreadable and too-small files are skipped and counted.
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -38,10 +38,10 @@ class DegradeConfig:
     out_dir: str = "???"  # output folder: HR/, LR/, params.jsonl
     degradation: DegradationConfig = field(default_factory=DegradationConfig)  # preset (config group)
     seed: int = 0  # with the image index, determines crop, kernels and every random choice
-    crop: Optional[int] = None  # None: whole image trimmed to a multiple of scale; N: random N x N crop
+    crop: int | None = None  # None: whole image trimmed to a multiple of scale; N: random N x N crop
     batch_size: int = 8  # images degraded together (only images of equal size are batched)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
-    limit: Optional[int] = None  # process at most this many files (after sorting)
+    limit: int | None = None  # process at most this many files (after sorting)
     min_size: int = 64  # skip images whose shorter side (after trimming) is below this
     progress: bool = True  # show a progress bar
     skip_existing: bool = False  # keep pairs already in out_dir (and their params.jsonl lines): resume
@@ -54,14 +54,14 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _prepare(img: np.ndarray, crop: Optional[int], scale: int, rng: np.random.Generator):
+def _prepare(img: np.ndarray, crop: int | None, scale: int, rng: np.random.Generator):
     """Random crop (training style) or trim to a multiple of ``scale``; returns (array, [top, left])."""
     h, w = img.shape[:2]
     if crop is not None:
         if h < crop or w < crop:
             return None, None
         top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
-        return img[top:top + crop, left:left + crop], [top, left]
+        return img[top : top + crop, left : left + crop], [top, left]
     return img[: h - h % scale, : w - w % scale], [0, 0]
 
 
@@ -110,8 +110,7 @@ def degrade_folder(cfg: DegradeConfig) -> dict:
         files = files[: cfg.limit]
     names = _output_names(files)
     old = _old_records(out / "params.jsonl")
-    done = check_existing(out, {n: [f"HR/{n}", f"LR/{n}"] for n in names}, "out_dir", cfg.skip_existing,
-                          cfg.overwrite)
+    done = check_existing(out, {n: [f"HR/{n}", f"LR/{n}"] for n in names}, "out_dir", cfg.skip_existing, cfg.overwrite)
     done &= set(old)  # a pair without its record is redone
     device = _resolve_device(cfg.device)
     sampler, degrader = KernelSampler(dcfg), Degrader(dcfg)
@@ -134,8 +133,13 @@ def degrade_folder(cfg: DegradeConfig) -> dict:
         for i, item in enumerate(pending):
             write_image(out / "HR" / item["name"], res.gt[i].clamp(0, 1).cpu())  # temp name + rename
             write_image(out / "LR" / item["name"], res.lq[i].cpu())
-            record = {"name": item["name"], "source": str(item["path"].relative_to(hr_dir)),
-                      "crop": item["crop"], "hr_size": list(gt.shape[-2:]), **res.params[i]}
+            record = {
+                "name": item["name"],
+                "source": str(item["path"].relative_to(hr_dir)),
+                "crop": item["crop"],
+                "hr_size": list(gt.shape[-2:]),
+                **res.params[i],
+            }
             records[item["name"]] = json.dumps(record)
         counts["written"] += len(pending)
         pending.clear()
@@ -153,8 +157,15 @@ def degrade_folder(cfg: DegradeConfig) -> dict:
             continue
         gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
         kernels = sampler(rng)
-        item = {"name": name, "path": path, "crop": crop_at, "gt": to_tensor(arr), "kernels": kernels,
-                "gen": gen, "params": degrader.sample_params(1, gen, [kernels["params"]])[0]}
+        item = {
+            "name": name,
+            "path": path,
+            "crop": crop_at,
+            "gt": to_tensor(arr),
+            "kernels": kernels,
+            "gen": gen,
+            "params": degrader.sample_params(1, gen, [kernels["params"]])[0],
+        }
         if pending and (pending[0]["gt"].shape != item["gt"].shape or len(pending) >= cfg.batch_size):
             flush()
         pending.append(item)
@@ -162,7 +173,9 @@ def degrade_folder(cfg: DegradeConfig) -> dict:
     lines = [records[n] for n in names if n in records]  # input order, whatever was redone
     atomic_write_bytes(out / "params.jsonl", "".join(line + "\n" for line in lines).encode())
     counts["bad"] = len(skips.skipped)
-    summary = skips.finish(counts["written"] + counts["existing"], gather=False,
-                           extra=f" into {out} ({counts['written']} new, {counts['existing']} kept, "
-                                 f"{counts['too_small']} too small)")
+    summary = skips.finish(
+        counts["written"] + counts["existing"],
+        gather=False,
+        extra=f" into {out} ({counts['written']} new, {counts['existing']} kept, {counts['too_small']} too small)",
+    )
     return {**counts, "skipped": summary["skipped"], "skipped_files": summary["skipped_files"]}

@@ -5,10 +5,12 @@ stage) and ``sinc_kernel`` (final low-pass or identity pulse), all float32 21x21
 scalar parameters that produced them (spec common.md §1.2).  The kernel formulas are public
 functions so tests can compare them with basicsr's ``bivariate_*`` / ``circular_lowpass_kernel``.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,8 +35,9 @@ def _quad_form(ks: int, sigma_x: float, sigma_y: float, theta: float) -> np.ndar
     return inv[0, 0] * xx * xx + (inv[0, 1] + inv[1, 0]) * xx * yy + inv[1, 1] * yy * yy
 
 
-def mixed_kernel(family: str, ks: int, sigma_x: float, sigma_y: float, theta: float,
-                 beta: float | None = None) -> np.ndarray:
+def mixed_kernel(
+    family: str, ks: int, sigma_x: float, sigma_y: float, theta: float, beta: float | None = None
+) -> np.ndarray:
     """One normalised ks x ks kernel of the given family (isotropic families ignore sigma_y/theta)."""
     if family.endswith("iso") and not family.endswith("aniso"):
         sigma_y, theta = sigma_x, 0.0
@@ -88,8 +91,15 @@ class KernelSampler:
         c = self.cfg
         sfx = "" if stage == 1 else "2"
         ks = int(rng.choice(c.kernel_range))
-        p: dict[str, Any] = {"family": None, "size": ks, "sigma_x": None, "sigma_y": None,
-                             "theta": None, "beta": None, "omega_c": None}
+        p: dict[str, Any] = {
+            "family": None,
+            "size": ks,
+            "sigma_x": None,
+            "sigma_y": None,
+            "theta": None,
+            "beta": None,
+            "omega_c": None,
+        }
         if rng.uniform() < getattr(c, "sinc_prob" + sfx):
             # Small kernels get a higher minimum cutoff so the sinc does not ring across the whole support.
             lo = math.pi / 3 if ks < 13 else math.pi / 5
@@ -125,8 +135,12 @@ class KernelSampler:
             ps = {"family": "identity", "size": 1, "omega_c": None}
             k3 = identity_kernel(size)
         as_t = lambda k: torch.from_numpy(pad_kernel(k, size).astype(np.float32))  # noqa: E731
-        return {"kernel1": as_t(k1), "kernel2": as_t(k2), "sinc_kernel": as_t(k3),
-                "params": {"kernel1": p1, "kernel2": p2, "sinc": ps}}
+        return {
+            "kernel1": as_t(k1),
+            "kernel2": as_t(k2),
+            "sinc_kernel": as_t(k3),
+            "params": {"kernel1": p1, "kernel2": p2, "sinc": ps},
+        }
 
 
 KERNEL_KEYS = ("kernel1", "kernel2", "sinc_kernel")

@@ -7,11 +7,12 @@ support and large ones (incl. USM's 51x51) run as FFT products, JPEG's colour tr
 elementwise instead of K=3 matmuls, and the Poisson "number of distinct values" is one
 bincount for the batch.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -31,9 +32,9 @@ def crop_kernel_support(kernels: torch.Tensor) -> torch.Tensor:
     nz = (kernels.reshape(-1, k, k) != 0).any(0)
     rows, cols = nz.any(1).nonzero(), nz.any(0).nonzero()
     if rows.numel() == 0:
-        return kernels[..., c:c + 1, c:c + 1]
+        return kernels[..., c : c + 1, c : c + 1]
     half = int(max((rows - c).abs().max(), (cols - c).abs().max()))
-    return kernels[..., c - half:c + half + 1, c - half:c + half + 1]
+    return kernels[..., c - half : c + half + 1, c - half : c + half + 1]
 
 
 def _pad(x: torch.Tensor, p: tuple[int, int, int, int]) -> torch.Tensor:
@@ -73,7 +74,7 @@ def _fft_correlate(xp: torch.Tensor, kernels: torch.Tensor, h: int, w: int) -> t
     size = (_fft_size(xp.shape[-2]), _fft_size(xp.shape[-1]))
     spec_k = torch.fft.rfft2(kernels.flip(-1, -2), s=size)
     y = torch.fft.irfft2(torch.fft.rfft2(xp, s=size) * spec_k[:, None], s=size)
-    return y[..., k - 1:k - 1 + h, k - 1:k - 1 + w].contiguous()
+    return y[..., k - 1 : k - 1 + h, k - 1 : k - 1 + w].contiguous()
 
 
 def filter2d(x: torch.Tensor, kernels: torch.Tensor, method: str = "auto") -> torch.Tensor:
@@ -134,8 +135,13 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).to(x.dtype)
 
 
-def gaussian_noise(x: torch.Tensor, sigma: torch.Tensor, gray: Sequence[bool],
-                   gens: Sequence[torch.Generator], shared_gray: bool = False) -> torch.Tensor:
+def gaussian_noise(
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    gray: Sequence[bool],
+    gens: Sequence[torch.Generator],
+    shared_gray: bool = False,
+) -> torch.Tensor:
     """Noise field N(0, (sigma/255)^2) per sample; gray samples get one channel broadcast to RGB.
 
     ``gens[i]`` drives sample i.  ``shared_gray`` reproduces the official batched quirk: one
@@ -148,7 +154,11 @@ def gaussian_noise(x: torch.Tensor, sigma: torch.Tensor, gray: Sequence[bool],
     fields = []
     for i in range(b):
         if gray[i]:
-            f = shared if shared is not None else torch.randn(1, h, w, generator=gens[i], device=x.device, dtype=x.dtype)
+            f = (
+                shared
+                if shared is not None
+                else torch.randn(1, h, w, generator=gens[i], device=x.device, dtype=x.dtype)
+            )
             fields.append(f.expand(c, h, w))
         else:
             fields.append(torch.randn(c, h, w, generator=gens[i], device=x.device, dtype=x.dtype))
@@ -165,8 +175,9 @@ def _distinct_levels(q8: torch.Tensor) -> torch.Tensor:
     return torch.exp2(torch.ceil(torch.log2(n)))
 
 
-def poisson_noise(x: torch.Tensor, scale: torch.Tensor, gray: Sequence[bool],
-                  gens: Sequence[torch.Generator]) -> torch.Tensor:
+def poisson_noise(
+    x: torch.Tensor, scale: torch.Tensor, gray: Sequence[bool], gens: Sequence[torch.Generator]
+) -> torch.Tensor:
     """basicsr Poisson noise: on the 8-bit-quantised image (or its luminance for gray samples),
     noise = Poisson(x v) / v - x with v = 2^ceil(log2(#distinct values)), times ``scale``."""
     b, c, h, w = x.shape
@@ -189,9 +200,16 @@ def poisson_noise(x: torch.Tensor, scale: torch.Tensor, gray: Sequence[bool],
 
 # ----------------------------------------------------------------------------- JPEG
 
-_STD_Y = [[16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55], [14, 13, 16, 24, 40, 57, 69, 56],
-          [14, 17, 22, 29, 51, 87, 80, 62], [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
-          [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]]
+_STD_Y = [
+    [16, 11, 10, 16, 24, 40, 51, 61],
+    [12, 12, 14, 19, 26, 58, 60, 55],
+    [14, 13, 16, 24, 40, 57, 69, 56],
+    [14, 17, 22, 29, 51, 87, 80, 62],
+    [18, 22, 37, 56, 68, 109, 103, 77],
+    [24, 35, 55, 64, 81, 104, 113, 92],
+    [49, 64, 78, 87, 103, 121, 120, 101],
+    [72, 92, 95, 98, 112, 100, 103, 99],
+]
 _STD_C4 = [[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]]
 _JPEG_CACHE: dict = {}
 
@@ -212,10 +230,13 @@ def _jpeg_consts(device: torch.device) -> dict:
         alpha = np.array([1.0 / np.sqrt(2)] + [1.0] * 7)
         t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32)).to(device)  # noqa: E731
         _JPEG_CACHE[key] = {
-            "y": t(y), "c": t(cq), "fwd": t(fwd), "inv": t(inv),
-            "scale": t(np.outer(alpha, alpha) * 0.25), "alpha": t(np.outer(alpha, alpha)),
-            "rgb2ycc": t(np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5],
-                                   [0.5, -0.418688, -0.081312]]).T),
+            "y": t(y),
+            "c": t(cq),
+            "fwd": t(fwd),
+            "inv": t(inv),
+            "scale": t(np.outer(alpha, alpha) * 0.25),
+            "alpha": t(np.outer(alpha, alpha)),
+            "rgb2ycc": t(np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]).T),
             "ycc2rgb": t(np.array([[1.0, 0.0, 1.402], [1, -0.344136, -0.714136], [1, 1.772, 0]]).T),
             "shift": t([0.0, 128.0, 128.0]),
         }
@@ -266,8 +287,11 @@ def jpeg(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     cbcr = F.avg_pool2d(ycc[:, 1:], kernel_size=2, stride=2)
     factor = quality_to_factor(quality.to(x.device)).view(b, 1, 1, 1)
     ty, tc = cst["y"] * factor, cst["c"] * factor  # (b,1,8,8) like DiffJPEG's expanded tables
-    planes = [(_blocks(y), ty, H, W), (_blocks(cbcr[:, 0]), tc, H // 2, W // 2),
-              (_blocks(cbcr[:, 1]), tc, H // 2, W // 2)]
+    planes = [
+        (_blocks(y), ty, H, W),
+        (_blocks(cbcr[:, 0]), tc, H // 2, W // 2),
+        (_blocks(cbcr[:, 1]), tc, H // 2, W // 2),
+    ]
     rec = []
     for blk, table, ht, wd in planes:
         coef = cst["scale"] * torch.tensordot(blk - 128, cst["fwd"], dims=2)

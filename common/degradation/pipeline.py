@@ -22,11 +22,12 @@ gaussian|poisson, ``noise_sigma`` (8-bit units) or ``poisson_scale``, ``gray_noi
 (``order`` resize_sinc_jpeg|jpeg_resize_sinc, ``resize_mode``, ``jpeg_quality``);
 ``resize_back_mode`` (None unless cfg.resize_back).
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,13 +38,45 @@ from .kernels import sample_kernels
 from .presets import DegradationConfig
 
 # Column of each per-image uniform draw. Fixed so a seed means the same thing across versions.
-_U = {name: i for i, name in enumerate((
-    "updown1", "scale1", "mode1", "noise1", "amount1", "gray1", "jpeg1",
-    "blur2", "updown2", "scale2", "mode2", "noise2", "amount2", "gray2",
-    "order", "mode_final", "jpeg2", "mode_back"))}
+_U = {
+    name: i
+    for i, name in enumerate(
+        (
+            "updown1",
+            "scale1",
+            "mode1",
+            "noise1",
+            "amount1",
+            "gray1",
+            "jpeg1",
+            "blur2",
+            "updown2",
+            "scale2",
+            "mode2",
+            "noise2",
+            "amount2",
+            "gray2",
+            "order",
+            "mode_final",
+            "jpeg2",
+            "mode_back",
+        )
+    )
+}
 # Choices the official batched code draws once per batch (spec §1.3 "randomness granularity").
-_PER_BATCH = ("updown1", "scale1", "mode1", "noise1", "blur2", "updown2", "scale2", "mode2", "noise2",
-              "order", "mode_final")
+_PER_BATCH = (
+    "updown1",
+    "scale1",
+    "mode1",
+    "noise1",
+    "blur2",
+    "updown2",
+    "scale2",
+    "mode2",
+    "noise2",
+    "order",
+    "mode_final",
+)
 ORDERS = ("resize_sinc_jpeg", "jpeg_resize_sinc")
 
 
@@ -74,7 +107,7 @@ def _map_groups(xs: list[torch.Tensor], key: Callable[[int], tuple], fn) -> list
     for idx in groups.values():
         y = fn(torch.cat([xs[i] for i in idx]) if len(idx) > 1 else xs[idx[0]], idx)
         for j, i in enumerate(idx):
-            out[i] = y[j:j + 1]
+            out[i] = y[j : j + 1]
     return out
 
 
@@ -98,15 +131,18 @@ class Degrader:
         gaussian = bool(u[_U[f"noise{n}"]] < getattr(c, "gaussian_noise_prob" + sfx))
         amount = u[_U[f"amount{n}"]]
         return {
-            "resize": kind, "resize_scale": scale, "resize_mode": _pick(u[_U[f"mode{n}"]], c.resize_modes),
+            "resize": kind,
+            "resize_scale": scale,
+            "resize_mode": _pick(u[_U[f"mode{n}"]], c.resize_modes),
             "noise": "gaussian" if gaussian else "poisson",
             "noise_sigma": _uniform(amount, getattr(c, "noise_range" + sfx)) if gaussian else None,
             "poisson_scale": None if gaussian else _uniform(amount, getattr(c, "poisson_scale_range" + sfx)),
             "gray_noise": bool(u[_U[f"gray{n}"]] < getattr(c, "gray_noise_prob" + sfx)),
         }
 
-    def sample_params(self, batch: int, generator: torch.Generator | None = None,
-                      kernel_params: Sequence[dict] | None = None) -> list[dict]:
+    def sample_params(
+        self, batch: int, generator: torch.Generator | None = None, kernel_params: Sequence[dict] | None = None
+    ) -> list[dict]:
         """Draw every random choice for ``batch`` images from ``generator`` (on any device)."""
         c = self.cfg
         if generator is None:  # convenience only: derive a seed from torch's global RNG
@@ -125,11 +161,18 @@ class Degrader:
             s1["jpeg_quality"] = _uniform(u[i, _U["jpeg1"]], c.jpeg_range)
             s2 = {"blur": bool(u[i, _U["blur2"]] < c.second_blur_prob), **s2}
             p = {
-                "preset": c.name, "scale": c.scale, "usm_gt": c.usm_gt, "per_batch_compat": c.per_batch_compat,
-                "noise_seed": int(seeds[i]), "stage1": s1, "stage2": s2,
-                "final": {"order": ORDERS[0] if u[i, _U["order"]] < c.final_order_prob else ORDERS[1],
-                          "resize_mode": _pick(u[i, _U["mode_final"]], c.resize_modes),
-                          "jpeg_quality": _uniform(u[i, _U["jpeg2"]], c.jpeg_range2)},
+                "preset": c.name,
+                "scale": c.scale,
+                "usm_gt": c.usm_gt,
+                "per_batch_compat": c.per_batch_compat,
+                "noise_seed": int(seeds[i]),
+                "stage1": s1,
+                "stage2": s2,
+                "final": {
+                    "order": ORDERS[0] if u[i, _U["order"]] < c.final_order_prob else ORDERS[1],
+                    "resize_mode": _pick(u[i, _U["mode_final"]], c.resize_modes),
+                    "jpeg_quality": _uniform(u[i, _U["jpeg2"]], c.jpeg_range2),
+                },
                 "resize_back_mode": _pick(u[i, _U["mode_back"]], c.resize_modes) if c.resize_back else None,
             }
             if kernel_params is not None:
@@ -202,22 +245,27 @@ class Degrader:
 
         # ---- first stage: blur (all images share the GT size: one grouped conv)
         xs = list(ops.filter2d(gt, k1).split(1))
-        xs = _map_groups(xs, lambda i: (p1[i]["resize_scale"], p1[i]["resize_mode"]),
-                         lambda xb, idx: F.interpolate(xb, scale_factor=p1[idx[0]]["resize_scale"],
-                                                       mode=p1[idx[0]]["resize_mode"]))
+        xs = _map_groups(
+            xs,
+            lambda i: (p1[i]["resize_scale"], p1[i]["resize_mode"]),
+            lambda xb, idx: F.interpolate(xb, scale_factor=p1[idx[0]]["resize_scale"], mode=p1[idx[0]]["resize_mode"]),
+        )
         for p, x in zip(p1, xs):
             p["size"] = list(x.shape[-2:])
         xs = self._noise(xs, params, "stage1", gens)
         xs = self._jpeg(xs, [p["jpeg_quality"] for p in p1])
 
         # ---- second stage
-        xs = _map_groups(xs, lambda i: (p2[i]["blur"],),
-                         lambda xb, idx: ops.filter2d(xb, k2[idx]) if p2[idx[0]]["blur"] else xb)
+        xs = _map_groups(
+            xs, lambda i: (p2[i]["blur"],), lambda xb, idx: ops.filter2d(xb, k2[idx]) if p2[idx[0]]["blur"] else xb
+        )
         for p in p2:  # explicit size relative to the LQ size, computed as the official code does
             p["size"] = [int(h / s * p["resize_scale"]), int(w / s * p["resize_scale"])]
-        xs = _map_groups(xs, lambda i: (tuple(p2[i]["size"]), p2[i]["resize_mode"]),
-                         lambda xb, idx: F.interpolate(xb, size=tuple(p2[idx[0]]["size"]),
-                                                       mode=p2[idx[0]]["resize_mode"]))
+        xs = _map_groups(
+            xs,
+            lambda i: (tuple(p2[i]["size"]), p2[i]["resize_mode"]),
+            lambda xb, idx: F.interpolate(xb, size=tuple(p2[idx[0]]["size"]), mode=p2[idx[0]]["resize_mode"]),
+        )
         xs = self._noise(xs, params, "stage2", gens)
 
         # ---- final step: (resize -> sinc -> JPEG) or (JPEG -> resize -> sinc)
@@ -235,8 +283,11 @@ class Degrader:
         lq_f = torch.cat(xs)
         lq_up = None
         if c.resize_back:  # VARSR/OSEDiff: back to GT size first, quantise after the resize
-            ups = _map_groups(list(lq_f.split(1)), lambda i: (params[i]["resize_back_mode"],),
-                              lambda xb, idx: F.interpolate(xb, size=(h, w), mode=params[idx[0]]["resize_back_mode"]))
+            ups = _map_groups(
+                list(lq_f.split(1)),
+                lambda i: (params[i]["resize_back_mode"],),
+                lambda xb, idx: F.interpolate(xb, size=(h, w), mode=params[idx[0]]["resize_back_mode"]),
+            )
             lq_up = ops.quantize(torch.cat(ups))
         return DegradationResult(gt=gt, lq=ops.quantize(lq_f), lq_up=lq_up, params=params)
 
@@ -247,5 +298,6 @@ def degrade_image(gt: torch.Tensor, cfg: DegradationConfig, seed: int) -> Degrad
         raise ValueError(f"degrade_image expects (3,H,W), got {tuple(gt.shape)}")
     kernels = sample_kernels(cfg, 1, np.random.default_rng(seed))
     res = Degrader(cfg)(gt[None], kernels, torch.Generator().manual_seed(seed))
-    return DegradationResult(gt=res.gt[0], lq=res.lq[0], lq_up=None if res.lq_up is None else res.lq_up[0],
-                             params=res.params)
+    return DegradationResult(
+        gt=res.gt[0], lq=res.lq[0], lq_up=None if res.lq_up is None else res.lq_up[0], params=res.params
+    )

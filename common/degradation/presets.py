@@ -5,11 +5,13 @@ Two presets mirror the official recipes (spec common.md §1.6):
 milder per-sample class VARSR trains with (LR resized back to GT size, no USM).  The yaml files
 in ``configs/common/degradation/`` hold the same values for Hydra; a test keeps them in sync.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 KERNEL_FAMILIES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
@@ -75,7 +77,7 @@ class DegradationConfig:
     per_batch_compat: bool = False  # reproduce Real-ESRGAN's per-batch draws (+ shared gray noise field)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DegradationConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> DegradationConfig:
         """Build from a (Hydra/OmegaConf or plain) mapping; unknown keys raise one clear error."""
         if not isinstance(d, dict):
             try:
@@ -120,10 +122,17 @@ def _varsr_mild() -> DegradationConfig:
     # VARSR dataloader/params_realesrgan.yml (byte-identical to SeeSR's unused class).
     return DegradationConfig(
         name="varsr_mild",
-        resize_range=[0.3, 1.5], noise_range=[1.0, 15.0], poisson_scale_range=[0.05, 2.0],
-        jpeg_range=[60.0, 95.0], second_blur_prob=0.5, resize_range2=[0.6, 1.2],
-        noise_range2=[1.0, 12.0], poisson_scale_range2=[0.05, 1.0], jpeg_range2=[60.0, 100.0],
-        usm_gt=False, resize_back=True,
+        resize_range=[0.3, 1.5],
+        noise_range=[1.0, 15.0],
+        poisson_scale_range=[0.05, 2.0],
+        jpeg_range=[60.0, 95.0],
+        second_blur_prob=0.5,
+        resize_range2=[0.6, 1.2],
+        noise_range2=[1.0, 12.0],
+        poisson_scale_range2=[0.05, 1.0],
+        jpeg_range2=[60.0, 100.0],
+        usm_gt=False,
+        resize_back=True,
     )
 
 

@@ -4,6 +4,7 @@ It lives in a package, not in the launch script, because Hydra's submitit (SLURM
 the job: a dataclass defined in ``__main__`` is pickled by value and arrives broken (its
 ``dataclasses.MISSING`` defaults and string annotations no longer resolve on the node).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -7,6 +7,7 @@ PSNR uses data range 1 on Y in [0, 1] (identical to basicsr's 255-scale value). 
 crop), C1 = 0.01^2, C2 = 0.03^2. ``crop_border`` defaults to 0: the papers' convention (not
 Real-ESRGAN's example validation, which crops 4 px and uses RGB).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -62,7 +63,7 @@ def psnr_y(sr, hr, crop_border: int = 0) -> torch.Tensor:
 
 def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    g = torch.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
 
 
@@ -80,9 +81,9 @@ def ssim_y(sr, hr, crop_border: int = 0) -> torch.Tensor:
     a, b, single = _prepare(sr, hr, crop_border)
     if min(a.shape[-2:]) < 11:
         raise ValueError(f"SSIM needs images of at least 11x11 after cropping, got {tuple(a.shape[-2:])}")
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    c1, c2 = 0.01**2, 0.03**2
     mu_a, mu_b, aa, bb, ab = _filter_valid(torch.cat([a, b, a * a, b * b, a * b], dim=1)).unbind(1)
-    var_a, var_b, cov = aa - mu_a ** 2, bb - mu_b ** 2, ab - mu_a * mu_b
-    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    var_a, var_b, cov = aa - mu_a**2, bb - mu_b**2, ab - mu_a * mu_b
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     out = ssim_map.flatten(1).mean(1)
     return out[0] if single else out

@@ -19,6 +19,7 @@ weights are part of the metric's own checkpoint, which pyiqa then loads strictly
 and CLIP files that are missing raise instead of being downloaded.
 NIQE works with no download by converting basicsr's shipped ``niqe_pris_params.npz``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -81,8 +82,9 @@ def resolve_weight_file(url_or_path: str) -> str:
         if (d / name).is_file():
             return str(d / name)
     where = ", ".join(str(d) for d in _search_dirs())
-    raise MetricWeightsError(f"metric weights {name} not found offline (looked in {where}); "
-                             f"download {url_or_path} and put it in weights_dir")
+    raise MetricWeightsError(
+        f"metric weights {name} not found offline (looked in {where}); download {url_or_path} and put it in weights_dir"
+    )
 
 
 def _safe_load_pretrained_network(net, model_path, strict=True, weight_keys=None):
@@ -135,8 +137,10 @@ def _torchvision_local_only(orig):
         folder = Path(model_dir) if model_dir else Path(torch.hub.get_dir()) / "checkpoints"
         name = kwargs.get("file_name") or os.path.basename(urlparse(url).path)
         if not (folder / name).is_file():
-            raise MetricWeightsError(f"backbone weights {name} not found offline in {folder}; download {url} there "
-                                     "(or into weights_dir/checkpoints)")
+            raise MetricWeightsError(
+                f"backbone weights {name} not found offline in {folder}; download {url} there "
+                "(or into weights_dir/checkpoints)"
+            )
         return orig(url, model_dir, *args, **kwargs)
 
     return load_state_dict_from_url
@@ -148,8 +152,10 @@ def _clip_local_only(orig):
     def _download(url, root):
         target = Path(root) / os.path.basename(url)
         if not target.is_file():
-            raise MetricWeightsError(f"CLIP weights {target.name} not found offline in {root}; download {url} there "
-                                     "(or into weights_dir/clip)")
+            raise MetricWeightsError(
+                f"CLIP weights {target.name} not found offline in {root}; download {url} there "
+                "(or into weights_dir/clip)"
+            )
         return orig(url, root)
 
     return _download
@@ -164,9 +170,8 @@ def _offline_context(weights_dir):
     _state["weights_dir"] = str(weights_dir) if weights_dir else None
     if weights_dir:
         torch.hub.set_dir(str(weights_dir))  # torchvision -> weights_dir/checkpoints, CLIP -> weights_dir/clip
-    import torchvision.models._api as tv_api
-
     import pyiqa.archs.clip_model as clip_model
+    import torchvision.models._api as tv_api
 
     prev_tv, prev_clip = tv_api.load_state_dict_from_url, clip_model._download
     timm.create_model = _timm_no_download(prev_timm)
@@ -203,8 +208,10 @@ def niqe_params_mat(out_dir) -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with np.load(_basicsr_niqe_npz()) as p:
-        mats = {"mu_prisparam": np.asarray(p["mu_pris_param"], np.float64),
-                "cov_prisparam": np.asarray(p["cov_pris_param"], np.float64)}
+        mats = {
+            "mu_prisparam": np.asarray(p["mu_pris_param"], np.float64),
+            "cov_prisparam": np.asarray(p["cov_pris_param"], np.float64),
+        }
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:  # file object: savemat would append ".mat" to a bare tmp name
         scipy.io.savemat(f, mats)
@@ -215,7 +222,9 @@ def niqe_params_mat(out_dir) -> Path:
 def _niqe_kwargs(weights_dir) -> tuple[dict, str]:
     with contextlib.suppress(MetricWeightsError):  # a real pyiqa .mat wins when present
         return {"pretrained_model_path": resolve_weight_file(NIQE_MAT)}, f"pyiqa {NIQE_MAT}"
-    cache = Path(weights_dir) if weights_dir else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "arsr"
+    cache = (
+        Path(weights_dir) if weights_dir else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "arsr"
+    )
     return {"pretrained_model_path": str(niqe_params_mat(cache))}, "basicsr niqe_pris_params.npz (converted)"
 
 

@@ -6,6 +6,7 @@ would then have nothing to compare), a selection left empty that way falls back 
 no-reference metric that needs no weight files. An explicitly empty selection (`metrics=[]`)
 still means "do not score".
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,8 +48,9 @@ def scorable_metrics(requested, has_hr: bool, out_dir=None) -> list[str]:
     if side is not None and side < NIQE_MIN_SIDE:
         from common.logging import get_logger
 
-        get_logger("metrics").warning("no hr_dir and outputs of %d px (< %d): not scored (NIQE needs %d px)",
-                                      side, NIQE_MIN_SIDE, NIQE_MIN_SIDE)
+        get_logger("metrics").warning(
+            "no hr_dir and outputs of %d px (< %d): not scored (NIQE needs %d px)", side, NIQE_MIN_SIDE, NIQE_MIN_SIDE
+        )
         return []
     return [NO_REFERENCE_FALLBACK]
 

@@ -5,6 +5,7 @@
 mean, plus the pyiqa version and the exact metric variants), a per-image CSV and a Markdown
 table row, so every baseline is re-scored with the same stack (common.md §3.2).
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,8 +26,19 @@ OURS = {"psnr": psnr_y, "ssim": ssim_y}
 FULL_REFERENCE = ("psnr", "ssim", "lpips", "dists")
 FOLDER_LEVEL = ("fid",)  # a distance between two image sets, not a per-image score
 LOWER_BETTER = ("lpips", "dists", "niqe", "fid")
-PAPER_ORDER = ("psnr", "ssim", "lpips", "dists", "fid", "niqe", "musiq", "maniqa", "maniqa-pipal", "clipiqa",
-               "topiq_nr")
+PAPER_ORDER = (
+    "psnr",
+    "ssim",
+    "lpips",
+    "dists",
+    "fid",
+    "niqe",
+    "musiq",
+    "maniqa",
+    "maniqa-pipal",
+    "clipiqa",
+    "topiq_nr",
+)
 
 
 class MetricStack:
@@ -50,7 +62,8 @@ class MetricStack:
         for n in self.names:
             if n in OURS:
                 self.variants[n] = f"ours: Y (BT.601 studio), float64, crop_border={self.crop_border}" + (
-                    ", 11x11 gaussian sigma 1.5" if n == "ssim" else "")
+                    ", 11x11 gaussian sigma 1.5" if n == "ssim" else ""
+                )
             else:
                 self._learned[n], self.variants[n] = create_pyiqa_metric(n, self.device, weights_dir, **kw.get(n, {}))
                 if kw.get(n):
@@ -62,13 +75,22 @@ class MetricStack:
 
     @property
     def needs_hr(self) -> list[str]:
-        return [n for n in self.names if n in FULL_REFERENCE or n in FOLDER_LEVEL or
-                (n in self._learned and getattr(self._learned[n], "metric_mode", "NR") == "FR")]
+        return [
+            n
+            for n in self.names
+            if n in FULL_REFERENCE
+            or n in FOLDER_LEVEL
+            or (n in self._learned and getattr(self._learned[n], "metric_mode", "NR") == "FR")
+        ]
 
     def info(self) -> dict:
-        return {"pyiqa_version": pyiqa_version(), "torch_version": torch.__version__,
-                "python": platform.python_version(),
-                "crop_border": self.crop_border, "variants": dict(self.variants)}
+        return {
+            "pyiqa_version": pyiqa_version(),
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+            "crop_border": self.crop_border,
+            "variants": dict(self.variants),
+        }
 
     @torch.no_grad()
     def score(self, sr: torch.Tensor, hr: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -105,8 +127,10 @@ def _read_pair(name: str, sr_path: Path, hr_path: Path | None):
     sr = read_image(sr_path)
     hr = read_image(hr_path) if hr_path is not None else None
     if hr is not None and sr.shape != hr.shape:
-        raise PairingError(f"{name}: size mismatch, sr {sr.shape[1]}x{sr.shape[0]} ({sr_path}) vs "
-                           f"hr {hr.shape[1]}x{hr.shape[0]} ({hr_path})")
+        raise PairingError(
+            f"{name}: size mismatch, sr {sr.shape[1]}x{sr.shape[0]} ({sr_path}) vs "
+            f"hr {hr.shape[1]}x{hr.shape[0]} ({hr_path})"
+        )
     # float64 straight from uint8: PSNR/SSIM then equal the uint8 computation to the last digit
     as64 = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).to(torch.float64)[None] / 255.0  # noqa: E731
     return as64(sr), (as64(hr) if hr is not None else None)
@@ -116,9 +140,20 @@ def _ordered(names):
     return sorted(names, key=lambda n: PAPER_ORDER.index(n) if n in PAPER_ORDER else len(PAPER_ORDER))
 
 
-def evaluate_folders(sr_dir, hr_dir, metrics, out_json, device="cpu", weights_dir=None, crop_border: int = 0,
-                     set_name: str | None = None, stack: MetricStack | None = None, show_progress: bool = True,
-                     allow_extra_hr: bool = False, overwrite: bool = True) -> dict:
+def evaluate_folders(
+    sr_dir,
+    hr_dir,
+    metrics,
+    out_json,
+    device="cpu",
+    weights_dir=None,
+    crop_border: int = 0,
+    set_name: str | None = None,
+    stack: MetricStack | None = None,
+    show_progress: bool = True,
+    allow_extra_hr: bool = False,
+    overwrite: bool = True,
+) -> dict:
     """Score every image of ``sr_dir`` (against ``hr_dir`` when given) and write
     ``out_json`` (summary), ``<stem>_per_image.csv`` and ``<stem>.md`` (one Markdown row).
 
@@ -176,9 +211,18 @@ def evaluate_folders(sr_dir, hr_dir, metrics, out_json, device="cpu", weights_di
 
     label = set_name or Path(sr_dir).name
     atomic_write_bytes(md_path, (markdown_table([{"set": label, "n": len(rows), **means}]) + "\n").encode())
-    summary = {"set": label, "sr_dir": str(sr_dir), "hr_dir": str(hr_dir) if hr_dir else None, "n_images": len(rows),
-               "mean": means, "lower_better": [n for n in means if n in LOWER_BETTER],
-               "per_image_csv": str(csv_path), "markdown": str(md_path), "skipped": counts["skipped"],
-               "skipped_files": counts["skipped_files"], **stack.info()}
+    summary = {
+        "set": label,
+        "sr_dir": str(sr_dir),
+        "hr_dir": str(hr_dir) if hr_dir else None,
+        "n_images": len(rows),
+        "mean": means,
+        "lower_better": [n for n in means if n in LOWER_BETTER],
+        "per_image_csv": str(csv_path),
+        "markdown": str(md_path),
+        "skipped": counts["skipped"],
+        "skipped_files": counts["skipped_files"],
+        **stack.info(),
+    }
     atomic_write_bytes(out_json, json.dumps(summary, indent=2, allow_nan=True).encode())
     return summary

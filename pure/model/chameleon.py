@@ -11,6 +11,7 @@ Differences from the official class that are deliberate:
   after meta construction leaves nothing stale;
 - the KV cache is an explicit caller-owned `KVCache` (pure/model/kv_cache.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -156,8 +157,9 @@ class ChameleonDecoderLayer(nn.Module):
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
-def build_attention_mask(batch: int, t: int, past: int, device, key_valid: torch.Tensor | None = None,
-                         mask4d: torch.Tensor | None = None):
+def build_attention_mask(
+    batch: int, t: int, past: int, device, key_valid: torch.Tensor | None = None, mask4d: torch.Tensor | None = None
+):
     """Return (mask, is_causal) for queries at positions [past, past+t) over keys [0, past+t).
 
     Causal is bottom-right aligned, which is what multi-token windows on top of a cache (SJD)
@@ -188,8 +190,9 @@ class ChameleonModel(nn.Module):
         self.config = cfg
         # `_weight` skips nn.Embedding's own init: init_weights() does it, and normal_ on `meta`
         # goes through a slow decomposition path (seconds) for no effect.
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
-                                         _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
+        self.embed_tokens = nn.Embedding(
+            cfg.vocab_size, cfg.hidden_size, _weight=torch.empty(cfg.vocab_size, cfg.hidden_size)
+        )
         self.layers = nn.ModuleList(ChameleonDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -204,8 +207,10 @@ class ChameleonModel(nn.Module):
             mask4d = attention_mask
         elif attention_mask is not None:
             if attention_mask.shape[-1] not in (t, past + t):
-                raise ValueError(f"attention_mask has {attention_mask.shape[-1]} columns; expected {t} "
-                                 f"(new tokens) or {past + t} (cached + new)")
+                raise ValueError(
+                    f"attention_mask has {attention_mask.shape[-1]} columns; expected {t} "
+                    f"(new tokens) or {past + t} (cached + new)"
+                )
             new_part = attention_mask[:, -t:]
             if cache is not None:
                 if attention_mask.shape[-1] == past + t and past:
@@ -268,8 +273,14 @@ class ChameleonForCausalLM(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
 
-    def forward(self, input_ids, position_ids=None, cache: KVCache | None = None, attention_mask=None,
-                logits_slice: slice | torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids,
+        position_ids=None,
+        cache: KVCache | None = None,
+        attention_mask=None,
+        logits_slice: slice | torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """fp32 logits (B, T', V); `logits_slice` picks time positions before the lm_head, e.g.
         slice(-1, None) at prefill to avoid a (T, 73,728) fp32 tensor (spec §9)."""
         h = self.forward_hidden(input_ids, position_ids, cache, attention_mask)
@@ -277,8 +288,14 @@ class ChameleonForCausalLM(nn.Module):
             h = h[:, logits_slice]
         return self.logits(h)
 
-    def forward_static(self, input_ids: torch.Tensor, slots: torch.Tensor, cache: StaticKVCache,
-                       prefill_group: int | None = None, last_index: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_static(
+        self,
+        input_ids: torch.Tensor,
+        slots: torch.Tensor,
+        cache: StaticKVCache,
+        prefill_group: int | None = None,
+        last_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """fp32 logits over a StaticKVCache: the fixed-shape decode path (pure/engine.py).
 
         input_ids, slots: (R, T). A token's RoPE position is its slot (clamped at 0; each row

@@ -5,6 +5,7 @@
 `chameleon_config("tiny" | "7b")` is the size registry; `from_hf_config_json` reads the
 `config.json` shipped with an HF checkpoint (e.g. `nonwhy/PURE`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,8 +69,14 @@ _SIZES = {
     "7b": {},
     # Tiny test model keeping the real vocabulary (processors rely on the fixed special ids);
     # the shapes match reference/pure_chameleon_7b_tiny.json. Dropout 0 keeps tests deterministic.
-    "tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=4, dropout=0.0),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=172,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        dropout=0.0,
+    ),
 }
 
 
@@ -126,8 +133,19 @@ def hf_config_dict(cfg: ChameleonConfig, vocabulary_map: dict | None = None, tor
         mlp_bias=False,
         swin_norm=False,
         torch_dtype=torch_dtype,
-        vq_config=dict(embed_dim=256, num_embeddings=8192, double_latent=False, latent_channels=256,
-                       resolution=512, in_channels=3, base_channels=128, channel_multiplier=[1, 1, 2, 2, 4],
-                       num_res_blocks=2, attn_resolutions=[], dropout=0.0, attn_type="vanilla"),
+        vq_config=dict(
+            embed_dim=256,
+            num_embeddings=8192,
+            double_latent=False,
+            latent_channels=256,
+            resolution=512,
+            in_channels=3,
+            base_channels=128,
+            channel_multiplier=[1, 1, 2, 2, 4],
+            num_res_blocks=2,
+            attn_resolutions=[],
+            dropout=0.0,
+            attn_type="vanilla",
+        ),
     )
     return d

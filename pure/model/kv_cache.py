@@ -12,6 +12,7 @@ short unconditional row once at prefill and never resend the mask.
 `StaticKVCache` is the fixed-shape variant used by compiled decoding (pure/engine.py): no
 growth, no truncation, writes at slot tensors, one buffer per row group.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -22,9 +23,17 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 
 class KVCache:
-    def __init__(self, batch: int, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int = 0,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
-                 growable: bool = True):
+    def __init__(
+        self,
+        batch: int,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        capacity: int = 0,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        growable: bool = True,
+    ):
         """Preallocate `capacity` positions (0 = allocate lazily on first write). With
         `growable=False` writing past the capacity raises instead of reallocating."""
         self.batch, self.num_layers = batch, num_layers
@@ -40,13 +49,22 @@ class KVCache:
             self._allocate(capacity)
 
     @classmethod
-    def for_model(cls, model, batch: int, capacity: int = 0, dtype: torch.dtype | None = None,
-                  device=None, growable: bool = True) -> KVCache:
+    def for_model(
+        cls, model, batch: int, capacity: int = 0, dtype: torch.dtype | None = None, device=None, growable: bool = True
+    ) -> KVCache:
         """A cache shaped for `model` (a ChameleonForCausalLM), in its parameter dtype/device by default."""
         cfg = model.config
         w = model.lm_head.weight
-        return cls(batch, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, capacity,
-                   dtype or w.dtype, device or w.device, growable)
+        return cls(
+            batch,
+            cfg.num_hidden_layers,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            capacity,
+            dtype or w.dtype,
+            device or w.device,
+            growable,
+        )
 
     # ----------------------------------------------------------------------------------- storage
     def _allocate(self, capacity: int) -> None:
@@ -116,8 +134,9 @@ class KVCache:
 
     def clone(self) -> KVCache:
         """Independent copy (e.g. to branch a generation)."""
-        other = KVCache(self.batch, self.num_layers, self.num_kv_heads, self.head_dim, 0, self.dtype,
-                        self.device, self.growable)
+        other = KVCache(
+            self.batch, self.num_layers, self.num_kv_heads, self.head_dim, 0, self.dtype, self.device, self.growable
+        )
         other.keys = [k.clone() for k in self.keys]
         other.values = [v.clone() for v in self.values]
         other.key_mask = None if self.key_mask is None else self.key_mask.clone()
@@ -132,8 +151,10 @@ class KVCache:
         return self.length
 
     def __repr__(self) -> str:
-        return (f"KVCache(batch={self.batch}, layers={self.num_layers}, length={self.length}, "
-                f"capacity={self.capacity}, dtype={self.dtype}, masked={self.key_mask is not None})")
+        return (
+            f"KVCache(batch={self.batch}, layers={self.num_layers}, length={self.length}, "
+            f"capacity={self.capacity}, dtype={self.dtype}, masked={self.key_mask is not None})"
+        )
 
 
 class StaticKVCache:
@@ -151,9 +172,17 @@ class StaticKVCache:
     an unconditional row) are written to `scratch` spare slots at the end that no query attends.
     """
 
-    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, groups: list[tuple[int, int]],
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None, scratch: int = 16,
-                 attention: str = "sdpa"):
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        groups: list[tuple[int, int]],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        scratch: int = 16,
+        attention: str = "sdpa",
+    ):
         """`groups`: (rows, capacity) per group, in row order. `attention`: "sdpa" reads every
         slot of the buffer under a mask; "flex" (FlexAttention with a block mask) skips the
         128-slot blocks past each row's last slot, so a step reads only the filled part."""
@@ -171,16 +200,30 @@ class StaticKVCache:
         # keys[layer][group]: (rows_g, H_kv, size_g, D); size_g >= capacity_g + scratch, rounded up to
         # whole 128-slot blocks (FlexAttention's block; also the fused SDPA kernels' mask alignment).
         self.sizes = [-(-(c + self.scratch) // _BLOCK) * _BLOCK for _, c in self.groups]
-        self.keys = [[torch.zeros(r, num_kv_heads, n, head_dim, dtype=dtype, device=self.device)
-                      for (r, _), n in zip(self.groups, self.sizes, strict=True)] for _ in range(num_layers)]
+        self.keys = [
+            [
+                torch.zeros(r, num_kv_heads, n, head_dim, dtype=dtype, device=self.device)
+                for (r, _), n in zip(self.groups, self.sizes, strict=True)
+            ]
+            for _ in range(num_layers)
+        ]
         self.values = [[torch.zeros_like(k) for k in layer] for layer in self.keys]
 
     @classmethod
-    def for_model(cls, model, groups: list[tuple[int, int]], scratch: int = 16, dtype=None, device=None,
-                  attention: str = "sdpa"):
+    def for_model(
+        cls, model, groups: list[tuple[int, int]], scratch: int = 16, dtype=None, device=None, attention: str = "sdpa"
+    ):
         cfg, w = model.config, model.lm_head.weight
-        return cls(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, groups, dtype or w.dtype,
-                   device or w.device, scratch, attention)
+        return cls(
+            cfg.num_hidden_layers,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            groups,
+            dtype or w.dtype,
+            device or w.device,
+            scratch,
+            attention,
+        )
 
     def buffers(self) -> list[torch.Tensor]:
         return [t for layer in self.keys + self.values for t in layer]
@@ -210,13 +253,24 @@ class StaticKVCache:
             idx.append(w)
         return idx, masks
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, write_idx, masks,
-               prefill_group: int | None = None) -> torch.Tensor:
+    def attend(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        write_idx,
+        masks,
+        prefill_group: int | None = None,
+    ) -> torch.Tensor:
         """Store k/v (R, H_kv, T, D) at `write_idx` and attend. With `prefill_group` the rows are
         that group only, written at slots 0..T-1, and attention is plain causal over the new
         tokens (SDPA's flash path); otherwise every group attends its own buffer with its mask."""
-        groups = [(prefill_group, 0, q.shape[0])] if prefill_group is not None else \
-            [(g, lo, hi) for g, (lo, hi) in enumerate(self.row_ranges)]
+        groups = (
+            [(prefill_group, 0, q.shape[0])]
+            if prefill_group is not None
+            else [(g, lo, hi) for g, (lo, hi) in enumerate(self.row_ranges)]
+        )
         outs = []
         for g, lo, hi in groups:
             kb, vb = self.keys[layer][g], self.values[layer][g]
@@ -257,8 +311,13 @@ def _block_mask(s: torch.Tensor, w: torch.Tensor, cap: int, size: int):
     def visible(b, h, q_idx, kv_idx):
         return (kv_idx <= s[b, q_idx]) | (kv_idx == w[b, q_idx])
 
-    return BlockMask.from_kv_blocks(used.to(torch.int32).view(rows, 1, 1), order.contiguous(),
-                                    BLOCK_SIZE=(_BLOCK, _BLOCK), mask_mod=visible, seq_lengths=(s.shape[1], size))
+    return BlockMask.from_kv_blocks(
+        used.to(torch.int32).view(rows, 1, 1),
+        order.contiguous(),
+        BLOCK_SIZE=(_BLOCK, _BLOCK),
+        mask_mod=visible,
+        seq_lengths=(s.shape[1], size),
+    )
 
 
 class StaticStep(NamedTuple):

@@ -5,6 +5,7 @@ strict=True (reference/llamagen_vq_ds8.json, 300 keys, 70,109,835 params, includ
 `quantize.codebook_used` (65536,) buffer). PURE keeps the VQ frozen (codes in, codes out);
 `forward_train` exists only for tokenizer fine-tuning (pure/vq_finetune.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ class VQConfig:
 
 
 def vq_config(size: str = "ds8") -> VQConfig:
-    """"ds8": the released VQ-8; "tiny": reference/llamagen_vq_ds8_tiny.json (ds 2, 64 codes)."""
+    """ "ds8": the released VQ-8; "tiny": reference/llamagen_vq_ds8_tiny.json (ds 2, 64 codes)."""
     if size == "ds8":
         return VQConfig()
     if size == "tiny":
@@ -131,8 +132,11 @@ class Encoder(nn.Module):
         ins = (1,) + tuple(mult)
         # attention only at the lowest resolution; no downsample after the last level
         self.conv_blocks = nn.ModuleList(
-            _Level(ch * ins[i], ch * mult[i], cfg.num_res_blocks, i == n - 1, "down" if i < n - 1 else None, cfg.dropout)
-            for i in range(n))
+            _Level(
+                ch * ins[i], ch * mult[i], cfg.num_res_blocks, i == n - 1, "down" if i < n - 1 else None, cfg.dropout
+            )
+            for i in range(n)
+        )
         c = ch * mult[-1]
         self.mid = _mid(c, cfg.dropout)
         self.norm_out = _norm(c)
@@ -176,8 +180,9 @@ class VectorQuantizer(nn.Module):
     def __init__(self, cfg: VQConfig):
         super().__init__()
         self.l2_norm = cfg.codebook_l2_norm
-        self.embedding = nn.Embedding(cfg.codebook_size, cfg.codebook_embed_dim,
-                                      _weight=torch.empty(cfg.codebook_size, cfg.codebook_embed_dim))
+        self.embedding = nn.Embedding(
+            cfg.codebook_size, cfg.codebook_embed_dim, _weight=torch.empty(cfg.codebook_size, cfg.codebook_embed_dim)
+        )
         if not self.embedding.weight.is_meta:  # init on meta is a slow no-op
             nn.init.uniform_(self.embedding.weight, -1.0 / cfg.codebook_size, 1.0 / cfg.codebook_size)
         # usage statistics kept by LlamaGen during training; only needed for the strict load
@@ -200,8 +205,7 @@ class VectorQuantizer(nn.Module):
         """Long (B, h, w) -> (B, D, h, w) (normalised) code vectors."""
         return self.codebook()[codes].permute(0, 3, 1, 2)
 
-    def forward_train(self, z: torch.Tensor, beta: float = 0.25
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_train(self, z: torch.Tensor, beta: float = 0.25) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """LlamaGen's training quantisation: (z_q with a straight-through gradient, commitment,
         codebook) with commitment = beta * ||z - sg(z_q)||^2 and codebook = ||z_q - sg(z)||^2,
         both on l2-normalised vectors when `l2_norm` (as LlamaGen; entropy loss off there too)."""
@@ -245,8 +249,7 @@ class VQModel(nn.Module):
         """Reconstruction through the quantiser (codes -> decode)."""
         return self.decode_codes(self.encode_codes(img))
 
-    def forward_train(self, img: torch.Tensor, beta: float = 0.25
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_train(self, img: torch.Tensor, beta: float = 0.25) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Tokenizer training forward: image in [-1, 1] -> (reconstruction, losses)."""
         z_q, commit, codebook = self.quantize.forward_train(self.quant_conv(self.encoder(img)), beta)
         return self.decoder(self.post_quant_conv(z_q)), {"commit": commit, "codebook": codebook}

@@ -6,6 +6,7 @@ cover it, then crop. The official "center" crop is really a random crop; we crop
 by default and keep `random_crop=True` for parity.
 Block layout: [8197, 8804 + H/32, 8804 + W/32, row_1 + [8803], ..., row_{H/8} + [8803], 8196].
 """
+
 from __future__ import annotations
 
 import random
@@ -54,8 +55,14 @@ def _to_rgb_pil(image) -> Image.Image:
     return image.convert("RGB")
 
 
-def preprocess_image(image, resolution: int = 512, patch_size: int = 32, max_ratio: float = 4.0,
-                     random_crop: bool = False, rng: random.Random | None = None) -> torch.Tensor:
+def preprocess_image(
+    image,
+    resolution: int = 512,
+    patch_size: int = 32,
+    max_ratio: float = 4.0,
+    random_crop: bool = False,
+    rng: random.Random | None = None,
+) -> torch.Tensor:
     """Bucket, resize and crop to a multiple of 32 px; return float (3, H, W) in [-1, 1]."""
     img = _to_rgb_pil(image)
     sizes = bucket_sizes((resolution // patch_size) ** 2, patch_size, max_ratio)
@@ -90,7 +97,11 @@ def image_block(codes, code_map: ImageCodeMap) -> list[int]:
     h, w = codes.shape
     ids = code_map.to_ids(codes.cpu())
     rows = torch.cat([ids, torch.full((h, 1), SpecialIds.ROW_END, dtype=torch.long)], dim=1)
-    head = [SpecialIds.IMG_START, SpecialIds.SIZE_BASE + h // LATENT_PER_GRID, SpecialIds.SIZE_BASE + w // LATENT_PER_GRID]
+    head = [
+        SpecialIds.IMG_START,
+        SpecialIds.SIZE_BASE + h // LATENT_PER_GRID,
+        SpecialIds.SIZE_BASE + w // LATENT_PER_GRID,
+    ]
     return head + rows.flatten().tolist() + [SpecialIds.IMG_END]
 
 
@@ -106,7 +117,9 @@ def parse_image_block(ids, code_map: ImageCodeMap) -> torch.Tensor:
         raise ValueError("image block too short: missing the two size tokens")
     gh, gw = ids[0] - SpecialIds.SIZE_BASE, ids[1] - SpecialIds.SIZE_BASE
     if gh < 1 or gw < 1:
-        raise ValueError(f"image block size tokens {ids[:2]} are not <reserved0880n> ids (>= {SpecialIds.SIZE_BASE + 1})")
+        raise ValueError(
+            f"image block size tokens {ids[:2]} are not <reserved0880n> ids (>= {SpecialIds.SIZE_BASE + 1})"
+        )
     h, w = gh * LATENT_PER_GRID, gw * LATENT_PER_GRID
     body = torch.tensor(ids[2:], dtype=torch.long)
     if body.numel() != h * (w + 1):

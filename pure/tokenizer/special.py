@@ -5,6 +5,7 @@ Ids come from spec pure.md §2: `<reservedNNNNN>` has id NNNNN + 4; image tokens
 together the 16,384 LlamaGen VQ-8 codes. Which code sits at which id is given by the token
 *names* ("IMGIMG" + decimal digits spelled A..J + "Z"), never by id arithmetic.
 """
+
 from __future__ import annotations
 
 import json
@@ -106,8 +107,9 @@ class ImageCodeMap:
 
     # ------------------------------------------------------------------------------ builders
     @classmethod
-    def from_vocabulary_map(cls, vocab: dict[str, int], vocab_size: int = 73728, source: str = "vocabulary_map",
-                            num_codes: int = NUM_CODES) -> "ImageCodeMap":
+    def from_vocabulary_map(
+        cls, vocab: dict[str, int], vocab_size: int = 73728, source: str = "vocabulary_map", num_codes: int = NUM_CODES
+    ) -> ImageCodeMap:
         code_to_id = torch.full((num_codes,), -1, dtype=torch.long)
         for name, tid in vocab.items():
             code = parse_code_token_name(name)
@@ -115,12 +117,14 @@ class ImageCodeMap:
                 code_to_id[code] = int(tid)
         missing = (code_to_id < 0).nonzero().flatten()
         if missing.numel():
-            raise ValueError(f"{source}: {missing.numel()} of {num_codes} image codes have no IMGIMG token "
-                             f"(first missing code {int(missing[0])})")
+            raise ValueError(
+                f"{source}: {missing.numel()} of {num_codes} image codes have no IMGIMG token "
+                f"(first missing code {int(missing[0])})"
+            )
         return cls(code_to_id, vocab_size, source)
 
     @classmethod
-    def from_tokenizer_json(cls, path: str | Path, vocab_size: int = 73728) -> "ImageCodeMap":
+    def from_tokenizer_json(cls, path: str | Path, vocab_size: int = 73728) -> ImageCodeMap:
         """Read the IMGIMG entries of a `tokenizers` JSON (model vocab + added tokens) or of an
         HF config.json carrying `vocabulary_map`."""
         path = Path(path)
@@ -136,7 +140,7 @@ class ImageCodeMap:
         return cls.from_vocabulary_map(vocab, vocab_size, source=str(path))
 
     @classmethod
-    def synthetic(cls, shuffle: bool = False, seed: int = 0, vocab_size: int = 73728) -> "ImageCodeMap":
+    def synthetic(cls, shuffle: bool = False, seed: int = 0, vocab_size: int = 73728) -> ImageCodeMap:
         """Codes 0..8191 -> ids 4..8195, codes 8192..16383 -> 65536..73727 (both real ranges);
         `shuffle=True` permutes the assignment so code arithmetic bugs show up in tests."""
         ids = torch.cat([torch.arange(*r) for r in SpecialIds.IMAGE_ID_RANGES])

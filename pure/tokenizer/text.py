@@ -4,6 +4,7 @@ The real tokenizer is the fast tokenizer shipped with `nonwhy/PURE` (Chameleon B
 `<|image|>`). Tests cannot download it, so `build_test_tokenizer` writes a byte-level BPE whose
 vocabulary is padded so every special and image token sits at its real id (spec §2).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,12 @@ from .special import ImageCodeMap, SpecialIds, code_token_name
 _TOKENIZER_FILES = ("tokenizer.json", "text_tokenizer.json")
 # Specials the whole pipeline hard-codes; a tokenizer placing them elsewhere is rejected on load.
 # BOS is deliberately absent: it is read from the file (spec §2), 0 in the released tokenizer.
-_FIXED = {"<eoss>": SpecialIds.IMG_END, "<racm3:break>": SpecialIds.IMG_START,
-          SpecialIds.reserved_name(SpecialIds.EOT): SpecialIds.EOT,
-          SpecialIds.reserved_name(SpecialIds.ROW_END): SpecialIds.ROW_END}
+_FIXED = {
+    "<eoss>": SpecialIds.IMG_END,
+    "<racm3:break>": SpecialIds.IMG_START,
+    SpecialIds.reserved_name(SpecialIds.EOT): SpecialIds.EOT,
+    SpecialIds.reserved_name(SpecialIds.ROW_END): SpecialIds.ROW_END,
+}
 
 
 class TextTokenizer:
@@ -37,7 +41,7 @@ class TextTokenizer:
                 raise ValueError(f"tokenizer {source}: {name} has id {got}, PURE expects {want}")
 
     @classmethod
-    def from_file(cls, path: str | Path, code_map: ImageCodeMap | None = None) -> "TextTokenizer":
+    def from_file(cls, path: str | Path, code_map: ImageCodeMap | None = None) -> TextTokenizer:
         """`path`: a tokenizer JSON or a directory holding tokenizer.json / text_tokenizer.json.
         The image code map comes from `code_map`, else the tokenizer's own IMGIMG entries, else
         the `vocabulary_map` of a config.json next to it."""
@@ -59,7 +63,7 @@ class TextTokenizer:
         return cls(tk, code_map, str(file))
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, cache_dir: str | None = None, **kwargs) -> "TextTokenizer":
+    def from_pretrained(cls, name_or_path: str, cache_dir: str | None = None, **kwargs) -> TextTokenizer:
         """A local path, or a hub id resolved *only* through the local HF cache (no network)."""
         if Path(name_or_path).exists():
             return cls.from_file(name_or_path, **kwargs)
@@ -69,8 +73,10 @@ class TextTokenizer:
             hit = try_to_load_from_cache(name_or_path, name, cache_dir=cache_dir)
             if isinstance(hit, str):
                 return cls.from_file(hit, **kwargs)
-        raise FileNotFoundError(f"{name_or_path!r} is neither a local path nor in the local HF cache "
-                                f"(download it first, e.g. `huggingface-cli download {name_or_path}`)")
+        raise FileNotFoundError(
+            f"{name_or_path!r} is neither a local path nor in the local HF cache "
+            f"(download it first, e.g. `huggingface-cli download {name_or_path}`)"
+        )
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         ids = self.tk.encode(text, add_special_tokens=False).ids
@@ -135,14 +141,21 @@ def build_test_tokenizer(path: str | Path, bpe_size: int = 600) -> Path:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=bpe_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=bpe_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     bpe.train_from_iterator(_CORPUS, trainer)
     spec = json.loads(bpe.to_str())
     text_vocab = spec["model"]["vocab"]
 
-    names: dict[int, str] = {0: "<s>", 1: "<pad>", 2: "</s>", 3: "<unk>",
-                             SpecialIds.IMG_END: "<eoss>", SpecialIds.IMG_START: "<racm3:break>"}
+    names: dict[int, str] = {
+        0: "<s>",
+        1: "<pad>",
+        2: "</s>",
+        3: "<unk>",
+        SpecialIds.IMG_END: "<eoss>",
+        SpecialIds.IMG_START: "<racm3:break>",
+    }
     code_map = ImageCodeMap.synthetic()
     names.update({int(i): code_token_name(c) for c, i in enumerate(code_map.code_to_id.tolist())})
     names.update({_TEXT_BASE + i: tok for tok, i in text_vocab.items()})
@@ -150,11 +163,21 @@ def build_test_tokenizer(path: str | Path, bpe_size: int = 600) -> Path:
         names.setdefault(i, SpecialIds.reserved_name(i))
     spec["model"]["vocab"] = {name: i for i, name in sorted(names.items())}
     specials = [0, 1, 2, 3, SpecialIds.IMG_END, SpecialIds.IMG_START, SpecialIds.EOT]
-    spec["added_tokens"] = [dict(id=i, content=names[i], single_word=False, lstrip=False, rstrip=False,
-                                 normalized=False, special=True) for i in specials]
-    spec["added_tokens"].append(dict(id=_IMAGE_PLACEHOLDER_ID, content=SpecialIds.IMAGE_PLACEHOLDER,
-                                     single_word=False, lstrip=False, rstrip=False, normalized=False,
-                                     special=True))
+    spec["added_tokens"] = [
+        dict(id=i, content=names[i], single_word=False, lstrip=False, rstrip=False, normalized=False, special=True)
+        for i in specials
+    ]
+    spec["added_tokens"].append(
+        dict(
+            id=_IMAGE_PLACEHOLDER_ID,
+            content=SpecialIds.IMAGE_PLACEHOLDER,
+            single_word=False,
+            lstrip=False,
+            rstrip=False,
+            normalized=False,
+            special=True,
+        )
+    )
     text = json.dumps(spec, ensure_ascii=False)
     Tokenizer.from_str(text)  # fail here, not in the caller, if the layout is invalid
     tmp = path.with_suffix(".json.tmp")

@@ -1,4 +1,5 @@
 """common.compat.basicsr: basicsr 1.4.2 imports on torchvision >= 0.17 through the shim."""
+
 import sys
 
 import torch

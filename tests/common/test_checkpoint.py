@@ -1,4 +1,5 @@
 """Atomic checkpoint writes, safe loading, resume discovery, RNG round trips, pre-emption flag."""
+
 import os
 import random
 import signal

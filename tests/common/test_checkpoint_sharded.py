@@ -5,6 +5,7 @@ checkpoint resumes in one process with every weight and Adam moment equal (FSDP2
 Model: 12 x Linear(1024, 1024) + AdamW = 151 MB of state, large enough that gathering it (the old
 consolidated path) would show in the resident set; each FSDP2 rank owns half of it.
 """
+
 import json
 import os
 import subprocess
@@ -14,15 +15,36 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FILES = ["COMPLETE", "meta.json", "rng/rank_00000.pt", "rng/rank_00001.pt", "state/.metadata",
-         "state/__0_0.distcp", "state/__1_0.distcp"]
+FILES = [
+    "COMPLETE",
+    "meta.json",
+    "rng/rank_00000.pt",
+    "rng/rank_00001.pt",
+    "state/.metadata",
+    "state/__0_0.distcp",
+    "state/__1_0.distcp",
+]
 
 
 def _bench(tmp_path, strategy, hidden, layers, *extra) -> dict:
     out = tmp_path / "res.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    cmd = [sys.executable, str(ROOT / "bench/checkpoint.py"), "--strategy", strategy, "--hidden", str(hidden),
-           "--layers", str(layers), "--check", "--out", str(tmp_path / "work"), "--json", str(out), *extra]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench/checkpoint.py"),
+        "--strategy",
+        strategy,
+        "--hidden",
+        str(hidden),
+        "--layers",
+        str(layers),
+        "--check",
+        "--out",
+        str(tmp_path / "work"),
+        "--json",
+        str(out),
+        *extra,
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(out.read_text())

@@ -1,4 +1,5 @@
 """Colour-fix identities (pure.md §7.3) and AdaIN statistics (varsr.md §9)."""
+
 from __future__ import annotations
 
 import pytest

@@ -5,6 +5,7 @@ to the same losses as the plain single-process run (the independent reference).
 Each run happens in this process as a torchrun world of one (what launch/train_*.py starts for
 `cpu_offload` on one device): RANK/WORLD_SIZE set, a gloo group on a file store.
 """
+
 import pytest
 import torch
 import torch.distributed as tdist
@@ -40,7 +41,8 @@ def _offloaded(module) -> bool:
 
     group = module._get_fsdp_state()._fsdp_param_group
     return isinstance(group.offload_policy, CPUOffloadPolicy) and all(
-        p._local_tensor.device.type == "cpu" for p in module.parameters(recurse=False))
+        p._local_tensor.device.type == "cpu" for p in module.parameters(recurse=False)
+    )
 
 
 def test_varsr_fsdp2_offload_matches_plain(tmp_path, world_of_one):
@@ -72,8 +74,9 @@ def test_varsr_offload_needs_fsdp2(tmp_path):
 
     model, _ = build_models("tiny")
     with pytest.raises(ValueError, match="strategy=fsdp2"):
-        parallelize(model, ParallelConfig(strategy="ddp", cpu_offload=True),
-                    DistInfo(0, 1, 0, torch.device("cpu"), None))
+        parallelize(
+            model, ParallelConfig(strategy="ddp", cpu_offload=True), DistInfo(0, 1, 0, torch.device("cpu"), None)
+        )
 
 
 def _pure_cfg(tmp_path, name, **over):
@@ -108,7 +111,9 @@ def test_deepspeed_config_switch():
     par = PureParallel(backend="deepspeed", zero_stage=3, cpu_offload=True)
     z = deepspeed_config(PureOptimConfig(), par, micro_batch=2, world_size=1)["zero_optimization"]
     assert z["offload_optimizer"]["device"] == "cpu" and z["stage"] == 3
-    assert "offload_optimizer" not in deepspeed_config(PureOptimConfig(), PureParallel(backend="deepspeed"), 2, 1)[
-        "zero_optimization"]
+    assert (
+        "offload_optimizer"
+        not in deepspeed_config(PureOptimConfig(), PureParallel(backend="deepspeed"), 2, 1)["zero_optimization"]
+    )
     with pytest.raises(ValueError, match="zero_stage"):
         deepspeed_config(PureOptimConfig(), PureParallel(backend="deepspeed", zero_stage=0, cpu_offload=True), 2, 1)

@@ -1,4 +1,5 @@
 """Training sources, mixing, crops, bad-file handling and test folders."""
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,9 @@ def test_manifest_labels_and_errors(tmp_path):
     _folder(tmp_path / "imgs", 3)
     man = write_manifest([("imgs/im0.png", 0), ("imgs/im1.png", 1)], tmp_path / "m.csv")
     assert list_source(ImageSource(str(man), kind="manifest")) == [
-        (str(tmp_path / "imgs/im0.png"), 0), (str(tmp_path / "imgs/im1.png"), 1)]
+        (str(tmp_path / "imgs/im0.png"), 0),
+        (str(tmp_path / "imgs/im1.png"), 1),
+    ]
     bad = tmp_path / "bad.csv"
     bad.write_text("file,label\nx.png,0\n")
     with pytest.raises(ValueError, match="'path' column"):
@@ -81,8 +84,12 @@ def test_mixing_ratios_per_epoch():
 def test_dataset_mixes_sources_with_labels(tmp_path):
     pos = _folder(tmp_path / "pos", 8)
     neg = _folder(tmp_path / "neg", 4, prefix="n")
-    ds = HRTrainDataset([ImageSource(str(pos), ratio=0.5), ImageSource(str(neg), label=1, ratio=2.0)],
-                        crop_size=32, crop_mode="random", seed=3)
+    ds = HRTrainDataset(
+        [ImageSource(str(pos), ratio=0.5), ImageSource(str(neg), label=1, ratio=2.0)],
+        crop_size=32,
+        crop_mode="random",
+        seed=3,
+    )
     assert len(ds) == 12 and ds.source_counts() == {"folder:pos": 4, "folder:neg": 8}
     labels = [ds[i]["label"] for i in range(len(ds))]
     assert labels.count(1) == 8 and labels.count(0) == 4
@@ -96,11 +103,15 @@ def test_crops_and_sizes():
     c = crop_image(img, 256, "resize_center", rng, resize_to=320)  # VARSR: shorter side -> 1.25x crop
     full = resize_shorter(img, 320)
     top, left = (full.shape[0] - 256) // 2, (full.shape[1] - 256) // 2
-    np.testing.assert_array_equal(c, full[top:top + 256, left:left + 256])
+    np.testing.assert_array_equal(c, full[top : top + 256, left : left + 256])
     r = crop_image(img, 128, "random", rng)
     assert r.shape == (128, 128, 3)
-    found = [(t, l) for t in range(300 - 127) for l in range(500 - 127) if (img[t, l] == r[0, 0]).all()
-             and (img[t:t + 128, l:l + 128] == r).all()]
+    found = [
+        (t, l)
+        for t in range(300 - 127)
+        for l in range(500 - 127)
+        if (img[t, l] == r[0, 0]).all() and (img[t : t + 128, l : l + 128] == r).all()
+    ]
     assert found  # a native-resolution window of the original
     assert crop_image(img, 64, "resize_random", rng, resize_to=80).shape == (64, 64, 3)
 
@@ -114,13 +125,17 @@ def test_items_reproducible_and_flipped(tmp_path):
         return {"k": torch.from_numpy(rng.random(3).astype(np.float32))}
 
     kw = dict(crop_size=32, crop_mode="random", seed=7, kernel_sampler=sampler)
-    ds1, ds2 = HRTrainDataset([ImageSource(str(tmp_path / "a"))], **kw), HRTrainDataset([ImageSource(str(tmp_path / "a"))], **kw)
+    ds1, ds2 = (
+        HRTrainDataset([ImageSource(str(tmp_path / "a"))], **kw),
+        HRTrainDataset([ImageSource(str(tmp_path / "a"))], **kw),
+    )
     a, b = ds1[2], ds2[2]
     torch.testing.assert_close(a["hr"], b["hr"])
     torch.testing.assert_close(a["kernels"]["k"], b["kernels"]["k"])  # same (seed, epoch, index)
     ds2.set_epoch(1)
     assert not torch.equal(ds2[2]["kernels"]["k"], a["kernels"]["k"])
     assert a["hr"].shape == (3, 32, 32) and a["hr"].dtype == torch.float32 and 0 <= a["hr"].min() <= a["hr"].max() <= 1
+
 
 def test_hflip_mirrors_the_same_crop(tmp_path):
     _folder(tmp_path / "f", 8, 48, 48)
@@ -205,10 +220,12 @@ def test_collate_with_real_kernel_sampler(tmp_path):
     from common.degradation import KernelSampler, get_preset
 
     _folder(tmp_path / "k", 2, 48, 48)
-    ds = HRTrainDataset([ImageSource(str(tmp_path / "k"))], crop_size=32, seed=0,
-                        kernel_sampler=KernelSampler(get_preset("varsr_mild")))
+    ds = HRTrainDataset(
+        [ImageSource(str(tmp_path / "k"))], crop_size=32, seed=0, kernel_sampler=KernelSampler(get_preset("varsr_mild"))
+    )
     batch = collate_train([ds[0], ds[1]])
     assert batch["kernels"]["kernel1"].shape == (2, 21, 21)
-    again = HRTrainDataset([ImageSource(str(tmp_path / "k"))], crop_size=32, seed=0,
-                           kernel_sampler=KernelSampler(get_preset("varsr_mild")))[1]
+    again = HRTrainDataset(
+        [ImageSource(str(tmp_path / "k"))], crop_size=32, seed=0, kernel_sampler=KernelSampler(get_preset("varsr_mild"))
+    )[1]
     torch.testing.assert_close(again["kernels"]["kernel1"], batch["kernels"]["kernel1"][1])

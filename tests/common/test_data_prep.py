@@ -1,4 +1,5 @@
 """data/ preparation scripts on fake local copies: name matching, negatives rule, FFHQ resize."""
+
 from __future__ import annotations
 
 import csv
@@ -64,8 +65,21 @@ def test_iqa_negatives_script(tmp_path, repo_root):
         w.writerows((n, "x", s) for n, s in rows)
     out = tmp_path / "neg.csv"
     mod = _script(repo_root, "iqa_negatives")
-    assert mod.main(["--scores", str(tmp_path / "scores.csv"), "--images", str(imgs), "--dataset", "koniq10k",
-                     "--out", str(out)]) == 0
+    assert (
+        mod.main(
+            [
+                "--scores",
+                str(tmp_path / "scores.csv"),
+                "--images",
+                str(imgs),
+                "--dataset",
+                "koniq10k",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     got = list(csv.DictReader(open(out)))  # tau = 1 + 0.6 * 5 = 4 -> scores 1, 2, 3
     assert [r["path"].split("/")[-1] for r in got] == ["i0.jpg", "i1.jpg", "i2.jpg"]
     assert {r["label"] for r in got} == {"1"}

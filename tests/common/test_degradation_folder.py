@@ -1,4 +1,5 @@
 """common.degradation.folder / launch/degrade.py end to end on small synthetic images."""
+
 import json
 import os
 import subprocess
@@ -33,10 +34,16 @@ def _make_hr(d: Path) -> Path:
 def test_degrade_folder_whole_images(tmp_path):
     hr = _make_hr(tmp_path / "hr")
     out = tmp_path / "out"
-    counts = degrade_folder(DegradeConfig(hr_dir=str(hr), out_dir=str(out), degradation=get_preset("varsr_mild"),
-                                          seed=0, progress=False))
+    counts = degrade_folder(
+        DegradeConfig(hr_dir=str(hr), out_dir=str(out), degradation=get_preset("varsr_mild"), seed=0, progress=False)
+    )
     assert {k: counts[k] for k in ("written", "bad", "too_small", "existing", "skipped")} == {
-        "written": 4, "bad": 2, "too_small": 1, "existing": 0, "skipped": 2}
+        "written": 4,
+        "bad": 2,
+        "too_small": 1,
+        "existing": 0,
+        "skipped": 2,
+    }
     assert [Path(p).name for p in counts["skipped_files"]] == ["broken.png", "empty.jpg"]
     names = sorted(p.name for p in (out / "HR").iterdir())
     assert names == ["a.png", "b.png", "c.png", "d.png"] == sorted(p.name for p in (out / "LR").iterdir())
@@ -63,8 +70,9 @@ def test_degrade_folder_crops_and_is_reproducible(tmp_path):
         # each image's pair depends on (seed, index) only, not on the batching
         assert np.abs(l1.astype(int) - l2.astype(int)).max() <= 1
     r1 = (tmp_path / "o1/params.jsonl").read_text().splitlines()
-    assert [json.loads(x)["crop"] for x in r1] == [json.loads(x)["crop"] for x in
-                                                   (tmp_path / "o2/params.jsonl").read_text().splitlines()]
+    assert [json.loads(x)["crop"] for x in r1] == [
+        json.loads(x)["crop"] for x in (tmp_path / "o2/params.jsonl").read_text().splitlines()
+    ]
 
 
 def test_degrade_folder_bad_input_is_one_line(tmp_path):
@@ -83,14 +91,38 @@ def test_launch_degrade_with_hydra_overrides(tmp_path):
         Image.fromarray((rng.random((72, 80, 3)) * 255).astype(np.uint8)).save(hr / f"im{i}.png")
     out = tmp_path / "out"
     env = {**os.environ, "ARSR_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, str(ROOT / "launch/degrade.py"), f"hr_dir={hr}", f"out_dir={out}",
-                        "degradation=varsr_mild", "seed=0", "degradation.scale=2"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "launch/degrade.py"),
+            f"hr_dir={hr}",
+            f"out_dir={out}",
+            "degradation=varsr_mild",
+            "seed=0",
+            "degradation.scale=2",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert read_image(out / "LR" / "im0.png").shape == (36, 40, 3)
     recs = [json.loads(x) for x in (out / "params.jsonl").read_text().splitlines()]
     assert len(recs) == 2 and recs[0]["scale"] == 2 and recs[0]["preset"] == "varsr_mild"
-    bad = subprocess.run([sys.executable, str(ROOT / "launch/degrade.py"), f"hr_dir={tmp_path / 'missing'}",
-                          f"out_dir={tmp_path / 'o2'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "launch/degrade.py"),
+            f"hr_dir={tmp_path / 'missing'}",
+            f"out_dir={tmp_path / 'o2'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "hr_dir=" in bad.stderr and "does not exist" in bad.stderr
     assert "Traceback" not in bad.stderr

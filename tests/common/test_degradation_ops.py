@@ -1,4 +1,5 @@
 """Degradation primitives and kernel formulas against basicsr (the oracle, via common.compat)."""
+
 import math
 
 import numpy as np
@@ -21,7 +22,7 @@ def _padded_kernels(b, ks, size=21, seed=0):
     for i, s in enumerate(ks):
         p = (size - s) // 2
         v = torch.rand(s, s, generator=g)
-        k[i, p:p + s, p:p + s] = v / v.sum()
+        k[i, p : p + s, p : p + s] = v / v.sum()
     return k
 
 
@@ -113,15 +114,27 @@ def test_shared_gray_quirk_reuses_one_field():
     assert not torch.allclose(n[2, 0], n[2, 1])  # colour sample: independent channels
 
 
-@pytest.mark.parametrize("fam,sx,sy,theta,beta", [
-    ("iso", 1.3, None, None, None), ("aniso", 0.7, 2.4, 0.9, None),
-    ("generalized_iso", 1.1, None, None, 0.6), ("generalized_aniso", 2.0, 0.5, -2.1, 3.3),
-    ("plateau_iso", 1.5, None, None, 1.0), ("plateau_aniso", 0.9, 2.8, 1.7, 1.8)])
+@pytest.mark.parametrize(
+    "fam,sx,sy,theta,beta",
+    [
+        ("iso", 1.3, None, None, None),
+        ("aniso", 0.7, 2.4, 0.9, None),
+        ("generalized_iso", 1.1, None, None, 0.6),
+        ("generalized_aniso", 2.0, 0.5, -2.1, 3.3),
+        ("plateau_iso", 1.5, None, None, 1.0),
+        ("plateau_aniso", 0.9, 2.8, 1.7, 1.8),
+    ],
+)
 def test_kernel_formulas_match_basicsr(deg, fam, sx, sy, theta, beta):
     iso = "aniso" not in fam
-    fn = {"iso": deg.bivariate_Gaussian, "aniso": deg.bivariate_Gaussian,
-          "generalized_iso": deg.bivariate_generalized_Gaussian, "generalized_aniso": deg.bivariate_generalized_Gaussian,
-          "plateau_iso": deg.bivariate_plateau, "plateau_aniso": deg.bivariate_plateau}[fam]
+    fn = {
+        "iso": deg.bivariate_Gaussian,
+        "aniso": deg.bivariate_Gaussian,
+        "generalized_iso": deg.bivariate_generalized_Gaussian,
+        "generalized_aniso": deg.bivariate_generalized_Gaussian,
+        "plateau_iso": deg.bivariate_plateau,
+        "plateau_aniso": deg.bivariate_plateau,
+    }[fam]
     args = (15, sx, sy or sx, theta or 0.0) + ((beta,) if beta is not None else ())
     ref = fn(*args, isotropic=iso)
     ours = mixed_kernel(fam, 15, sx, sy or sx, theta or 0.0, beta)
@@ -131,8 +144,9 @@ def test_kernel_formulas_match_basicsr(deg, fam, sx, sy, theta, beta):
 
 @pytest.mark.parametrize("wc,ks", [(math.pi / 3, 7), (2.0, 13), (math.pi, 21)])
 def test_sinc_kernel_matches_circular_lowpass(deg, wc, ks):
-    np.testing.assert_allclose(pad_kernel(sinc_kernel(wc, ks), 21), deg.circular_lowpass_kernel(wc, ks, pad_to=21),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        pad_kernel(sinc_kernel(wc, ks), 21), deg.circular_lowpass_kernel(wc, ks, pad_to=21), atol=1e-12
+    )
 
 
 def test_quantize_is_8bit():

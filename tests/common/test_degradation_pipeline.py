@@ -1,5 +1,6 @@
 """Degrader: output contract, reproducibility, batching invariance, and the stage order vs a
 basicsr re-enactment of Real-ESRGAN's feed_data for the same parameters."""
+
 import json
 
 import numpy as np
@@ -8,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from common.compat import basicsr as bsr
-from common.degradation import Degrader, degrade_image, get_preset, sample_kernels
-from common.degradation import ops
+from common.degradation import Degrader, degrade_image, get_preset, ops, sample_kernels
 
 
 def _gt(b, h=96, w=80, seed=0):
@@ -37,8 +37,10 @@ def test_shapes_ranges_quantisation_and_json(name):
     assert len(res.params) == 3
     json.loads(json.dumps(res.params))  # JSON-able
     p = res.params[0]
-    assert p["kernel1"]["family"] and p["stage2"]["size"] == [int(96 / 4 * p["stage2"]["resize_scale"]),
-                                                            int(80 / 4 * p["stage2"]["resize_scale"])]
+    assert p["kernel1"]["family"] and p["stage2"]["size"] == [
+        int(96 / 4 * p["stage2"]["resize_scale"]),
+        int(80 / 4 * p["stage2"]["resize_scale"]),
+    ]
 
 
 @pytest.mark.parametrize("compat", [False, True])
@@ -57,10 +59,10 @@ def test_batched_equals_each_sample_alone():
     k = sample_kernels(cfg, 4, np.random.default_rng(3))
     res = d(gt, k, torch.Generator().manual_seed(3))
     for i in range(4):
-        ki = {n: v[i:i + 1] for n, v in k.items() if n != "params"}
-        alone = d.apply(gt[i:i + 1], ki, res.params[i:i + 1])
-        assert torch.allclose(alone.lq, res.lq[i:i + 1], atol=1.5 / 255)
-        assert (alone.lq - res.lq[i:i + 1]).abs().mean() < 1e-4
+        ki = {n: v[i : i + 1] for n, v in k.items() if n != "params"}
+        alone = d.apply(gt[i : i + 1], ki, res.params[i : i + 1])
+        assert torch.allclose(alone.lq, res.lq[i : i + 1], atol=1.5 / 255)
+        assert (alone.lq - res.lq[i : i + 1]).abs().mean() < 1e-4
 
 
 def test_degrade_image_single():
@@ -81,7 +83,9 @@ def _reenact(gt, k, p, cfg):
     x = jpeger(torch.clamp(x, 0, 1), quality=torch.tensor([s1["jpeg_quality"]]))
     if s2["blur"]:
         x = bsr.filter2D(x, k["kernel2"])
-    x = F.interpolate(x, size=(int(h / 4 * s2["resize_scale"]), int(w / 4 * s2["resize_scale"])), mode=s2["resize_mode"])
+    x = F.interpolate(
+        x, size=(int(h / 4 * s2["resize_scale"]), int(w / 4 * s2["resize_scale"])), mode=s2["resize_mode"]
+    )
     q2 = torch.tensor([fin["jpeg_quality"]])
     if fin["order"] == "resize_sinc_jpeg":
         x = bsr.filter2D(F.interpolate(x, size=(h // 4, w // 4), mode=fin["resize_mode"]), k["sinc_kernel"])
@@ -95,8 +99,13 @@ def _reenact(gt, k, p, cfg):
 @pytest.mark.parametrize("seed", range(6))
 def test_stage_order_matches_basicsr_reenactment(seed):
     # zero-width noise ranges make the pipeline deterministic given the params
-    cfg = get_preset("realesrgan", noise_range=[0.0, 0.0], noise_range2=[0.0, 0.0],
-                     poisson_scale_range=[0.0, 0.0], poisson_scale_range2=[0.0, 0.0])
+    cfg = get_preset(
+        "realesrgan",
+        noise_range=[0.0, 0.0],
+        noise_range2=[0.0, 0.0],
+        poisson_scale_range=[0.0, 0.0],
+        poisson_scale_range2=[0.0, 0.0],
+    )
     gt = _gt(1, 128, 112, seed)
     k = sample_kernels(cfg, 1, np.random.default_rng(seed))
     res = Degrader(cfg)(gt, k, torch.Generator().manual_seed(seed))

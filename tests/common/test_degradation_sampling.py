@@ -1,4 +1,5 @@
 """Sampled kernel families / random choices follow the preset probabilities (spec common.md §1.2-1.3)."""
+
 import collections
 import math
 from pathlib import Path
@@ -62,6 +63,7 @@ def test_kernel_shapes_sizes_and_ranges(draws):
         p2 = d["params"]["kernel2"]
         if p2["family"] != "sinc":
             assert p2["sigma_x"] <= 1.5
+
     def betas(fams):
         return np.array([d["params"]["kernel1"]["beta"] for d in ds if d["params"]["kernel1"]["family"] in fams])
 
@@ -82,8 +84,10 @@ def test_sampler_reproducible_and_collates():
 def test_random_choice_frequencies():
     cfg = get_preset("realesrgan")
     ps = Degrader(cfg).sample_params(N, torch.Generator().manual_seed(0))
-    for st, probs, gp, gray in (("stage1", cfg.resize_prob, cfg.gaussian_noise_prob, cfg.gray_noise_prob),
-                                ("stage2", cfg.resize_prob2, cfg.gaussian_noise_prob2, cfg.gray_noise_prob2)):
+    for st, probs, gp, gray in (
+        ("stage1", cfg.resize_prob, cfg.gaussian_noise_prob, cfg.gray_noise_prob),
+        ("stage2", cfg.resize_prob2, cfg.gaussian_noise_prob2, cfg.gray_noise_prob2),
+    ):
         kinds = collections.Counter(p[st]["resize"] for p in ps)
         for kind, pr in zip(("up", "down", "keep"), probs):
             assert abs(kinds[kind] / N - pr) < _tol(pr), (st, kind)
@@ -96,8 +100,11 @@ def test_random_choice_frequencies():
     lo, hi = cfg.resize_range
     for p in ps:
         s1 = p["stage1"]
-        assert {"up": 1 <= s1["resize_scale"] <= hi, "down": lo <= s1["resize_scale"] <= 1,
-                "keep": s1["resize_scale"] == 1}[s1["resize"]]
+        assert {
+            "up": 1 <= s1["resize_scale"] <= hi,
+            "down": lo <= s1["resize_scale"] <= 1,
+            "keep": s1["resize_scale"] == 1,
+        }[s1["resize"]]
         assert 30 <= s1["jpeg_quality"] <= 95 and 30 <= p["final"]["jpeg_quality"] <= 95
         if s1["noise"] == "gaussian":
             assert 1 <= s1["noise_sigma"] <= 30 and s1["poisson_scale"] is None

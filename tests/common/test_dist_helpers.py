@@ -3,6 +3,7 @@
 The device test monkeypatches the backend lookup: NCCL needs CUDA tensors, which cannot be
 exercised on a CPU machine, so the selection rule is checked instead of a real NCCL run.
 """
+
 import ast
 import os
 from pathlib import Path
@@ -17,10 +18,31 @@ import common.dist as cd
 ROOT = Path(__file__).resolve().parents[2]
 # Every torch.distributed call that moves data between ranks (plus barrier, which synchronises them).
 COLLECTIVES = {
-    "all_reduce", "all_gather", "all_gather_object", "all_gather_into_tensor", "all_to_all", "all_to_all_single",
-    "broadcast", "broadcast_object_list", "reduce", "reduce_scatter", "reduce_scatter_tensor", "gather",
-    "gather_object", "scatter", "scatter_object_list", "send", "recv", "isend", "irecv", "barrier",
-    "monitored_barrier", "batch_isend_irecv", "all_reduce_coalesced", "send_object_list", "recv_object_list",
+    "all_reduce",
+    "all_gather",
+    "all_gather_object",
+    "all_gather_into_tensor",
+    "all_to_all",
+    "all_to_all_single",
+    "broadcast",
+    "broadcast_object_list",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "gather",
+    "gather_object",
+    "scatter",
+    "scatter_object_list",
+    "send",
+    "recv",
+    "isend",
+    "irecv",
+    "barrier",
+    "monitored_barrier",
+    "batch_isend_irecv",
+    "all_reduce_coalesced",
+    "send_object_list",
+    "recv_object_list",
 }
 
 
@@ -55,15 +77,21 @@ def _direct_collectives(path: Path) -> list[str]:
 
 def test_detector_finds_every_spelling(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text("import torch\nimport torch.distributed as d\nfrom torch import distributed as td\n"
-                   "from torch.distributed import all_reduce as ar\n"
-                   "torch.distributed.all_gather_object([], 1)\nd.all_reduce(x)\ntd.barrier()\nar(x)\n"
-                   "common_dist.all_reduce_mean(x)\n")
+    src.write_text(
+        "import torch\nimport torch.distributed as d\nfrom torch import distributed as td\n"
+        "from torch.distributed import all_reduce as ar\n"
+        "torch.distributed.all_gather_object([], 1)\nd.all_reduce(x)\ntd.barrier()\nar(x)\n"
+        "common_dist.all_reduce_mean(x)\n"
+    )
     global ROOT
     old, ROOT = ROOT, tmp_path
     try:
-        assert [h.split()[1] for h in _direct_collectives(src)] == ["all_gather_object", "all_reduce", "barrier",
-                                                                   "all_reduce"]
+        assert [h.split()[1] for h in _direct_collectives(src)] == [
+            "all_gather_object",
+            "all_reduce",
+            "barrier",
+            "all_reduce",
+        ]
     finally:
         ROOT = old
 
@@ -103,8 +131,12 @@ def test_helpers_hand_nccl_a_cuda_tensor(monkeypatch):
     monkeypatch.setattr(tdist, "get_world_size", lambda group=None: 2)
     monkeypatch.setattr(tdist, "all_reduce", fake_all_reduce)
     monkeypatch.setattr(cd, "group_device", lambda group=None: torch.device("meta"))
-    calls = [lambda: cd.all_reduce_sum(torch.tensor([1.5])), lambda: cd.all_reduce_mean(2.0),
-             lambda: cd.all_reduce_max(torch.tensor(1.0)), lambda: cd.any_rank(True)]
+    calls = [
+        lambda: cd.all_reduce_sum(torch.tensor([1.5])),
+        lambda: cd.all_reduce_mean(2.0),
+        lambda: cd.all_reduce_max(torch.tensor(1.0)),
+        lambda: cd.any_rank(True),
+    ]
     for fn in calls:
         with pytest.raises(_Stop):
             fn()
@@ -112,8 +144,9 @@ def test_helpers_hand_nccl_a_cuda_tensor(monkeypatch):
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     info = cd.init_distributed("cpu")
     r = info.rank

@@ -1,5 +1,6 @@
 """launch/export_checkpoint.py: exporting a training checkpoint (model keys only) gives exactly what the
 end-of-training export from the live model gives (VARSR official .pth, PURE HF shards + config.json)."""
+
 import json
 
 import pytest

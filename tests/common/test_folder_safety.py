@@ -4,6 +4,7 @@ Outputs overlapping an input are refused with one line and the inputs stay byte-
 broken files among good ones are skipped, named and counted (exit 3); existing outputs are kept
 or replaced only as skip_existing / overwrite say; bad values are one line naming the key.
 """
+
 import json
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def evaluate():
 
 
 def test_check_apart_uses_real_paths(tmp_path):
-    inp = (tmp_path / "data" / "HR")
+    inp = tmp_path / "data" / "HR"
     inp.mkdir(parents=True)
     for out in overlapping_outputs(inp).values():
         with pytest.raises(OutputOverlapError, match="never overwrite inputs"):
@@ -88,10 +89,15 @@ def test_degrade_skips_broken_files_and_obeys_skip_existing(tmp_path, capsys, de
     assert [json.loads(x)["name"] for x in (out / "params.jsonl").read_text().splitlines()] == ["a.png", "b.png"]
 
 
-@pytest.mark.parametrize("arg,needle", [("batch_size=0", "batch_size=0 is not allowed: must be >= 1"),
-                                        ("batch_size=-1", "batch_size=-1 is not allowed"),
-                                        ("crop=abc", "key crop: Value 'abc'"),
-                                        ("device=gpu", "device='gpu' is not allowed")])
+@pytest.mark.parametrize(
+    "arg,needle",
+    [
+        ("batch_size=0", "batch_size=0 is not allowed: must be >= 1"),
+        ("batch_size=-1", "batch_size=-1 is not allowed"),
+        ("crop=abc", "key crop: Value 'abc'"),
+        ("device=gpu", "device='gpu' is not allowed"),
+    ],
+)
 def test_degrade_bad_values_are_one_line(tmp_path, capsys, degrade, arg, needle):
     hr = make_folder(tmp_path / "HR", GOOD)
     assert needle in user_error(capsys, degrade, [f"hr_dir={hr}", f"out_dir={tmp_path / 'o'}", arg])
@@ -122,8 +128,10 @@ def test_evaluate_refuses_outputs_in_inputs_and_skips_broken(tmp_path, capsys, e
     assert "already exists" in user_error(capsys, evaluate, base + [f"out={tmp_path / 'm.json'}", "overwrite=false"])
 
 
-@pytest.mark.parametrize("arg,needle", [("crop_border=abc", "crop_border"), ("crop_border=-1", "crop_border=-1"),
-                                        ("device=tpu", "device='tpu'")])
+@pytest.mark.parametrize(
+    "arg,needle",
+    [("crop_border=abc", "crop_border"), ("crop_border=-1", "crop_border=-1"), ("device=tpu", "device='tpu'")],
+)
 def test_evaluate_bad_values_are_one_line(tmp_path, capsys, evaluate, arg, needle):
     sr, hr = _sr_hr(tmp_path)
     line = user_error(capsys, evaluate, [f"sr_dir={sr}", f"hr_dir={hr}", f"out={tmp_path / 'm.json'}", arg])
@@ -147,8 +155,15 @@ def test_degrade_and_evaluate_processes_exit_codes(tmp_path):
     assert all(name in res.stdout for name in BROKEN) and "2 done, 3 skipped" in res.stdout
     assert read_image(tmp_path / "pairs" / "LR" / "a.png").shape == (17, 18, 3)
     assert tree_hash(hr) == before
-    res = run_script("evaluate", [f"sr_dir={tmp_path / 'pairs' / 'HR'}", f"hr_dir={tmp_path / 'pairs' / 'HR'}",
-                                  "metrics=[psnr]", f"out={tmp_path / 'pairs' / 'HR' / 'm.json'}"])
+    res = run_script(
+        "evaluate",
+        [
+            f"sr_dir={tmp_path / 'pairs' / 'HR'}",
+            f"hr_dir={tmp_path / 'pairs' / 'HR'}",
+            "metrics=[psnr]",
+            f"out={tmp_path / 'pairs' / 'HR' / 'm.json'}",
+        ],
+    )
     assert_one_line(res, "out=", "is the input folder")
 
 

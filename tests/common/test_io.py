@@ -1,4 +1,5 @@
 """read_image converts every odd-but-valid file and rejects broken ones with one line."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Rank helpers in a single process, tables, grids and the offline tracker."""
+
 import csv
 import json
 
@@ -18,9 +19,12 @@ def test_single_process_dist_is_noop():
 
 
 def test_seed_everything_is_rank_dependent_and_reproducible():
-    seed_everything(1, rank=0); a = torch.rand(3)
-    seed_everything(1, rank=0); b = torch.rand(3)
-    seed_everything(1, rank=1); c = torch.rand(3)
+    seed_everything(1, rank=0)
+    a = torch.rand(3)
+    seed_everything(1, rank=0)
+    b = torch.rand(3)
+    seed_everything(1, rank=1)
+    c = torch.rand(3)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 

@@ -1,4 +1,5 @@
 """Y-channel PSNR/SSIM against skimage and basicsr; NIQE offline against basicsr."""
+
 from __future__ import annotations
 
 import io
@@ -44,8 +45,9 @@ def test_psnr_ssim_match_skimage(pairs):
     for hr, sr in pairs:
         yh, ys = _y_skimage(hr), _y_skimage(sr)
         ref_p = peak_signal_noise_ratio(yh, ys, data_range=1.0)
-        ref_s = structural_similarity(yh, ys, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                      use_sample_covariance=False)
+        ref_s = structural_similarity(
+            yh, ys, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        )
         assert 20 < ref_p < 45  # a visible degradation, not a near-identity
         assert abs(float(psnr_y(sr, hr)) - ref_p) < 1e-4
         assert abs(float(ssim_y(sr, hr)) - ref_s) < 1e-5

@@ -1,4 +1,5 @@
 """Which metrics a sampling run scores: the selection less what needs a missing HR, NIQE as fallback."""
+
 import numpy as np
 from PIL import Image
 

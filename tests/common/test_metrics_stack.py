@@ -1,4 +1,5 @@
 """MetricStack loading learned metrics offline, and evaluate_folders / launch/evaluate.py outputs."""
+
 from __future__ import annotations
 
 import csv
@@ -12,8 +13,8 @@ import torch
 
 from common.data.bundled import bundled_pairs
 from common.data.io import write_image
-from common.metrics import MetricStack, MetricWeightsError, evaluate_folders, psnr_y
 from common.data.test_sets import PairingError
+from common.metrics import MetricStack, MetricWeightsError, evaluate_folders, psnr_y
 
 LPIPS_CHANNELS = [64, 192, 384, 256, 256]  # AlexNet feature widths the LPIPS heads sit on
 
@@ -71,8 +72,9 @@ def test_no_reference_folder_without_hr(tmp_path):
     from common.data.bundled import bundled_photos, fit_square
 
     write_image(tmp_path / "lq" / "astronaut.png", fit_square(bundled_photos()[0][1], 192))
-    s = evaluate_folders(tmp_path / "lq", None, ["niqe"], tmp_path / "nr.json", weights_dir=tmp_path / "w",
-                         show_progress=False)
+    s = evaluate_folders(
+        tmp_path / "lq", None, ["niqe"], tmp_path / "nr.json", weights_dir=tmp_path / "w", show_progress=False
+    )
     assert s["hr_dir"] is None and s["n_images"] == 1 and np.isfinite(s["mean"]["niqe"])
 
 
@@ -127,13 +129,22 @@ def read_from(p):
 @pytest.mark.slow  # two interpreter start-ups with torch + hydra
 def test_launcher_cli(folders, tmp_path, repo_root):
     out = tmp_path / "cli.json"
-    cmd = [sys.executable, str(repo_root / "launch/evaluate.py"), f"sr_dir={folders / 'SR'}", f"hr_dir={folders / 'HR'}",
-           "metrics=[psnr,ssim]", f"out={out}", f"hydra.run.dir={tmp_path / 'hydra'}", "progress=false"]
+    cmd = [
+        sys.executable,
+        str(repo_root / "launch/evaluate.py"),
+        f"sr_dir={folders / 'SR'}",
+        f"hr_dir={folders / 'HR'}",
+        "metrics=[psnr,ssim]",
+        f"out={out}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+        "progress=false",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=repo_root)
     assert r.returncode == 0, r.stderr[-2000:]
     assert set(json.loads(out.read_text())["mean"]) == {"psnr", "ssim"}
-    bad = subprocess.run(cmd[:2] + [f"sr_dir={tmp_path / 'nope'}"] + cmd[3:], capture_output=True, text=True,
-                         timeout=120, cwd=repo_root)
+    bad = subprocess.run(
+        cmd[:2] + [f"sr_dir={tmp_path / 'nope'}"] + cmd[3:], capture_output=True, text=True, timeout=120, cwd=repo_root
+    )
     assert bad.returncode == 2 and "sr_dir=" in bad.stderr and "does not exist" in bad.stderr
     assert "Traceback" not in bad.stderr
 

@@ -4,6 +4,7 @@ torch.compile, the dtype map, the fused-AdamW choice and the DataLoader feeding 
 References are independent code paths: the same model run eagerly without checkpointing or
 compile, under the same seed (dropout / drop-path masks included).
 """
+
 from collections import Counter
 
 import pytest
@@ -82,8 +83,15 @@ def test_dtype_map_and_ac_modes():
     with pytest.raises(ValueError, match="fp32 | bf16 | fp16"):
         par.get_dtype("float8")
     # booleans from YAML (and OmegaConf's str rendering of them) map onto the modes
-    assert [par.ac_mode(v) for v in (True, "True", "full", False, "False", "none", "selective")] == \
-        ["full", "full", "full", "none", "none", "none", "selective"]
+    assert [par.ac_mode(v) for v in (True, "True", "full", False, "False", "none", "selective")] == [
+        "full",
+        "full",
+        "full",
+        "none",
+        "none",
+        "none",
+        "selective",
+    ]
     with pytest.raises(ValueError, match="activation_checkpointing"):
         par.ac_mode("some")
 
@@ -193,8 +201,12 @@ def test_varsr_loader_uses_the_data_options(tmp_path):
     cfg = tiny_train_config(str(tmp_path))
     cfg.data.num_workers, cfg.data.prefetch_factor, cfg.data.persistent_workers = 1, 3, True
     loader, _ = build_train_loader(build_train_dataset(cfg), cfg, 1, 0, device="cpu")
-    assert (loader.num_workers, loader.prefetch_factor, loader.persistent_workers, loader.pin_memory) == \
-        (1, 3, True, False)
+    assert (loader.num_workers, loader.prefetch_factor, loader.persistent_workers, loader.pin_memory) == (
+        1,
+        3,
+        True,
+        False,
+    )
 
 
 def test_varsr_degradation_runs_batched_on_the_training_device(tmp_path, monkeypatch):
@@ -232,11 +244,20 @@ def test_config_switches_reach_the_blocks():
 
     one = DistInfo(0, 1, 0, torch.device("cpu"), None)
     root, blocks, _ = pure_case(0.0)
-    build_engine(root, root.lm, PureOptimConfig(), PureParallel(backend="none", compile=True,
-                 compile_backend="aot_eager", activation_checkpointing="selective"), one, micro_batch=1)
+    build_engine(
+        root,
+        root.lm,
+        PureOptimConfig(),
+        PureParallel(backend="none", compile=True, compile_backend="aot_eager", activation_checkpointing="selective"),
+        one,
+        micro_batch=1,
+    )
     model, vblocks, _ = varsr_case(0.0)
-    parallelize(model, VarsrParallel(strategy="none", compile=True, compile_backend="aot_eager",
-                                     activation_checkpointing="True"), one)
+    parallelize(
+        model,
+        VarsrParallel(strategy="none", compile=True, compile_backend="aot_eager", activation_checkpointing="True"),
+        one,
+    )
     assert all(b._compiled_call_impl is not None and b._arsr_ac == "selective" for b in blocks)
     assert all(b._compiled_call_impl is not None and b._arsr_ac == "full" for b in vblocks)
     with pytest.raises(ValueError, match="DeepSpeed"):

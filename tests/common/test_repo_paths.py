@@ -1,4 +1,5 @@
 """Relative paths written in config files resolve against the repository, not the working directory."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -49,8 +50,14 @@ def test_command_line_paths_stay_relative_to_the_working_directory(tmp_path, mon
 def test_pure_training_started_elsewhere_reads_the_repository_data_config(tmp_path):
     """The README's PURE training command from another directory gets as far as the token files the
     repository's data config lists (absent here), instead of failing to find the data config."""
-    cmd = [sys.executable, str(ROOT / "launch/train_pure.py"), "model=tiny", "run.device=cpu", "parallel.backend=none",
-           f"run.run_dir={tmp_path / 'run'}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "launch/train_pure.py"),
+        "model=tiny",
+        "run.device=cpu",
+        "parallel.backend=none",
+        f"run.run_dir={tmp_path / 'run'}",
+    ]
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert f"{ROOT / 'data/pure_tokens/lsdir/record.json'}" in r.stderr and "data config not found" not in r.stderr

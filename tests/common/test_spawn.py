@@ -6,6 +6,7 @@ sees RANK/WORLD_SIZE), under Hydra multirun too, a failing rank's exit code come
 bad `nproc` is a one-line error. The training launchers themselves: tests/varsr and tests/pure
 `test_launcher_spawn.py`.
 """
+
 import json
 import os
 import subprocess
@@ -64,7 +65,7 @@ def test_maybe_spawn_decisions(monkeypatch):
     assert len(calls) == 2
 
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, os, sys
     from common.config import run_app
     from varsr.config import VARSRTrainConfig, register_configs
@@ -80,7 +81,7 @@ SCRIPT = textwrap.dedent('''
 
     register_configs()
     run_app("varsr", "train", VARSRTrainConfig, job, spawn_script=__file__)
-''')
+""")
 
 
 def _run(tmp_path, *args):
@@ -93,8 +94,13 @@ def _run(tmp_path, *args):
         env.pop(k, None)
     flags = [a for a in args if a == "-m"]  # Hydra's parser wants flags before the overrides
     args = [a for a in args if a != "-m"]
-    res = subprocess.run([sys.executable, str(script), *flags, "+exp=quick", "run.device=cpu", *args], env=env,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, str(script), *flags, "+exp=quick", "run.device=cpu", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     rows = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
     return res, rows
 

@@ -6,6 +6,7 @@ an evaluation sweep goes through submitit's local launcher (every job in its own
 summary built afterwards in the submitting process from files only: the SLURM code path); an
 Optuna search checks that jobs hand the chosen metric to the sweeper.
 """
+
 import csv
 import json
 import subprocess
@@ -29,19 +30,31 @@ def _rows(path: Path) -> list[dict]:
 
 def test_table_marks_best_per_metric_by_direction(tmp_path):
     # psnr/ssim: higher is better; lpips/niqe: lower is better (written here, not read from code)
-    points = {(4, 0.7): {"psnr": 20.0, "ssim": 0.61, "lpips": 0.30, "niqe": 5.0},
-              (4, 0.9): {"psnr": 21.5, "ssim": 0.60, "lpips": 0.35, "niqe": 4.1},
-              (6, 0.7): {"psnr": 19.0, "ssim": 0.65, "lpips": 0.25, "niqe": 4.6},
-              (6, 0.9): {"psnr": 18.0, "ssim": 0.55, "lpips": 0.40, "niqe": 6.0}}
+    points = {
+        (4, 0.7): {"psnr": 20.0, "ssim": 0.61, "lpips": 0.30, "niqe": 5.0},
+        (4, 0.9): {"psnr": 21.5, "ssim": 0.60, "lpips": 0.35, "niqe": 4.1},
+        (6, 0.7): {"psnr": 19.0, "ssim": 0.65, "lpips": 0.25, "niqe": 4.6},
+        (6, 0.9): {"psnr": 18.0, "ssim": 0.55, "lpips": 0.40, "niqe": 6.0},
+    }
     for n, ((cfg, t), m) in enumerate(points.items()):
         # nested job dirs, as a SLURM sweep's `subdir` may make them; a failed point has no metrics
-        write_point(tmp_path / "a" / f"job{n}", [f"cfg={cfg}", f"temperature={t}", "lr_dir=/x"], "completed",
-                    {"mean": m, "lower_better": ["lpips", "niqe"]}, job_num=n)
+        write_point(
+            tmp_path / "a" / f"job{n}",
+            [f"cfg={cfg}", f"temperature={t}", "lr_dir=/x"],
+            "completed",
+            {"mean": m, "lower_better": ["lpips", "niqe"]},
+            job_num=n,
+        )
     write_point(tmp_path / "job4", ["cfg=8", "temperature=0.7", "lr_dir=/x"], "failed", None, job_num=4)
     paths = summarize(tmp_path)
     rows = _rows(paths["csv"])
-    assert [(r["cfg"], r["temperature"]) for r in rows] == [("4", "0.7"), ("4", "0.9"), ("6", "0.7"), ("6", "0.9"),
-                                                           ("8", "0.7")]
+    assert [(r["cfg"], r["temperature"]) for r in rows] == [
+        ("4", "0.7"),
+        ("4", "0.9"),
+        ("6", "0.7"),
+        ("6", "0.9"),
+        ("8", "0.7"),
+    ]
     assert "lr_dir" not in rows[0]  # not swept -> not a column
     assert [r["best"] for r in rows] == ["", "psnr;niqe", "ssim;lpips", "", ""]
     assert rows[4]["status"] == "failed" and rows[4]["psnr"] == ""
@@ -55,8 +68,13 @@ def test_table_marks_best_per_metric_by_direction(tmp_path):
 
 def test_single_swept_key_and_categorical_axis(tmp_path):
     for n, d in enumerate(["RealSR", "DRealSR"]):
-        write_point(tmp_path / str(n), [f"sr_dir=/sets/{d}", "metrics=[niqe]"], "completed",
-                    {"mean": {"niqe": 4.0 + n}}, job_num=n)
+        write_point(
+            tmp_path / str(n),
+            [f"sr_dir=/sets/{d}", "metrics=[niqe]"],
+            "completed",
+            {"mean": {"niqe": 4.0 + n}},
+            job_num=n,
+        )
     paths = summarize(tmp_path)
     rows = _rows(paths["csv"])
     assert [r["sr_dir"] for r in rows] == ["/sets/RealSR", "/sets/DRealSR"] and rows[0]["best"] == "niqe"
@@ -71,8 +89,12 @@ def test_point_metrics_accepts_the_job_return_shapes():
 
 
 def _job_config(tmp_path, direction=None):
-    hydra = {"mode": "RunMode.MULTIRUN", "runtime": {"output_dir": str(tmp_path / "job")}, "job": {"num": 3},
-             "sweep": {"dir": str(tmp_path)}}
+    hydra = {
+        "mode": "RunMode.MULTIRUN",
+        "runtime": {"output_dir": str(tmp_path / "job")},
+        "job": {"num": 3},
+        "sweep": {"dir": str(tmp_path)},
+    }
     if direction:
         hydra["sweeper"] = {"direction": direction}
     return OmegaConf.create({"hydra": hydra})
@@ -132,8 +154,15 @@ def _psnr_y(a: Path, b: Path) -> float:
 
 
 def _run(script: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "launch" / script), "-m", *args, "device=cpu", "hydra/job_logging=none",
-           "hydra/hydra_logging=none"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "launch" / script),
+        "-m",
+        *args,
+        "device=cpu",
+        "hydra/job_logging=none",
+        "hydra/hydra_logging=none",
+    ]
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
@@ -161,22 +190,51 @@ def _check_2x2(sweep: Path, hr: Path, grid: list[tuple[str, str]]) -> None:
 def test_varsr_2x2_sweep_writes_table_and_figure(tmp_path):
     _tiny_pair(tmp_path / "set", 24, 96)
     sweep = tmp_path / "sweep"
-    _run("sample_varsr.py", ["cfg=1.0,3.0", "temperature=0.5,1.0", "model=tiny", "ckpt=null", "vae_ckpt=null",
-                             f"lr_dir={tmp_path / 'set/LR'}", f"hr_dir={tmp_path / 'set/HR'}",
-                             f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    _run(
+        "sample_varsr.py",
+        [
+            "cfg=1.0,3.0",
+            "temperature=0.5,1.0",
+            "model=tiny",
+            "ckpt=null",
+            "vae_ckpt=null",
+            f"lr_dir={tmp_path / 'set/LR'}",
+            f"hr_dir={tmp_path / 'set/HR'}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     _check_2x2(sweep, tmp_path / "set/HR", [("1.0", "0.5"), ("1.0", "1.0"), ("3.0", "0.5"), ("3.0", "1.0")])
 
 
-PURE_TINY = ["model=tiny", "ckpt_dir=null", "vq_ckpt=null", "vq_size=tiny", "resolution=8", "image_only=true",
-             "max_new_tokens=30", "out_size=32"]
+PURE_TINY = [
+    "model=tiny",
+    "ckpt_dir=null",
+    "vq_ckpt=null",
+    "vq_size=tiny",
+    "resolution=8",
+    "image_only=true",
+    "max_new_tokens=30",
+    "out_size=32",
+]
 
 
 @pytest.mark.slow
 def test_pure_2x2_sweep_writes_table_and_figure(tmp_path):
     _tiny_pair(tmp_path / "set", 8, 32)
     sweep = tmp_path / "sweep"
-    _run("sample_pure.py", ["cfg=0.8,1.0", "temperature=0.7,0.9", *PURE_TINY, f"lr_dir={tmp_path / 'set/LR'}",
-                            f"hr_dir={tmp_path / 'set/HR'}", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    _run(
+        "sample_pure.py",
+        [
+            "cfg=0.8,1.0",
+            "temperature=0.7,0.9",
+            *PURE_TINY,
+            f"lr_dir={tmp_path / 'set/LR'}",
+            f"hr_dir={tmp_path / 'set/HR'}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     _check_2x2(sweep, tmp_path / "set/HR", [("0.8", "0.7"), ("0.8", "0.9"), ("1.0", "0.7"), ("1.0", "0.9")])
 
 
@@ -195,9 +253,20 @@ def test_evaluation_sweep_through_submitit_processes(tmp_path):
         out = np.clip(gt + rng.integers(-noise, noise + 1, gt.shape), 0, 255).astype(np.uint8)
         Image.fromarray(out).save(tmp_path / f"m{i}" / name)
     sweep = tmp_path / "sweep"
-    _run("evaluate.py", [f"sr_dir={tmp_path / 'm0'},{tmp_path / 'm1'}", f"hr_dir={hr}", "out=metrics.json",
-                         "metrics=[psnr,ssim]", "progress=false", f"hydra.sweep.dir={sweep}",
-                         "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"], cwd=tmp_path)
+    _run(
+        "evaluate.py",
+        [
+            f"sr_dir={tmp_path / 'm0'},{tmp_path / 'm1'}",
+            f"hr_dir={hr}",
+            "out=metrics.json",
+            "metrics=[psnr,ssim]",
+            "progress=false",
+            f"hydra.sweep.dir={sweep}",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=10",
+        ],
+        cwd=tmp_path,
+    )
     assert any((sweep / ".submitit").iterdir())  # really went through submitit
     rows = _rows(sweep / "sweep_summary.csv")
     assert [Path(r["sr_dir"]).name for r in rows] == ["m0", "m1"]
@@ -212,8 +281,18 @@ def test_optuna_sweep_optimises_the_chosen_metric(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     _tiny_pair(tmp_path / "set", 8, 32)
     sweep = tmp_path / "sweep"
-    _run("sample_pure.py", ["+sweep=optuna", "hydra.sweeper.n_trials=3", *PURE_TINY, f"lr_dir={tmp_path / 'set/LR'}",
-                            f"hr_dir={tmp_path / 'set/HR'}", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    _run(
+        "sample_pure.py",
+        [
+            "+sweep=optuna",
+            "hydra.sweeper.n_trials=3",
+            *PURE_TINY,
+            f"lr_dir={tmp_path / 'set/LR'}",
+            f"hr_dir={tmp_path / 'set/HR'}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     rows = _rows(sweep / "sweep_summary.csv")
     assert len(rows) == 3 and {"cfg", "temperature"} <= set(rows[0])
     assert all(0.5 <= float(r["cfg"]) <= 2.0 and 0.5 <= float(r["temperature"]) <= 1.0 for r in rows)

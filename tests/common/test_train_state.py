@@ -1,5 +1,6 @@
 """common.train_state on one process: layout, exact round trip, async save, fallback past bad/planted
 checkpoints (the planted payload must never run), orphan cleanup, model-only (export) loads."""
+
 import json
 import pickle
 import random
@@ -107,8 +108,10 @@ def _two_checkpoints(tmp_path):
     return good
 
 
-@pytest.mark.parametrize("damage", ["truncated_shard", "truncated_metadata", "no_marker", "planted_metadata",
-                                    "planted_rng", "planted_shard_bytes"])
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated_shard", "truncated_metadata", "no_marker", "planted_metadata", "planted_rng", "planted_shard_bytes"],
+)
 def test_bad_newest_falls_back_to_previous(tmp_path, caplog, damage):
     good = _two_checkpoints(tmp_path)
     d = step_dir(tmp_path, 2)

@@ -1,5 +1,6 @@
 """Tokenizer fine-tuning: training forwards agree with the inference token paths, one batch
 overfits, exports load strictly through the official loaders, and resuming equals not stopping."""
+
 import importlib.util
 import itertools
 import json
@@ -15,10 +16,12 @@ from common.data import HRTrainDataset, ImageSource, write_image
 from common.vq_finetune import FinetuneSettings, finetune, hr_stream
 from pure.model.vq import VQModel, vq_config
 from pure.official import load_llamagen_vq
-from pure.vq_finetune import build_vq, export_vq, step_fn as pure_step
+from pure.vq_finetune import build_vq, export_vq
+from pure.vq_finetune import step_fn as pure_step
 from varsr.model import VQVAE, model_config
 from varsr.official import load_official_vqvae
-from varsr.vqvae_finetune import export_vqvae, step_fn as varsr_step
+from varsr.vqvae_finetune import export_vqvae
+from varsr.vqvae_finetune import step_fn as varsr_step
 
 # Tiny VARSR VQVAE with 3 scales: the same weights as "tiny", on 48 px images (4x cheaper than 96).
 VARSR_SMALL = dict(patch_nums=(1, 2, 3))
@@ -119,8 +122,9 @@ def small_folder(tmp_path):
     root = tmp_path / "imgs"
     for i in range(3):
         img = (_photo(40)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-        write_image(root / f"im{i}.png", np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255)
-                    .astype(np.uint8))
+        write_image(
+            root / f"im{i}.png", np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+        )
     return root
 
 
@@ -150,8 +154,13 @@ def test_launcher_pure_roundtrip_and_crop_check(tmp_path, small_folder, capsys):
     sys.modules["finetune_vq"] = mod  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(mod)
     main = mod.main
-    common = [f"data.sources=[{{root: '{small_folder}', kind: folder}}]", "steps=2", "batch_size=2",
-              "wandb_mode=disabled", "eval_count=2"]
+    common = [
+        f"data.sources=[{{root: '{small_folder}', kind: folder}}]",
+        "steps=2",
+        "batch_size=2",
+        "wandb_mode=disabled",
+        "eval_count=2",
+    ]
     out = tmp_path / "vq.pt"
     stats = main(["app=pure", "size=tiny", "crop_size=16", "eval_size=32", f"out={out}", *common])
     assert stats["step"] == 2 and np.isfinite(stats["eval_psnr"])

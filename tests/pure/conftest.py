@@ -3,6 +3,7 @@
 All are deterministic (fixed seeds); models are rebuilt per test because tests may train or
 edit them, while the tokenizer (read-only) is built once per session.
 """
+
 import pytest
 import torch
 

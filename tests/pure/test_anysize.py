@@ -1,5 +1,6 @@
 """PURE at any size (issue 8): aspect-preserving fit, feathered tiles placed where they belong,
 exact output sizes for non-square and tiny inputs, bounded (measured) memory, one-line refusal."""
+
 import numpy as np
 import pytest
 import torch
@@ -70,14 +71,24 @@ def test_tiles_land_where_they_belong(one_thread):
 
 
 @pytest.mark.parametrize("hw", [(1, 1), (2, 3), (6, 20)])
-def test_non_square_and_tiny_inputs_come_back_exactly_x4_in_bounded_memory(tiny_model, tiny_vq, test_tokenizer, hw,
-                                                                           one_thread):
+def test_non_square_and_tiny_inputs_come_back_exactly_x4_in_bounded_memory(
+    tiny_model, tiny_vq, test_tokenizer, hw, one_thread
+):
     """Real tiny model + VQ: resolution 16 (2x2 patches of 8 px), so a tile is 4 LQ px; 6x20 is
     restored as 2 x 7 feathered tiles.  Memory bound from the tile: one batch of native restores
     (tiny model, 16 px images) and output-sized buffers stay far below 256 MiB; nothing grows with
     the tile count."""
-    r = Restorer(tiny_model, tiny_vq, test_tokenizer, SamplingConfig(), resolution=16, max_new_tokens=80,
-                 image_only=True, scale=4, tile_batch=7)
+    r = Restorer(
+        tiny_model,
+        tiny_vq,
+        test_tokenizer,
+        SamplingConfig(),
+        resolution=16,
+        max_new_tokens=80,
+        image_only=True,
+        scale=4,
+        tile_batch=7,
+    )
     with PeakMemory() as pm:
         (res,) = r.restore([lq_image(3, *hw)], torch.Generator().manual_seed(0))
     assert res.image.shape == (3, 4 * hw[0], 4 * hw[1]) and res.ok
@@ -87,8 +98,9 @@ def test_non_square_and_tiny_inputs_come_back_exactly_x4_in_bounded_memory(tiny_
 
 
 def test_native_restore_keeps_aspect(tiny_model, tiny_vq, test_tokenizer, one_thread):
-    r = Restorer(tiny_model, tiny_vq, test_tokenizer, SamplingConfig(), resolution=16, max_new_tokens=80,
-                 image_only=True)
+    r = Restorer(
+        tiny_model, tiny_vq, test_tokenizer, SamplingConfig(), resolution=16, max_new_tokens=80, image_only=True
+    )
     (res,) = r.restore([lq_image(4, 10, 40)], torch.Generator().manual_seed(0))
     assert res.image.shape == (3, 8, 32)  # the 32x8 bucket (aspect 4), not a squashed 16x16
 

@@ -1,4 +1,5 @@
 """Captioning with a tiny randomly initialised BLIP built and saved locally (no hub access)."""
+
 import json
 import sys
 from pathlib import Path
@@ -9,25 +10,49 @@ from PIL import Image
 
 from pure.captions import HFCaptioner, StubCaptioner, caption_folder, load_captions
 
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + \
-    "please describe this image in detail . a cat dog red sky".split()
+WORDS = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "[DEC]",
+] + "please describe this image in detail . a cat dog red sky".split()
 
 
 @pytest.fixture(scope="module")
 def tiny_blip(tmp_path_factory):
     """Tiny BLIP whose decoder bias makes greedy decoding say "cat" forever (a known answer)."""
     import torch
-    from transformers import (BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor)
+    from transformers import (
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
 
     d = tmp_path_factory.mktemp("blip")
-    proc = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
-                         tokenizer=BertTokenizerFast(vocab={w: i for i, w in enumerate(WORDS)}, bos_token="[DEC]"))
-    text = dict(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=2, encoder_hidden_size=32, bos_token_id=5, pad_token_id=0, sep_token_id=3,
-                eos_token_id=3, max_position_embeddings=64)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                  patch_size=16)
+    proc = BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+        tokenizer=BertTokenizerFast(vocab={w: i for i, w in enumerate(WORDS)}, bos_token="[DEC]"),
+    )
+    text = dict(
+        vocab_size=len(WORDS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        encoder_hidden_size=32,
+        bos_token_id=5,
+        pad_token_id=0,
+        sep_token_id=3,
+        eos_token_id=3,
+        max_position_embeddings=64,
+    )
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=16
+    )
     torch.manual_seed(0)
     model = BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision, projection_dim=16))
     bias = model.text_decoder.cls.predictions.decoder.bias
@@ -67,7 +92,11 @@ def test_caption_script_resumes_with_stub(folder, tmp_path):
     out.write_text(json.dumps({"id": "a", "caption": "kept"}) + "\n")
     stats = caption_images.main(["--images", str(folder), "--out", str(out), "--stub"])
     caps = load_captions(out)
-    assert stats["skipped_existing"] == 1 and caps["a"] == "kept" and caps["sub/c"] == StubCaptioner()([None], ["sub/c"])[0]
+    assert (
+        stats["skipped_existing"] == 1
+        and caps["a"] == "kept"
+        and caps["sub/c"] == StubCaptioner()([None], ["sub/c"])[0]
+    )
     out.write_text("{not json}\n")
     with pytest.raises(ValueError, match="c.jsonl:1"):
         load_captions(out)

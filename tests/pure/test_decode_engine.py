@@ -2,6 +2,7 @@
 the list chain, batched verification == the scalar rule, no device read per token, batched
 images == single runs under per-image seeds, batched SJD == greedy AR per image, compiled ==
 eager (logits to 1e-5 in fp32, same tokens)."""
+
 import random
 
 import pytest
@@ -46,12 +47,12 @@ def test_tensor_state_follows_image_state():
         assert in_grid_t(st).tolist() == [s.in_grid for s in states]
 
 
-@pytest.mark.parametrize("sampling", [SamplingConfig(0.9, 0.8, 1, True), SamplingConfig(0.0, 0.8),
-                                      SamplingConfig(0.7, 3.0, 5, False)])
+@pytest.mark.parametrize(
+    "sampling", [SamplingConfig(0.9, 0.8, 1, True), SamplingConfig(0.0, 0.8), SamplingConfig(0.7, 3.0, 5, False)]
+)
 def test_tensor_chain_equals_list_chain(image_mask, sampling):
     torch.manual_seed(1)
-    prompts = [[0], [0, *header(1)], [0, *header(1), 70000, 5, 6, 7], [0, *header(1)] + [70000] * 20,
-               [0, S.IMG_START]]
+    prompts = [[0], [0, *header(1)], [0, *header(1), 70000, 5, 6, 7], [0, *header(1)] + [70000] * 20, [0, S.IMG_START]]
     states = [ImageState().advanced(p) for p in prompts]  # free, image, row end, image end, open without grid
     cond, uncond = torch.randn(5, V) * 3, torch.randn(5, V) * 3
     rows = [i for i, s in enumerate(states) if s.in_grid]
@@ -84,8 +85,14 @@ def test_batched_verify_equals_scalar_rule():
             assert torch.allclose(dist[b].double(), want, atol=1e-6)
     # the residual of a fresh one-hot draft
     p = torch.tensor([[[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]])
-    n, dist = batched_verify(torch.tensor([[1]]), p, torch.zeros(1, 1, 3), torch.tensor([[False]]),
-                             torch.tensor([[0.9]], dtype=torch.float64), torch.tensor([[True]]))
+    n, dist = batched_verify(
+        torch.tensor([[1]]),
+        p,
+        torch.zeros(1, 1, 3),
+        torch.tensor([[False]]),
+        torch.tensor([[0.9]], dtype=torch.float64),
+        torch.tensor([[True]]),
+    )
     assert int(n) == 0 and torch.allclose(dist[0], residual_distribution(p[0, 0], None, 1))
 
 
@@ -143,10 +150,25 @@ def test_flex_attention_equals_sdpa(model, image_mask, monkeypatch, one_thread):
     outs = {}
     for attention in ("sdpa", "flex"):
         monkeypatch.setattr(pure.engine, "ATTENTION", attention)
-        ar = generate(model, prompts, SamplingConfig(), image_mask, max_new_tokens=10, seed=[1, 2],
-                      return_logits=True, return_uncond_logits=True)
-        sj = speculative_generate(model, prompts, SamplingConfig(), SJDConfig(active_from=0, window=4), image_mask,
-                                  max_new_tokens=10, seed=[1, 2])
+        ar = generate(
+            model,
+            prompts,
+            SamplingConfig(),
+            image_mask,
+            max_new_tokens=10,
+            seed=[1, 2],
+            return_logits=True,
+            return_uncond_logits=True,
+        )
+        sj = speculative_generate(
+            model,
+            prompts,
+            SamplingConfig(),
+            SJDConfig(active_from=0, window=4),
+            image_mask,
+            max_new_tokens=10,
+            seed=[1, 2],
+        )
         outs[attention] = (ar, sj)
     (ar_s, sj_s), (ar_f, sj_f) = outs["sdpa"], outs["flex"]
     assert ar_f.tokens == ar_s.tokens and sj_f.tokens == sj_s.tokens
@@ -197,14 +219,30 @@ def test_batched_sjd_greedy_equals_greedy_ar_per_image(model, image_mask, one_th
     # an 8x8 grid (73 tokens), a 4x4 grid (21) and a prompt that leaves the answer open
     prompts = [[0, 9100, 9200, S.EOT, 9300, *header(2)], [0, 9500, S.EOT, *header(1)], [0, 9600, 9700, S.EOT]]
     greedy = SamplingConfig(temperature=0.0, cfg=0.8)
-    sjd = speculative_generate(model, prompts, greedy, SJDConfig(scheme="jacobi", active_from=0, window=8),
-                               image_mask, max_new_tokens=73, seed=0, eos_id=S.IMG_END)
+    sjd = speculative_generate(
+        model,
+        prompts,
+        greedy,
+        SJDConfig(scheme="jacobi", active_from=0, window=8),
+        image_mask,
+        max_new_tokens=73,
+        seed=0,
+        eos_id=S.IMG_END,
+    )
     for b, p in enumerate(prompts):
         ar = generate(model, [p], greedy, image_mask, max_new_tokens=73, eos_id=S.IMG_END)
         assert sjd.tokens[b] == ar.tokens[0] and sjd.finished[b] == ar.finished[0]
     assert sjd.finished[:2] == [True, True] and len(sjd.tokens[0]) == 72
-    one = speculative_generate(model, prompts[:1], greedy, SJDConfig(scheme="jacobi", active_from=0, window=8),
-                               image_mask, max_new_tokens=73, seed=0, eos_id=S.IMG_END)
+    one = speculative_generate(
+        model,
+        prompts[:1],
+        greedy,
+        SJDConfig(scheme="jacobi", active_from=0, window=8),
+        image_mask,
+        max_new_tokens=73,
+        seed=0,
+        eos_id=S.IMG_END,
+    )
     assert one.tokens[0] == sjd.tokens[0] and one.forwards < 73  # fewer forwards than tokens
 
 
@@ -214,13 +252,22 @@ def test_batched_sampling_equals_single_runs(model, image_mask, one_thread):
     sampling = SamplingConfig(temperature=0.9, cfg=0.8)
     ar = generate(model, prompts, sampling, image_mask, max_new_tokens=21, seed=[7, 9], eos_id=S.IMG_END)
     sjd_cfg = SJDConfig(active_from=0, window=6)
-    sj = speculative_generate(model, prompts, sampling, sjd_cfg, image_mask, max_new_tokens=21, seed=[7, 9],
-                              eos_id=S.IMG_END)
+    sj = speculative_generate(
+        model, prompts, sampling, sjd_cfg, image_mask, max_new_tokens=21, seed=[7, 9], eos_id=S.IMG_END
+    )
     for b, s in enumerate((7, 9)):
-        assert ar.tokens[b] == generate(model, [prompts[b]], sampling, image_mask, max_new_tokens=21, seed=s,
-                                        eos_id=S.IMG_END).tokens[0]
-        assert sj.tokens[b] == speculative_generate(model, [prompts[b]], sampling, sjd_cfg, image_mask,
-                                                    max_new_tokens=21, seed=s, eos_id=S.IMG_END).tokens[0]
+        assert (
+            ar.tokens[b]
+            == generate(model, [prompts[b]], sampling, image_mask, max_new_tokens=21, seed=s, eos_id=S.IMG_END).tokens[
+                0
+            ]
+        )
+        assert (
+            sj.tokens[b]
+            == speculative_generate(
+                model, [prompts[b]], sampling, sjd_cfg, image_mask, max_new_tokens=21, seed=s, eos_id=S.IMG_END
+            ).tokens[0]
+        )
     assert all(len(t) == 20 for t in ar.tokens + sj.tokens)  # 4 rows of (4 codes + row end)
     assert ar.tokens[0] != ar.tokens[1]
 
@@ -232,8 +279,15 @@ def test_compiled_decoding_equals_eager(model, image_mask, one_thread):
     outs = {}
     for flag in (False, True):
         release_engines()
-        outs[flag] = generate(model, prompts, SamplingConfig(temperature=0.0, cfg=0.8), image_mask,
-                              max_new_tokens=12, return_logits=True, compile=flag)
+        outs[flag] = generate(
+            model,
+            prompts,
+            SamplingConfig(temperature=0.0, cfg=0.8),
+            image_mask,
+            max_new_tokens=12,
+            return_logits=True,
+            compile=flag,
+        )
     release_engines()
     assert outs[True].tokens == outs[False].tokens
     assert torch.allclose(outs[True].logits, outs[False].logits, atol=1e-5, rtol=0)
@@ -252,7 +306,15 @@ def test_compiled_sjd_iteration_traces_whole(model, image_mask, monkeypatch, one
     for sampling in (SamplingConfig(temperature=0.9, cfg=0.8),):  # the sampling verifier (greedy is its subset)
         for flag in (False, True):
             release_engines()
-            outs[flag] = speculative_generate(model, prompts, sampling, SJDConfig(active_from=0, window=4),
-                                              image_mask, max_new_tokens=21, seed=[3, 4], compile=flag)
+            outs[flag] = speculative_generate(
+                model,
+                prompts,
+                sampling,
+                SJDConfig(active_from=0, window=4),
+                image_mask,
+                max_new_tokens=21,
+                seed=[3, 4],
+                compile=flag,
+            )
         assert outs[True].tokens == outs[False].tokens and outs[True].forwards == outs[False].forwards
     release_engines()

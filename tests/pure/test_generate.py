@@ -1,6 +1,7 @@
 """AR generation (spec §7, §12.3): KV-cached logits == full forward, batched CFG == separate
 cond/uncond passes, batches of different-length prompts == single prompts under per-row
 seeds, teacher-forced windows (the SJD path) == full forwards, answer parsing."""
+
 import torch
 
 from pure.engine import SLOT, TOK, USLOT, get_engine
@@ -30,8 +31,9 @@ def full_logits(model, seq, start=0):
 
 def test_cached_generation_logits_equal_full_forward(model, one_thread):
     prompt = [0, 9100, 9200, S.EOT, 9300] + HEADER
-    out = generate(model, [prompt], SamplingConfig(temperature=1.0, cfg=1.0), max_new_tokens=12, seed=1,
-                   return_logits=True)
+    out = generate(
+        model, [prompt], SamplingConfig(temperature=1.0, cfg=1.0), max_new_tokens=12, seed=1, return_logits=True
+    )
     seq = prompt + out.tokens[0]
     ref = model(torch.tensor([seq]))[0]
     assert out.logits.shape == (1, 12, 73728) and out.ids[0].tolist() == out.tokens[0]
@@ -64,8 +66,9 @@ def reference_cfg_generate(model, prompt, sampling, image_mask, n, seed):
 def test_batched_cfg_equals_separate_passes(model, image_mask, one_thread):
     prompt = [0, 9100, 9200, S.EOT] + HEADER
     sampling = SamplingConfig(temperature=0.9, cfg=0.8)
-    out = generate(model, [prompt], sampling, image_mask, max_new_tokens=10, seed=3, return_logits=True,
-                   return_uncond_logits=True)
+    out = generate(
+        model, [prompt], sampling, image_mask, max_new_tokens=10, seed=3, return_logits=True, return_uncond_logits=True
+    )
     ref_toks, ref_logs = reference_cfg_generate(model, prompt, sampling, image_mask, 10, seed=3)
     assert out.tokens[0] == ref_toks
     for i, (c, u) in enumerate(ref_logs):
@@ -78,8 +81,9 @@ def test_batched_cfg_equals_separate_passes(model, image_mask, one_thread):
 def test_different_length_batch_equals_single_prompts(model, image_mask, one_thread):
     prompts = [[0, 9100, 9200, 9300, 9400, S.EOT] + HEADER, [0, 9500] + HEADER, [0, 9600, 9700]]
     for sampling in (SamplingConfig(temperature=0.0, cfg=0.8), SamplingConfig(temperature=0.9, cfg=0.8)):
-        batched = generate(model, prompts, sampling, image_mask, max_new_tokens=8, seed=[11, 12, 13],
-                           return_logits=True)
+        batched = generate(
+            model, prompts, sampling, image_mask, max_new_tokens=8, seed=[11, 12, 13], return_logits=True
+        )
         for b, p in enumerate(prompts):
             single = generate(model, [p], sampling, image_mask, max_new_tokens=8, seed=11 + b, return_logits=True)
             assert batched.tokens[b] == single.tokens[0]
@@ -113,11 +117,11 @@ def test_engine_windows_match_full_forwards(model, image_mask, one_thread):
     St, _, _ = engine.start([prompt], [0])
     seq, i = list(prompt), 0
     for size in (3, 4, 1, 2, 2):
-        cond, unc, St = _teacher_force(engine, St, [seq], [stream[i:i + size]])
+        cond, unc, St = _teacher_force(engine, St, [seq], [stream[i : i + size]])
         for j in range(size):
             seq.append(stream[i + j])
             assert torch.allclose(cond[0, j], full_logits(model, seq), atol=1e-4, rtol=1e-4)
-            if S.IMG_START in seq[len(prompt):]:
+            if S.IMG_START in seq[len(prompt) :]:
                 start = max(k for k, t in enumerate(seq) if t == S.IMG_START)
                 assert torch.allclose(unc[0, j], full_logits(model, seq, start), atol=1e-4, rtol=1e-4)
         i += size
@@ -142,14 +146,18 @@ def test_stop_token_and_answer_parsing():
     text, blocks = split_answer([9100, 9200] + block + [S.EOT, 9999])
     assert text == [9100, 9200] and blocks == [block]
     from pure.generate import GenerationOutput
-    out = decode_answer(GenerationOutput(tokens=[[9100] + block, [9100, S.IMG_START]], finished=[True, False],
-                                         forwards=0), cmap)
+
+    out = decode_answer(
+        GenerationOutput(tokens=[[9100] + block, [9100, S.IMG_START]], finished=[True, False], forwards=0), cmap
+    )
     assert torch.equal(out.images[0], codes) and out.images[1] is None
     # an image header left open by the prompt is taken into account
     from pure.generate import open_tail
+
     assert open_tail([0, 5] + block + [S.EOT] + HEADER) == HEADER and open_tail([0] + block) == []
-    out = decode_answer(GenerationOutput(tokens=[block[3:]], finished=[True], forwards=0), cmap,
-                        prompts=[[0, 9100] + HEADER])
+    out = decode_answer(
+        GenerationOutput(tokens=[block[3:]], finished=[True], forwards=0), cmap, prompts=[[0, 9100] + HEADER]
+    )
     assert torch.equal(out.images[0], codes)
 
 
@@ -161,12 +169,14 @@ def test_generation_stops_on_eot(model, image_mask, one_thread):
             return out
 
     m = AlwaysEot(chameleon_config("tiny")).eval()
-    out = generate(m, [[0, 9100]], SamplingConfig(temperature=0.9, cfg=0.8), image_mask, max_new_tokens=50, seed=0,
-                   poll_every=1)
+    out = generate(
+        m, [[0, 9100]], SamplingConfig(temperature=0.9, cfg=0.8), image_mask, max_new_tokens=50, seed=0, poll_every=1
+    )
     assert out.tokens == [[]] and out.finished == [True] and out.forwards == 1
     # without polling every step the finished row idles on 8710 until the next poll
-    out = generate(m, [[0, 9100]], SamplingConfig(temperature=0.9, cfg=0.8), image_mask, max_new_tokens=50, seed=0,
-                   poll_every=8)
+    out = generate(
+        m, [[0, 9100]], SamplingConfig(temperature=0.9, cfg=0.8), image_mask, max_new_tokens=50, seed=0, poll_every=8
+    )
     assert out.tokens == [[]] and out.finished == [True] and out.forwards == 1
     assert out.ids.shape == (1, 8) and set(out.ids[0].tolist()) == {S.EOT}
 
@@ -184,7 +194,7 @@ def test_batched_rows_open_images_at_different_steps(model, image_mask, one_thre
         for b in range(2):
             seqs[b].append(streams[b][step])
             assert torch.allclose(cond[b, -1], full_logits(model, seqs[b]), atol=1e-4, rtol=1e-4)
-            gen = seqs[b][len(prompts[b]):]
+            gen = seqs[b][len(prompts[b]) :]
             if S.IMG_START in gen:
                 start = len(prompts[b]) + gen.index(S.IMG_START)
                 assert torch.allclose(unc[b, -1], full_logits(model, seqs[b], start), atol=1e-4, rtol=1e-4)

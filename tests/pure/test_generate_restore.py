@@ -1,5 +1,6 @@
 """End-to-end restoration with the tiny model + tiny VQ: LQ -> prompt -> generate -> decode ->
 colour fix, the folder runner (PNG + JSON + metrics), and the sample config."""
+
 import json
 
 import numpy as np
@@ -24,8 +25,9 @@ def lq_image(seed, h=5, w=7):
 def test_restore_image_only_produces_image_of_model_size(tiny_model, tiny_vq, test_tokenizer, sjd):
     # resolution 8 with the ds-2 tiny VQ: 4x4 latents = grid 1x1, 21 tokens after <h><w>; the 5x7
     # LQ is fitted into the 8x8 bucket with its aspect kept (8 wide, round(5 * 8 / 7) = 6 high)
-    r = Restorer(tiny_model, tiny_vq, test_tokenizer, SamplingConfig(), sjd, resolution=8, max_new_tokens=30,
-                 image_only=True)
+    r = Restorer(
+        tiny_model, tiny_vq, test_tokenizer, SamplingConfig(), sjd, resolution=8, max_new_tokens=30, image_only=True
+    )
     (res,) = r.restore([lq_image(0)], torch.Generator().manual_seed(0))
     assert res.ok and res.image.shape == (3, 6, 8) and res.lq.shape == (3, 6, 8)
     assert res.new_tokens == 20  # 4 rows of (4 codes + row end); the end token stopped it
@@ -46,11 +48,16 @@ def test_restore_without_image_falls_back_to_lq(tiny_model, tiny_vq, test_tokeni
     assert prompt[0] == S.BOS and prompt[-2:] == [S.IMG_END, S.EOT]
     # 8x8 at ds 2 -> 4x4 latents -> block of 3 + 4 * 5 + 1 tokens
     start = prompt.index(S.IMG_START)
-    assert prompt[start:start + 3] == [S.IMG_START, S.SIZE_BASE + 1, S.SIZE_BASE + 1] and len(prompt) - 1 - start == 24
+    assert (
+        prompt[start : start + 3] == [S.IMG_START, S.SIZE_BASE + 1, S.SIZE_BASE + 1] and len(prompt) - 1 - start == 24
+    )
 
 
 def test_split_text():
-    assert split_text("Medium blur, small noise. A cat on a table.") == ("Medium blur, small noise.", "A cat on a table.")
+    assert split_text("Medium blur, small noise. A cat on a table.") == (
+        "Medium blur, small noise.",
+        "A cat on a table.",
+    )
     assert split_text("garbage") == ("", "garbage")
 
 
@@ -60,11 +67,28 @@ def test_folder_run_writes_png_json_and_metrics(tmp_path, test_tokenizer_path):
         write_image(lr / f"img{i}.png", lq_image(10 + i, 4, 4))
         write_image(hr / f"img{i}.png", lq_image(20 + i, 8, 8))
     register_configs()
-    raw = compose_config("pure", "sample", ["model=tiny", "ckpt_dir=null", "vq_ckpt=null", "vq_size=tiny",
-                                             f"tokenizer={test_tokenizer_path}", f"lr_dir={lr}", f"hr_dir={hr}",
-                                             f"out_dir={tmp_path / 'out' / 'sr'}", "resolution=8", "image_only=true",
-                                             "max_new_tokens=30", "device=cpu", "metrics=[psnr]", "sjd.enabled=true",
-                                             "sjd.active_from=0", "batch_size=2"])
+    raw = compose_config(
+        "pure",
+        "sample",
+        [
+            "model=tiny",
+            "ckpt_dir=null",
+            "vq_ckpt=null",
+            "vq_size=tiny",
+            f"tokenizer={test_tokenizer_path}",
+            f"lr_dir={lr}",
+            f"hr_dir={hr}",
+            f"out_dir={tmp_path / 'out' / 'sr'}",
+            "resolution=8",
+            "image_only=true",
+            "max_new_tokens=30",
+            "device=cpu",
+            "metrics=[psnr]",
+            "sjd.enabled=true",
+            "sjd.active_from=0",
+            "batch_size=2",
+        ],
+    )
     cfg = to_dataclass(PureSampleConfig, {k: v for k, v in raw.items()})
     result = run_restore(cfg)
     sr = tmp_path / "out" / "sr"
@@ -79,15 +103,19 @@ def test_sample_config_composes_with_sweep_keys_and_training_exp():
     import importlib.util
     from pathlib import Path
 
-    raw = compose_config("pure", "sample", ["cfg=1.0", "temperature=0.7", "sjd.enabled=true", "sjd.window=8",
-                                             "+exp=quick", "lr_dir=x"])
-    spec = importlib.util.spec_from_file_location("sample_pure", Path(__file__).parents[2] / "launch" / "sample_pure.py")
+    raw = compose_config(
+        "pure", "sample", ["cfg=1.0", "temperature=0.7", "sjd.enabled=true", "sjd.window=8", "+exp=quick", "lr_dir=x"]
+    )
+    spec = importlib.util.spec_from_file_location(
+        "sample_pure", Path(__file__).parents[2] / "launch" / "sample_pure.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     cfg = to_dataclass(PureSampleConfig, mod.sample_view(raw))
     assert (cfg.cfg, cfg.temperature, cfg.sjd.enabled, cfg.sjd.window) == (1.0, 0.7, True, 8)
     assert cfg.model["hidden_size"] == 64 and cfg.device == "cpu"  # from +exp=quick
     from omegaconf import OmegaConf
+
     with_block = OmegaConf.merge(OmegaConf.to_container(raw), {"sample": {"resolution": 128, "vq_ckpt": None}})
     cfg = to_dataclass(PureSampleConfig, mod.sample_view(with_block))
     assert cfg.resolution == 128 and cfg.vq_ckpt is None
@@ -107,8 +135,9 @@ def test_load_components_from_hf_export(tmp_path, tiny_model, test_tokenizer_pat
     ckpt = tmp_path / "export"
     save_hf_shards(tiny_model, ckpt, max_shard_size="2MB", config=tiny_model.config, dtype=None)
     shutil.copy(test_tokenizer_path, ckpt / "tokenizer.json")
-    cfg = PureSampleConfig(model={"size": "7b"}, ckpt_dir=str(ckpt), vq_ckpt=None, vq_size="tiny", lr_dir="x",
-                           device="cpu")
+    cfg = PureSampleConfig(
+        model={"size": "7b"}, ckpt_dir=str(ckpt), vq_ckpt=None, vq_size="tiny", lr_dir="x", device="cpu"
+    )
     model, vq, tok = load_components(cfg, torch.device("cpu"))
     assert model.config.hidden_size == 64 and not any(p.is_meta for p in model.parameters())
     for (k, a), (_, b) in zip(sorted(model.state_dict().items()), sorted(tiny_model.state_dict().items())):

@@ -1,6 +1,7 @@
 """Speculative Jacobi Decoding (spec §8, §12.6): greedy SJD == greedy AR with fewer forwards,
 acceptance rule with fixed uniforms, residual resampling keeps the target distribution, and
 the rolled-back KV cache equals a fresh cache over the committed tokens."""
+
 import torch
 
 from pure.engine import NOUT, SLOT, TOK, USLOT, get_engine
@@ -19,8 +20,16 @@ def test_greedy_sjd_equals_greedy_ar_with_fewer_forwards(model, image_mask, one_
     prompt = [0, 9100, 9200, S.EOT, 9300] + header(2)  # 8x8 latents: 73 tokens after <h><w>
     greedy = SamplingConfig(temperature=0.0, cfg=0.8)
     ar = generate(model, [prompt], greedy, image_mask, max_new_tokens=73)
-    sjd = speculative_generate(model, [prompt], greedy, SJDConfig(scheme="jacobi", active_from=0),
-                               image_mask, max_new_tokens=73, seed=0, code_map=ImageCodeMap.synthetic())
+    sjd = speculative_generate(
+        model,
+        [prompt],
+        greedy,
+        SJDConfig(scheme="jacobi", active_from=0),
+        image_mask,
+        max_new_tokens=73,
+        seed=0,
+        code_map=ImageCodeMap.synthetic(),
+    )
     assert sjd.tokens == ar.tokens
     codes = sjd.images[0]
     assert codes is not None and codes.shape == (8, 8)
@@ -31,16 +40,15 @@ def test_greedy_sjd_equals_greedy_ar_with_fewer_forwards(model, image_mask, one_
     print(f"AR forwards {ar.forwards}, SJD forwards {sjd.forwards} for 73 image tokens")
     assert sjd.forwards < ar.forwards - 5
     # the speculative scheme at temperature 0 is the same greedy decoder
-    spec = speculative_generate(model, [prompt], greedy, SJDConfig(active_from=0), image_mask,
-                                max_new_tokens=30, seed=1)
+    spec = speculative_generate(
+        model, [prompt], greedy, SJDConfig(active_from=0), image_mask, max_new_tokens=30, seed=1
+    )
     assert spec.tokens[0] == ar.tokens[0][:30]
 
 
 def test_acceptance_rule_with_fixed_uniforms():
     V = 6
-    p = torch.tensor([[0.1, 0.3, 0.2, 0.0, 0.4, 0.0],
-                      [0.5, 0.1, 0.1, 0.1, 0.1, 0.1],
-                      [0.2, 0.2, 0.2, 0.2, 0.1, 0.1]])
+    p = torch.tensor([[0.1, 0.3, 0.2, 0.0, 0.4, 0.0], [0.5, 0.1, 0.1, 0.1, 0.1, 0.1], [0.2, 0.2, 0.2, 0.2, 0.1, 0.1]])
     q_carried = torch.tensor([0.0, 0.6, 0.2, 0.1, 0.1, 0.0])
     # fresh draft (q one-hot): accept iff u < p(x)
     assert verify([1], [None], p, torch.tensor([0.29]))[0] == 1
@@ -115,8 +123,8 @@ def test_kv_cache_after_rollback_equals_fresh_cache(model, image_mask, one_threa
             model(torch.tensor([seq]), cache=fresh)
             for layer in range(len(fresh.keys)):
                 got_k, got_v = engine.cache.keys[layer][group][row], engine.cache.values[layer][group][row]
-                assert torch.allclose(got_k[:, :len(seq)], fresh.keys[layer][0, :, :len(seq)], atol=1e-5)
-                assert torch.allclose(got_v[:, :len(seq)], fresh.values[layer][0, :, :len(seq)], atol=1e-5)
+                assert torch.allclose(got_k[:, : len(seq)], fresh.keys[layer][0, :, : len(seq)], atol=1e-5)
+                assert torch.allclose(got_v[:, : len(seq)], fresh.values[layer][0, :, : len(seq)], atol=1e-5)
 
 
 def test_compat_flags(model, image_mask, one_thread):
@@ -132,9 +140,15 @@ def test_compat_flags(model, image_mask, one_thread):
     assert torch.allclose(unc[0], ref, atol=1e-4, rtol=1e-4)
     # both compat switches together still produce a well-formed image
     prompt = [0, 9100, S.EOT] + header(1)
-    out = speculative_generate(model, [prompt], SamplingConfig(),
-                               SJDConfig(active_from=0, uncond_compat=True, mean_k_compat=True), image_mask,
-                               max_new_tokens=21, seed=0)
+    out = speculative_generate(
+        model,
+        [prompt],
+        SamplingConfig(),
+        SJDConfig(active_from=0, uncond_compat=True, mean_k_compat=True),
+        image_mask,
+        max_new_tokens=21,
+        seed=0,
+    )
     assert decode_answer(out, ImageCodeMap.synthetic(), prompts=[prompt]).images[0].shape == (4, 4)
 
 

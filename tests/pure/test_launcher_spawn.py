@@ -2,6 +2,7 @@
 would: both ranks log, and the per-step losses (rank means, from metrics.jsonl) equal one process
 with the same global batch (micro-batch 1 x 2 accumulation steps), the expectation of
 tests/pure/test_parallel.py (rtol 1e-4 there: reduction order under Adam at lr 3e-3)."""
+
 import json
 import os
 import subprocess
@@ -24,15 +25,35 @@ def test_plain_launcher_runs_two_ranks(tmp_path):
     torch.set_num_threads(1)
     ref = main(make_cfg(tmp_path, **{"data.batch_size": 1, "optim.grad_accum": 2, "schedule.max_steps": STEPS}))
     run_dir = tmp_path / "spawned"
-    args = ["model=tiny", f"model.vocab_size={VOCAB}", f"data.meta={tmp_path / 'data' / 'record.json'}",
-            "data.batch_size=1", "data.num_workers=0", "data.pad_to_multiple=8", "parallel.backend=fsdp2",
-            "parallel.param_dtype=fp32", "parallel.activation_checkpointing=false", "run.device=cpu",
-            "run.wandb_mode=disabled", f"run.run_dir={run_dir}", "optim.lr=3e-3", "schedule.warmup_epochs=0",
-            f"schedule.max_steps={STEPS}", "logging.every_steps=1", "checkpoint.every_steps=0", "dropout=0.0",
-            "nproc=2"]
+    args = [
+        "model=tiny",
+        f"model.vocab_size={VOCAB}",
+        f"data.meta={tmp_path / 'data' / 'record.json'}",
+        "data.batch_size=1",
+        "data.num_workers=0",
+        "data.pad_to_multiple=8",
+        "parallel.backend=fsdp2",
+        "parallel.param_dtype=fp32",
+        "parallel.activation_checkpointing=false",
+        "run.device=cpu",
+        "run.wandb_mode=disabled",
+        f"run.run_dir={run_dir}",
+        "optim.lr=3e-3",
+        "schedule.warmup_epochs=0",
+        f"schedule.max_steps={STEPS}",
+        "logging.every_steps=1",
+        "checkpoint.every_steps=0",
+        "dropout=0.0",
+        "nproc=2",
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    res = subprocess.run([sys.executable, str(REPO_ROOT / "launch" / "train_pure.py"), *args], env=env,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "launch" / "train_pure.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     got = [r["loss"] for r in rows if "loss" in r]

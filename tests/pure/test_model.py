@@ -1,5 +1,6 @@
 """Chameleon decoder: official key layout, closed-form sizes, and forward-path equivalences
 (SDPA vs eager softmax, KV-cached vs full forward, padding masks, HF's implementation)."""
+
 import json
 import math
 from pathlib import Path
@@ -83,7 +84,7 @@ def test_kv_cache_token_by_token_and_windows(tiny_model):
     ids = torch.randint(0, 73728, (2, 16))
     full = tiny_model(ids)
     cache = tiny_model.new_cache(2)  # growable, lazily allocated
-    steps = torch.cat([tiny_model(ids[:, i:i + 1], cache=cache) for i in range(16)], 1)
+    steps = torch.cat([tiny_model(ids[:, i : i + 1], cache=cache) for i in range(16)], 1)
     assert cache.length == 16 and (steps - full).abs().max() < 1e-5
 
     # SJD-style: prefill, a 5-token window, roll back 3 (drafts rejected), redo with a 6-token window
@@ -168,13 +169,29 @@ def test_dropout_only_in_train_mode(tiny_config):
 def test_matches_transformers_chameleon(tiny_model):
     """Independent oracle: HF's Chameleon (its q/k-norm is per head, so the shared γ/β is expanded)."""
     import transformers as tf  # dev extra (>= 4.44 has Chameleon)
+
     vocab_map = {f"IMGIMG{i}Z": i + 4 for i in range(16)}
     vocab_map["<image>"] = 8711
-    hc = tf.ChameleonConfig(vocab_size=73728, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
-                            num_attention_heads=4, num_key_value_heads=4, vocabulary_map=vocab_map,
-                            vq_config=dict(embed_dim=8, num_embeddings=16, latent_channels=32, resolution=32,
-                                           base_channels=32, channel_multiplier=[1], num_res_blocks=1,
-                                           attn_resolutions=[]), attn_implementation="eager")
+    hc = tf.ChameleonConfig(
+        vocab_size=73728,
+        hidden_size=64,
+        intermediate_size=172,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocabulary_map=vocab_map,
+        vq_config=dict(
+            embed_dim=8,
+            num_embeddings=16,
+            latent_channels=32,
+            resolution=32,
+            base_channels=32,
+            channel_multiplier=[1],
+            num_res_blocks=1,
+            attn_resolutions=[],
+        ),
+        attn_implementation="eager",
+    )
     hf = tf.ChameleonForConditionalGeneration(hc).eval()
     with torch.no_grad():  # non-trivial norms so the γ/β layout matters
         for name, p in tiny_model.named_parameters():

@@ -1,4 +1,5 @@
 """Checkpoint I/O in the official layouts: HF Chameleon shards and LlamaGen's {"model": sd}."""
+
 import json
 
 import pytest
@@ -19,8 +20,9 @@ def _meta_tiny():
 
 def test_sharded_round_trip_into_meta_model(tiny_model, tmp_path):
     vocab = {"<s>": 0, "<image>": 8711, **ImageCodeMap.synthetic().to_vocabulary_map()}
-    index = save_hf_shards(tiny_model, tmp_path, max_shard_size=8_000_000, config=tiny_model.config,
-                           vocabulary_map=vocab, dtype=None)
+    index = save_hf_shards(
+        tiny_model, tmp_path, max_shard_size=8_000_000, config=tiny_model.config, vocabulary_map=vocab, dtype=None
+    )
     weight_map = json.loads(index.read_text())["weight_map"]
     files = sorted(set(weight_map.values()))
     assert len(files) >= 2 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
@@ -75,7 +77,9 @@ def test_shape_mismatch_and_stale_shards(tiny_model, tmp_path):
     save_hf_shards(tiny_model, tmp_path, max_shard_size=8_000_000, dtype=None)
     n_before = len(list(tmp_path.glob("model-*.safetensors")))
     save_hf_shards(tiny_model, tmp_path, max_shard_size="1GB", dtype=None)
-    assert n_before >= 2 and [p.name for p in tmp_path.glob("model-*.safetensors")] == ["model-00001-of-00001.safetensors"]
+    assert n_before >= 2 and [p.name for p in tmp_path.glob("model-*.safetensors")] == [
+        "model-00001-of-00001.safetensors"
+    ]
     sd = dict(tiny_model.state_dict())
     sd["model.norm.weight"] = torch.ones(65)
     save_hf_shards(sd, tmp_path, dtype=None)

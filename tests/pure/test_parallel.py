@@ -3,6 +3,7 @@ curve for the same global batch (spec pure.md §12.8). fp32 everywhere; the only
 reduction order (all-reduce vs local accumulation), which Adam at lr 3e-3 amplifies to ~1e-5
 relative after a few steps, hence rtol 1e-4. The first DeepSpeed run on a machine JIT-builds its
 shared-memory comm op (cached in ~/.cache/torch_extensions afterwards)."""
+
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
-WORKER = textwrap.dedent('''
+WORKER = textwrap.dedent("""
     import json, sys
     import torch
     sys.path.insert(0, {tests!r})
@@ -36,7 +37,7 @@ WORKER = textwrap.dedent('''
         f = out / (backend + ".json")
         prev = json.loads(f.read_text()) if f.exists() else []
         f.write_text(json.dumps(prev + res["losses"]))
-''')
+""")
 
 
 def _run(tmp_path, backend, nproc, accum, mb, kill_at=0):
@@ -47,8 +48,13 @@ def _run(tmp_path, backend, nproc, accum, mb, kill_at=0):
         cmd = [sys.executable, str(script)]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
-    r = subprocess.run(cmd + [backend, str(tmp_path), str(accum), str(mb), str(kill_at)], env=env, capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        cmd + [backend, str(tmp_path), str(accum), str(mb), str(kill_at)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (tmp_path / f"{backend}_{nproc}.log").write_text(r.stdout + r.stderr)
     return json.loads((tmp_path / f"{backend}.json").read_text())

@@ -1,6 +1,7 @@
 """EMA under 2-rank FSDP2 (gloo, CPU): each rank averages only its parameter shards, the average
 is saved/restored with the sharded training state, and the consolidated export after a
 pre-emption + resume equals the single-process EMA export (fp32)."""
+
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-WORKER = textwrap.dedent('''
+WORKER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     import torch
@@ -26,17 +27,21 @@ WORKER = textwrap.dedent('''
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGTERM)
     main(cfg, on_step=on_step)
-''')
+""")
 
 
 def _run(tmp_path, backend, nproc, accum, kill_at=0):
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(root=os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    cmd = [sys.executable, str(script)] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
-    r = subprocess.run(cmd + [backend, str(tmp_path), str(accum), str(kill_at)], env=env, capture_output=True,
-                       text=True, timeout=600)
+    cmd = (
+        [sys.executable, str(script)]
+        if nproc == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
+    )
+    r = subprocess.run(
+        cmd + [backend, str(tmp_path), str(accum), str(kill_at)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
 

@@ -1,5 +1,6 @@
 """Pre-tokenisation: shard/index format, sequence layout of real records, resumability after a crash,
 and the official-pickle converter."""
+
 import json
 import pickle
 
@@ -12,7 +13,6 @@ import pure.pretokenize as pt
 from pure.config import PretokenizeConfig
 from pure.data import TokenShardDataset
 from pure.sequence import INSTRUCTION
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,8 +29,16 @@ def images(tmp_path):
 
 
 def _cfg(out, images, tok_path):
-    return PretokenizeConfig(out_dir=str(out), images=[str(images)], target_size=64, shard_size=2,
-                             tokenizer=str(tok_path), device="cpu", batch_size=2, seed=3)
+    return PretokenizeConfig(
+        out_dir=str(out),
+        images=[str(images)],
+        target_size=64,
+        shard_size=2,
+        tokenizer=str(tok_path),
+        device="cpu",
+        batch_size=2,
+        seed=3,
+    )
 
 
 def test_format_and_layout(tmp_path, images, test_tokenizer_path, test_tokenizer):
@@ -47,12 +55,12 @@ def test_format_and_layout(tmp_path, images, test_tokenizer_path, test_tokenizer
     assert len(ds) == 3
     tokens, labels = ds[0]
     n_instr = len(test_tokenizer.encode(INSTRUCTION))
-    lq = tokens[1 + n_instr: 1 + n_instr + 76]  # 64 px -> 8x8 codes -> 76-token block
+    lq = tokens[1 + n_instr : 1 + n_instr + 76]  # 64 px -> 8x8 codes -> 76-token block
     assert tokens[0] == 0 and lq[:3] == [8197, 8806, 8806] and lq[-1] == 8196
     p_len = 1 + n_instr + 76 + 1
     assert tokens[p_len - 1] == 8710 and set(labels[:p_len]) == {-100} and labels[p_len:] == tokens[p_len:]
     assert labels[-2:] == [8196, 8710] and len(tokens) == p_len + (len(tokens) - p_len)
-    answer = test_tokenizer.decode(tokens[p_len: len(tokens) - 76 - 1])
+    answer = test_tokenizer.decode(tokens[p_len : len(tokens) - 76 - 1])
     assert answer.split(",")[0] in ("Small blur", "Medium blur", "Large blur") and answer.endswith("noise. ")
 
 
@@ -82,7 +90,9 @@ def test_resume_after_crash_is_identical(tmp_path, images, test_tokenizer_path, 
     assert names == sorted(p.name for p in (tmp_path / "b").glob("shard_*")) and len(names) == 6
     for n in names:
         assert (tmp_path / "ref" / n).read_bytes() == (tmp_path / "b" / n).read_bytes(), n
-    assert json.loads((tmp_path / "ref/record.json").read_text()) == json.loads((tmp_path / "b/record.json").read_text())
+    assert json.loads((tmp_path / "ref/record.json").read_text()) == json.loads(
+        (tmp_path / "b/record.json").read_text()
+    )
 
 
 def test_official_pickle_converter(tmp_path):

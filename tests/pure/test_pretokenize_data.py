@@ -1,4 +1,5 @@
 """Dataset over shards and the official length-grouped sampler semantics."""
+
 import numpy as np
 import pytest
 
@@ -65,5 +66,5 @@ def test_sampler_resume_position(dataset):
     resumed = LengthGroupedSampler(ds, 2, 1, 0, window_mult=2, seed=4)
     resumed.epoch, resumed.consumed = divmod(spe - 2, spe)
     it2 = iter(resumed)
-    assert [next(it2) for _ in range(5)] == order[spe - 2:]
-    assert order[:spe] != order[spe:2 * spe] or spe < 2  # a new shuffle each epoch
+    assert [next(it2) for _ in range(5)] == order[spe - 2 :]
+    assert order[:spe] != order[spe : 2 * spe] or spe < 2  # a new shuffle each epoch

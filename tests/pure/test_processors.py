@@ -1,11 +1,13 @@
 """Processor chain (spec §7.2 / §12.5): CFG combine, structure mask, entropy top-k, order."""
+
 import math
 
 import pytest
 import torch
 
 from pure import processors as P
-from pure.tokenizer import ImageCodeMap, SpecialIds as S
+from pure.tokenizer import ImageCodeMap
+from pure.tokenizer import SpecialIds as S
 
 V = 73728
 
@@ -143,8 +145,8 @@ def test_batched_rows_equal_single_rows(image_mask):
     states = [grid_state(1, 1, 4), P.state_from_prompt([0]), grid_state(2, 2, 7)]
     cfg = P.SamplingConfig()
     out = P.process_scores(cond, states, cfg, image_mask, uncond=unc)
-    for i, (row, u) in enumerate([(0, unc[0:1]), (1, None), (2, unc[1:2])]):
-        single = P.process_scores(cond[row:row + 1], [states[row]], cfg, image_mask, uncond=u)
+    for row, u in [(0, unc[0:1]), (1, None), (2, unc[1:2])]:
+        single = P.process_scores(cond[row : row + 1], [states[row]], cfg, image_mask, uncond=u)
         assert torch.equal(out[row], single[0])
 
 

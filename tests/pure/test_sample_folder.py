@@ -3,6 +3,7 @@
 The tiny model is exported as HF shards (+ tokenizer) and the tiny VQ in LlamaGen's layout, so
 the checkpoint errors come from the loaders a user hits (pure.official).
 """
+
 import shutil
 from pathlib import Path
 
@@ -48,9 +49,20 @@ def sample():
 
 
 def _args(ckpts, lr, out, *extra):
-    return ["model=tiny", "device=cpu", "metrics=[]", f"ckpt_dir={ckpts / 'PURE'}", f"vq_ckpt={ckpts / 'vq.pt'}",
-            "vq_size=tiny", "resolution=8", "image_only=true", "max_new_tokens=30", f"lr_dir={lr}", f"out_dir={out}",
-            *extra]
+    return [
+        "model=tiny",
+        "device=cpu",
+        "metrics=[]",
+        f"ckpt_dir={ckpts / 'PURE'}",
+        f"vq_ckpt={ckpts / 'vq.pt'}",
+        "vq_size=tiny",
+        "resolution=8",
+        "image_only=true",
+        "max_new_tokens=30",
+        f"lr_dir={lr}",
+        f"out_dir={out}",
+        *extra,
+    ]
 
 
 def test_overlapping_outputs_refused_inputs_untouched(tmp_path, capsys, sample, ckpts):
@@ -74,9 +86,23 @@ def test_broken_files_skipped_and_counted(tmp_path, capsys, caplog, sample, ckpt
     assert "already holds 4 output(s)" in line
 
 
-@pytest.mark.parametrize("case", ["missing_ckpt_dir", "ckpt_dir_is_file", "corrupt_shard", "wrong_vq", "missing_vq",
-                                  "out_is_file", "out_unwritable", "lr_is_file", "color_fix", "batch_size",
-                                  "batch_size_neg", "sjd_scheme"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_ckpt_dir",
+        "ckpt_dir_is_file",
+        "corrupt_shard",
+        "wrong_vq",
+        "missing_vq",
+        "out_is_file",
+        "out_unwritable",
+        "lr_is_file",
+        "color_fix",
+        "batch_size",
+        "batch_size_neg",
+        "sjd_scheme",
+    ],
+)
 def test_user_errors_are_one_line(tmp_path, capsys, sample, ckpts, case):
     lr = make_folder(tmp_path / "LR", GOOD)
     (tmp_path / "file").write_text("x")
@@ -103,5 +129,10 @@ def test_user_errors_are_one_line(tmp_path, capsys, sample, ckpts, case):
 @pytest.mark.slow  # two interpreter start-ups and a tiny model on two images
 def test_launcher_process_exit_codes(tmp_path, ckpts):
     lr = make_folder(tmp_path / "LR", GOOD)
-    assert_process_exit_codes("sample_pure", lambda out: _args(ckpts, lr, out), lr, tmp_path / "run" / "sr",
-                              ["p0.json", "p0.png", "p1.json", "p1.png"])
+    assert_process_exit_codes(
+        "sample_pure",
+        lambda out: _args(ckpts, lr, out),
+        lr,
+        tmp_path / "run" / "sr",
+        ["p0.json", "p0.png", "p1.json", "p1.png"],
+    )

@@ -1,14 +1,28 @@
 """PURE sequence layout (spec pure.md §4.2 / §7.1 / §12.4) and the degradation-level text."""
+
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from pure.degradation_text import (ConstantEstimator, ParamEstimator, ScoreFileEstimator, level_name,
-                                   scores_from_params, sentence_from_scores)
-from pure.sequence import (IGNORE, INSTRUCTION, answer_text, build_inference_prompt, build_training_example,
-                           image_label_mask, pad_batch)
+from pure.degradation_text import (
+    ConstantEstimator,
+    ParamEstimator,
+    ScoreFileEstimator,
+    level_name,
+    scores_from_params,
+    sentence_from_scores,
+)
+from pure.sequence import (
+    IGNORE,
+    INSTRUCTION,
+    answer_text,
+    build_inference_prompt,
+    build_training_example,
+    image_label_mask,
+    pad_batch,
+)
 from pure.tokenizer import ImageCodeMap
 
 GOLDEN = Path(__file__).parent / "golden_sequence.json"
@@ -58,10 +72,14 @@ def test_inference_prompt_and_512_block(test_tokenizer):
     assert ids[0] == 0 and ids[-2:] == [8196, 8710]
     block = ids[-4165:-1]
     assert len(block) == 4164 and block[:3] == [8197, 8820, 8820] and block[-2:] == [8803, 8196]
-    tokens, labels = build_training_example(lq, lq, "Large blur, large noise.", "The image features a cat.",
-                                            test_tokenizer)
+    tokens, labels = build_training_example(
+        lq, lq, "Large blur, large noise.", "The image features a cat.", test_tokenizer
+    )
     assert tokens[: len(ids)] == ids and all(l == IGNORE for l in labels[: len(ids)])
-    ans = tokens[len(ids): len(ids) + len(test_tokenizer.encode(answer_text("Large blur, large noise.", "The image features a cat.")))]
+    ans = tokens[
+        len(ids) : len(ids)
+        + len(test_tokenizer.encode(answer_text("Large blur, large noise.", "The image features a cat.")))
+    ]
     assert test_tokenizer.decode(ans) == "Large blur, large noise. The image features a cat. "
 
 
@@ -78,8 +96,10 @@ def test_image_label_mask_and_padding():
     assert n_pad == ids.numel() - len(t) - 10
 
 
-@pytest.mark.parametrize("score,name", [(0.0, "small"), (1 / 3 - 1e-6, "small"), (1 / 3, "medium"),
-                                        (0.5, "medium"), (2 / 3, "large"), (1.0, "large")])
+@pytest.mark.parametrize(
+    "score,name",
+    [(0.0, "small"), (1 / 3 - 1e-6, "small"), (1 / 3, "medium"), (0.5, "medium"), (2 / 3, "large"), (1.0, "large")],
+)
 def test_level_thresholds(score, name):
     assert level_name(score) == name
 
@@ -93,11 +113,13 @@ def test_level_rejects_out_of_range_and_sentence_case():
 
 def test_scores_closed_form():
     # kernel1 iso sigma 2 at HR scale -> 0.5 LQ px; nothing else blurs; noise: stage-2 Gaussian 20.
-    p = {"kernel1": {"family": "iso", "sigma_x": 2.0, "sigma_y": 2.0},
-         "sinc": {"family": "identity", "omega_c": None},
-         "stage1": {"resize_scale": 0.25, "noise": "gaussian", "noise_sigma": 0.0, "jpeg_quality": 95.0},
-         "stage2": {"blur": False, "resize_scale": 1.0, "noise": "gaussian", "noise_sigma": 20.0},
-         "final": {"jpeg_quality": 95.0}}
+    p = {
+        "kernel1": {"family": "iso", "sigma_x": 2.0, "sigma_y": 2.0},
+        "sinc": {"family": "identity", "omega_c": None},
+        "stage1": {"resize_scale": 0.25, "noise": "gaussian", "noise_sigma": 0.0, "jpeg_quality": 95.0},
+        "stage2": {"blur": False, "resize_scale": 1.0, "noise": "gaussian", "noise_sigma": 20.0},
+        "final": {"jpeg_quality": 95.0},
+    }
     s = scores_from_params(p)
     assert s.blur_sigma_lq == pytest.approx(0.5) and s.noise_std_255 == pytest.approx(20.0)
     assert s.blur == pytest.approx((0.5 - 0.45) / 1.1) and s.noise == pytest.approx(15 / 23)

@@ -1,4 +1,5 @@
 """Special ids, image code map, stand-in text tokenizer, image preprocessing and token blocks."""
+
 import json
 import random
 
@@ -6,9 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from pure.tokenizer import (ImageCodeMap, SpecialIds, TextTokenizer, bucket_sizes, choose_bucket, code_token_name,
-                            decode_to_uint8, image_block, image_to_block, parse_code_token_name,
-                            parse_image_block, preprocess_image)
+from pure.tokenizer import (
+    ImageCodeMap,
+    SpecialIds,
+    TextTokenizer,
+    bucket_sizes,
+    choose_bucket,
+    code_token_name,
+    decode_to_uint8,
+    image_block,
+    image_to_block,
+    parse_code_token_name,
+    parse_image_block,
+    preprocess_image,
+)
 
 
 def test_code_token_names():
@@ -49,10 +61,21 @@ def test_map_from_config_json(tmp_path):
 
 def test_stand_in_tokenizer_ids(test_tokenizer, test_tokenizer_path):
     tok = test_tokenizer
-    expect = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<eoss>": 8196, "<racm3:break>": 8197,
-              "<reserved08706>": 8710, "<reserved08799>": 8803, "<reserved08816>": 8820,
-              code_token_name(0): 4, code_token_name(8191): 8195, code_token_name(8192): 65536,
-              code_token_name(16383): 73727}
+    expect = {
+        "<s>": 0,
+        "<pad>": 1,
+        "</s>": 2,
+        "<unk>": 3,
+        "<eoss>": 8196,
+        "<racm3:break>": 8197,
+        "<reserved08706>": 8710,
+        "<reserved08799>": 8803,
+        "<reserved08816>": 8820,
+        code_token_name(0): 4,
+        code_token_name(8191): 8195,
+        code_token_name(8192): 65536,
+        code_token_name(16383): 73727,
+    }
     assert {k: tok.token_to_id(k) for k in expect} == expect
     assert tok.token_to_id(SpecialIds.IMAGE_PLACEHOLDER) is not None
     assert torch.equal(tok.code_map.code_to_id, ImageCodeMap.synthetic().code_to_id)

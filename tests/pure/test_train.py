@@ -1,6 +1,7 @@
 """PURE training: loss vs an independent reference, schedule, overfitting, kill+resume, vocab
 extension, HF export, config composition. Tiny model with a shrunken vocabulary (9,216 ids still
 hold every special id) keeps each test at a few seconds on CPU."""
+
 import json
 import math
 import os
@@ -33,7 +34,7 @@ def make_records(n, seed=0, prompt=12, lo=24, hi=40):
         L = int(rng.integers(lo, hi))
         tok = rng.integers(4, 8000, L).tolist()
         tok[0] = 0
-        tok[prompt:prompt + 3] = [8197, 8806, 8806]  # an image block start inside the answer
+        tok[prompt : prompt + 3] = [8197, 8806, 8806]  # an image block start inside the answer
         tok[-2:] = [8196, 8710]
         out.append({"token": tok, "label": [-100] * prompt + tok[prompt:], "id": f"r{i}"})
     return out
@@ -161,8 +162,11 @@ def test_hf_export_roundtrip(tmp_path):
     from pure.model import ChameleonForCausalLM, chameleon_config
     from pure.official import load_hf_shards
 
-    cfg = make_cfg(tmp_path, n_records=2, **{"schedule.epochs": 1, "export.hf_dir": str(tmp_path / "hf"),
-                                                         "export.max_shard_size": "1MB"})
+    cfg = make_cfg(
+        tmp_path,
+        n_records=2,
+        **{"schedule.epochs": 1, "export.hf_dir": str(tmp_path / "hf"), "export.max_shard_size": "1MB"},
+    )
     main(cfg)
     from common.train_state import load_model_only, step_dir
 
@@ -195,11 +199,19 @@ def test_online_mode_trains_from_images(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(4):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    cfg = make_cfg(tmp_path, n_records=2, **{"schedule.epochs": 2, "data.online": True, "data.pad_to_multiple": 8,
-                                                        "pretokenize.images": [str(d)],
-                                                        "pretokenize.target_size": 64,
-                                                        "pretokenize.out_dir": str(tmp_path / "tok"),
-                                                        "pretokenize.device": "cpu"})
+    cfg = make_cfg(
+        tmp_path,
+        n_records=2,
+        **{
+            "schedule.epochs": 2,
+            "data.online": True,
+            "data.pad_to_multiple": 8,
+            "pretokenize.images": [str(d)],
+            "pretokenize.target_size": 64,
+            "pretokenize.out_dir": str(tmp_path / "tok"),
+            "pretokenize.device": "cpu",
+        },
+    )
     cfg.model = {"size": "tiny"}  # online records use the real 73,728-id vocabulary
     res = main(cfg)
     assert res["step"] == 4 and all(np.isfinite(res["losses"]))

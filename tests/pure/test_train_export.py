@@ -1,6 +1,7 @@
 """PURE training -> HF export: config.json keeps every field of the starting checkpoint's config.json
 (vocabulary_map included, which the official `from_pretrained` needs), the dtype switch, and EMA
 weights (when enabled) as what gets exported. Tiny model, a few CPU steps each."""
+
 import json
 
 import pytest
@@ -21,9 +22,12 @@ def _initial_hf_dir(tmp_path, vocab):
     d = tmp_path / "init_hf"
     save_hf_shards(lm, d, config=lm.config, dtype=torch.float32)
     cfg = json.loads((d / "config.json").read_text())
-    cfg.update(vocabulary_map={"<image>": 8711, "IMGIMGBAZ": 4, "IMGIMGBBZ": 5, "<racm3:break>": 8710},
-               some_future_field={"kept": [1, 2, 3]}, transformers_version="4.44.0",
-               vq_config={"embed_dim": 8, "num_embeddings": 16, "resolution": 32})
+    cfg.update(
+        vocabulary_map={"<image>": 8711, "IMGIMGBAZ": 4, "IMGIMGBBZ": 5, "<racm3:break>": 8710},
+        some_future_field={"kept": [1, 2, 3]},
+        transformers_version="4.44.0",
+        vq_config={"embed_dim": 8, "num_embeddings": 16, "resolution": 32},
+    )
     (d / "config.json").write_text(json.dumps(cfg))
     return d, cfg, lm
 
@@ -36,9 +40,17 @@ def _snapshots(trainer):
 def test_export_keeps_initial_config_json_after_vocab_extension(tmp_path):
     small = VOCAB - 512
     init_dir, init_cfg, init_lm = _initial_hf_dir(tmp_path, small)
-    cfg = make_cfg(tmp_path, n_records=2, **{"schedule.epochs": 2, "init.from_hf": str(init_dir),
-                                             "init.extend_vocab_from": small, "export.hf_dir": str(tmp_path / "hf"),
-                                             "export.dtype": "fp32"})
+    cfg = make_cfg(
+        tmp_path,
+        n_records=2,
+        **{
+            "schedule.epochs": 2,
+            "init.from_hf": str(init_dir),
+            "init.extend_vocab_from": small,
+            "export.hf_dir": str(tmp_path / "hf"),
+            "export.dtype": "fp32",
+        },
+    )
     trainer = Trainer(cfg)
     # the starting weights really came from the HF dir (old rows), new rows were added
     assert torch.equal(trainer.lm.lm_head.weight[:small], init_lm.lm_head.weight)
@@ -72,9 +84,19 @@ def test_export_without_initial_checkpoint_and_bf16_default(tmp_path):
 def test_export_uses_ema_weights_when_enabled(tmp_path, use_for_eval):
     """decay 0.5, start_step 1: after step 1 the average equals the weights, then e <- (e + w) / 2.
     Expected values come from snapshots of the raw weights after every step, not from the EMA class."""
-    cfg = make_cfg(tmp_path, n_records=2, **{"schedule.epochs": 3, "export.hf_dir": str(tmp_path / "hf"),
-                                             "export.dtype": "fp32", "ema.enabled": True, "ema.decay": 0.5,
-                                             "ema.start_step": 1, "ema.use_for_eval": use_for_eval})
+    cfg = make_cfg(
+        tmp_path,
+        n_records=2,
+        **{
+            "schedule.epochs": 3,
+            "export.hf_dir": str(tmp_path / "hf"),
+            "export.dtype": "fp32",
+            "ema.enabled": True,
+            "ema.decay": 0.5,
+            "ema.start_step": 1,
+            "ema.use_for_eval": use_for_eval,
+        },
+    )
     trainer = Trainer(cfg)
     snaps, on_step = _snapshots(trainer)
     trainer.fit(on_step)

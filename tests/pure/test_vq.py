@@ -1,5 +1,6 @@
 """LlamaGen VQ-8: official key layout (full on meta, tiny materialised) and the quantiser's
 behaviour (grid shapes, nearest-code oracle, idempotence, decode shapes)."""
+
 import json
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Shared VARSR fixtures."""
+
 import torch
 
 from varsr.model import build_models

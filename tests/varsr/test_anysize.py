@@ -1,6 +1,7 @@
 """Any input size (issue 8): one tile == the direct path bit for bit, tiles land where they belong,
 the GroupNorm-aware tiled decoder equals a one-shot decode, non-square and tiny inputs keep their
 shape, the pixel limit refuses in one line, and a 2048-px-wide LR runs in bounded, measured memory."""
+
 import numpy as np
 import pytest
 import torch
@@ -53,8 +54,10 @@ def test_tiles_land_where_they_belong(tiny, monkeypatch):
     plan = plan_tiles(h, w, model, vqvae)
     assert (plan.rows, plan.cols, plan.grid) == ([0, 2], [0, 5, 7], (8, 13))
     out = sample_tiled(model, vqvae, lr, color_fix="none", tile_batch=2)
-    canvas = pad_to(F.interpolate(lr, size=(4 * h, 4 * w), mode="bicubic", align_corners=False,
-                                  antialias=True).clamp(0, 1), (128, 208))
+    canvas = pad_to(
+        F.interpolate(lr, size=(4 * h, 4 * w), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1),
+        (128, 208),
+    )
     pooled = F.avg_pool2d(canvas, 16)
     torch.testing.assert_close(seen["latent"][:, :3], pooled, atol=1e-5, rtol=0)
     assert seen["batches"] == [2, 1, 2, 1]  # two rows, each 3 tiles in batches of 2
@@ -120,7 +123,8 @@ def test_2048_wide_lr_runs_in_bounded_memory():
     assert 4 * 32 * (4 * h) * (4 * w) * 4 > bound  # a one-shot decode would not fit
     lr = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
     with PeakMemory() as pm:
-        out = sample_tiled(model, vqvae, lr, generator=torch.Generator().manual_seed(0), decoder_tile=48,
-                           decoder_stats="estimate")  # "exact" costs ~8 more decoder passes; tested above
+        out = sample_tiled(
+            model, vqvae, lr, generator=torch.Generator().manual_seed(0), decoder_tile=48, decoder_stats="estimate"
+        )  # "exact" costs ~8 more decoder passes; tested above
     assert out.shape == (1, 3, 4 * h, 4 * w)
     assert pm.peak_delta < bound, f"peak {pm.peak_delta / 2**20:.0f} MiB > bound {bound / 2**20:.0f} MiB"

@@ -1,16 +1,17 @@
 """C2I pretraining variant (ImgVAR_RoPE, spec varsr.md 6-7): SOS-only prefix shapes/closed forms,
 KV-cached sampling == teacher-forced forward, null-class quadratic CFG ramp, label dropout, loss
 falls when overfitting, official C2I layout load and C2I -> SR transfer report."""
+
 import pytest
 import torch
 
+from tests.varsr.conftest import lively
 from varsr.losses import drop_labels, varsr_loss
 from varsr.model import build_models, model_config
 from varsr.model.rope import build_rope_table
 from varsr.official import CheckpointError, export_official, load_official_c2i, transfer_from_c2i
 from varsr.sample import cfg_ramp
 from varsr.sample_c2i import generate_c2i_fhat, sample_c2i
-from tests.varsr.conftest import lively
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +67,9 @@ def test_full_size_c2i_on_meta():
 def test_kv_cached_sampling_matches_teacher_forcing(c2i):
     model, vqvae = c2i
     label = torch.tensor([1, 2])
-    _, logits = generate_c2i_fhat(model, vqvae, label, cfg=0.0, top_k=1, top_p=0.0,
-                                  generator=torch.Generator().manual_seed(0), return_logits=True)
+    _, logits = generate_c2i_fhat(
+        model, vqvae, label, cfg=0.0, top_k=1, top_p=0.0, generator=torch.Generator().manual_seed(0), return_logits=True
+    )
     x_in = _x_inputs(vqvae, logits)
     with torch.no_grad():
         tf, _ = model(None, label, x_in)
@@ -80,8 +82,7 @@ def test_kv_cached_sampling_matches_teacher_forcing(c2i):
 def test_null_class_cfg_ramp_and_refiner_guidance(c2i, monkeypatch):
     model, vqvae = c2i
     K, cfg = len(model.patch_nums), 4.0
-    assert [cfg_ramp(cfg, si, K, 2) for si in range(K)] == pytest.approx(
-        [cfg * (si / (K - 1)) ** 2 for si in range(K)])
+    assert [cfg_ramp(cfg, si, K, 2) for si in range(K)] == pytest.approx([cfg * (si / (K - 1)) ** 2 for si in range(K)])
     assert cfg_ramp(4.0, 5, 10, 2) == pytest.approx(4.0 * 25 / 81) and cfg_ramp(4.0, 9, 10, 2) == 4.0
     seen = {}
     real = model.diffloss.sample
@@ -92,8 +93,9 @@ def test_null_class_cfg_ramp_and_refiner_guidance(c2i, monkeypatch):
 
     monkeypatch.setattr(model.diffloss, "sample", spy)
     label = torch.tensor([2])
-    _, logits = generate_c2i_fhat(model, vqvae, label, cfg=cfg, top_k=1,
-                                  generator=torch.Generator().manual_seed(0), return_logits=True)
+    _, logits = generate_c2i_fhat(
+        model, vqvae, label, cfg=cfg, top_k=1, generator=torch.Generator().manual_seed(0), return_logits=True
+    )
     x_in = _x_inputs(vqvae, logits)
     with torch.no_grad():
         lc, _ = model(None, label, x_in)
@@ -179,8 +181,11 @@ def test_official_c2i_roundtrip_and_transfer_to_sr(tmp_path):
     assert rep["truncated"] == ["class_emb.weight"]
     assert set(rep["dropped"]) == {"pos_start", "lvl_1L", "attn_bias_for_masking"}  # same K: lvl_embed kept
     assert "lvl_embed.weight" in rep["kept"] and "blocks.1.ffn.fc1.weight" in rep["kept"]
-    assert {k for k in rep["missing"] if not k.startswith("con_embedding.")} == \
-        {"pos_start", "lvl_1L", "attn_bias_for_masking"}
+    assert {k for k in rep["missing"] if not k.startswith("con_embedding.")} == {
+        "pos_start",
+        "lvl_1L",
+        "attn_bias_for_masking",
+    }
     assert "con_embedding.conv_in.weight" in rep["missing"]
     assert torch.equal(sr.class_emb.weight, src.class_emb.weight[:2])
     assert torch.equal(sr.blocks[0].attn.mat_qkv.weight, src.blocks[0].attn.mat_qkv.weight)

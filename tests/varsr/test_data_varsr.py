@@ -1,12 +1,20 @@
 """The VARSR training batch walk: sampler order/resume, class folders, device-side batch making."""
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from varsr.config import DataConfig, SourceConfig, tiny_train_config
-from varsr.data import BatchMaker, ResumableBatchSampler, bicubic_lq, build_train_dataset, build_train_loader, \
-    class_sources, step_generator
+from varsr.data import (
+    BatchMaker,
+    ResumableBatchSampler,
+    bicubic_lq,
+    build_train_dataset,
+    build_train_loader,
+    class_sources,
+    step_generator,
+)
 
 
 def _global_batches(n, b, world, count, start=0):
@@ -50,9 +58,17 @@ def test_class_sources_label_by_sorted_folder(tmp_path):
 
 def test_loader_batches_are_deterministic_and_labelled(tmp_path):
     cfg = tiny_train_config(str(tmp_path))
-    cfg.data = DataConfig(sources=[SourceConfig(kind="bundled", label=0, resize_shorter_to=120),
-                                   SourceConfig(kind="bundled", label=1, ratio=0.5, resize_shorter_to=96)],
-                          crop_size=96, resize_shorter_to=120, batch_size=3, num_workers=0, lq_mode="degrade")
+    cfg.data = DataConfig(
+        sources=[
+            SourceConfig(kind="bundled", label=0, resize_shorter_to=120),
+            SourceConfig(kind="bundled", label=1, ratio=0.5, resize_shorter_to=96),
+        ],
+        crop_size=96,
+        resize_shorter_to=120,
+        batch_size=3,
+        num_workers=0,
+        lq_mode="degrade",
+    )
     ds = build_train_dataset(cfg, cache_dir=tmp_path)
     assert len(ds) == 6 + 3
     loader, _ = build_train_loader(ds, cfg, world_size=1, rank=0)

@@ -1,6 +1,7 @@
 """VARSR EMA: with `ema.enabled`, validation samples from and export writes the averaged weights
 (`ema.use_for_eval`, default on); switched off they use the raw ones. Expected averages are computed
 from snapshots of the raw weights after every step, not by the EMA class under test."""
+
 import pytest
 import torch
 
@@ -31,8 +32,9 @@ def _run(tmp_path, use_for_eval: bool):
 
     trainer._validate_on = validate_on
     snaps = []
-    trainer.fit(callback=lambda t, m: snaps.append({k: v.detach().clone()
-                                                     for k, v in unwrap(t.model).state_dict().items()}))
+    trainer.fit(
+        callback=lambda t, m: snaps.append({k: v.detach().clone() for k, v in unwrap(t.model).state_dict().items()})
+    )
     trainer.validate()
     exported = build_models(cfg.model, device="cpu")[0]
     load_official_varsr(trainer.run_dir / "export" / "VARSR.pth", exported)

@@ -1,10 +1,11 @@
 """FastVAR pruning: keep counts, ratio 0 bit-exact, per-sample pivotal selection and restore."""
+
 import pytest
 import torch
 
+from tests.varsr.conftest import lively
 from varsr.fastvar import FastVARConfig, FastVARState, keep_count
 from varsr.sample import generate_fhat
-from tests.varsr.conftest import lively
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,7 @@ def test_ratio_zero_bit_exact(tiny_lively):
 
 
 def test_select_and_restore():
-    st = FastVARState(FastVARConfig(enabled=True, later_layer_start=0, min_keep=1, second_last_ratio=0.5),
-                      (1, 2, 3, 4))
+    st = FastVARState(FastVARConfig(enabled=True, later_layer_start=0, min_keep=1, second_last_ratio=0.5), (1, 2, 3, 4))
     st.set_step(1)  # cache scale (side 2)
     p = st(0)
     cached = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)

@@ -4,6 +4,7 @@ raw-logit trace, bf16 autocast, compiled blocks vs eager.
 References are independent of the path under test: single-image runs, the teacher-forced
 masked forward (no KV cache), the eager loop, and torch's RNG state.
 """
+
 import pytest
 import torch
 
@@ -30,10 +31,10 @@ def test_batch_equals_single_runs_with_per_image_seeds(tiny):
     kw = dict(cfg=3.0, top_k=8, return_trace=True)
     batch, tr = generate_fhat(model, vqvae, lr, generator=_gens(*seeds), **kw)
     for b, s in enumerate(seeds):
-        single, ts = generate_fhat(model, vqvae, lr[b:b + 1], generator=_gens(s), **kw)
+        single, ts = generate_fhat(model, vqvae, lr[b : b + 1], generator=_gens(s), **kw)
         for si in range(len(model.patch_nums)):
-            assert torch.equal(tr.ids[si][b:b + 1], ts.ids[si])
-        assert torch.allclose(batch[b:b + 1], single, atol=1e-5, rtol=0)
+            assert torch.equal(tr.ids[si][b : b + 1], ts.ids[si])
+        assert torch.allclose(batch[b : b + 1], single, atol=1e-5, rtol=0)
     # teeth: swapping the seeds of images 0 and 1 changes both images, leaves image 2 alone
     swapped = generate_fhat(model, vqvae, lr, generator=_gens(12, 11, 13), **kw)[0]
     assert not torch.allclose(swapped[:2], batch[:2], atol=1e-3)
@@ -60,8 +61,9 @@ def test_refiner_noise_hook_reproduces_runs(tiny):
     assert noise.shape == (model.diffloss.gen_diffusion.num_timesteps + 1, B * G * G, model.cfg.cvae)
     d = generate_fhat(model, vqvae, lr, cfg=3.0, generator=torch.Generator().manual_seed(7), refiner_noise=noise)
     assert torch.equal(a, d)
-    e = generate_fhat(model, vqvae, lr, cfg=3.0, generator=torch.Generator().manual_seed(7),
-                      refiner_noise=torch.randn_like(noise))
+    e = generate_fhat(
+        model, vqvae, lr, cfg=3.0, generator=torch.Generator().manual_seed(7), refiner_noise=torch.randn_like(noise)
+    )
     assert not torch.allclose(a, e, atol=1e-4)
     with pytest.raises(ValueError, match="refiner noise must be"):
         generate_fhat(model, vqvae, lr, cfg=3.0, refiner_noise=noise[:, :5])
@@ -72,8 +74,9 @@ def test_trace_raw_logits_match_teacher_forcing(tiny):
     torch.manual_seed(7)
     lr = torch.rand(2, 3, 96, 96) * 2 - 1
     cfg, K, B = 4.0, len(model.patch_nums), 2
-    f, guided, tr = generate_fhat(model, vqvae, lr, cfg=cfg, generator=_gens(1, 2), return_logits=True,
-                                  return_trace=True)
+    f, guided, tr = generate_fhat(
+        model, vqvae, lr, cfg=cfg, generator=_gens(1, 2), return_logits=True, return_trace=True
+    )
     x_in = vqvae.quantize.teacher_forcing_inputs(tr.ids)
     with torch.no_grad():
         l0, _ = model(lr, torch.zeros(B, dtype=torch.long), x_in)
@@ -131,8 +134,7 @@ def test_bf16_autocast(tiny, monkeypatch):
     real = model.new_cache
     monkeypatch.setattr(model, "new_cache", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     f32, t32 = generate_fhat(model, vqvae, lr, cfg=3.0, generator=torch.Generator(), return_trace=True)
-    f16, t16 = generate_fhat(model, vqvae, lr, cfg=3.0, generator=torch.Generator(), return_trace=True,
-                             dtype="bf16")
+    f16, t16 = generate_fhat(model, vqvae, lr, cfg=3.0, generator=torch.Generator(), return_trace=True, dtype="bf16")
     assert made[0][0].k.dtype == torch.float32 and made[1][0].k.dtype == torch.bfloat16
     assert t16.logits[0].dtype == torch.float32  # the head stays fp32
     assert f16.dtype == torch.float32 and torch.isfinite(f16).all()

@@ -1,5 +1,6 @@
 """VARSR model: official key lists, closed forms (RoPE, mask, phi map, quantizer identity,
 diffusion respacing) and KV-cache == teacher-forced forward, loss falls when overfitting."""
+
 import json
 import math
 from pathlib import Path
@@ -7,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.varsr.conftest import lively
 from varsr.losses import varsr_loss
 from varsr.model import VARSRModelConfig, build_models
 from varsr.model.diffusion import GaussianDiffusion, respaced_steps
 from varsr.model.quantizer import phi_index_map
 from varsr.model.rope import apply_rope, build_rope_table, rope_grids
 from varsr.sample import cfg_ramp, generate_fhat
-from tests.varsr.conftest import lively
 
 REF = Path(__file__).resolve().parents[1] / "reference"
 
@@ -31,9 +32,15 @@ def _layout(module):
 
 
 def _cfg_from_reference(c: dict) -> VARSRModelConfig:
-    return VARSRModelConfig(depth=c["depth"], patch_nums=tuple(c["patch_nums"]), vocab_size=c["V"],
-                            cvae=c["Cvae"], vae_ch=c["ch"], share_quant_resi=c["share_quant_resi"],
-                            num_classes=c["num_classes"])
+    return VARSRModelConfig(
+        depth=c["depth"],
+        patch_nums=tuple(c["patch_nums"]),
+        vocab_size=c["V"],
+        cvae=c["Cvae"],
+        vae_ch=c["ch"],
+        share_quant_resi=c["share_quant_resi"],
+        num_classes=c["num_classes"],
+    )
 
 
 @pytest.mark.parametrize("suffix", ["", "_tiny"])
@@ -126,13 +133,15 @@ def test_respacing_and_schedule():
     assert base.betas[10] == pytest.approx(1 - abar(11 / 1000) / abar(10 / 1000))
     # respaced alphas_cumprod equal the base ones at the kept steps
     import numpy as np
+
     assert np.allclose(np.cumprod(1 - gd.betas), np.cumprod(1 - base.betas)[gd.timestep_map.numpy()])
 
 
 def _cached_and_teacher_forced(model, vqvae, lr):
     """Greedy KV-cached logits and the teacher-forced (label 0, label 1) logits of the same tokens."""
-    _, logits = generate_fhat(model, vqvae, lr, cfg=0.0, top_k=1, generator=torch.Generator().manual_seed(0),
-                              return_logits=True)
+    _, logits = generate_fhat(
+        model, vqvae, lr, cfg=0.0, top_k=1, generator=torch.Generator().manual_seed(0), return_logits=True
+    )
     x_in = vqvae.quantize.teacher_forcing_inputs([lg.argmax(-1) for lg in logits])
     with torch.no_grad():
         tf0, _ = model(lr, torch.zeros(2, dtype=torch.long), x_in)
@@ -163,8 +172,7 @@ def test_cfg_ramp_and_guided_logits(tiny):
     assert cfg_ramp(6.0, 3, 10) == pytest.approx(2.0)
     torch.manual_seed(3)
     lr = torch.rand(1, 3, 96, 96) * 2 - 1
-    _, logits = generate_fhat(model, vqvae, lr, cfg=4.0, generator=torch.Generator().manual_seed(0),
-                              return_logits=True)
+    _, logits = generate_fhat(model, vqvae, lr, cfg=4.0, generator=torch.Generator().manual_seed(0), return_logits=True)
     x_in = vqvae.quantize.teacher_forcing_inputs([lg.argmax(-1) for lg in logits])
     with torch.no_grad():
         l0, _ = model(lr, torch.zeros(1, dtype=torch.long), x_in)
@@ -172,7 +180,7 @@ def test_cfg_ramp_and_guided_logits(tiny):
     start = 0
     for si, pn in enumerate(model.patch_nums):
         t = 4.0 * si / 5
-        ref = (1 + t) * l0[:, start:start + pn * pn] - t * l1[:, start:start + pn * pn]
+        ref = (1 + t) * l0[:, start : start + pn * pn] - t * l1[:, start : start + pn * pn]
         assert torch.allclose(logits[si], ref, atol=1e-4)
         start += pn * pn
 

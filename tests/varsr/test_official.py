@@ -1,19 +1,28 @@
 """Official checkpoint I/O: nested trainer layout through the user path, tolerated buffer,
 one-line error + trusted converter for pickles with objects, C2I transfer report, export."""
+
 import argparse
 
 import pytest
 import torch
 
 from varsr.model import build_models
-from varsr.official import (CheckpointError, convert, export_official, load_official_varsr,
-                            load_official_vqvae, transfer_from_c2i)
+from varsr.official import (
+    CheckpointError,
+    convert,
+    export_official,
+    load_official_varsr,
+    load_official_vqvae,
+    transfer_from_c2i,
+)
 
 
 def _random_like(module, seed):
     g = torch.Generator().manual_seed(seed)
-    return {k: (torch.randn(v.shape, generator=g) if v.is_floating_point() and "attn_bias" not in k else v.clone())
-            for k, v in module.state_dict().items()}
+    return {
+        k: (torch.randn(v.shape, generator=g) if v.is_floating_point() and "attn_bias" not in k else v.clone())
+        for k, v in module.state_dict().items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +96,12 @@ def test_transfer_from_c2i_report():
     src, _ = build_models("tiny")
     sd = _random_like(src, 5)
     C = model.C
-    sd["class_emb.weight"] = torch.randn(3831, C)          # 3830 clusters + null class
-    sd["pos_start"] = torch.randn(1, 1, C)                 # C2I prefix is the SOS only
-    sd["lvl_embed.weight"] = torch.randn(12, C)            # 12-scale C2I preset
+    sd["class_emb.weight"] = torch.randn(3831, C)  # 3830 clusters + null class
+    sd["pos_start"] = torch.randn(1, 1, C)  # C2I prefix is the SOS only
+    sd["lvl_embed.weight"] = torch.randn(12, C)  # 12-scale C2I preset
     sd["lvl_1L"] = torch.zeros(1, 200, dtype=torch.long)
     sd["attn_bias_for_masking"] = torch.zeros(1, 1, 200, 200)
-    sd["pos_1LC"] = torch.randn(1, 200, C)                 # FoundationVision VAR only
+    sd["pos_1LC"] = torch.randn(1, 200, C)  # FoundationVision VAR only
     for k in [k for k in sd if k.startswith("con_embedding.")]:
         sd.pop(k)
     before = model.con_embedding.conv_in.weight.clone()

@@ -8,6 +8,7 @@ a parameter whose true gradient is ~0 turns all-reduce rounding noise (~1e-9) in
 step of random sign, which says nothing about DDP. The refiner weight is 0 because its timestep/noise draws
 depend on the local batch shape, and the LR is the deterministic bicubic one.
 """
+
 import os
 import subprocess
 import sys
@@ -47,8 +48,9 @@ def run_and_dump(run_dir, world: int, strategy: str = "ddp") -> Path:
 
     def grab(trainer, metrics):
         if trainer.step == 1:
-            out["grads"] = {clean_param_name(n): full(p.grad)
-                            for n, p in trainer.model.named_parameters() if p.grad is not None}
+            out["grads"] = {
+                clean_param_name(n): full(p.grad) for n, p in trainer.model.named_parameters() if p.grad is not None
+            }
         out["losses"].append(all_reduce_mean(torch.tensor([metrics["loss"]])))
         if trainer.step == STEPS:
             out["params"] = {clean_param_name(n): full(p) for n, p in trainer.model.named_parameters()}
@@ -66,8 +68,16 @@ def run_and_dump(run_dir, world: int, strategy: str = "ddp") -> Path:
 def test_two_process_matches_single_process(tmp_path, strategy):
     ref = torch.load(run_and_dump(tmp_path / "single", 1), weights_only=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           __file__, str(tmp_path / "ddp"), strategy]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        __file__,
+        str(tmp_path / "ddp"),
+        strategy,
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     got = torch.load(tmp_path / "ddp" / "step1.pt", weights_only=True)

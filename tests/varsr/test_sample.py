@@ -1,4 +1,5 @@
 """Sampling: top-k/top-p rules, dedicated generator determinism, sample_sr end to end."""
+
 import torch
 
 from varsr.model import build_models
@@ -32,6 +33,7 @@ def test_sample_sr_end_to_end():
     b = sample_sr(model, vqvae, lr, cfg=6.0, generator=torch.Generator().manual_seed(1))
     assert a.shape == (2, 3, 96, 96) and a.min() >= 0 and a.max() <= 1
     assert torch.equal(a, b)  # all randomness flows through the dedicated generator
-    c = sample_sr(model, vqvae, lr[:, :, :24, :24], cfg=0.0, color_fix="none", top_k=5,
-                  generator=torch.Generator().manual_seed(1))
+    c = sample_sr(
+        model, vqvae, lr[:, :, :24, :24], cfg=0.0, color_fix="none", top_k=5, generator=torch.Generator().manual_seed(1)
+    )
     assert c.shape == (2, 3, 96, 96)

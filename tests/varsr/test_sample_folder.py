@@ -3,6 +3,7 @@
 A real tiny checkpoint (exported in the official layout) is loaded, so the checkpoint errors
 come from the same loaders a user hits; the LR folder mixes good images with broken files.
 """
+
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,16 @@ def sample():
 
 
 def _args(ckpts, lr, out, *extra):
-    return ["model=tiny", "device=cpu", "metrics=[]", f"ckpt={ckpts / 'VARSR.pth'}", f"vae_ckpt={ckpts / 'VARSR.pth'}",
-            f"lr_dir={lr}", f"out_dir={out}", *extra]
+    return [
+        "model=tiny",
+        "device=cpu",
+        "metrics=[]",
+        f"ckpt={ckpts / 'VARSR.pth'}",
+        f"vae_ckpt={ckpts / 'VARSR.pth'}",
+        f"lr_dir={lr}",
+        f"out_dir={out}",
+        *extra,
+    ]
 
 
 def test_overlapping_outputs_refused_inputs_untouched(tmp_path, capsys, sample, ckpts):
@@ -78,9 +87,23 @@ def test_broken_files_skipped_and_counted(tmp_path, capsys, caplog, sample, ckpt
     assert "already holds 2 output(s)" in line and "overwrite=true" in line
 
 
-@pytest.mark.parametrize("case", ["missing_ckpt", "wrong_ckpt", "corrupt_safetensors", "ckpt_is_folder",
-                                  "out_is_file", "out_unwritable", "lr_is_file", "lr_missing", "color_fix",
-                                  "scale", "top_p", "dtype"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_ckpt",
+        "wrong_ckpt",
+        "corrupt_safetensors",
+        "ckpt_is_folder",
+        "out_is_file",
+        "out_unwritable",
+        "lr_is_file",
+        "lr_missing",
+        "color_fix",
+        "scale",
+        "top_p",
+        "dtype",
+    ],
+)
 def test_user_errors_are_one_line(tmp_path, capsys, sample, ckpts, case):
     lr = make_folder(tmp_path / "LR", GOOD)
     (tmp_path / "file").write_text("x")
@@ -94,15 +117,24 @@ def test_user_errors_are_one_line(tmp_path, capsys, sample, ckpts, case):
         "out_unwritable": ["out_dir=/sys/arsr_cannot_write_here"],  # EPERM even for root
         "lr_is_file": [f"lr_dir={tmp_path / 'file'}"],
         "lr_missing": [f"lr_dir={tmp_path / 'nope'}"],
-        "color_fix": ["color_fix=bogus"], "scale": ["scale=0"], "top_p": ["top_p=2"], "dtype": ["dtype=fp8"],
+        "color_fix": ["color_fix=bogus"],
+        "scale": ["scale=0"],
+        "top_p": ["top_p=2"],
+        "dtype": ["dtype=fp8"],
     }[case]
     expect = {
-        "missing_ckpt": "nope.pth does not exist", "wrong_ckpt": "VQVAE_only.pth: missing key trainer/var_wo_ddp",
+        "missing_ckpt": "nope.pth does not exist",
+        "wrong_ckpt": "VQVAE_only.pth: missing key trainer/var_wo_ddp",
         "corrupt_safetensors": "corrupt.safetensors: not a readable safetensors file",
-        "ckpt_is_folder": "is a folder, not a checkpoint file", "out_is_file": "is a file, not a folder",
-        "out_unwritable": "cannot be created", "lr_is_file": "lr_dir=", "lr_missing": "does not exist",
+        "ckpt_is_folder": "is a folder, not a checkpoint file",
+        "out_is_file": "is a file, not a folder",
+        "out_unwritable": "cannot be created",
+        "lr_is_file": "lr_dir=",
+        "lr_missing": "does not exist",
         "color_fix": "color_fix='bogus' is not allowed: must be one of adain, wavelet, none",
-        "scale": "scale=0 is not allowed", "top_p": "top_p=2", "dtype": "dtype='fp8'",
+        "scale": "scale=0 is not allowed",
+        "top_p": "top_p=2",
+        "dtype": "dtype='fp8'",
     }[case]
     line = user_error(capsys, sample, _args(ckpts, lr, out) + args)
     assert expect in line, line
@@ -113,5 +145,6 @@ def test_user_errors_are_one_line(tmp_path, capsys, sample, ckpts, case):
 @pytest.mark.slow  # two interpreter start-ups and a tiny model on two images
 def test_launcher_process_exit_codes(tmp_path, ckpts):
     lr = make_folder(tmp_path / "LR", GOOD)
-    assert_process_exit_codes("sample_varsr", lambda out: _args(ckpts, lr, out), lr, tmp_path / "run" / "sr",
-                              ["g0.png", "g1.png"])
+    assert_process_exit_codes(
+        "sample_varsr", lambda out: _args(ckpts, lr, out), lr, tmp_path / "run" / "sr", ["g0.png", "g1.png"]
+    )

@@ -1,4 +1,5 @@
 """Tiled inference: tile offsets/window closed forms, arithmetic valid for every size, end to end."""
+
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from varsr.tiling import decode_tiled, gaussian_window, sample_tiled, tile_offse
 
 def test_tile_offsets_closed_form():
     assert tile_offsets(32) == [0]
-    assert tile_offsets(48) == [0, 16]        # second tile snapped to the border
+    assert tile_offsets(48) == [0, 16]  # second tile snapped to the border
     assert tile_offsets(56) == [0, 24]
     assert tile_offsets(100) == [0, 24, 48, 68]
     with pytest.raises(ValueError):
@@ -26,7 +27,7 @@ def test_tile_arithmetic_every_size(lr_side):
         covered = torch.zeros(n, dtype=torch.bool)
         for o in offs:
             assert 0 <= o <= n - 32
-            covered[o:o + 32] = True
+            covered[o : o + 32] = True
         assert covered.all()
         assert all(b - a <= 24 for a, b in zip(offs, offs[1:]))  # overlap >= 8 tokens
 

@@ -1,6 +1,7 @@
 """VARSR trainer in mode=c2i (class-to-image pretraining, spec varsr.md 7) on a tiny folder-per-class set:
 the loss falls when overfitting, the per-class validation grid is written, the exported C2I weights
 round-trip through init.c2i_official, config/data mismatches fail with one line, and resume is exact."""
+
 import os
 import signal
 from pathlib import Path
@@ -24,8 +25,7 @@ def class_root(tmp_path_factory):
     for i, (name, img) in enumerate(photos[:6]):
         h, w = img.shape[:2]
         s = 112 / min(h, w)
-        small = np.asarray(Image.fromarray(img).resize((max(112, round(w * s)), max(112, round(h * s))),
-                                                       Image.LANCZOS))
+        small = np.asarray(Image.fromarray(img).resize((max(112, round(w * s)), max(112, round(h * s))), Image.LANCZOS))
         d = root / f"class_{'abc'[i // 2]}"
         d.mkdir(exist_ok=True)
         write_image(d / f"{name}.png", small)
@@ -90,8 +90,10 @@ def test_mismatches_fail_with_one_line(tmp_path, class_root):
         return lambda cfg: setattr(getattr(cfg, section) if section else cfg, key, value)
 
     cases = [
-        (setter("", "model", model_config("c2i_tiny", num_classes=5)),
-         "num_classes=5 .* has 3 class folders.* must be 4"),
+        (
+            setter("", "model", model_config("c2i_tiny", num_classes=5)),
+            "num_classes=5 .* has 3 class folders.* must be 4",
+        ),
         (setter("", "model", model_config("c2i_tiny", num_classes=3)), "must be 4"),
         (setter("", "model", model_config("tiny")), "C2I-shaped transformer"),
         (setter("", "mode", "sr"), "lr_prefix=true"),

@@ -7,6 +7,7 @@ intended one regenerates the golden in the same commit:
 
 The tolerance (rtol 1e-3) absorbs CPU-kernel rounding differences between machines, not math changes.
 """
+
 import json
 import os
 from pathlib import Path
@@ -31,7 +32,8 @@ def test_losses_match_golden(tmp_path):
     losses = run_golden(tmp_path)
     assert len(losses) == STEPS
     if os.environ.get("ARSR_UPDATE_GOLDEN"):
-        GOLDEN.write_text(json.dumps({"steps": STEPS, "config": "varsr.config.tiny_train_config", "losses": losses},
-                                     indent=1) + "\n")
+        GOLDEN.write_text(
+            json.dumps({"steps": STEPS, "config": "varsr.config.tiny_train_config", "losses": losses}, indent=1) + "\n"
+        )
     golden = json.loads(GOLDEN.read_text())["losses"]
     assert losses == pytest.approx(golden, rel=1e-3), "loss trajectory changed: see module docstring"

@@ -1,4 +1,5 @@
 """VARSR trainer behaviour on the tiny CPU config: overfitting, exact resume, crash-safe checkpoints."""
+
 import os
 import signal
 from pathlib import Path
@@ -127,8 +128,9 @@ def first_step_grads(cfg) -> dict:
 
     def grab(trainer, metrics):
         if trainer.step == 1:
-            grads.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters()
-                          if p.grad is not None})
+            grads.update(
+                {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+            )
             grads["__loss__"] = torch.tensor(metrics["loss"])
 
     cfg.schedule.max_steps = 1

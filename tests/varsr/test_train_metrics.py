@@ -1,4 +1,5 @@
 """VARSR loop: per-step metrics stay on the device and are read once per logging window."""
+
 import math
 
 import varsr.train as vt

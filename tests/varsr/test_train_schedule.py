@@ -3,15 +3,23 @@
 Schedule: VARSR utils/lr_control.py ``lin0`` (warm-up from 0.005·peak, flat for 30 % of the rest,
 linear to 0.01·peak at the last iteration). Groups: official no-decay rule (1-D, bias, key list).
 """
+
 import math
 
 import pytest
 import torch
 
 from varsr.model import build_models, model_config
-from varsr.optim import NO_DECAY_KEYS, LinearSchedule, build_optimizer, build_scheduler, clean_param_name, \
-    param_groups, warmup_steps_for
-from varsr.parallelize import apply_activation_checkpointing, _blocks
+from varsr.optim import (
+    NO_DECAY_KEYS,
+    LinearSchedule,
+    build_optimizer,
+    build_scheduler,
+    clean_param_name,
+    param_groups,
+    warmup_steps_for,
+)
+from varsr.parallelize import _blocks, apply_activation_checkpointing
 
 
 def test_schedule_key_iterations_match_closed_form():

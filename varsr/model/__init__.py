@@ -1,4 +1,5 @@
 """VARSR modules: multi-scale VQVAE, transformer, RoPE and diffusion refiner (pure nn.Modules)."""
+
 from __future__ import annotations
 
 import torch
@@ -7,12 +8,10 @@ from .config import VARSRModelConfig, config_from_dict, model_config
 from .transformer import VARSR
 from .vqvae import VQVAE, TrainTargets
 
-__all__ = ["VARSR", "VQVAE", "TrainTargets", "VARSRModelConfig", "model_config", "config_from_dict",
-           "build_models"]
+__all__ = ["VARSR", "VQVAE", "TrainTargets", "VARSRModelConfig", "model_config", "config_from_dict", "build_models"]
 
 
-def build_models(cfg: VARSRModelConfig | str, device: torch.device | str | None = None
-                 ) -> tuple[VARSR, VQVAE]:
+def build_models(cfg: VARSRModelConfig | str, device: torch.device | str | None = None) -> tuple[VARSR, VQVAE]:
     """Instantiate (VARSR, VQVAE) for a config or size name; `device="meta"` builds no storage.
 
     The VQVAE is returned frozen (eval, no grad): VARSR only ever uses it as a fixed tokenizer.

@@ -5,6 +5,7 @@ mean detached (not rescaled), timestep respacing and ancestral sampling with an 
 x0 clip.  Schedules are float64 numpy arrays, gathered per step and cast to float32, which is
 how the reference implementation rounds them.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,10 @@ import torch
 def cosine_betas(num_steps: int, max_beta: float = 0.999) -> np.ndarray:
     def abar(t: float) -> float:
         return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-    return np.array([min(1 - abar((i + 1) / num_steps) / abar(i / num_steps), max_beta)
-                     for i in range(num_steps)], dtype=np.float64)
+
+    return np.array(
+        [min(1 - abar((i + 1) / num_steps) / abar(i / num_steps), max_beta) for i in range(num_steps)], dtype=np.float64
+    )
 
 
 def respaced_steps(num_steps: int, spacing: str) -> list[int]:
@@ -44,7 +47,7 @@ def _normal_kl(m1, lv1, m2, lv2):
 
 
 def _approx_cdf(x):
-    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def _discretized_gaussian_loglik(x, means, log_scales):
@@ -128,9 +131,15 @@ class GaussianDiffusion:
         return _mean_flat((noise - out[:, :C]) ** 2) + vb
 
     @torch.no_grad()
-    def sample_loop(self, net: Callable, noise: torch.Tensor, clip: bool = True,
-                    temperature: float = 1.0, generator: torch.Generator | None = None,
-                    step_noise: torch.Tensor | None = None) -> torch.Tensor:
+    def sample_loop(
+        self,
+        net: Callable,
+        noise: torch.Tensor,
+        clip: bool = True,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        step_noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Ancestral sampling from x_T = noise.
 
         `step_noise` (num_timesteps, *noise.shape): the noise added at each step, first row for the

@@ -6,9 +6,10 @@ sampled indices at inference, plus `forward_train` for tokenizer fine-tuning.  T
 is discrete *without* phi (HART-style) everywhere, including `forward_train`: the official
 VAE-training path that still applies phi there is deliberately not reproduced.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -48,8 +49,9 @@ class PhiShared(nn.Module):
 
 
 class MultiScaleQuantizer(nn.Module):
-    def __init__(self, vocab_size: int, cvae: int, patch_nums: Sequence[int],
-                 share_quant_resi: int = 4, quant_resi: float = 0.5):
+    def __init__(
+        self, vocab_size: int, cvae: int, patch_nums: Sequence[int], share_quant_resi: int = 4, quant_resi: float = 0.5
+    ):
         super().__init__()
         self.vocab_size, self.cvae = vocab_size, cvae
         self.patch_nums = tuple(patch_nums)
@@ -120,8 +122,7 @@ class MultiScaleQuantizer(nn.Module):
             outs.append(self.next_input(si, f_hat))
         return torch.cat(outs, dim=1)
 
-    def forward_train(self, f: torch.Tensor, beta: float = 0.25
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_train(self, f: torch.Tensor, beta: float = 0.25) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tokenizer training (VAR's VectorQuantizer2 recipe, last scale without phi as in 2.3).
 
         Returns (f_hat with a straight-through gradient to f, commitment, codebook) losses, each
@@ -149,8 +150,9 @@ class MultiScaleQuantizer(nn.Module):
         return f_ste, commit * (beta / K), codebook / K
 
     # ---------------------------------------------------------------- inference
-    def accumulate(self, si: int, idx_Bl: torch.Tensor, f_hat: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def accumulate(
+        self, si: int, idx_Bl: torch.Tensor, f_hat: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Add sampled scale si to f_hat; return (f_hat, next-scale input or None at the end)."""
         f_hat = f_hat + self.embed_up(si, idx_Bl)
         nxt = self.next_input(si, f_hat) if si < len(self.patch_nums) - 1 else None

@@ -4,6 +4,7 @@ Spec varsr.md section 4.  Names follow MAR's `DiffLoss` / `SimpleMLPAdaLN` so `d
 keys load 1:1.  MAR's zero-initialisation of the AdaLN modulations and the output layer is kept
 (the official VAR `init_weights` overwrote it; spec section 12.5).
 """
+
 from __future__ import annotations
 
 import math
@@ -108,12 +109,20 @@ class SimpleMLPAdaLN(nn.Module):
 
         def fn(x, t):
             return trunk(x, self.time_embed(t[:1]) + c_emb)
+
         return fn
 
 
 class DiffLoss(nn.Module):
-    def __init__(self, target_channels: int, z_channels: int, width: int, depth: int,
-                 train_steps: int = 1000, sample_steps: str = "10"):
+    def __init__(
+        self,
+        target_channels: int,
+        z_channels: int,
+        width: int,
+        depth: int,
+        train_steps: int = 1000,
+        sample_steps: str = "10",
+    ):
         super().__init__()
         self.in_channels = target_channels
         self.net = SimpleMLPAdaLN(target_channels, width, z_channels, depth)
@@ -125,8 +134,9 @@ class DiffLoss(nn.Module):
         t = torch.randint(0, self.train_diffusion.num_timesteps, (target.shape[0],), device=target.device)
         return self.train_diffusion.training_losses(self.net, target, t, z).mean()
 
-    def draw_noise(self, n: int, guided: bool, generator: Generators = None, device=None,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def draw_noise(
+        self, n: int, guided: bool, generator: Generators = None, device=None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
         """Sampling noise (steps + 1, n, Cvae) for n condition rows: x_T, then one row per step.
 
         Draw order of the reference sampler: x_T for the n condition rows (the guidance rows share
@@ -148,9 +158,17 @@ class DiffLoss(nn.Module):
         return torch.cat(per_image, dim=1)
 
     @torch.no_grad()
-    def sample(self, z: torch.Tensor, cfg_t: float = 0.0, guided: bool = False, temperature: float = 1.0,
-               generator: Generators = None, clip: bool = True, noise: torch.Tensor | None = None,
-               trunk: Callable | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        z: torch.Tensor,
+        cfg_t: float = 0.0,
+        guided: bool = False,
+        temperature: float = 1.0,
+        generator: Generators = None,
+        clip: bool = True,
+        noise: torch.Tensor | None = None,
+        trunk: Callable | None = None,
+    ) -> torch.Tensor:
         """Draw one residual token per condition row -> (n, Cvae) in units of the scaled target.
 
         guided=True: z is [cond; neg] (2n rows); eps = (1 + t) eps_cond - t eps_neg, variance
@@ -164,15 +182,16 @@ class DiffLoss(nn.Module):
         if noise is None:
             noise = self.draw_noise(n, guided, generator, z.device, z.dtype)
         if noise.shape != (self.gen_diffusion.num_timesteps + 1, n, C):
-            raise ValueError(f"refiner noise must be {(self.gen_diffusion.num_timesteps + 1, n, C)}, "
-                             f"got {tuple(noise.shape)}")
+            raise ValueError(
+                f"refiner noise must be {(self.gen_diffusion.num_timesteps + 1, n, C)}, got {tuple(noise.shape)}"
+            )
         body = self.net.sampler(z, trunk)
         if guided:
+
             def fn(x, t):
                 out = body(torch.cat([x, x]), t)  # t: one shared timestep per step
                 ec, en = out[:, :C].chunk(2)
                 return torch.cat([(1 + cfg_t) * ec - cfg_t * en, out[:n, C:]], dim=1)
         else:
             fn = body
-        return self.gen_diffusion.sample_loop(fn, noise[0], clip=clip, temperature=temperature,
-                                              step_noise=noise[1:])
+        return self.gen_diffusion.sample_loop(fn, noise[0], clip=clip, temperature=temperature, step_noise=noise[1:])

@@ -6,9 +6,10 @@ coordinates with the co-located LR token.  The first head_dim/4 complex slots ro
 row coordinate and the next head_dim/4 with the column coordinate; consecutive channel pairs
 form the complex numbers.  The table is not a buffer (the checkpoint does not store it).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -21,8 +22,7 @@ def rope_grids(patch_nums: Sequence[int], lr_prefix: bool = True) -> list[int]:
     return [*([patch_nums[-1]] if lr_prefix else []), 1, *patch_nums[1:]]
 
 
-def build_rope_table(grids: Sequence[int], head_dim: int, grid: int,
-                     theta: float = 10000.0) -> torch.Tensor:
+def build_rope_table(grids: Sequence[int], head_dim: int, grid: int, theta: float = 10000.0) -> torch.Tensor:
     """complex64 table (sum p^2, head_dim/2): rows follow `grids` in order, tokens row-major."""
     nf = head_dim // 4
     freqs = 1.0 / (theta ** (torch.arange(0, nf, dtype=torch.float32) * 4 / head_dim))
@@ -46,8 +46,7 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 class RopeCache:
     """Lazily builds the table per device (plain attribute, so meta-device models stay cheap)."""
 
-    def __init__(self, patch_nums: Sequence[int], head_dim: int, grid: int, theta: float,
-                 lr_prefix: bool = True):
+    def __init__(self, patch_nums: Sequence[int], head_dim: int, grid: int, theta: float, lr_prefix: bool = True):
         self.args = (rope_grids(patch_nums, lr_prefix), head_dim, grid, theta)
         self._tables: dict[str, torch.Tensor] = {}
 

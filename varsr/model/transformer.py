@@ -8,6 +8,7 @@ state dict.  With `cfg.lr_prefix=False` the same class is the class-to-image mod
 (`prefix`, `embed_scale`, `run_blocks`, `logits`) take an explicit per-layer KV cache (`KVCache`);
 `varsr.generate` drives the scale loop.
 """
+
 from __future__ import annotations
 
 import math
@@ -175,13 +176,13 @@ class VARSR(nn.Module):
         self.class_emb = nn.Embedding(cfg.num_classes, C)
         self.lvl_embed = nn.Embedding(K, C)
         dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
-        self.blocks = nn.ModuleList([AdaLNBlock(C, cfg.heads, cfg.mlp_ratio, dpr[i], cfg.norm_eps)
-                                     for i in range(cfg.depth)])
+        self.blocks = nn.ModuleList(
+            [AdaLNBlock(C, cfg.heads, cfg.mlp_ratio, dpr[i], cfg.norm_eps) for i in range(cfg.depth)]
+        )
         self.head_nm = AdaLNBeforeHead(C, cfg.norm_eps)
         self.head = nn.Linear(C, cfg.vocab_size)
         self.decoder_norm = nn.LayerNorm(C, eps=cfg.norm_eps)
-        self.diffloss = DiffLoss(cfg.cvae, C, cfg.diff_width, cfg.diff_depth, cfg.diff_steps,
-                                 cfg.diff_sample_steps)
+        self.diffloss = DiffLoss(cfg.cvae, C, cfg.diff_width, cfg.diff_depth, cfg.diff_steps, cfg.diff_sample_steps)
         lvl_1L, mask = self._level_and_mask(None)
         self.register_buffer("lvl_1L", lvl_1L)
         self.register_buffer("attn_bias_for_masking", mask)
@@ -192,8 +193,7 @@ class VARSR(nn.Module):
     # ------------------------------------------------------------------ init
     def _level_and_mask(self, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Level of every token (0 for the prefix, si for scale-si inputs) and the block-causal mask."""
-        lvl = [0] * self.first_l + [si for si, pn in enumerate(self.patch_nums) if si > 0
-                                    for _ in range(pn * pn)]
+        lvl = [0] * self.first_l + [si for si, pn in enumerate(self.patch_nums) if si > 0 for _ in range(pn * pn)]
         lvl_1L = torch.tensor(lvl, device=device).view(1, -1)
         allowed = lvl_1L.view(-1, 1) >= lvl_1L.view(1, -1)  # see own and lower levels only
         mask = torch.where(allowed, 0.0, -torch.inf).reshape(1, 1, len(lvl), len(lvl))
@@ -235,7 +235,7 @@ class VARSR(nn.Module):
             blk.attn.proj.weight.div_(math.sqrt(2 * cfg.depth))
             blk.ffn.fc2.weight.div_(math.sqrt(2 * cfg.depth))
             w = blk.ada_lin[-1].weight
-            w[2 * self.C:].mul_(cfg.init_adaln)
+            w[2 * self.C :].mul_(cfg.init_adaln)
             w[: 2 * self.C].mul_(cfg.init_adaln_gamma)
             nn.init.zeros_(blk.ada_lin[-1].bias)
             blk.attn.scale_mul_1H11.fill_(math.log(4.0))
@@ -277,12 +277,13 @@ class VARSR(nn.Module):
         if si == 0:
             return tab[: self.first_l]
         start = self.first_l + sum(p * p for p in self.patch_nums[1:si])
-        return tab[start: start + self.patch_nums[si] ** 2]
+        return tab[start : start + self.patch_nums[si] ** 2]
 
     def run_blocks(self, x, cond, rope, attn_bias=None, caches: list | None = None, pruners=None):
         for i, blk in enumerate(self.blocks):
-            x = blk(x, cond, rope, attn_bias, None if caches is None else caches[i],
-                    None if pruners is None else pruners(i))
+            x = blk(
+                x, cond, rope, attn_bias, None if caches is None else caches[i], None if pruners is None else pruners(i)
+            )
         return x
 
     def logits(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -302,12 +303,15 @@ class VARSR(nn.Module):
         """One preallocated KVCache per block for `rows` sequences (CFG rows included)."""
         w = self.head.weight
         hd = self.C // self.cfg.heads
-        return [KVCache(rows, self.cfg.heads, self.cache_capacity, hd, dtype or w.dtype, device or w.device)
-                for _ in self.blocks]
+        return [
+            KVCache(rows, self.cfg.heads, self.cache_capacity, hd, dtype or w.dtype, device or w.device)
+            for _ in self.blocks
+        ]
 
     # ------------------------------------------------------------------ training forward
-    def forward(self, lr, label, x_inputs, r_last: torch.Tensor | None = None,
-                codebook: torch.Tensor | None = None) -> Any:
+    def forward(
+        self, lr, label, x_inputs, r_last: torch.Tensor | None = None, codebook: torch.Tensor | None = None
+    ) -> Any:
         """Teacher-forced pass -> (logits fp32 (B, L, V), h_last (B, pn_last^2, C)).
 
         `lr` (B, 3, S, S) in [-1, 1] for SR, None for C2I.  Labels are used as given: the C2I
@@ -317,7 +321,7 @@ class VARSR(nn.Module):
         computed inside forward so DDP/FSDP wrappers see every parameter use.
         """
         x, cond = self.prefix(lr, label)
-        lvl = self.lvl_1L[0, self.first_l:].to(x.device)
+        lvl = self.lvl_1L[0, self.first_l :].to(x.device)
         inp = self.word_embed(x_inputs.to(self.word_embed.weight.dtype)) + self.lvl_embed(lvl)
         x = torch.cat((x, inp.to(x.dtype)), dim=1)
         rope = self.rope.table(x.device)[: x.shape[1]]
@@ -325,7 +329,7 @@ class VARSR(nn.Module):
         h = self.run_blocks(x, cond, rope, bias)
         n_last = self.patch_nums[-1] ** 2
         h_last = h[:, -n_last:]
-        logits = self.logits(h[:, self.first_l - 1:], cond)
+        logits = self.logits(h[:, self.first_l - 1 :], cond)
         if r_last is None:
             return logits, h_last
         diff = self.diffusion_loss(logits, h_last, r_last, codebook)

@@ -3,6 +3,7 @@
 Parameter names follow the official `models/vqvae.py` / `basic_vae.py` so `VQVAE.pth` loads as
 an identity map.  Images are in [-1, 1]; total down-sampling is 16 (512^2 -> 32x32x32).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,8 +46,9 @@ class AttnBlock(nn.Module):
         B, C, H, W = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).unbind(1)
         # (B, 1, HW, C) single head; SDPA's default scale C^-1/2 equals the official w_ratio.
-        h = F.scaled_dot_product_attention(q.transpose(1, 2)[:, None], k.transpose(1, 2)[:, None],
-                                           v.transpose(1, 2)[:, None])
+        h = F.scaled_dot_product_attention(
+            q.transpose(1, 2)[:, None], k.transpose(1, 2)[:, None], v.transpose(1, 2)[:, None]
+        )
         return x + self.proj_out(h[:, 0].transpose(1, 2).reshape(B, C, H, W))
 
 
@@ -107,9 +109,18 @@ class Encoder(nn.Module):
         n = len(ch_mult)
         self.conv_in = nn.Conv2d(3, ch, 3, 1, 1)
         mult = (1,) + tuple(ch_mult)
-        self.down = nn.ModuleList([
-            _Level(ch * mult[i], ch * ch_mult[i], num_res_blocks, attn=(i == n - 1),
-                   resample="down" if i != n - 1 else None) for i in range(n)])
+        self.down = nn.ModuleList(
+            [
+                _Level(
+                    ch * mult[i],
+                    ch * ch_mult[i],
+                    num_res_blocks,
+                    attn=(i == n - 1),
+                    resample="down" if i != n - 1 else None,
+                )
+                for i in range(n)
+            ]
+        )
         c = ch * ch_mult[-1]
         self.mid = _Mid(c)
         self.norm_out, self.conv_out = _norm(c), nn.Conv2d(c, z_channels, 3, 1, 1)
@@ -130,9 +141,14 @@ class Decoder(nn.Module):
         self.mid = _Mid(c)
         # `up[i]` is level i (built top-down officially, then inserted at the front).
         cins = [ch * ch_mult[i + 1] if i + 1 < n else c for i in range(n)]
-        self.up = nn.ModuleList([
-            _Level(cins[i], ch * ch_mult[i], num_res_blocks + 1, attn=(i == n - 1),
-                   resample="up" if i != 0 else None) for i in range(n)])
+        self.up = nn.ModuleList(
+            [
+                _Level(
+                    cins[i], ch * ch_mult[i], num_res_blocks + 1, attn=(i == n - 1), resample="up" if i != 0 else None
+                )
+                for i in range(n)
+            ]
+        )
         self.norm_out, self.conv_out = _norm(ch * ch_mult[0]), nn.Conv2d(ch * ch_mult[0], 3, 3, 1, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -144,9 +160,9 @@ class Decoder(nn.Module):
 
 @dataclass
 class TrainTargets:
-    gt_idx: torch.Tensor    # Long (B, L): concatenated per-scale indices
+    gt_idx: torch.Tensor  # Long (B, L): concatenated per-scale indices
     x_inputs: torch.Tensor  # (B, L - 1, Cvae): teacher-forcing inputs (scales 1..K-1)
-    r_last: torch.Tensor    # (B, pn_last^2, Cvae): continuous remainder before the last token
+    r_last: torch.Tensor  # (B, pn_last^2, Cvae): continuous remainder before the last token
 
 
 class VQVAE(nn.Module):
@@ -155,8 +171,9 @@ class VQVAE(nn.Module):
         self.cfg = cfg
         args = (cfg.vae_ch, cfg.vae_ch_mult, cfg.vae_num_res_blocks, cfg.cvae)
         self.encoder, self.decoder = Encoder(*args), Decoder(*args)
-        self.quantize = MultiScaleQuantizer(cfg.vocab_size, cfg.cvae, cfg.patch_nums,
-                                            cfg.share_quant_resi, cfg.quant_resi)
+        self.quantize = MultiScaleQuantizer(
+            cfg.vocab_size, cfg.cvae, cfg.patch_nums, cfg.share_quant_resi, cfg.quant_resi
+        )
         self.quant_conv = nn.Conv2d(cfg.cvae, cfg.cvae, 3, 1, 1)
         self.post_quant_conv = nn.Conv2d(cfg.cvae, cfg.cvae, 3, 1, 1)
 
@@ -177,8 +194,7 @@ class VQVAE(nn.Module):
         """Accumulated latent -> image in [-1, 1]."""
         return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)
 
-    def forward_train(self, x: torch.Tensor, beta: float = 0.25
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_train(self, x: torch.Tensor, beta: float = 0.25) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Tokenizer training forward: image in [-1, 1] -> (unclamped reconstruction, losses).
 
         Unclamped so pixels outside [-1, 1] still get a gradient; the losses are the
