@@ -18,6 +18,7 @@ from common.config import CheckpointConfig, OptimConfig, RunConfig, at_least, ch
 from common.degradation.presets import DegradationConfig, get_preset
 from common.ema import EMAConfig  # shared with PURE: enabled, decay, start_step, use_for_eval
 from varsr.model.config import VARSRModelConfig, model_config
+from varsr.optim import NO_DECAY_KEYS  # the official no-decay name list, kept in one place
 
 
 @dataclass
@@ -73,25 +74,8 @@ class ScheduleConfig:
 class VARSROptimConfig(OptimConfig):
     """AdamW (see common OptimConfig: lr 5e-5, betas (0.9, 0.95), wd 0.05, clip 2.0)."""
 
-    no_decay_keys: list[str] = field(
-        default_factory=lambda: [
-            "cls_token",
-            "start_token",
-            "task_token",
-            "cfg_uncond",
-            "pos_embed",
-            "pos_1LC",
-            "pos_start",
-            "start_pos",
-            "lvl_embed",
-            "gamma",
-            "beta",
-            "ada_gss",
-            "moe_bias",
-            "scale_mul",
-            "diffloss",
-        ]
-    )  # substrings that exclude a parameter from weight decay (plus all 1-D params and biases)
+    # substrings that exclude a parameter from weight decay (plus all 1-D params and biases)
+    no_decay_keys: list[str] = field(default_factory=lambda: list(NO_DECAY_KEYS))
     fused: bool | None = None  # fused AdamW; None = on CUDA only
 
 
