@@ -136,6 +136,8 @@ def _restore(page, app: str, checkpoint: str, upload: Path, timeout_ms: int = 40
     _upload(page, upload)
     for close in page.locator(".toast-close").all():  # dismiss messages of earlier requests
         close.click()
+    if page.locator(".toast-body").count():  # gone from the page before this request starts
+        page.locator(".toast-body").first.wait_for(state="detached", timeout=30_000)
     link = page.locator("#download a[href]")
     previous = link.first.get_attribute("href") if link.count() else ""
     page.locator("#run").click()

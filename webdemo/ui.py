@@ -48,8 +48,11 @@ def make_handler(host: ModelHost, out_dir: Path, max_bytes: int):
     """The click handler, separate from the layout so it can be tested without a browser."""
     import gradio as gr
 
-    # Gradio injects a live tracker when the default is a gr.Progress instance (its documented pattern).
-    def restore(app, checkpoint, upload, cfg, temperature, seed, tile, color_fix, progress=gr.Progress()):  # noqa: B008
+    # Gradio injects a live tracker when the default is a gr.Progress instance (its documented pattern);
+    # track_tqdm mirrors the apps' own per-tile / per-image bars (common.logging.progress) in the page.
+    live = gr.Progress(track_tqdm=True)
+
+    def restore(app, checkpoint, upload, cfg, temperature, seed, tile, color_fix, progress=live):
         try:
             img = _read_upload(upload, max_bytes)
             res = host.run(
