@@ -126,7 +126,11 @@ class Trainer:
     def save(self) -> None:
         """Collective: every rank calls it at the same step."""
         # the config travels with the checkpoint so launch/export_checkpoint.py can rebuild the model
-        self.state.save(self.step, extra={"sampler": self.sampler.state_dict(), "config": _plain(self.cfg)})
+        # The data position is a function of the step (resume recomputes it the same way); recorded for
+        # readers of meta.json. The sampler's own counters may run ahead of it with loader workers.
+        epoch, consumed = divmod(self.step, self.steps_per_epoch)
+        position = {"epoch": epoch, "consumed": consumed}
+        self.state.save(self.step, extra={"data_position": position, "config": _plain(self.cfg)})
 
     # ---- end save ------------------------------------------------------------------------------
 
