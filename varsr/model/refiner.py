@@ -12,6 +12,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+from common.cpu_linear import Linear
 
 from .diffusion import GaussianDiffusion
 
@@ -27,7 +30,7 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, width: int, freq_dim: int = 256):
         super().__init__()
         self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.mlp = nn.Sequential(Linear(freq_dim, width), nn.SiLU(), Linear(width, width))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         half = self.freq_dim // 2
@@ -40,23 +43,27 @@ class ResBlock(nn.Module):
     def __init__(self, width: int):
         super().__init__()
         self.in_ln = nn.LayerNorm(width, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+        self.mlp = nn.Sequential(Linear(width, width), nn.SiLU(), Linear(width, width))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(width, 3 * width))
 
-    def forward(self, x, y):
-        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
-        return x + gate * self.mlp(_modulate(self.in_ln(x), shift, scale))
+    def forward(self, x, y, y_act=None):
+        # y_act = SiLU(y), when the caller computed it once for all blocks (the modulation's first op)
+        mod = self.adaLN_modulation(y) if y_act is None else self.adaLN_modulation[1](y_act)
+        shift, scale, gate = mod.chunk(3, dim=-1)
+        fc1, fc2 = self.mlp[0], self.mlp[2]  # SiLU fused into fc1 where oneDNN runs it
+        return x + gate * fc2(fc1(_modulate(self.in_ln(x), shift, scale), act="silu"))
 
 
 class FinalLayer(nn.Module):
     def __init__(self, width: int, out_channels: int):
         super().__init__()
         self.norm_final = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(width, out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.linear = Linear(width, out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(width, 2 * width))
 
-    def forward(self, x, y):
-        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
+    def forward(self, x, y, y_act=None):
+        mod = self.adaLN_modulation(y) if y_act is None else self.adaLN_modulation[1](y_act)
+        shift, scale = mod.chunk(2, dim=-1)
         return self.linear(_modulate(self.norm_final(x), shift, scale))
 
 
@@ -67,8 +74,8 @@ class SimpleMLPAdaLN(nn.Module):
         super().__init__()
         self.in_channels = in_channels
         self.time_embed = TimestepEmbedder(width)
-        self.cond_embed = nn.Linear(z_channels, width)
-        self.input_proj = nn.Linear(in_channels, width)
+        self.cond_embed = Linear(z_channels, width)
+        self.input_proj = Linear(in_channels, width)
         self.res_blocks = nn.ModuleList([ResBlock(width) for _ in range(depth)])
         self.final_layer = FinalLayer(width, 2 * in_channels)
         self.initialize_weights()
@@ -94,10 +101,10 @@ class SimpleMLPAdaLN(nn.Module):
 
     def trunk(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Everything after the (t, z) embedding: y (N or 1, width) is the summed condition."""
-        x = self.input_proj(x)
+        x, y_act = self.input_proj(x), F.silu(y)  # SiLU(y) feeds every modulation: computed once
         for blk in self.res_blocks:
-            x = blk(x, y)
-        return self.final_layer(x, y)
+            x = blk(x, y, y_act)
+        return self.final_layer(x, y, y_act)
 
     def sampler(self, c: torch.Tensor, trunk: Callable | None = None) -> Callable:
         """fn(x, t) for a sampling loop over fixed conditions c.

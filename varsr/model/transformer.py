@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.cpu_linear import Linear, linear
+
 from .config import VARSRModelConfig
 from .refiner import DiffLoss
 from .rope import RopeCache, apply_rope
@@ -86,13 +88,13 @@ class SelfAttention(nn.Module):
         self.max_scale_mul = math.log(100)
         self.q_bias, self.v_bias = nn.Parameter(torch.zeros(dim)), nn.Parameter(torch.zeros(dim))
         self.register_buffer("zero_k_bias", torch.zeros(dim))
-        self.mat_qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim)
+        self.mat_qkv = Linear(dim, 3 * dim, bias=False)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x, rope, attn_bias=None, cache: KVCache | None = None):
         B, L, C = x.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.heads, self.head_dim)
+        qkv = linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, hd)
         scale = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
         q = F.normalize(q, dim=-1).mul(scale)
@@ -111,10 +113,10 @@ class SelfAttention(nn.Module):
 class FFN(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.fc1, self.fc2 = Linear(dim, hidden), Linear(hidden, dim)
 
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(self.fc1(x, act="gelu_tanh"))  # GELU fused into fc1 where oneDNN runs it
 
 
 class AdaLNBlock(nn.Module):
@@ -123,7 +125,7 @@ class AdaLNBlock(nn.Module):
         self.C = dim
         self.attn = SelfAttention(dim, heads)
         self.ffn = FFN(dim, round(dim * mlp_ratio))
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.ada_lin = nn.Sequential(nn.SiLU(), Linear(dim, 6 * dim))
         self.ln_wo_grad = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
         self.drop_path = DropPath(drop_path)
 
@@ -153,7 +155,7 @@ class AdaLNBeforeHead(nn.Module):
         super().__init__()
         self.C = dim
         self.ln_wo_grad = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.ada_lin = nn.Sequential(nn.SiLU(), Linear(dim, 2 * dim))
 
     def forward(self, x, cond):
         scale, shift = self.ada_lin(cond).view(-1, 1, 2, self.C).unbind(2)
@@ -172,7 +174,7 @@ class VARSR(nn.Module):
         self.lr_prefix = cfg.lr_prefix
         if cfg.lr_prefix:  # the C2I model has no LR encoder (and no such keys in its checkpoint)
             self.con_embedding = ConditionEmbedding(C, cfg.con_channels)
-        self.word_embed = nn.Linear(cfg.cvae, C)
+        self.word_embed = Linear(cfg.cvae, C)
         self.class_emb = nn.Embedding(cfg.num_classes, C)
         self.lvl_embed = nn.Embedding(K, C)
         dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
@@ -180,7 +182,7 @@ class VARSR(nn.Module):
             [AdaLNBlock(C, cfg.heads, cfg.mlp_ratio, dpr[i], cfg.norm_eps) for i in range(cfg.depth)]
         )
         self.head_nm = AdaLNBeforeHead(C, cfg.norm_eps)
-        self.head = nn.Linear(C, cfg.vocab_size)
+        self.head = Linear(C, cfg.vocab_size)
         self.decoder_norm = nn.LayerNorm(C, eps=cfg.norm_eps)
         self.diffloss = DiffLoss(cfg.cvae, C, cfg.diff_width, cfg.diff_depth, cfg.diff_steps, cfg.diff_sample_steps)
         lvl_1L, mask = self._level_and_mask(None)
