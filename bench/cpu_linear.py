@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import cpu_linear  # noqa: E402
-from common.logging import markdown_table, write_table  # noqa: E402
+from common.logging import report_table  # noqa: E402
 
 # (name, in_features, out_features, fused activation)
 SHAPES = [
@@ -71,11 +71,8 @@ def main(argv=None) -> list[dict]:
                         "max |diff|": f"{(out - ref).abs().max().item():.1e}",
                     }
                 )
-    print(f"threads={a.threads}, oneDNN path available: {cpu_linear.uses_onednn(x, w)}")
-    print(markdown_table(rows))
-    if a.out:
-        write_table(rows, a.out)
-    return rows
+    title = f"threads={a.threads}, oneDNN path taken: {cpu_linear.uses_onednn(x, w)}"
+    return report_table(rows, a.out, title)
 
 
 if __name__ == "__main__":

@@ -203,6 +203,14 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def report_table(rows: list[dict], path_stem=None, title: str | None = None) -> list[dict]:
+    """Print ``rows`` as a Markdown table (under ``title``) and, with a stem, write them too."""
+    print("\n".join(filter(None, [title, markdown_table(rows)])))
+    if path_stem:
+        write_table(rows, path_stem)
+    return rows
+
+
 def write_table(rows: list[dict], path_stem) -> dict[str, Path]:
     """Write ``rows`` to ``<stem>.json``, ``<stem>.csv`` and ``<stem>.md``; returns the paths."""
     stem = Path(path_stem)
