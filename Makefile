@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/generate_pure.py
 	$(BIN)/python bench/sample_varsr.py
 	$(BIN)/python bench/sample_pure.py
+	$(BIN)/python bench/cpu_linear.py
 
 # One GPU, under 8 minutes: every speed target in one Markdown table (+ JSON). `--smoke` = tiny, CPU.
 bench-gpu: $(STAMP)
