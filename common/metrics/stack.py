@@ -8,10 +8,12 @@ table row, so every baseline is re-scored with the same stack (common.md §3.2).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import platform
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +138,24 @@ def _read_pair(name: str, sr_path: Path, hr_path: Path | None):
     return as64(sr), (as64(hr) if hr is not None else None)
 
 
+@contextlib.contextmanager
+def _readable_only(sr_dir, hr_dir, pairs):
+    """The folders a set-level metric reads: as given, or -- after skips -- temporary folders of
+    links to the pairs that were read, so pyiqa's own loader never meets the unreadable files."""
+    if pairs is None:
+        yield sr_dir, hr_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="arsr_eval_") as tmp:
+        dirs = [Path(tmp, "sr"), Path(tmp, "hr") if hr_dir is not None else None]
+        for d in filter(None, dirs):
+            d.mkdir()
+        for sr_path, hr_path in pairs:
+            Path(dirs[0], Path(sr_path).name).symlink_to(Path(sr_path).resolve())
+            if dirs[1] is not None:
+                Path(dirs[1], Path(hr_path).name).symlink_to(Path(hr_path).resolve())
+        yield dirs[0], dirs[1]
+
+
 def _ordered(names):
     return sorted(names, key=lambda n: PAPER_ORDER.index(n) if n in PAPER_ORDER else len(PAPER_ORDER))
 
@@ -160,7 +180,8 @@ def evaluate_folders(
     Returns the summary dict. Missing/extra/mismatched files raise `PairingError` naming them
     (``allow_extra_hr``: GT files without an output are tolerated, for a sampling run that skipped
     unreadable inputs). An unreadable SR or HR file is skipped with a warning naming it and counted
-    (``skipped`` / ``skipped_files`` in the summary). The three files may not land in an input
+    (``skipped`` / ``skipped_files`` in the summary); set-level metrics (FID) then read only the
+    pairs that were read. The three files may not land in an input
     folder; existing ones are replaced (atomically) only with ``overwrite``.
     """
     from common.checkpoint import atomic_write_bytes
@@ -183,7 +204,7 @@ def evaluate_folders(
         from common.data.sources import natural_key
 
         pairs = [(s, found[s], None) for s in sorted(found, key=natural_key)]
-    rows, skips = [], SkipLog("evaluate")
+    rows, read_ok, skips = [], [], SkipLog("evaluate")
     it = progress(pairs, desc=f"eval {set_name or Path(sr_dir).name}", disable=not show_progress)
     for name, sr_path, hr_path in it:
         try:
@@ -193,11 +214,13 @@ def evaluate_folders(
             continue
         scores = stack.score(sr, hr) if stack.per_image else {}
         rows.append({"name": name, **{k: float(v[0]) for k, v in scores.items()}})
+        read_ok.append((sr_path, hr_path))
     counts = skips.finish(len(rows), gather=False)  # runs on one rank (rank 0 of a sampling run)
     means = {n: sum(r[n] for r in rows) / len(rows) for n in stack.per_image}
     for n in stack.names:
         if n in FOLDER_LEVEL:
-            means[n] = stack.folder_metric(n, sr_dir, hr_dir)
+            with _readable_only(sr_dir, hr_dir, read_ok if counts["skipped"] else None) as (sd, hd):
+                means[n] = stack.folder_metric(n, sd, hd)
     means = {n: means[n] for n in _ordered(means)}
 
     csv_path = out_json.with_name(out_json.stem + "_per_image.csv")

@@ -177,3 +177,14 @@ def test_fid_between_folders_offline(folders, tmp_path, monkeypatch):
     assert seen == [((2048,), (2048, 2048))]
     assert s["mean"]["fid"] > 0 and stack.folder_metric("fid", folders / "HR", folders / "HR") == 0.0
     assert list(s["mean"]) == ["psnr", "fid"] and "fid" in s["lower_better"]
+    # An unreadable SR file is skipped and counted, and FID is computed over the pairs that were
+    # read (the same value as without that file), not crashed on inside pyiqa's loader.
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(folders, broken)
+    (broken / "SR" / "zz_bad.png").write_bytes(b"not a png")
+    shutil.copy(next((folders / "HR").iterdir()), broken / "HR" / "zz_bad.png")
+    b = evaluate_folders(broken / "SR", broken / "HR", None, tmp_path / "b.json", stack=stack, show_progress=False)
+    assert b["skipped"] == 1 and b["n_images"] == 6 and "zz_bad.png" in str(b["skipped_files"])
+    assert b["mean"]["fid"] == s["mean"]["fid"] and b["mean"]["psnr"] == s["mean"]["psnr"]
