@@ -91,21 +91,21 @@ class PrecisionConfig:
     tf32: bool = True  # allow TF32 matmuls on Ampere+ (official)
 
 
-@checks(strategy=one_of("ddp", "fsdp2", "none"))
+@checks(backend=one_of("ddp", "fsdp2", "none"))
 @dataclass
 class ParallelConfig:
     """How the transformer is wrapped (varsr/parallelize.py)."""
 
-    strategy: str = "ddp"  # ddp | fsdp2 | none
+    backend: str = "ddp"  # ddp | fsdp2 | none
     activation_checkpointing: str = "none"  # none (false) | full (true) | selective: recompute each block in
     #   backward; selective keeps matmul/attention outputs and recomputes the element-wise rest (common.parallel)
     compile: bool = False  # torch.compile each transformer block in place before DDP/FSDP2 wrapping
     compile_backend: str = "inductor"  # torch.compile backend (inductor | aot_eager | eager)
-    cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy (strategy=fsdp2): fp32 params, grads and AdamW state in
+    cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy (backend=fsdp2): fp32 params, grads and AdamW state in
     #   host RAM, optimizer step on the CPU; a single process is started as a torchrun world of one. d24 (~1B
     #   params: 4 + 4 + 8 = 16 GB of fp32 state) fits one GPU anyway; offload frees that for larger batches.
-    fsdp_param_dtype: str = "bf16"  # FSDP2 MixedPrecisionPolicy compute dtype of parameters
-    fsdp_reduce_dtype: str = "fp32"  # gradient reduce-scatter dtype
+    param_dtype: str = "bf16"  # FSDP2 MixedPrecisionPolicy compute dtype of parameters
+    reduce_dtype: str = "fp32"  # gradient reduce-scatter dtype
     reshard_after_forward: bool = True  # free per-block params after forward (ZeRO-3 style)
     find_unused_parameters: bool = False  # DDP: every parameter receives a gradient every step
 
@@ -197,7 +197,7 @@ def tiny_train_config(run_dir: str, **sections) -> VARSRTrainConfig:
         optim=VARSROptimConfig(lr=1e-3),
         schedule=ScheduleConfig(max_steps=20, warmup_epochs=0.0),
         precision=PrecisionConfig(dtype="fp32"),
-        parallel=ParallelConfig(strategy="none"),
+        parallel=ParallelConfig(backend="none"),
         checkpoint=VARSRCheckpointConfig(every_steps=0, keep=2, export_official=False),
         logging=LoggingConfig(every_steps=0),
         validation=ValidationConfig(every_steps=0, num_images=2, metrics=["psnr"]),

@@ -54,15 +54,15 @@ def apply_activation_checkpointing(model: nn.Module, mode="full") -> nn.Module:
 def parallelize(model: nn.Module, cfg, dist_info) -> nn.Module:
     """Wrap ``model`` for training: activation checkpointing, per-block compile, then DDP/FSDP2.
 
-    ``cfg``: a ParallelConfig (``strategy`` = ddp | fsdp2 | none, ``activation_checkpointing``,
-    ``compile``, ``cpu_offload``, ``fsdp_param_dtype``, ``fsdp_reduce_dtype``,
+    ``cfg``: a ParallelConfig (``backend`` = ddp | fsdp2 | none, ``activation_checkpointing``,
+    ``compile``, ``cpu_offload``, ``param_dtype``, ``reduce_dtype``,
     ``reshard_after_forward``, ``find_unused_parameters``). ``dist_info``: ``common.dist.DistInfo``.
-    A single process gets the bare model (plus checkpointing/compile) whatever the strategy, so
+    A single process gets the bare model (plus checkpointing/compile) whatever the backend, so
     tests and one-GPU runs need no process group; ``cpu_offload`` shards even a world of one.
     """
     offload = bool(getattr(cfg, "cpu_offload", False))
-    if offload and cfg.strategy != "fsdp2":
-        raise ValueError(f"parallel.cpu_offload needs parallel.strategy=fsdp2 (got {cfg.strategy!r})")
+    if offload and cfg.backend != "fsdp2":
+        raise ValueError(f"parallel.cpu_offload needs parallel.backend=fsdp2 (got {cfg.backend!r})")
     if offload and dist_info.backend is None:
         raise ValueError(
             "parallel.cpu_offload needs a process group: start through launch/train_varsr.py "
@@ -71,26 +71,26 @@ def parallelize(model: nn.Module, cfg, dist_info) -> nn.Module:
     apply_activation_checkpointing(model, cfg.activation_checkpointing)
     if cfg.compile:
         par.compile_blocks(_blocks(model), backend=cfg.compile_backend)
-    if (dist_info.world_size <= 1 and not offload) or cfg.strategy == "none":
+    if (dist_info.world_size <= 1 and not offload) or cfg.backend == "none":
         return model
-    if cfg.strategy == "ddp":
+    if cfg.backend == "ddp":
         ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
         # broadcast_buffers=False as in the official trainer: the only buffers are constant
         # (mask, level ids, zero bias), so re-broadcasting them each step is pure overhead.
         return DDP(
             model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=bool(cfg.find_unused_parameters)
         )
-    if cfg.strategy == "fsdp2":
+    if cfg.backend == "fsdp2":
         from torch.distributed.fsdp import fully_shard
 
-        kw = par.fsdp2_kwargs(dist_info, cfg.fsdp_param_dtype, cfg.fsdp_reduce_dtype, offload)
+        kw = par.fsdp2_kwargs(dist_info, cfg.param_dtype, cfg.reduce_dtype, offload)
         for block in _blocks(model):
             fully_shard(block, reshard_after_forward=cfg.reshard_after_forward, **kw)
         # Root wrap covers the prefix encoder, embeddings, head and refiner in one group; the root's
         # parameters stay unsharded after forward because backward needs them right away.
         fully_shard(model, reshard_after_forward=False, **kw)
         return model
-    raise ValueError(f"parallel.strategy must be ddp | fsdp2 | none, got {cfg.strategy!r}")
+    raise ValueError(f"parallel.backend must be ddp | fsdp2 | none, got {cfg.backend!r}")
 
 
 @contextlib.contextmanager

@@ -254,7 +254,7 @@ class Trainer:
     # -- validation and export -------------------------------------------------------------------
     def _sampling_model(self):
         """The model to sample from: FSDP2 needs all ranks in the forward, DDP/none use rank 0 only."""
-        fsdp = self.cfg.parallel.strategy == "fsdp2" and self.world > 1
+        fsdp = self.cfg.parallel.backend == "fsdp2" and self.world > 1
         return (self.model if fsdp else unwrap(self.model)), fsdp
 
     @torch.no_grad()

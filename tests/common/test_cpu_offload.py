@@ -58,7 +58,7 @@ def test_varsr_fsdp2_offload_matches_plain(tmp_path, world_of_one):
 
     ref = Trainer(cfg("plain")).fit()["losses"]
     with world_of_one():
-        tr = Trainer(cfg("offload", strategy="fsdp2", cpu_offload=True, fsdp_param_dtype="fp32"))
+        tr = Trainer(cfg("offload", backend="fsdp2", cpu_offload=True, param_dtype="fp32"))
         assert all(_offloaded(b) for b in tr.model.blocks) and _offloaded(tr.model)
         got = tr.fit()["losses"]
         assert tr.optimizer.state and all(s["exp_avg"].device.type == "cpu" for s in tr.optimizer.state.values())
@@ -73,9 +73,9 @@ def test_varsr_offload_needs_fsdp2(tmp_path):
     from varsr.parallelize import parallelize
 
     model, _ = build_models("tiny")
-    with pytest.raises(ValueError, match="strategy=fsdp2"):
+    with pytest.raises(ValueError, match="backend=fsdp2"):
         parallelize(
-            model, ParallelConfig(strategy="ddp", cpu_offload=True), DistInfo(0, 1, 0, torch.device("cpu"), None)
+            model, ParallelConfig(backend="ddp", cpu_offload=True), DistInfo(0, 1, 0, torch.device("cpu"), None)
         )
 
 

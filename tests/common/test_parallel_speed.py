@@ -255,7 +255,7 @@ def test_config_switches_reach_the_blocks():
     model, vblocks, _ = varsr_case(0.0)
     parallelize(
         model,
-        VarsrParallel(strategy="none", compile=True, compile_backend="aot_eager", activation_checkpointing="True"),
+        VarsrParallel(backend="none", compile=True, compile_backend="aot_eager", activation_checkpointing="True"),
         one,
     )
     assert all(b._compiled_call_impl is not None and b._arsr_ac == "selective" for b in blocks)

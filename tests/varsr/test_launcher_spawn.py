@@ -17,7 +17,7 @@ COMMON = [
     "+exp=quick",
     "run.device=cpu",
     "run.wandb_mode=disabled",
-    "parallel.strategy=ddp",
+    "parallel.backend=ddp",
     "data.lq_mode=bicubic",
     "loss.diff_weight=0",
     "optim.eps=1e-4",
@@ -70,7 +70,7 @@ def test_plain_launcher_offload_runs_a_world_of_one(tmp_path):
 
     torch.set_num_threads(1)
     base = COMMON + ["data.batch_size=2", "schedule.max_steps=2"]
-    ref = Trainer(load_train_config(base + [f"run.run_dir={tmp_path / 'ref'}", "parallel.strategy=none"])).fit()
+    ref = Trainer(load_train_config(base + [f"run.run_dir={tmp_path / 'ref'}", "parallel.backend=none"])).fit()
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     run_dir = tmp_path / "offload"
     res = subprocess.run(
@@ -79,9 +79,9 @@ def test_plain_launcher_offload_runs_a_world_of_one(tmp_path):
             str(REPO_ROOT / "launch" / "train_varsr.py"),
             *base,
             "nproc=1",
-            "parallel.strategy=fsdp2",
+            "parallel.backend=fsdp2",
             "parallel.cpu_offload=true",
-            "parallel.fsdp_param_dtype=fp32",
+            "parallel.param_dtype=fp32",
             f"run.run_dir={run_dir}",
         ],
         env=env,

@@ -25,19 +25,19 @@ GLOBAL_BATCH = 4
 STEPS = 3
 
 
-def make_cfg(run_dir, world: int, strategy: str = "ddp"):
+def make_cfg(run_dir, world: int, backend: str = "ddp"):
     cfg = tiny_train_config(str(run_dir))
     cfg.data.batch_size = GLOBAL_BATCH // world
     cfg.loss.diff_weight = 0.0
     cfg.schedule.max_steps = STEPS
     cfg.optim.eps = 1e-4
-    cfg.parallel.strategy = strategy
-    cfg.parallel.fsdp_param_dtype = "fp32"
+    cfg.parallel.backend = backend
+    cfg.parallel.param_dtype = "fp32"
     cfg.ema.enabled, cfg.ema.decay = True, 0.5  # under FSDP2 each rank averages its own shards
     return cfg
 
 
-def run_and_dump(run_dir, world: int, strategy: str = "ddp") -> Path:
+def run_and_dump(run_dir, world: int, backend: str = "ddp") -> Path:
     """Train STEPS steps; rank 0 writes step 1's full gradients, every step's rank-mean loss, final params."""
     from common.dist import all_reduce_mean, get_rank
 
@@ -56,7 +56,7 @@ def run_and_dump(run_dir, world: int, strategy: str = "ddp") -> Path:
             out["params"] = {clean_param_name(n): full(p) for n, p in trainer.model.named_parameters()}
             out["ema"] = {n: full(t) for n, t in trainer.ema.shadow.items()}
 
-    Trainer(make_cfg(run_dir, world, strategy)).fit(callback=grab)
+    Trainer(make_cfg(run_dir, world, backend)).fit(callback=grab)
     path = Path(run_dir) / "step1.pt"
     if get_rank() == 0:
         torch.save(out, path)
@@ -64,8 +64,8 @@ def run_and_dump(run_dir, world: int, strategy: str = "ddp") -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_two_process_matches_single_process(tmp_path, strategy):
+@pytest.mark.parametrize("backend", ["ddp", "fsdp2"])
+def test_two_process_matches_single_process(tmp_path, backend):
     ref = torch.load(run_and_dump(tmp_path / "single", 1), weights_only=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     cmd = [
@@ -76,7 +76,7 @@ def test_two_process_matches_single_process(tmp_path, strategy):
         "--standalone",
         __file__,
         str(tmp_path / "ddp"),
-        strategy,
+        backend,
     ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -93,10 +93,10 @@ def test_two_process_matches_single_process(tmp_path, strategy):
     for name, e in ref["ema"].items():
         assert torch.allclose(got["ema"][name], e, atol=2e-6, rtol=1e-5), name
     assert any(not torch.allclose(e, ref["params"][n]) for n, e in ref["ema"].items())  # a real average
-    _resume_one_process_past_planted(tmp_path, strategy, got["params"])
+    _resume_one_process_past_planted(tmp_path, backend, got["params"])
 
 
-def _resume_one_process_past_planted(tmp_path, strategy, params):
+def _resume_one_process_past_planted(tmp_path, backend, params):
     """The 2-rank run's sharded checkpoint (one DCP shard file per rank) resumes in ONE process, past a
     planted newest checkpoint whose index runs code when unpickled: the payload never runs and the
     weights are the 2-rank run's final ones."""
@@ -111,7 +111,7 @@ def _resume_one_process_past_planted(tmp_path, strategy, params):
     shutil.copytree(good, step_dir(run, STEPS + 5))
     marker = tmp_path / "PWNED"
     plant_pickle(step_dir(run, STEPS + 5) / "state" / ".metadata", marker)
-    trainer = Trainer(make_cfg(run, 1, strategy))
+    trainer = Trainer(make_cfg(run, 1, backend))
     assert not marker.exists() and trainer.step == STEPS
     got = {clean_param_name(n): p.detach() for n, p in trainer.model.named_parameters()}
     assert set(got) == set(params)

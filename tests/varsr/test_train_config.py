@@ -22,7 +22,7 @@ def test_default_is_official_recipe():
         1000,
         32768,
     )
-    assert c.parallel.strategy == "ddp" and c.data.batch_size == 4 and c.loss.diff_weight == 2.0
+    assert c.parallel.backend == "ddp" and c.data.batch_size == 4 and c.loss.diff_weight == 2.0
     assert (c.data.crop_size, c.data.crop_mode, c.data.resize_shorter_to) == (512, "resize_center", 640)
     assert "diffloss" in c.optim.no_decay_keys and not c.ema.enabled
 
