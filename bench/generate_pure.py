@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.logging import markdown_table, write_table  # noqa: E402
+from common.logging import report_table  # noqa: E402
 from pure.generate import generate  # noqa: E402
 from pure.jacobi import SJDConfig, speculative_generate  # noqa: E402
 from pure.model import ChameleonForCausalLM, chameleon_config  # noqa: E402
@@ -144,9 +144,7 @@ def main() -> None:
         # warm-up at the real shapes: compiles the steps and captures the CUDA graphs
         run_row(name, big, dev, args.cuda_grid, args.cuda_prompt_len, sampling, args.window, args.seed, compile)
         rows += run_row(name, big, dev, args.cuda_grid, args.cuda_prompt_len, sampling, args.window, args.seed, compile)
-    print(markdown_table(rows))
-    if args.out:
-        write_table(rows, args.out)
+    report_table(rows, args.out)
 
 
 if __name__ == "__main__":

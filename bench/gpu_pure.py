@@ -314,7 +314,7 @@ def _run(smoke: bool, device: torch.device, deadline: float | None) -> list[dict
 
 
 def main() -> None:
-    from common.logging import markdown_table, write_table
+    from common.logging import report_table
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny model on CPU (seconds)")
@@ -322,9 +322,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write <out>.{md,csv,json}")
     args = ap.parse_args()
     rows = run(args.smoke, args.device)
-    print(markdown_table(rows))
-    if args.out:
-        write_table(rows, args.out)
+    report_table(rows, args.out)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common.logging import markdown_table, write_table  # noqa: E402
+from common.logging import report_table  # noqa: E402
 from common.peakmem import PeakMemory  # noqa: E402
 from pure.model import ChameleonForCausalLM, chameleon_config  # noqa: E402
 from pure.model.vq import VQModel, vq_config  # noqa: E402
@@ -120,10 +120,7 @@ def main(argv=None) -> list[dict]:
             autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
         )
         rows = [bench_one(restorer, side, device, name) for side in (a.outputs or [res, 4 * res])]
-    print(markdown_table(rows))
-    if a.out:
-        write_table(rows, a.out)
-    return rows
+    return report_table(rows, a.out)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.logging import markdown_table, write_table  # noqa: E402
+from common.logging import report_table  # noqa: E402
 from common.peakmem import PeakMemory  # noqa: E402
 from varsr.evaluate import SampleRunConfig  # noqa: E402
 from varsr.model import build_models  # noqa: E402
@@ -90,10 +90,7 @@ def main(argv=None) -> list[dict]:
     if device.type == "cuda":  # warm-up: kernels/autotuning outside the timed rows
         bench_one(model, vqvae, cfg, S, device)
     rows = [bench_one(model, vqvae, cfg, side, device) for side in (a.outputs or [S, 4 * S])]
-    print(markdown_table(rows))
-    if a.out:
-        write_table(rows, a.out)
-    return rows
+    return report_table(rows, a.out)
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def run_row(app: str, ac: str, compiled: bool, steps: int) -> dict:
 
 
 def main(argv=None) -> list[dict]:
-    from common.logging import markdown_table, write_table
+    from common.logging import report_table
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=3)
@@ -130,9 +130,7 @@ def main(argv=None) -> list[dict]:
                     rows.append({"app": app, "act. ckpt": ac, "compiled blocks": comp, "s/step": f"failed: {err}"})
                     continue
                 rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    print(markdown_table(rows))
-    write_table(rows, a.out)
-    return rows
+    return report_table(rows, a.out)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def bench_one(mcfg, seq: int, batch: int, steps: int, device, peak_flops: float,
 
 
 def main(argv=None) -> list[dict]:
-    from common.logging import markdown_table, write_table
+    from common.logging import report_table
     from pure.model import chameleon_config
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -105,9 +105,7 @@ def main(argv=None) -> list[dict]:
                 )
             finally:
                 torch.cuda.empty_cache()
-    print(markdown_table(rows))
-    write_table(rows, a.out)
-    return rows
+    return report_table(rows, a.out)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 _OP = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+if not torch.backends.mkldnn.is_available():  # a build without oneDNN: always F.linear
+    _OP = None
 _STATE = {"on": os.environ.get("ARSR_ONEDNN_LINEAR", "1") != "0"}
 # activation name -> (oneDNN post-op attr, algorithm, eager fallback)
 _ACTS = {
@@ -59,7 +61,6 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
-        and torch.backends.mkldnn.is_available()
     )
 
 
