@@ -35,11 +35,10 @@ def _full(t):
 
 def first_step(tmp: Path, backend: str, mb: int, accum: int) -> dict:
     """{"norm": pre-clip global grad norm, "grads": {name: pre-clip grad} (not DeepSpeed), "ref": ...}."""
-    from tests.pure.test_train import make_cfg, make_records
-
     from pure.data import TokenShardDataset, merge_indices, write_shard
     from pure.losses import PureLoss
     from pure.train import Trainer
+    from tests.pure.test_train import make_cfg, make_records
 
     data = tmp / "data"
     if not (data / "record.json").exists():

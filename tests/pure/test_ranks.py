@@ -100,7 +100,8 @@ def test_folder_run_splits_images_by_rank(tmp_path, monkeypatch):
         monkeypatch.setattr(cdist, "barrier", lambda: None)
         monkeypatch.setattr(cdist, "all_gather_object", lambda obj: [obj])
         out = tmp_path / f"run{rank}" / "sr"
-        args = ["model=tiny", "ckpt_dir=null", "vq_ckpt=null", "tokenizer=null", f"lr_dir={lr_dir}", f"out_dir={out}", "metrics=[]", "device=cpu", "seed=100"]
+        args = ["model=tiny", "ckpt_dir=null", "vq_ckpt=null", "tokenizer=null", "metrics=[]", "device=cpu"]
+        args += [f"lr_dir={lr_dir}", f"out_dir={out}", "seed=100"]
         seeds.clear()
         pe.run_restore(to_dataclass(pe.PureSampleConfig, compose_config("pure", "sample", args)))
         # sorted names a..e -> indices 0..4; rank r takes indices r, r + 2, ... with seed 100 + index
