@@ -42,9 +42,11 @@ def _stub(monkeypatch):
     monkeypatch.setattr(pe, "build_restorer", lambda cfg, model, vq, tok, log=None: Restorer())
 
 
-@pytest.mark.parametrize("kill_at", [0, 1])  # killed before the first JSON / before the second
-def test_sampling_killed_while_redoing_then_resumed_equals_a_clean_run(tmp_path, monkeypatch, kill_at):
+# killed before the first JSON / before the second / before the second image
+@pytest.mark.parametrize("writer,kill_at", [("atomic_write_bytes", 0), ("atomic_write_bytes", 1), ("write_image", 1)])
+def test_sampling_killed_while_redoing_then_resumed_equals_a_clean_run(tmp_path, monkeypatch, writer, kill_at):
     import common.checkpoint as ck
+    import common.data.io as cio
     import pure.evaluate as pe
     from common.config import compose_config, to_dataclass
 
@@ -63,7 +65,7 @@ def test_sampling_killed_while_redoing_then_resumed_equals_a_clean_run(tmp_path,
     out = tmp_path / "run" / "sr"
     run(out, 100)  # an older, complete run
     with monkeypatch.context() as m:
-        _kill_after(m, ck, "atomic_write_bytes", kill_at)
+        _kill_after(m, ck if writer == "atomic_write_bytes" else cio, writer, kill_at)
         with pytest.raises(Killed):
             run(out, 200, "overwrite=true")
     run(out, 200, "skip_existing=true")
