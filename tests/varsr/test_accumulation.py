@@ -7,6 +7,9 @@
   gradient has the same norm whatever the factor). The refiner weight is 0 because its
   timestep/noise draws depend on the micro-batch shape. (Replaces test_train_loop's comparison of
   clipped gradients.)
+- The sampler: an optimizer step sees the same images (and epochs) however its global batch is split
+  into ranks x micro-batches x accumulation steps, across epoch ends too (catches epochs padded to
+  micro-batches, where a step straddles two epochs only when accumulating).
 - A run pre-empted after step 1 of 2 with accum 2 and resumed equals the uninterrupted run bit for
   bit: the resumed loader must skip step x accum micro-batches, not step.
 """
@@ -20,7 +23,20 @@ import pytest
 import torch
 
 from varsr.config import tiny_train_config
+from varsr.data import ResumableBatchSampler
 from varsr.train import Trainer
+
+
+@pytest.mark.parametrize("n", [6, 8, 11])
+def test_sampler_steps_do_not_depend_on_the_split(n):
+    def steps(batch, world, accum, count=7):
+        its = [iter(ResumableBatchSampler(n, batch, world, r, seed=2, grad_accum=accum)) for r in range(world)]
+        return [sorted(x for _ in range(accum) for it in its for x in next(it)) for _ in range(count)]
+
+    ref = steps(4, 1, 1)
+    per_epoch = -(-n // 4)  # optimizer steps of 4 images per epoch, the last one wrapped
+    assert [s[0][0] for s in ref] == [k // per_epoch for k in range(7)]  # one epoch per step, never two
+    assert steps(1, 2, 2) == ref and steps(2, 1, 2) == ref and steps(1, 1, 4) == ref and steps(2, 2, 1) == ref
 
 
 def pre_clip_grads(cfg, monkeypatch) -> tuple[dict, float]:
