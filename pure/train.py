@@ -163,7 +163,8 @@ class Trainer:
             self.ema.update(self.lm, self.step)
         self.step += 1
         gnorm = torch.as_tensor(float("nan") if gnorm is None else gnorm, device=self.device).float().reshape(1)
-        return {"values": torch.cat([acc, gnorm]), "n_tokens": n_tokens, "n_pad": n_pad, "n_seen": n_seen, "n_head": n_head}
+        counts = {"n_tokens": n_tokens, "n_pad": n_pad, "n_seen": n_seen, "n_head": n_head}
+        return {"values": torch.cat([acc, gnorm]), **counts}
 
     def _flops_per_token(self, tok: dict) -> float:
         """Training FLOPs per real token over a logging window (lm_head only on supervised rows)."""
