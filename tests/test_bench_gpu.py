@@ -153,3 +153,18 @@ def test_decode_floor_reads_matmul_weights_and_the_kv_cache():
     assert weights == pytest.approx(2 * linear, rel=0.01)  # bf16; norms are the rest
     # K and V, 2 layers, 4 heads of 16, bf16 = 512 B per token; cond row: 100 + 25, uncond row: 25
     assert kv == 512 * (125 + 25)
+
+
+def test_torch_floor_is_the_tested_version_everywhere():
+    """pyproject and the Makefile's first install agree on the torch range, and the torch this suite
+    runs on is inside it (the floor is the lowest version the suite has passed on)."""
+    import re
+
+    import torch
+
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    spec = re.search(r'"torch(>=[\d.]+,<[\d.]+)"', pyproject).group(1)
+    assert f'"torch{spec}"' in makefile
+    lo, hi = (tuple(map(int, v.split("."))) for v in re.findall(r"[\d.]+", spec))
+    assert lo <= tuple(map(int, torch.__version__.split("+")[0].split(".")[:2])) < hi
