@@ -195,9 +195,13 @@ _CPU_GROUP = None
 
 def new_cpu_group():
     """A gloo group over all ranks (created once; collective): for CPU-side work that runs next to
-    NCCL training, e.g. DCP's collectives of an async checkpoint save on a background thread."""
+    NCCL training, e.g. DCP's collectives of an async checkpoint save on a background thread.
+
+    Made whenever a process group exists, a world of one included: DCP's ``async_save`` refuses a
+    group without a CPU backend, and an NCCL world of one (torchrun with one GPU, the offload
+    recipes) is still distributed. ``None`` only when no process group was initialised."""
     global _CPU_GROUP
-    if _CPU_GROUP is None and _active():
+    if _CPU_GROUP is None and dist.is_available() and dist.is_initialized():
         _CPU_GROUP = dist.new_group(backend="gloo")
     return _CPU_GROUP
 
