@@ -102,7 +102,8 @@ def rng_state() -> dict:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # This rank's device only (init_distributed binds it): another node may show fewer GPUs.
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
@@ -114,8 +115,15 @@ def set_rng_state(state: dict) -> None:
         (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
     )
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        # Only the current device: restoring every saved GPU raises where fewer are visible (one GPU
+        # per SLURM task after eight per node) and would overwrite other ranks' devices.
+        dev = torch.cuda.current_device()
+        if isinstance(cuda, (list, tuple)):  # written before: one state per visible GPU, ours at our index
+            cuda = cuda[dev] if dev < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, dev)
 
 
 class PreemptionHandler:
