@@ -227,7 +227,7 @@ class CheckpointConfig:
     every_steps: int = 1000  # save a resumable checkpoint every N optimizer steps (0 = only at the end)
     keep: int = 2  # how many recent checkpoints to keep (<= 0 keeps all)
     resume: bool = True  # resume from the newest checkpoint in run_dir/checkpoints if there is one
-    save_on_sigterm: bool = True  # checkpoint at the next step boundary after SIGTERM/SIGUSR1
+    save_on_sigterm: bool = True  # checkpoint at the next step boundary after SIGTERM/SIGUSR1/SIGUSR2 (submitit)
     # write shards on a background thread (state staged to CPU first) so training does not wait for the disk;
     # the step directory appears once the write has finished (next save or end of training)
     async_save: bool = False

@@ -8,7 +8,7 @@ on ``pure.losses.PureLoss`` with the official AdamW + warm-up/half-cosine schedu
 building live in their own modules, this file is the loop.
 
 State (model, optimizer, step, per-rank RNG, data position, EMA) is checkpointed every N steps
-and at the next step boundary after SIGTERM/SIGUSR1; a restarted run resumes from the newest
+and at the next step boundary after SIGTERM/SIGUSR1/SIGUSR2; a restarted run resumes from the newest
 checkpoint through the same code. Loss and statistics stay on the device and are read once per
 logging interval (no host sync per step).
 """
@@ -232,11 +232,11 @@ class Trainer:
             self.state.wait()  # an async save must be on disk before the process may exit
             if cfg.export.hf_dir and self.step == self.total_steps:
                 self.export()
+            barrier()
         finally:
             self.tracker.finish()
-            if pre is not None:
+            if pre is not None:  # after the checkpoint: submitit's USR2 handler requeues and exits here
                 pre.restore()
-        barrier()
         return {"losses": losses, "step": self.step, "run_dir": str(self.run_dir), "preempted": stopped}
 
     def export(self) -> None:

@@ -8,7 +8,7 @@ class-to-image pretraining model (spec 7: ``lr_prefix=False``, folder-per-class 
 label dropout to the null class inside the loss) through the same loop.
 State (model, optimizer, scheduler, scaler, step, per-rank RNG,
 data position, EMA) is checkpointed atomically every N steps and at the next step boundary
-after SIGTERM/SIGUSR1; a restarted run resumes from the newest checkpoint through the same code.
+after SIGTERM/SIGUSR1/SIGUSR2; a restarted run resumes from the newest checkpoint through the same code.
 Rank 0 owns the run directory, logging (wandb offline + metrics.jsonl) and validation grids.
 """
 
@@ -246,9 +246,9 @@ class Trainer:
                 if cfg.checkpoint.export_official:
                     self.export()
         finally:
-            if preempt is not None:
-                preempt.restore()
             self.tracker.finish()
+            if preempt is not None:  # after the checkpoint: submitit's USR2 handler requeues and exits here
+                preempt.restore()
         return {"step": self.step, "losses": losses, "run_dir": str(self.run_dir), "preempted": stopped}
 
     # -- validation and export -------------------------------------------------------------------
