@@ -233,17 +233,29 @@ class CheckpointConfig:
     async_save: bool = False
 
 
-@checks(lr=at_least(0.0), eps=at_least(0.0), weight_decay=at_least(0.0), grad_accum=at_least(1))
+@checks(
+    lr=at_least(0.0),
+    eps=at_least(0.0),
+    weight_decay=at_least(0.0),
+    grad_accum=at_least(1),
+    global_batch=at_least(0),
+    lr_scaling=one_of("none", "accum"),
+)
 @dataclass
 class OptimConfig:
-    """AdamW with decoupled weight decay and gradient clipping."""
+    """AdamW with decoupled weight decay and gradient clipping; the global batch (common/batch_plan.py)."""
 
-    lr: float = 5e-5  # peak learning rate
+    lr: float = 5e-5  # base peak learning rate (the effective one follows lr_scaling; first log line)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # Adam (beta1, beta2)
     eps: float = 1e-8  # Adam epsilon
     weight_decay: float = 0.05  # decoupled weight decay
     grad_clip: float = 2.0  # max global grad norm (<= 0 disables)
-    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_accum: int = 1  # micro-batches per optimizer step (with global_batch > 0: derived unless set > 1)
+    # samples per optimizer step over all ranks; > 0: each rank's micro-batch (<= data.batch_size) and the
+    # accumulation are derived from the world size (refused when it does not divide); 0 = data.batch_size x
+    # grad_accum x world size (follows the GPU count)
+    global_batch: int = 0
+    lr_scaling: str = "none"  # none: lr as given | accum: lr x accumulation count (the official VARSR rule)
 
 
 class _OneLineErrors:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from common import checkpoint as ckpt_io
+from common.batch_plan import apply_batch_plan
 from common.dist import (
     all_reduce_mean,
     any_rank,
@@ -57,9 +58,12 @@ class Trainer:
         from pure.parallelize import build_engine, fsdp2_meta_init
 
         global log
-        self.cfg = cfg
         self.dist = dist = init_distributed(None if cfg.run.device == "auto" else cfg.run.device)
         log = get_logger("pure.train")  # again after init: non-zero ranks drop to WARNING
+        # the stated global batch split over this world (data.batch_size / optim.grad_accum set to it)
+        cfg, self.plan = apply_batch_plan(cfg, dist.world_size)
+        self.cfg = cfg
+        log.info(self.plan.describe())  # the first line of every run: what one optimizer step really is
         self.device = dist.device
         seed_everything(cfg.run.seed, dist.rank)
         self.run_dir = Path(cfg.run.run_dir)
@@ -139,7 +143,7 @@ class Trainer:
         for `_LOGGED` plus host-side token counts."""
         cfg, eng = self.cfg, self.engine
         accum = cfg.optim.grad_accum
-        eng.set_lr(lr_at(self.step, self.total_steps, self.warmup_steps, cfg.optim.lr, cfg.schedule.min_lr))
+        eng.set_lr(lr_at(self.step, self.total_steps, self.warmup_steps, self.plan.lr, cfg.schedule.min_lr))
         acc = torch.zeros(len(_LOGGED) - 1, device=self.device)  # loss, ce_text, ce_image, z_loss
         n_tokens = n_pad = n_seen = 0
         for _ in range(accum):

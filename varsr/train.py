@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from common.batch_plan import apply_batch_plan
 from common.checkpoint import PreemptionHandler
 from common.dist import all_reduce_mean, any_rank, barrier, init_distributed, seed_everything
 from common.ema import EMA, eval_weights
@@ -46,10 +47,13 @@ class Trainer:
     def __init__(self, cfg: VARSRTrainConfig):
         from varsr.model import build_models
 
-        self.cfg = cfg
         dev = None if cfg.run.device == "auto" else cfg.run.device
         self.dist = init_distributed(dev)
         self.device, self.rank, self.world = self.dist.device, self.dist.rank, self.dist.world_size
+        # the stated global batch split over this world (data.batch_size / optim.grad_accum set to it)
+        cfg, plan = apply_batch_plan(cfg, self.world)
+        self.cfg, self.plan = cfg, plan
+        log.info(plan.describe())  # the first line of every run: what one optimizer step really is
         self.run_dir = Path(cfg.run.run_dir)
         node = OmegaConf.structured(cfg)  # built once: OmegaConf conversion is slow for this tree
         self.config_yaml, config_dict = OmegaConf.to_yaml(node), OmegaConf.to_container(node)
@@ -78,7 +82,7 @@ class Trainer:
         self.model = parallelize(model, cfg.parallel, self.dist)
         o = cfg.optim
         self.optimizer = build_optimizer(
-            self.model, o.lr, o.betas, o.eps, o.weight_decay, tuple(o.no_decay_keys), o.fused
+            self.model, plan.lr, o.betas, o.eps, o.weight_decay, tuple(o.no_decay_keys), o.fused
         )
         self.accum = max(1, int(o.grad_accum))
 
