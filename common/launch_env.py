@@ -167,6 +167,8 @@ def torch_env(env=None) -> tuple[str | None, dict[str, str]]:
         return None, {}
     for name, rank, size, local_rank, local_size in _MPI:
         if size in env and _int(env, size, name) > 1:
+            if local_rank not in env and "SLURM_PROCID" in env:
+                continue  # srun --mpi=pmi2 sets PMI_RANK/PMI_SIZE as well: SLURM's variables describe the task
             out = _from_mpi(env, name, rank, size, local_rank, local_size)
             return name, {k: v for k, v in out.items() if k not in env}
     if "SLURM_NTASKS" in env and _int(env, "SLURM_NTASKS", "SLURM") > 1:

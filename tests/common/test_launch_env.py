@@ -83,6 +83,8 @@ def test_mpirun_ranks():
     assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == ("6", "16", "2", "8")
     _, env = torch_env(dict(mpich, SLURM_JOB_NODELIST="cn[10-11]", SLURM_JOB_ID="7"))  # mpirun inside sbatch
     assert env["MASTER_ADDR"] == "cn10" and env["MASTER_PORT"] == "20007"
+    name, env = torch_env(dict(SRUN, PMI_RANK="5", PMI_SIZE="8"))  # srun --mpi=pmi2: no MPI_LOCALRANKID
+    assert name == "SLURM" and env["LOCAL_RANK"] == "1"
 
 
 @pytest.mark.parametrize(

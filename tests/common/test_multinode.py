@@ -108,7 +108,8 @@ import json, os, torch
 from common.dist import all_gather_object, destroy_distributed, init_distributed
 from common.train_state import TrainState
 info = init_distributed("cpu")
-got = all_gather_object([info.rank, info.world_size, info.local_rank, os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]])
+addr = [os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]]
+got = all_gather_object([info.rank, info.world_size, info.local_rank, *addr])
 torch.manual_seed(0)
 TrainState(os.environ["PROBE_RUN_DIR"], torch.nn.Linear(4, 2)).save(1)
 print("PROBE " + json.dumps(got))
@@ -194,15 +195,22 @@ def test_submitit_usr2_checkpoints_before_requeue(tmp_path):
         "checkpoint.every_steps=0",
         f"run.run_dir={run_dir}",
     ]
-    proc = subprocess.Popen(cmd, env=clean_env(), cwd=REPO_ROOT, start_new_session=True, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd,
+        env=clean_env(),
+        cwd=REPO_ROOT,
+        start_new_session=True,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         metrics = run_dir / "metrics.jsonl"
         _wait_for(lambda: metrics.is_file() and metrics.read_text().count("train/loss") >= 2, 240, "training", proc)
-        tasks = [c for c in psutil.Process(proc.pid).children(recursive=True) if "submitit.core._submit" in " ".join(c.cmdline())]
+        children = psutil.Process(proc.pid).children(recursive=True)
+        tasks = [c for c in children if "submitit.core._submit" in " ".join(c.cmdline())]
         assert len(tasks) == 1
-        first_task = tasks[0].pid
-        os.kill(first_task, signal.SIGUSR2)  # what SLURM sends with --signal=USR2@<signal_delay_s>
+        os.kill(tasks[0].pid, signal.SIGUSR2)  # what SLURM sends with --signal=USR2@<signal_delay_s>
 
         def resumed():
             logs = list(sweep.rglob("*_log.out"))
