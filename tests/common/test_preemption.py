@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from common.checkpoint import PreemptionHandler, preemption_signals
+from common.checkpoint import PreemptionHandler
 from common.train_state import has_checkpoint, list_steps
 
 
@@ -52,6 +52,8 @@ def test_usr2_is_held_until_restore(fake_submitit):
 
 
 def test_submitit_signal_variable(monkeypatch):
+    from common.checkpoint import preemption_signals
+
     assert {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2} <= set(preemption_signals())
     monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "URG")
     assert signal.SIGURG in preemption_signals()
