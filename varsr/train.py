@@ -6,9 +6,9 @@ transformer (``varsr.parallelize``), and trains with AMP, gradient accumulation 
 ``varsr.losses.varsr_loss``. ``mode=sr`` trains the LR-conditioned model; ``mode=c2i`` the
 class-to-image pretraining model (spec 7: ``lr_prefix=False``, folder-per-class data, no LR,
 label dropout to the null class inside the loss) through the same loop.
-State (model, optimizer, scheduler, scaler, step, per-rank RNG,
-data position, EMA) is checkpointed atomically every N steps and at the next step boundary
-after SIGTERM/SIGUSR1/SIGUSR2; a restarted run resumes from the newest checkpoint through the same code.
+State (model, optimizer, scheduler, scaler, step, per-rank RNG, data position, EMA) is checkpointed
+atomically every N steps and at the next step boundary after SIGTERM/SIGUSR1/SIGUSR2; a restarted run
+resumes from the newest checkpoint through the same code.
 Rank 0 owns the run directory, logging (wandb offline + metrics.jsonl) and validation grids.
 """
 
@@ -50,8 +50,7 @@ class Trainer:
         dev = None if cfg.run.device == "auto" else cfg.run.device
         self.dist = init_distributed(dev)
         self.device, self.rank, self.world = self.dist.device, self.dist.rank, self.dist.world_size
-        # the stated global batch split over this world (data.batch_size / optim.grad_accum set to it)
-        cfg, plan = apply_batch_plan(cfg, self.world)
+        cfg, plan = apply_batch_plan(cfg, self.world)  # optim.global_batch -> micro-batch x accumulation here
         self.cfg, self.plan = cfg, plan
         log.info(plan.describe())  # the first line of every run: what one optimizer step really is
         self.run_dir = Path(cfg.run.run_dir)
