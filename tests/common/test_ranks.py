@@ -29,6 +29,7 @@ def test_second_node_uses_rank_for_work_and_local_rank_for_device(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)  # an 8-GPU node
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("device", torch.device(d)))
     monkeypatch.setattr(cdist.dist, "is_initialized", lambda: False)
     monkeypatch.setattr(cdist.dist, "init_process_group", lambda backend, **kw: calls.setdefault("backend", backend))
