@@ -32,6 +32,7 @@ STEPS = 3
 def make_cfg(run_dir, world: int, backend: str = "ddp", accum: int = 1):
     cfg = tiny_train_config(str(run_dir))
     cfg.data.batch_size, cfg.optim.grad_accum = GLOBAL_BATCH // world // accum, accum
+    cfg.optim.lr /= accum  # VARSR's official rule multiplies it back (lr_scaling=accum): one effective lr for both
     cfg.loss.diff_weight = 0.0
     cfg.schedule.max_steps = STEPS
     cfg.optim.eps = 1e-4
