@@ -93,7 +93,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, rope, attn_bias=None, cache: KVCache | None = None):
         B, L, C = x.shape
-        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+        # The constant buffer follows the parameters' dtype: FSDP2 mixed precision casts parameters only.
+        bias = torch.cat((self.q_bias, self.zero_k_bias.to(self.q_bias.dtype), self.v_bias))
         qkv = linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, hd)
         scale = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
@@ -294,7 +295,9 @@ class VARSR(nn.Module):
 
     def refiner_condition(self, h_last: torch.Tensor, tokens_e: torch.Tensor) -> torch.Tensor:
         """z = decoder_norm(h_last + word_embed(e[idx])) (spec 4)."""
-        return self.decoder_norm(h_last + self.word_embed(tokens_e.to(h_last.dtype)))
+        # e in the embedding's dtype (as in embed_scale): under FSDP2 the blocks may hand back bf16
+        # activations while the root's weights are fp32.
+        return self.decoder_norm(h_last + self.word_embed(tokens_e.to(self.word_embed.weight.dtype)))
 
     @property
     def cache_capacity(self) -> int:
