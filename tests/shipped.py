@@ -8,7 +8,7 @@ checkpointing, drop-path, EMA or validation switch cannot slip in to make a path
 
 The rest drives the run as a user (or a scheduler) would: :func:`start` a launcher in its own
 process group (the self-spawned torchrun agent and its ranks), :func:`wait_for` a finished
-checkpoint, :func:`kill` the whole group (SIGKILL = a crash, SIGTERM = pre-emption), restart it with
+checkpoint, :func:`kill` the launcher and every rank (SIGKILL = a crash, SIGTERM = pre-emption), restart it with
 :func:`run` on another world size, and export through ``launch/export_checkpoint.py``.
 """
 
@@ -127,27 +127,62 @@ def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: flo
         time.sleep(poll)
 
 
-def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 120) -> int:
-    """Send ``sig`` to the launcher's whole process group and wait for the launcher; its exit code.
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (read from /proc), parents first.
 
-    SIGKILL: every rank dies at once (a crash, an OOM kill). SIGTERM: the agent forwards it to the
-    ranks, which checkpoint at the next step boundary (pre-emption). Stragglers get SIGKILL after
-    ``timeout`` seconds.
+    torchrun's agent may start each rank in a session of its own, so signalling the launcher's
+    process group does not reach the ranks; the tree is collected while the parent links exist.
     """
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def _alive(pid: int) -> bool:
     try:
-        os.killpg(proc.pid, sig)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        pass
-    try:
-        code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        code = proc.wait()
-    try:  # ranks that outlived the agent
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return code
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _signal(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 120) -> int:
+    """Send ``sig`` to the launcher and every process below it; wait until all are gone; its exit code.
+
+    SIGKILL: every rank dies at once (a crash, an OOM kill). SIGTERM: what a scheduler's pre-emption
+    sends to every task; the ranks checkpoint at the next step boundary and exit. Stragglers get
+    SIGKILL after ``timeout`` seconds.
+    """
+    tree = [proc.pid, *descendants(proc.pid)]
+    _signal(tree, sig)
+    end = time.monotonic() + timeout
+    while any(_alive(p) for p in tree[1:]) or proc.poll() is None:
+        if time.monotonic() > end:
+            _signal(tree, signal.SIGKILL)
+            end = time.monotonic() + 30
+        time.sleep(0.1)
+    return proc.wait()
 
 
 def finished_steps(run_dir: Path) -> list[int]:
