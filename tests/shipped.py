@@ -168,14 +168,16 @@ def _signal(pids: Iterable[int], sig: int) -> None:
 
 
 def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 120) -> int:
-    """Send ``sig`` to the launcher and every process below it; wait until all are gone; its exit code.
+    """Stop a started launcher with ``sig``; wait until it and every process below it are gone; its exit code.
 
-    SIGKILL: every rank dies at once (a crash, an OOM kill). SIGTERM: what a scheduler's pre-emption
-    sends to every task; the ranks checkpoint at the next step boundary and exit. Stragglers get
+    SIGKILL goes to every process of the tree at once (a crash, an OOM kill). Any other signal goes
+    to the launcher alone, as a user's ``kill PID`` or Ctrl-C does: torchrun's agent forwards it to
+    the ranks (SIGTERM = pre-emption: they checkpoint at the next step boundary and exit), and
+    helper processes of the ranks (e.g. wandb's service) are left to their ranks. Stragglers get
     SIGKILL after ``timeout`` seconds.
     """
     tree = [proc.pid, *descendants(proc.pid)]
-    _signal(tree, sig)
+    _signal(tree if sig == signal.SIGKILL else tree[:1], sig)
     end = time.monotonic() + timeout
     while any(_alive(p) for p in tree[1:]) or proc.poll() is None:
         if time.monotonic() > end:
