@@ -115,15 +115,18 @@ def run(script: str, args: Iterable[str], log: Path, timeout: float = 600, env: 
     return code, Path(log).read_text(errors="replace")
 
 
-def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: float, poll: float = 0.2) -> None:
-    """Poll ``predicate`` until true; AssertionError if the process ends first or ``timeout`` passes."""
+def wait_for(
+    predicate: Callable[[], bool], proc: subprocess.Popen, timeout: float, poll: float = 0.2, log: Path | None = None
+) -> None:
+    """Poll ``predicate`` until true; AssertionError (with ``log``'s tail) if the process ends first or
+    ``timeout`` passes."""
     end = time.monotonic() + timeout
     while not predicate():
         if proc.poll() is not None:
-            raise AssertionError(f"launcher exited with {proc.returncode} before the awaited state")
+            raise AssertionError(f"launcher exited with {proc.returncode} before the awaited state:\n{tail(log)}")
         if time.monotonic() > end:
             kill(proc, signal.SIGKILL)
-            raise AssertionError(f"awaited state not reached in {timeout:.0f} s")
+            raise AssertionError(f"awaited state not reached in {timeout:.0f} s:\n{tail(log)}")
         time.sleep(poll)
 
 
@@ -208,7 +211,9 @@ def export(app: str, run_dir: Path, out: Path, log: Path, extra: Iterable[str] =
     return text
 
 
-def tail(log: Path, chars: int = 4000) -> str:
+def tail(log: Path | None, chars: int = 4000) -> str:
+    if log is None:
+        return "(no log)"
     try:
         return Path(log).read_text(errors="replace")[-chars:]
     except OSError:
