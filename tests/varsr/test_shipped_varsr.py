@@ -167,7 +167,7 @@ def test_shipped_experiment(name, sig, files, tmp_path, one_thread):
     log = tmp_path / "two_ranks.log"
     proc = shipped.start("launch/train_varsr.py", readme + sizes + ["nproc=2", "run.device=cpu"], log)
     shipped.wait_for(
-        lambda: (run_dir / "val" / "step_00000002.png").is_file() and shipped.newest_step(run_dir), proc, 500
+        lambda: (run_dir / "val" / "step_00000002.png").is_file() and shipped.newest_step(run_dir), proc, 500, log=log
     )
     code = shipped.kill(proc, sig)
     saved = shipped.newest_step(run_dir)
