@@ -27,8 +27,6 @@ import torch
 from tests import shipped
 from tests.shipped import positive
 
-pytestmark = pytest.mark.slow
-
 MAX_STEPS = 6
 # Keys a shipped VARSR test may set: sizes, step counts (never 0 = off), data paths, run dir, workers.
 SIZES = {
@@ -149,6 +147,32 @@ def _logged_steps(run_dir: Path) -> list[int]:
     return [r["step"] for r in rows if "train/loss" in r]
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "precision.dtype=fp32",
+        "parallel.param_dtype=fp32",
+        "parallel.backend=none",
+        "parallel.compile=false",
+        "parallel.activation_checkpointing=none",
+        "model.drop_path_rate=0",
+        "ema.enabled=false",
+        "validation.every_steps=0",
+        "checkpoint.every_steps=0",
+        "run.device=cuda",
+        "+model.extra=1",
+    ],
+)
+def test_allowlist_refuses_non_size_keys(bad):
+    """The size allowlist passes every override the shipped runs use and refuses each switch the guide forbids."""
+    files = dict.fromkeys(("lsdir", "ffhq", "manifest", "classes", "val", "vqvae", "c2i"), "/data/x")
+    for name in ("ddp", "fsdp2", "c2i"):
+        shipped.check_overrides(experiment(name, files)[1] + ["run.run_dir=x", "nproc=2", "run.device=cpu"], SIZES)
+    with pytest.raises(AssertionError, match="non-size keys"):
+        shipped.check_overrides(["model.depth=2", bad], SIZES)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,sig",
     [("ddp", signal.SIGTERM), ("fsdp2", signal.SIGKILL), ("c2i", signal.SIGKILL)],
