@@ -16,8 +16,6 @@ from varsr.config import load_train_config
 from varsr.losses import varsr_loss
 from varsr.model import build_models, model_config
 
-_COMPILE = torch.compile  # the real one (the sampling test swaps in a counting backend)
-
 
 class CountingBackend:
     """A torch.compile backend that counts the graphs it receives and runs them uncompiled."""
@@ -64,7 +62,7 @@ def sampling_graphs(depth: int, rate: float, monkeypatch) -> int:
     torch._dynamo.reset()
     monkeypatch.setattr(compiled, "_compiled", {})
     backend = CountingBackend()
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: _COMPILE(fn, **{**kw, "backend": backend}))
+    monkeypatch.setattr(compiled, "COMPILE_BACKEND", backend)
     model, vqvae = tiny(depth, rate)
     sample_sr(model.eval(), vqvae, torch.rand(1, 3, 24, 24), compile=True)
     return backend.graphs
