@@ -231,7 +231,7 @@ def check_train_config(cfg: VARSRTrainConfig) -> None:
             f"data.crop_size={cfg.data.crop_size} must equal the model's image size {m.image_size} "
             f"(16 x last patch_num {m.patch_nums[-1]})"
         )
-    fsdp_param_dtype(cfg)
+    fsdp_param_dtype(cfg.parallel.param_dtype, cfg.precision.dtype)
     if cfg.mode == "c2i" and (ic.varsr or ic.c2i):
         raise ValueError("init.varsr / init.c2i initialise an SR model; for mode=c2i use init.c2i_official")
     if cfg.mode == "sr" and ic.c2i_official:
@@ -241,21 +241,20 @@ def check_train_config(cfg: VARSRTrainConfig) -> None:
         )
 
 
-def fsdp_param_dtype(cfg: VARSRTrainConfig) -> str:
-    """``parallel.param_dtype`` resolved against ``precision.dtype`` (auto = the autocast dtype).
+def fsdp_param_dtype(param_dtype: str, amp: str) -> str:
+    """``parallel.param_dtype`` resolved against the autocast dtype ``precision.dtype`` (auto = ``amp``).
 
     ValueError for fp16 parameters under bf16 autocast or the reverse: autocast's type promotion
     refuses to mix the two low-precision types (the attention bias concatenation is the first op).
     """
-    amp, want = cfg.precision.dtype, cfg.parallel.param_dtype
-    if want == "auto":
+    if param_dtype == "auto":
         return amp
-    if "fp32" not in (amp, want) and amp != want:
+    if "fp32" not in (amp, param_dtype) and amp != param_dtype:
         raise ValueError(
-            f"parallel.param_dtype={want} cannot run under precision.dtype={amp} autocast; "
-            f"use parallel.param_dtype=auto (= {amp}) or fp32, or precision.dtype={want}"
+            f"parallel.param_dtype={param_dtype} cannot run under precision.dtype={amp} autocast; "
+            f"use parallel.param_dtype=auto (= {amp}) or fp32, or precision.dtype={param_dtype}"
         )
-    return want
+    return param_dtype
 
 
 def register_configs() -> None:

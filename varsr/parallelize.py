@@ -53,12 +53,13 @@ def apply_activation_checkpointing(model: nn.Module, mode="full") -> nn.Module:
     return model
 
 
-def parallelize(model: nn.Module, cfg, dist_info) -> nn.Module:
+def parallelize(model: nn.Module, cfg, dist_info, amp: str = "fp32") -> nn.Module:
     """Wrap ``model`` for training: activation checkpointing, per-block compile, then DDP/FSDP2.
 
     ``cfg``: a ParallelConfig (``backend`` = ddp | fsdp2 | none, ``activation_checkpointing``,
     ``compile``, ``cpu_offload``, ``param_dtype``, ``reduce_dtype``,
     ``reshard_after_forward``, ``find_unused_parameters``). ``dist_info``: ``common.dist.DistInfo``.
+    ``amp``: the training autocast dtype (``precision.dtype``), which ``param_dtype=auto`` follows.
     A single process gets the bare model (plus checkpointing/compile) whatever the backend, so
     tests and one-GPU runs need no process group; ``cpu_offload`` shards even a world of one.
     """
@@ -85,7 +86,9 @@ def parallelize(model: nn.Module, cfg, dist_info) -> nn.Module:
     if cfg.backend == "fsdp2":
         from torch.distributed.fsdp import fully_shard
 
-        kw = par.fsdp2_kwargs(dist_info, cfg.param_dtype, cfg.reduce_dtype, offload)
+        from varsr.config import fsdp_param_dtype
+
+        kw = par.fsdp2_kwargs(dist_info, fsdp_param_dtype(cfg.param_dtype, amp), cfg.reduce_dtype, offload)
         for block in _blocks(model):
             fully_shard(block, reshard_after_forward=cfg.reshard_after_forward, **kw)
         # Root wrap covers the prefix encoder, embeddings, head and refiner in one group; the root's

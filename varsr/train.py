@@ -14,7 +14,6 @@ Rank 0 owns the run directory, logging (wandb offline + metrics.jsonl) and valid
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from common.ema import EMA, eval_weights
 from common.logging import Tracker, get_logger
 from common.parallel import get_dtype
 from common.train_state import TrainState, has_checkpoint
-from varsr.config import VARSRTrainConfig, check_train_config, fsdp_param_dtype
+from varsr.config import VARSRTrainConfig, check_train_config
 from varsr.data import (
     BatchMaker,
     build_train_dataset,
@@ -76,8 +75,7 @@ class Trainer:
             self._load_vqvae()
         model.train()
         seed_everything(cfg.run.seed, self.rank)  # per-rank streams from here on (drop-path, refiner noise)
-        par_cfg = dataclasses.replace(cfg.parallel, param_dtype=fsdp_param_dtype(cfg))
-        self.model = parallelize(model, par_cfg, self.dist)
+        self.model = parallelize(model, cfg.parallel, self.dist, amp=cfg.precision.dtype)
         o = cfg.optim
         self.optimizer = build_optimizer(
             self.model, o.lr, o.betas, o.eps, o.weight_decay, tuple(o.no_decay_keys), o.fused

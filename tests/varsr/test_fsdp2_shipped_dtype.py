@@ -92,5 +92,32 @@ def test_fsdp2_shipped_dtype_trains_and_validates(tmp_path):
     assert got["losses"][0] == pytest.approx(ref[0], rel=1e-2)  # same weights and batch, fp16 rounding only
 
 
+@pytest.mark.parametrize(
+    "param,amp,want",
+    [
+        ("auto", "fp16", "fp16"),
+        ("auto", "bf16", "bf16"),
+        ("auto", "fp32", "fp32"),
+        ("bf16", "fp32", "bf16"),
+        ("fp32", "fp16", "fp32"),
+        ("fp16", "fp16", "fp16"),
+    ],
+)
+def test_param_dtype_follows_autocast(param, amp, want):
+    from varsr.config import fsdp_param_dtype
+
+    assert fsdp_param_dtype(param, amp) == want
+
+
+def test_fp16_params_under_bf16_autocast_refused_at_start(tmp_path):
+    """The two low-precision types cannot meet under autocast: one line at start-up, not a crash at step 1."""
+    from varsr.config import check_train_config
+
+    cfg = make_cfg(tmp_path, 1, shipped=True)
+    cfg.parallel.param_dtype = "bf16"  # under the shipped fp16 autocast
+    with pytest.raises(ValueError, match="param_dtype=bf16 cannot run under precision.dtype=fp16"):
+        check_train_config(cfg)
+
+
 if __name__ == "__main__":
     worker(sys.argv[1])
