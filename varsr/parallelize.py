@@ -94,8 +94,8 @@ def parallelize(model: nn.Module, cfg, dist_info, amp: str = "fp32") -> nn.Modul
         # Root wrap covers the prefix encoder, embeddings, head and refiner in one group; the root's
         # parameters stay unsharded after forward because backward needs them right away. The root
         # keeps fp32 parameters (no cast, as under DDP): the model runs its prefix encoder, head and
-        # refiner in fp32 with autocast off, so `param_dtype` there would hand an fp32 input to bf16
-        # weights. The blocks (nearly all parameters) compute in `param_dtype`.
+        # refiner in fp32 with autocast off, so `param_dtype` there would hand an fp32 input to
+        # low-precision weights. The blocks (nearly all parameters) compute in `param_dtype`.
         root_mp = dataclasses.replace(kw["mp_policy"], param_dtype=None)
         fully_shard(model, reshard_after_forward=False, **{**kw, "mp_policy": root_mp})
         return model
@@ -103,10 +103,8 @@ def parallelize(model: nn.Module, cfg, dist_info, amp: str = "fp32") -> nn.Modul
 
 
 def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # torch < 2.6
-        from torch.distributed._composable.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule
+
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 

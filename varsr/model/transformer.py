@@ -315,8 +315,8 @@ class VARSR(nn.Module):
 
     def refiner_condition(self, h_last: torch.Tensor, tokens_e: torch.Tensor) -> torch.Tensor:
         """z = decoder_norm(h_last + word_embed(e[idx])) (spec 4)."""
-        # e in the embedding's dtype (as in embed_scale): under FSDP2 the blocks may hand back bf16
-        # activations while the root's weights are fp32.
+        # e in the embedding's dtype (as in embed_scale): under FSDP2 the blocks may hand back
+        # low-precision activations while the root's weights are fp32.
         return self.decoder_norm(h_last + self.word_embed(tokens_e.to(self.word_embed.weight.dtype)))
 
     @property
