@@ -46,6 +46,7 @@ SIZES = {
     "data.sources.*.root": None,
     "data.sources.*.resize_shorter_to": None,
     "data.batch_size": positive,
+    "optim.global_batch": positive,  # a size: the launcher splits it into micro-batch x accumulation
     "data.num_workers": None,
     "schedule.max_steps": positive,
     "checkpoint.every_steps": positive,
@@ -72,6 +73,7 @@ MODEL = [
     "data.crop_size=96",
     "data.resize_shorter_to=120",
     "data.batch_size=2",
+    "optim.global_batch=4",  # lsdir_ffhq ships 32 (8 GPUs x 4): 2 x 1 on two ranks, 2 x 2 on one
     "data.num_workers=0",
     f"schedule.max_steps={MAX_STEPS}",
     "checkpoint.every_steps=2",
