@@ -233,7 +233,13 @@ class CheckpointConfig:
     async_save: bool = False
 
 
-@checks(lr=at_least(0.0), eps=at_least(0.0), weight_decay=at_least(0.0), grad_accum=at_least(1))
+@checks(
+    lr=at_least(0.0),
+    eps=at_least(0.0),
+    weight_decay=at_least(0.0),
+    grad_accum=at_least(1),
+    nonfinite=one_of("stop", "skip"),
+)
 @dataclass
 class OptimConfig:
     """AdamW with decoupled weight decay and gradient clipping."""
@@ -244,6 +250,10 @@ class OptimConfig:
     weight_decay: float = 0.05  # decoupled weight decay
     grad_clip: float = 2.0  # max global grad norm (<= 0 disables)
     grad_accum: int = 1  # micro-batches per optimizer step
+    # a NaN/inf loss or gradient norm: `stop` (checked on the device, read before every save/log line: the run
+    # stops naming the step, no checkpoint or export is written, the newest checkpoint stays the last good one)
+    # or `skip` (that update is dropped with a warning; costs one host read per step; not with DeepSpeed)
+    nonfinite: str = "stop"
 
 
 class _OneLineErrors:

@@ -105,6 +105,8 @@ class FiniteGuard:
 
     def record(self, step: int, loss, grad_norm) -> None:
         """``step``: the step number this update produces. Device ops only (stop policy)."""
+        if self.policy != "stop":  # skip: bad steps were dropped at once by skip_update
+            return
         bad = self._bad(loss, grad_norm)
         if self.first_bad is None:
             self.first_bad = torch.full((), -1, dtype=torch.long, device=bad.device)
