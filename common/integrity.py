@@ -166,17 +166,6 @@ def describe_mismatch(saved: dict, now: dict, limit: int = 4) -> str:
     return "; ".join(parts)
 
 
-def tensors_in(obj):
-    if torch.is_tensor(obj):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from tensors_in(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from tensors_in(v)
-
-
 def _is_disk_full(e: BaseException | None, depth: int = 0) -> bool:
     if e is None or depth > 6:
         return False

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from common.config import run_app, to_dataclass  # noqa: E402
-from common.integrity import tensors_in  # noqa: E402
+from common.integrity import params_finite  # noqa: E402
 from common.logging import get_logger  # noqa: E402
 from common.paths import UserError  # noqa: E402
 from common.publish import publish  # noqa: E402
@@ -65,8 +65,9 @@ def _candidates(cfg: ExportConfig) -> list[Path]:
     return [p for p, _ in good]
 
 
-def _finite(state: dict, path: Path) -> None:
-    if not all(bool(t.isfinite().all()) for t in tensors_in(state) if t.is_floating_point()):
+def _finite(model, path: Path) -> None:
+    """Parameters only: buffers may hold -inf on purpose (attention masks)."""
+    if not params_finite(model):
         raise ValueError(f"{path}: the weights hold NaN/inf (a diverged step); not exporting it")
 
 
@@ -86,7 +87,7 @@ def export_varsr(path: Path, cfg: ExportConfig, out: Path) -> Path:
     tcfg = _train_config(path, VARSRTrainConfig)
     model, vqvae = build_models(tcfg.model, device="cpu")
     used_ema = load_model_only(path, model.state_dict(), ema=cfg.ema)
-    _finite(model.state_dict(), path)
+    _finite(model, path)
     if tcfg.init.vqvae:  # the frozen tokenizer is not part of training checkpoints
         load_official_vqvae(tcfg.init.vqvae, vqvae)
     else:
@@ -109,7 +110,7 @@ def export_pure(path: Path, cfg: ExportConfig, out: Path) -> Path:
     used_ema = load_model_only(path, sd, ema=True) if cfg.ema else False
     if not used_ema:  # the model entries are keyed by the training root (PureLoss wraps the LM as `lm`)
         load_model_only(path, {"lm." + k: v for k, v in sd.items()})
-    _finite(sd, path)
+    _finite(lm, path)
     save_hf_shards(
         sd,
         out,
