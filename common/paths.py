@@ -102,7 +102,14 @@ def prepare_output_dir(out, out_key: str, inputs: Mapping[str, object]) -> Path:
         ) from None
     if not os.access(p, os.W_OK | os.X_OK):
         raise PermissionError(f"{out_key}={out} is not writable; choose a writable folder")
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 speaks for the job (no process group yet)
+        from common.run_lock import LOCK_NAME, acquire
+
+        _FOLDER_LOCKS.append(acquire(p / LOCK_NAME, f"a folder run writing {out_key}"))  # until SkipLog.finish
     return p
+
+
+_FOLDER_LOCKS: list = []  # out_dir locks of the folder run in progress (common.run_lock), freed by SkipLog.finish
 
 
 def check_existing(
@@ -195,6 +202,10 @@ class SkipLog:
                 f"{self.what}: none of the {len(skipped)} input file(s) could be processed (first: {first})"
             )
         self.log.info("%s: %d done, %d skipped%s", self.what, done, len(skipped), extra)
+        from common.run_lock import release
+
+        while _FOLDER_LOCKS:  # the folder run is over: another run may write this out_dir now
+            release(_FOLDER_LOCKS.pop())
         return {"done": done, "skipped": len(skipped), "skipped_files": skipped}
 
 

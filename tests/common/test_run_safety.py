@@ -222,3 +222,25 @@ def test_a_reader_never_sees_a_half_pruned_step(tmp_path, caplog):
     assert seen == [["step_00000003", "step_00000002"]]
     assert "save did not finish" not in caplog.text and "skipping" not in caplog.text
     assert [n for n, _ in list_steps(tmp_path)] == [2, 3]
+
+
+def test_folder_tool_refuses_an_out_dir_in_use_and_frees_it_when_done(tmp_path, capsys):
+    """Two folder runs into one out_dir at once would interleave outputs: the second is one line (exit 2)."""
+    from tests.folder_cases import load_launcher, make_folder, user_error
+
+    degrade = load_launcher("degrade").main
+    hr = make_folder(tmp_path / "HR", {"a": (40, 40)})
+    for p in hr.iterdir():
+        if p.stem != "a":
+            p.unlink()
+    out = tmp_path / "LQ"
+    holder = _holder(out)
+    args = [f"hr_dir={hr}", f"out_dir={out}", "degradation=varsr_mild", "device=cpu", "min_size=16"]
+    try:
+        line = user_error(capsys, degrade, args)
+    finally:
+        holder.communicate("")
+    assert f"{out} is in use by training (pid {holder.pid}" in line
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing written, the holder's lock gone with it
+    assert degrade(args)["written"] == 1
+    assert not (out / run_lock.LOCK_NAME).exists()  # released when the folder run finished
