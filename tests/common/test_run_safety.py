@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from common import run_lock
+from common.checkpoint_dcp import read_metadata
 from common.integrity import NonFiniteError
 from common.train_state import CheckpointMismatch, TrainState, list_steps, load_model_only, resumable, step_dir
 from tests.common.test_train_state import _setup, _train
@@ -95,16 +96,31 @@ def _two_saves(run, keep=0):
 
 
 def test_silently_corrupted_shard_falls_back_and_is_never_exported(tmp_path, caplog):
-    """Bad case 6: bytes of the newest shard overwritten in place (size unchanged): resume and the
-    export reader both reject it by checksum, naming the file, and use step 1."""
-    good, _ = _two_saves(tmp_path)
+    """Bad case 6: 64 bytes inside the data of the newest step's 64 x 64 weight overwritten in place (size
+    unchanged; torch's own record checks miss it at this size, so it used to load without a word): resume
+    and the export reader both reject it by checksum, naming the file, and use step 1."""
+
+    def setup(seed):
+        torch.manual_seed(seed)
+        m = torch.nn.Sequential(torch.nn.Linear(64, 64))
+        return m, torch.optim.AdamW(m.parameters())
+
+    m, o = setup(0)
+    ts = TrainState(tmp_path, m, o, keep=0, app="varsr")
+    ts.save(1)
+    good = {k: v.clone() for k, v in m.state_dict().items()}
+    with torch.no_grad():
+        m[0].weight.add_(1)
+    ts.save(2)
     shard = step_dir(tmp_path, 2) / "state" / "__0_0.distcp"
     size = shard.stat().st_size
-    with open(shard, "r+b") as f:  # 64 bytes in the middle of the tensor data
-        f.seek(size // 2)
+    md = read_metadata(shard.parent)  # where the bytes of model.0.weight lie in the shard
+    where = next(v for k, v in md.storage_data.items() if k.fqn == "model.0.weight")
+    with open(shard, "r+b") as f:
+        f.seek(where.offset + where.length // 2)
         f.write(os.urandom(64))
     assert shard.stat().st_size == size
-    m2, o2, _ = _setup(seed=7)
+    m2, o2 = setup(7)
     with caplog.at_level("WARNING"):
         got = TrainState(tmp_path, m2, o2, app="varsr").resume()
     assert got.step == 1
@@ -112,7 +128,7 @@ def test_silently_corrupted_shard_falls_back_and_is_never_exported(tmp_path, cap
     for k, v in m2.state_dict().items():
         assert torch.equal(v, good[k]), k
     with pytest.raises(ValueError, match="__0_0.distcp: sha256 mismatch"):
-        load_model_only(step_dir(tmp_path, 2), _setup()[0].state_dict())
+        load_model_only(step_dir(tmp_path, 2), setup(0)[0].state_dict())
     assert [p.name for p, _ in resumable(tmp_path)] == ["step_00000001"]
 
 
