@@ -169,3 +169,10 @@ def test_disk_full_during_export_is_one_line_and_keeps_the_old_export(pure_run, 
     assert "disk full while writing the export hf" in line
     assert _digests(out) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".hf")) == []
+
+
+def test_export_of_the_other_apps_run_names_it(pure_run, tmp_path, capsys):
+    run, *_ = pure_run
+    line = user_error(capsys, export_main, ["app=varsr", f"run_dir={run}", f"out={tmp_path / 'VARSR.pth'}"])
+    assert f"run_dir={run} belongs to pure, not varsr: set app=pure" in line
+    assert not (tmp_path / "VARSR.pth").exists()
