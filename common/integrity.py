@@ -142,6 +142,25 @@ class FiniteGuard:
             )
 
 
+def model_mismatch(state_dir, model) -> str:
+    """'' when the DCP checkpoint in ``state_dir`` holds exactly ``model``'s tensors and shapes (global
+    shapes: DTensors too), else which differ, in one line (see :func:`describe_mismatch`)."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    from common.checkpoint_dcp import read_metadata
+
+    if not Path(state_dir).is_dir():
+        return ""
+    saved = {
+        k[len("model.") :]: list(v.size)
+        for k, v in read_metadata(state_dir).state_dict_metadata.items()
+        if k.startswith("model.") and isinstance(v, TensorStorageMetadata)
+    }
+    now = {k: list(v.shape) for k, v in get_model_state_dict(model).items() if torch.is_tensor(v)}
+    return describe_mismatch(saved, now)
+
+
 def describe_mismatch(saved: dict, now: dict, limit: int = 4) -> str:
     """'' when ``saved`` and ``now`` (name -> shape) agree, else which tensors differ, in one line."""
 

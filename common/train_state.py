@@ -47,8 +47,8 @@ from common.dist import all_gather_object, any_rank, barrier, broadcast_object, 
 from common.integrity import (
     NonFiniteError,
     checksum_share,
-    describe_mismatch,
     disk_full_is_one_line,
+    model_mismatch,
     params_finite,
     verify_share,
 )
@@ -350,21 +350,9 @@ class TrainState:
             )
 
     def _check_fits(self, path: Path, meta: dict) -> None:
-        """CheckpointMismatch naming the tensors whose names/shapes differ from the current model (DCP)."""
-        if self.engine is not None or not (path / "state").is_dir():
-            return  # DeepSpeed checks its own module keys (load_module_strict)
-        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-        from common.checkpoint_dcp import read_metadata
-
-        saved = {
-            k[len("model.") :]: list(v.size)
-            for k, v in read_metadata(path / "state").state_dict_metadata.items()
-            if k.startswith("model.") and isinstance(v, TensorStorageMetadata)
-        }
-        now = {k: list(v.shape) for k, v in get_model_state_dict(self.model).items() if torch.is_tensor(v)}
-        diff = describe_mismatch(saved, now)
+        """CheckpointMismatch naming the tensors whose names/shapes differ from the current model (DCP;
+        DeepSpeed checks its own module keys with load_module_strict)."""
+        diff = None if self.engine is not None else model_mismatch(path / "state", self.model)
         if diff:
             raise CheckpointMismatch(
                 f"{path}: written for a different model than this config builds ({diff}); resume with the "
