@@ -78,9 +78,12 @@ def verify_share(step_dir, checksums: dict, rank: int = 0, world: int = 1) -> st
 
 def params_finite(module) -> bool:
     """Whether every parameter (this rank's shards under FSDP2) holds finite values; no host sync per tensor."""
-    flags = [torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in module.parameters()]
-    flags = [f for f in flags if f.device.type != "meta"]
-    return bool(torch.stack([f.cpu() for f in flags]).all()) if flags else True
+    by_device: dict = {}  # one host read per device (CPU-offloaded parameters live beside GPU ones)
+    for p in module.parameters():
+        t = p.to_local() if hasattr(p, "to_local") else p
+        if t.device.type != "meta" and t.numel():
+            by_device.setdefault(t.device, []).append(torch.isfinite(t).all())
+    return all(bool(torch.stack(flags).all()) for flags in by_device.values())
 
 
 class FiniteGuard:
