@@ -353,6 +353,14 @@ class TrainState:
         """CheckpointMismatch naming the tensors whose names/shapes differ from the current model (DCP;
         DeepSpeed checks its own module keys with load_module_strict)."""
         diff = None if self.engine is not None else model_mismatch(path / "state", self.model)
+        if not diff and (path / "state").is_dir():  # e.g. ema.enabled switched on for a run saved without it
+            from common.checkpoint_dcp import read_metadata
+
+            saved = {
+                k.split(".")[1] for k in read_metadata(path / "state").state_dict_metadata if k.startswith("objects.")
+            }
+            absent = sorted(k for k, o in self.objects.items() if k not in saved and _plain_state(o.state_dict()))
+            diff = f"no saved state for {', '.join(absent)} (was it switched on since?)" if absent else None
         if diff:
             raise CheckpointMismatch(
                 f"{path}: written for a different model than this config builds ({diff}); resume with the "

@@ -192,7 +192,7 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_p
     assert TrainState(tmp_path, *_setup(seed=3)[:2]).resume().step == 1
 
 
-@pytest.mark.parametrize("change", ["width", "extra_layer", "other_app"])
+@pytest.mark.parametrize("change", ["width", "extra_layer", "other_app", "new_ema"])
 def test_resume_with_another_model_or_app_names_the_cause(tmp_path, change):
     """Not "every checkpoint is bad": the tensors whose shapes differ, or whose run dir it is."""
     _two_saves(tmp_path)
@@ -200,6 +200,13 @@ def test_resume_with_another_model_or_app_names_the_cause(tmp_path, change):
         m, o, _ = _setup()
         with pytest.raises(CheckpointMismatch, match="this run dir belongs to varsr .* not pure"):
             TrainState(tmp_path, m, o, app="pure").resume()
+        return
+    if change == "new_ema":  # ema.enabled=true on a run saved without an average
+        from common.ema import EMA
+
+        m, o, _ = _setup()
+        with pytest.raises(CheckpointMismatch, match=r"no saved state for ema \(was it switched on since\?\)"):
+            TrainState(tmp_path, m, o, {"ema": EMA(m, 0.9, 0)}, app="varsr").resume()
         return
     torch.manual_seed(0)
     if change == "width":
