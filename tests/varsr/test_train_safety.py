@@ -63,7 +63,7 @@ def _weights(path, model):
     return {k: sd[k] for k, _ in model.named_parameters()}
 
 
-@pytest.mark.slow  # three tiny VARSR trainer builds (~15 s idle)
+@pytest.mark.slow  # two tiny VARSR trainer builds (~10 s idle)
 def test_nan_step_stops_without_checkpoint_export_or_pruning(tmp_path, monkeypatch, capsys):
     from varsr.train import Trainer
 
@@ -88,9 +88,6 @@ def test_nan_step_stops_without_checkpoint_export_or_pruning(tmp_path, monkeypat
         Trainer(changed)
     assert (run / "config.yaml").read_text() == config_yaml
     assert [s for s, _ in list_steps(run)] == [2]
-    # the last good step resumes and finishes the run
-    assert Trainer(_cfg(run, "stop")).fit()["step"] == 3
-    assert (run / "export" / "VARSR.pth").read_bytes() != b"the previous good export"
 
 
 @pytest.mark.slow  # one tiny VARSR training (~8 s idle)
