@@ -19,7 +19,6 @@ a step the trainer prunes while it is read is replaced by the newest finished on
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -102,7 +101,7 @@ def export_pure(path: Path, cfg: ExportConfig, out: Path) -> Path:
     from common.parallel import get_dtype
     from pure.build import build_lm
     from pure.config import PureTrainConfig
-    from pure.official import read_hf_config, save_hf_shards
+    from pure.official import check_hf_shards, read_hf_config, save_hf_shards
 
     tcfg = _train_config(path, PureTrainConfig)
     lm = build_lm(tcfg, torch.device("meta"), meta=True).to_empty(device="cpu")  # shapes only, no init weights
@@ -120,14 +119,9 @@ def export_pure(path: Path, cfg: ExportConfig, out: Path) -> Path:
         dtype=get_dtype(tcfg.export.dtype),
         base_config=read_hf_config(tcfg.init.from_hf),
     )
+    check_hf_shards(out, sd)  # every tensor of the model in the index, every shard whole (before the swap)
     log.info(f"exported {path.name}{' (EMA)' if used_ema else ''}")
     return out
-
-
-def _verify_pure(tmp: Path) -> None:
-    from pure.official import INDEX_NAME, check_hf_shards
-
-    check_hf_shards(tmp, json.loads((tmp / INDEX_NAME).read_text())["weight_map"])
 
 
 def run(cfg: ExportConfig) -> dict:
@@ -137,7 +131,6 @@ def run(cfg: ExportConfig) -> dict:
     if out_res == run_res or run_res in out_res.parents and "checkpoints" in out_res.relative_to(run_res).parts:
         raise ValueError(f"out={cfg.out} is inside the checkpoints it reads; choose another path")
     export = export_varsr if cfg.app == "varsr" else export_pure
-    verify = _verify_pure if cfg.app == "pure" else None
     tried = []
     for _ in range(5):  # a trainer may prune the step being read: take the newest finished one again
         for path in _candidates(cfg):
@@ -147,7 +140,7 @@ def run(cfg: ExportConfig) -> dict:
                 other = read_meta(path).get("app")
                 if other and other != cfg.app:
                     raise UserError(f"run_dir={cfg.run_dir} belongs to {other}, not {cfg.app}: set app={other}")
-                publish(cfg.out, lambda tmp, p=path: export(p, cfg, tmp), verify, cfg.overwrite, "out")
+                publish(cfg.out, lambda tmp, p=path: export(p, cfg, tmp), None, cfg.overwrite, "out")
                 return {"checkpoint": str(path), "out": str(cfg.out)}
             except (ValueError, OSError) as e:
                 pruned = not path.is_dir()
