@@ -195,6 +195,10 @@ class SkipLog:
         mine = (done, self.skipped, self.reasons[:1])
         per_rank = all_gather_object(mine) if gather else [mine]
         done = sum(d for d, _, _ in per_rank)
+        from common.run_lock import release
+
+        while _FOLDER_LOCKS:  # the folder run is over (done or refused below): another run may use out_dir now
+            release(_FOLDER_LOCKS.pop())
         skipped = sorted(s for _, ss, _ in per_rank for s in ss)
         if skipped and not done:
             first = next(r for _, _, rs in per_rank for r in rs)
@@ -202,10 +206,6 @@ class SkipLog:
                 f"{self.what}: none of the {len(skipped)} input file(s) could be processed (first: {first})"
             )
         self.log.info("%s: %d done, %d skipped%s", self.what, done, len(skipped), extra)
-        from common.run_lock import release
-
-        while _FOLDER_LOCKS:  # the folder run is over: another run may write this out_dir now
-            release(_FOLDER_LOCKS.pop())
         return {"done": done, "skipped": len(skipped), "skipped_files": skipped}
 
 
