@@ -204,8 +204,10 @@ class Trainer:
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn  # FSDP2 returns a DTensor
-        skip = self.guard.skip_update(self.step + 1, totals["loss"], gn)  # optim.nonfinite=skip only
-        self.guard.record(self.step + 1, totals["loss"], gn)  # stop: read before the next save / log line
+        # fp16: an inf norm is the loss scaler's overflow step, which it skips and re-scales itself
+        gn_seen = None if self.scaler.is_enabled() else gn
+        skip = self.guard.skip_update(self.step + 1, totals["loss"], gn_seen)  # optim.nonfinite=skip only
+        self.guard.record(self.step + 1, totals["loss"], gn_seen)  # stop: read before the next save / log line
         if not skip:
             self.scaler.step(self.optimizer)
         self.scaler.update()
