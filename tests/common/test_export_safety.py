@@ -60,6 +60,7 @@ def _exported(out: Path) -> dict:
     return got
 
 
+@pytest.mark.slow  # a second interpreter (torch + hydra start-up), killed mid-export
 def test_kill_9_mid_export_leaves_the_old_export_whole(pure_run, tmp_path):
     """Bad case 7: the export process is killed (SIGKILL) after writing two shards of step 2 into a
     folder holding step 1's export; the folder must still be exactly step 1's export."""
