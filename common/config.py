@@ -259,7 +259,8 @@ class OptimConfig:
     lr_scaling: str = "none"  # none: lr as given | accum: lr x accumulation count (the official VARSR rule)
     # a NaN/inf loss or gradient norm: `stop` (checked on the device, read before every save/log line: the run
     # stops naming the step, no checkpoint or export is written, the newest checkpoint stays the last good one)
-    # or `skip` (that update is dropped with a warning; costs one host read per step; not with DeepSpeed)
+    # or `skip` (that update is dropped with a warning; costs one host read per step; not with DeepSpeed).
+    # fp16 with a loss scaler: an inf gradient norm is the scaler's own skipped overflow step, only the loss counts
     nonfinite: str = "stop"
 
 
