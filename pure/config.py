@@ -118,6 +118,8 @@ class ExportConfig:
     hf_dir: str | None = None  # write HF-layout safetensors shards + config.json here at the end (None = off)
     max_shard_size: str = "5GB"  # per shard file (HF size string)
     dtype: str = "bf16"  # tensor dtype of the shards: bf16 (released PURE) | fp32 | fp16
+    # an existing hf_dir is refused (checked at start) unless true; then it is replaced as a whole, never merged
+    overwrite: bool = False
 
 
 @checks(

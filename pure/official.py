@@ -212,6 +212,23 @@ def save_hf_shards(
     return index
 
 
+def check_hf_shards(out_dir, keys) -> None:
+    """Raise ValueError unless ``out_dir`` is a complete export of exactly ``keys``: the index names
+    every key once, each shard it names opens (header within the file) and holds exactly its keys."""
+    from safetensors import safe_open
+
+    out_dir = Path(out_dir)
+    weight_map = json.loads((out_dir / INDEX_NAME).read_text())["weight_map"]
+    want = {k for k in keys if not k.startswith(IGNORED_PREFIXES)}
+    if set(weight_map) != want:
+        raise ValueError(f"{out_dir / INDEX_NAME}: names {len(weight_map)} tensors, the model has {len(want)}")
+    for file in _shard_files(out_dir):
+        with _open_shard(safe_open, file, "cpu") as f:
+            have = set(f.keys())
+        if have != {k for k, v in weight_map.items() if v == file.name}:
+            raise ValueError(f"{file}: holds other tensors than {INDEX_NAME} says")
+
+
 def read_hf_config(ckpt_dir) -> dict | None:
     """The `config.json` next to HF shards (None when `ckpt_dir` is unset or has none)."""
     if not ckpt_dir:

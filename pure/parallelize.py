@@ -66,15 +66,18 @@ class Engine:
         """True when the next `step` call will update the weights."""
         return self._micro % self.grad_accum == 0
 
-    def step(self) -> torch.Tensor | None:
-        """Clip + AdamW at accumulation boundaries; returns the pre-clip grad norm there, else None."""
+    def step(self, skip=None) -> torch.Tensor | None:
+        """Clip + AdamW at accumulation boundaries; returns the pre-clip grad norm there, else None.
+
+        ``skip(norm) -> bool``: drop this update when true (``optim.nonfinite=skip``)."""
         if not self.boundary():
             return None
         params = [p for p in self.module.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip > 0 else float("inf"))
         if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
             norm = norm.full_tensor()
-        self.optimizer.step()
+        if skip is None or not skip(norm):
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm.detach()  # a device tensor: the loop reads it once per logging window, not per step
 
@@ -90,12 +93,12 @@ class Engine:
 
         return get_model_state_dict(self.module, options=self._state_options())
 
-    def train_state(self, run_dir, objects: dict, keep: int, async_save: bool = False):
+    def train_state(self, run_dir, objects: dict, keep: int, async_save: bool = False, app: str = "pure"):
         """The checkpoint manager for this engine (common.train_state): sharded DCP under FSDP2,
         so each rank writes/reads only its shards and any world size resumes."""
         from common.train_state import TrainState
 
-        return TrainState(run_dir, self.module, self.optimizer, objects, keep=keep, async_save=async_save)
+        return TrainState(run_dir, self.module, self.optimizer, objects, keep=keep, async_save=async_save, app=app)
 
 
 class DeepSpeedEngine(Engine):
@@ -126,7 +129,7 @@ class DeepSpeedEngine(Engine):
     def boundary(self) -> bool:
         return self.engine.is_gradient_accumulation_boundary()
 
-    def step(self):
+    def step(self, skip=None):  # skip: refused at start (DeepSpeed steps inside engine.step)
         at_boundary = self.boundary()
         self.engine.step()
         if not at_boundary:
@@ -147,12 +150,14 @@ class DeepSpeedEngine(Engine):
                     out[name] = p.detach().to("cpu", copy=True)
         return out
 
-    def train_state(self, run_dir, objects: dict, keep: int, async_save: bool = False):
+    def train_state(self, run_dir, objects: dict, keep: int, async_save: bool = False, app: str = "pure"):
         """DeepSpeed's own engine files (loaded under common.checkpoint_ds's allowlist, converted to
         the universal form to resume on another world size); ``objects`` (EMA) go to DCP next to them."""
         from common.train_state import TrainState
 
-        return TrainState(run_dir, self.engine, None, objects, keep=keep, async_save=async_save, engine=self.engine)
+        return TrainState(
+            run_dir, self.engine, None, objects, keep=keep, async_save=async_save, engine=self.engine, app=app
+        )
 
 
 def deepspeed_config(optim_cfg, par_cfg, micro_batch: int, world_size: int) -> dict:
