@@ -59,11 +59,18 @@ def _export_slurm_env() -> None:
         pass
 
 
+# One group, a backend per device type: an NCCL-only group refuses CPU tensors on the first multi-rank step.
+CUDA_BACKEND = "cuda:nccl,cpu:gloo"
+
+
 def init_distributed(device: str | None = None, timeout_min: int = 30) -> DistInfo:
     """Initialise torch.distributed from torchrun's environment (idempotent).
 
-    NCCL is used when CUDA is available (and not disabled by ``device="cpu"``), gloo otherwise, so
-    CPU CI can exercise the real multi-process code paths.
+    On CUDA (unless ``device="cpu"``) the default group is ``cuda:nccl,cpu:gloo`` (:data:`CUDA_BACKEND`):
+    NCCL moves CUDA tensors and gloo the CPU tensors that take part in collectives too (FSDP2
+    ``cpu_offload`` keeps gradient shards on the host, so clipping all-reduces CPU norms; DCP's
+    saver needs a CPU backend). Subgroups and device meshes inherit both. Without CUDA: gloo, so
+    CPU CI exercises the real multi-process code paths.
     """
     want_cuda = torch.cuda.is_available() and device != "cpu"
     _export_slurm_env()
@@ -78,7 +85,7 @@ def init_distributed(device: str | None = None, timeout_min: int = 30) -> DistIn
     if want_cuda:
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
-        backend = "nccl"
+        backend = CUDA_BACKEND
     else:
         dev = torch.device("cpu")
         backend = "gloo"

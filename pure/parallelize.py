@@ -260,6 +260,11 @@ def build_engine(
             "parallel.cpu_offload needs parallel.backend=fsdp2 | deepspeed and a process group "
             "(launch/train_pure.py starts a torchrun world of one for it)"
         )
+    if backend == "deepspeed" and dist.backend is None:  # else DeepSpeed goes looking for MPI (mpi4py)
+        raise ValueError(
+            "parallel.backend=deepspeed needs a process group: run under torchrun or the deepspeed launcher "
+            "(launch/train_pure.py starts a torchrun world of one for it)"
+        )
     apply_activation_checkpointing(lm, par_cfg.activation_checkpointing)
     if getattr(par_cfg, "compile", False):
         if backend == "deepspeed":  # ZeRO-3 gathers parameters in hooks that dynamo cannot trace per block
