@@ -104,7 +104,10 @@ class ChameleonAttention(nn.Module):
             return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
         if cache is not None:
             k, v = cache.write(self.layer_idx, past, k, v)
-            k, v = k.to(q.dtype), v.to(q.dtype)
+            # Attention runs in the cache dtype. CUDA autocast keeps layer norms in fp32, so q comes out
+            # fp32 there: casting q down is exact w.r.t. autocast's bf16 SDPA, up-casting the cache
+            # would copy every cached key and value each step.
+            q = q.to(k.dtype)
         if self.num_kv_heads != self.num_heads:
             rep = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
