@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,6 +100,12 @@ def destroy_distributed() -> None:
     _CPU_GROUP = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    # DeepSpeed caches a clone of the world group; after a destroy it names a dead group, and the next
+    # deepspeed.initialize in this process (tests, notebooks) fails with "Group ... is not registered".
+    ds_groups = sys.modules.get("deepspeed.utils.groups")
+    for name in ("_WORLD_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP"):
+        if getattr(ds_groups, name, None) is not None:
+            setattr(ds_groups, name, None)
 
 
 def get_rank() -> int:

@@ -38,7 +38,7 @@ README_COMMANDS = {  # name: (README arguments, first world size, resume world s
 README_LINES = {  # the README line each command comes from (sizes such as grad_accum=32 reduced below)
     "fsdp2": "python launch/train_pure.py +exp=lsdir_ffhq\n",
     "fsdp2_offload": "python launch/train_pure.py +exp=lsdir_ffhq parallel.cpu_offload=true optim.grad_accum=32",
-    "zero2_offload": "python launch/train_pure.py '+exp=[lsdir_ffhq,zero2]' parallel.cpu_offload=true optim.grad_accum=32",
+    "zero2_offload": "launch/train_pure.py '+exp=[lsdir_ffhq,zero2]' parallel.cpu_offload=true optim.grad_accum=32",
     "zero3": "launch/train_pure.py '+exp=[lsdir_ffhq,zero3]'",
 }
 SIZE_KEYS = {
