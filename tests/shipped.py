@@ -8,7 +8,7 @@ checkpointing, drop-path, EMA or validation switch cannot slip in to make a path
 
 The rest drives the run as a user (or a scheduler) would: :func:`start` a launcher in its own
 process group (the self-spawned torchrun agent and its ranks), :func:`wait_for` a finished
-checkpoint, :func:`kill` the whole group (SIGKILL = a crash, SIGTERM = pre-emption), restart it with
+checkpoint, :func:`kill` the launcher and every rank (SIGKILL = a crash, SIGTERM = pre-emption), restart it with
 :func:`run` on another world size, and export through ``launch/export_checkpoint.py``.
 """
 
@@ -115,39 +115,79 @@ def run(script: str, args: Iterable[str], log: Path, timeout: float = 600, env: 
     return code, Path(log).read_text(errors="replace")
 
 
-def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: float, poll: float = 0.2) -> None:
-    """Poll ``predicate`` until true; AssertionError if the process ends first or ``timeout`` passes."""
+def wait_for(
+    predicate: Callable[[], bool], proc: subprocess.Popen, timeout: float, poll: float = 0.2, log: Path | None = None
+) -> None:
+    """Poll ``predicate`` until true; AssertionError (with ``log``'s tail) if the process ends first or
+    ``timeout`` passes."""
     end = time.monotonic() + timeout
     while not predicate():
         if proc.poll() is not None:
-            raise AssertionError(f"launcher exited with {proc.returncode} before the awaited state")
+            raise AssertionError(f"launcher exited with {proc.returncode} before the awaited state:\n{tail(log)}")
         if time.monotonic() > end:
             kill(proc, signal.SIGKILL)
-            raise AssertionError(f"awaited state not reached in {timeout:.0f} s")
+            raise AssertionError(f"awaited state not reached in {timeout:.0f} s:\n{tail(log)}")
         time.sleep(poll)
 
 
-def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 120) -> int:
-    """Send ``sig`` to the launcher's whole process group and wait for the launcher; its exit code.
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (read from /proc), parents first.
 
-    SIGKILL: every rank dies at once (a crash, an OOM kill). SIGTERM: the agent forwards it to the
-    ranks, which checkpoint at the next step boundary (pre-emption). Stragglers get SIGKILL after
-    ``timeout`` seconds.
+    torchrun's agent may start each rank in a session of its own, so signalling the launcher's
+    process group does not reach the ranks; the tree is collected while the parent links exist.
     """
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def _alive(pid: int) -> bool:
     try:
-        os.killpg(proc.pid, sig)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        pass
-    try:
-        code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        code = proc.wait()
-    try:  # ranks that outlived the agent
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return code
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _signal(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 120) -> int:
+    """Stop a started launcher with ``sig``; wait until it and every process below it are gone; its exit code.
+
+    SIGKILL goes to every process of the tree at once (a crash, an OOM kill). Any other signal goes
+    to the launcher alone, as a user's ``kill PID`` or Ctrl-C does: torchrun's agent forwards it to
+    the ranks (SIGTERM = pre-emption: they checkpoint at the next step boundary and exit), and
+    helper processes of the ranks (e.g. wandb's service) are left to their ranks. Stragglers get
+    SIGKILL after ``timeout`` seconds.
+    """
+    tree = [proc.pid, *descendants(proc.pid)]
+    _signal(tree if sig == signal.SIGKILL else tree[:1], sig)
+    end = time.monotonic() + timeout
+    while any(_alive(p) for p in tree[1:]) or proc.poll() is None:
+        if time.monotonic() > end:
+            _signal(tree, signal.SIGKILL)
+            end = time.monotonic() + 30
+        time.sleep(0.1)
+    return proc.wait()
 
 
 def finished_steps(run_dir: Path) -> list[int]:
@@ -171,7 +211,9 @@ def export(app: str, run_dir: Path, out: Path, log: Path, extra: Iterable[str] =
     return text
 
 
-def tail(log: Path, chars: int = 4000) -> str:
+def tail(log: Path | None, chars: int = 4000) -> str:
+    if log is None:
+        return "(no log)"
     try:
         return Path(log).read_text(errors="replace")[-chars:]
     except OSError:

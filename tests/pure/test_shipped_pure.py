@@ -126,24 +126,6 @@ def _load_hf(path) -> dict:
     return lm.state_dict()
 
 
-def _crash(proc) -> None:
-    """SIGKILL the launcher and every rank at once (a node failure). torchrun starts each rank in a
-    session of its own, so killing the launcher's process group alone leaves the ranks training."""
-    import psutil
-
-    try:
-        ranks = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        ranks = []
-    for p in ranks:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    shipped.kill(proc, signal.SIGKILL)
-    psutil.wait_procs(ranks, timeout=60)
-
-
 _RUNS: dict[str, dict] = {}
 
 
@@ -159,7 +141,7 @@ def _run_shipped(name, root, tmp_path) -> dict:
     try:
         shipped.wait_for(lambda: shipped.newest_step(run_dir) is not None, proc, timeout=400)
     finally:
-        _crash(proc)  # right after the first checkpoint
+        shipped.kill(proc, signal.SIGKILL)  # the launcher and every rank at once, right after the first checkpoint
     killed_at = shipped.newest_step(run_dir)
     assert killed_at is not None and killed_at < STEPS, shipped.tail(tmp_path / "first.log")
     assert read_meta(step_dir(run_dir, killed_at))["world_size"] == first
