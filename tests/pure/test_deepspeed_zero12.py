@@ -17,7 +17,7 @@ import torch
 from tests.common.test_cpu_offload import world_of_one  # noqa: F401 (fixture)
 from tests.pure.test_train import VOCAB, make_cfg
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.mark.parametrize("stage", [1, 2])
