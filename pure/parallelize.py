@@ -186,10 +186,12 @@ class Zero3Build:
 
 
 def zero3_build(optim_cfg, par_cfg, dist, micro_batch: int) -> Zero3Build | None:
-    """The partitioned builder when the run is DeepSpeed ZeRO-3, else None (plain build)."""
-    if par_cfg.backend == "deepspeed" and int(par_cfg.zero_stage) >= 3 and dist.backend is not None:
-        return Zero3Build(optim_cfg, par_cfg, dist, micro_batch)
-    return None
+    """The partitioned builder when the run is DeepSpeed ZeRO-3 (the stage of the merged DeepSpeed
+    config, which a `deepspeed_config` file may set), else None (plain build)."""
+    if par_cfg.backend != "deepspeed" or dist.backend is None:
+        return None
+    build = Zero3Build(optim_cfg, par_cfg, dist, micro_batch)
+    return build if int(build.config["zero_optimization"].get("stage", 0)) >= 3 else None
 
 
 def deepspeed_config(optim_cfg, par_cfg, micro_batch: int, world_size: int) -> dict:
