@@ -2,8 +2,8 @@
 
 Each command is the README's own line (checked to be in README.md) plus SIZE overrides only: a
 tiny model (width, depth, heads, vocabulary), paths of tiny token shards and a tiny starting HF
-checkpoint, steps, checkpoint/log intervals, workers, the accumulation count the README sets to
-32 for the full recipe, and the launcher's `nproc=N run.device=cpu`. `tests/shipped.py` refuses any
+checkpoint, steps, checkpoint/log intervals, workers, the global batch (the recipe's 128 scaled to
+the tiny data; the launcher derives the accumulation) and the launcher's `nproc=N run.device=cpu`. `tests/shipped.py` refuses any
 other key, so dtype (bf16), backend, activation checkpointing, dropout, autocast and the
 DeepSpeed configs stay as shipped. PURE training has no validation step in its configuration.
 
@@ -35,10 +35,10 @@ README_COMMANDS = {  # name: (README arguments, first world size, resume world s
     "zero2_offload": (["+exp=[lsdir_ffhq,zero2]", "parallel.cpu_offload=true"], 1, 2),
     "zero3": (["+exp=[lsdir_ffhq,zero3]"], 2, 1),
 }
-README_LINES = {  # the README line each command comes from (sizes such as grad_accum=32 reduced below)
+README_LINES = {  # the README line each command comes from
     "fsdp2": "python launch/train_pure.py +exp=lsdir_ffhq\n",
-    "fsdp2_offload": "python launch/train_pure.py +exp=lsdir_ffhq parallel.cpu_offload=true optim.grad_accum=32",
-    "zero2_offload": "launch/train_pure.py '+exp=[lsdir_ffhq,zero2]' parallel.cpu_offload=true optim.grad_accum=32",
+    "fsdp2_offload": "python launch/train_pure.py +exp=lsdir_ffhq parallel.cpu_offload=true ",
+    "zero2_offload": "python launch/train_pure.py '+exp=[lsdir_ffhq,zero2]' parallel.cpu_offload=true ",
     "zero3": "launch/train_pure.py '+exp=[lsdir_ffhq,zero3]'",
 }
 SIZE_KEYS = {
@@ -56,7 +56,7 @@ SIZE_KEYS = {
     "schedule.max_steps": shipped.positive,
     "checkpoint.every_steps": shipped.positive,
     "logging.every_steps": shipped.positive,
-    "optim.grad_accum": shipped.positive,
+    "optim.global_batch": shipped.positive,
     "nproc": shipped.positive,
     "run.device": lambda v: v == "cpu",
 }
@@ -99,7 +99,7 @@ def _sizes(root, run_dir, nproc) -> list[str]:
         f"schedule.max_steps={STEPS}",
         f"checkpoint.every_steps={EVERY}",
         "logging.every_steps=1",
-        "optim.grad_accum=2",  # README: 32 (global batch 128 on one GPU); the same for plain FSDP2 (row 4 check)
+        "optim.global_batch=16",  # recipe: 128; 4 x 2 accumulation x 2 ranks, 4 x 4 x 1 rank after the resume
         f"nproc={nproc}",
         "run.device=cpu",
     ]
