@@ -198,6 +198,7 @@ def test_cuda_process_group_has_a_cpu_backend(monkeypatch):
     asked = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", lambda dev: None)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(tdist, "is_initialized", lambda: False)
     monkeypatch.setattr(tdist, "init_process_group", lambda backend=None, **kw: asked.update(backend=backend))
     for k, v in dict(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1").items():
