@@ -3,9 +3,9 @@
 Each command is the README's own line (checked to be in README.md) plus SIZE overrides only: a
 tiny model (width, depth, heads, vocabulary), paths of tiny token shards and a tiny starting HF
 checkpoint, steps, checkpoint/log intervals, workers, the global batch (the recipe's 128 scaled to
-the tiny data; the launcher derives the accumulation) and the launcher's `nproc=N run.device=cpu`. `tests/shipped.py` refuses any
-other key, so dtype (bf16), backend, activation checkpointing, dropout, autocast and the
-DeepSpeed configs stay as shipped. PURE training has no validation step in its configuration.
+the tiny data; the launcher derives the accumulation) and the launcher's `nproc=N run.device=cpu`.
+`tests/shipped.py` refuses any other key, so dtype (bf16), backend, activation checkpointing,
+dropout, autocast and the DeepSpeed configs stay as shipped. PURE training has no validation step in its configuration.
 
 Each command runs through `launch/train_pure.py` (self-spawned torchrun, gloo ranks), is killed
 (SIGKILL) after its first checkpoint, resumes on the other world size to the end, and the final
