@@ -400,14 +400,15 @@ class TrainState:
         load_engine_checkpoint(self.engine, path, universal=not same)
 
 
-def load_model_only(path, model_state: dict, ema: bool = False) -> bool:
+def load_model_only(path, model_state: dict, ema: bool = False, prefix: str = "") -> bool:
     """Fill ``model_state`` (FQN -> tensor, e.g. a fresh CPU model's ``state_dict()``, in place) from
     checkpoint ``path`` reading model entries only: the optimizer state is never loaded (export, one process).
 
     ``ema=True`` takes the EMA average (``objects.ema.shadow``, keyed like ``model_state``) when the
     checkpoint has one; returns whether it did. DCP: a partial load of those keys. DeepSpeed
     without EMA: the per-parameter ``fp32.pt`` files of its universal form (converted first if
-    needed), since ZeRO keeps the weights inside optimizer files.
+    needed), since ZeRO keeps the weights inside optimizer files. ``prefix``: where the model sits in
+    the training root (PURE's loss module holds the LM as ``lm.``); the EMA average has no prefix.
     """
     path = Path(path)
     meta = verify(path)
@@ -424,11 +425,11 @@ def load_model_only(path, model_state: dict, ema: bool = False) -> bool:
     elif meta.get("format") == "deepspeed":
         from common.checkpoint_ds import convert_to_universal, universal_model_weights
 
-        got = universal_model_weights(convert_to_universal(path), list(model_state))
+        got = universal_model_weights(convert_to_universal(path), [prefix + k for k in model_state])
         for k, t in model_state.items():
-            t.copy_(got[k].reshape(t.shape))
+            t.copy_(got[prefix + k].reshape(t.shape))
     else:
-        load_sharded({"model": model_state}, state_dir, partial=True)
+        load_sharded({"model": {prefix + k: t for k, t in model_state.items()}}, state_dir, partial=True)
     return use_ema
 
 

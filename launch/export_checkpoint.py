@@ -106,9 +106,8 @@ def export_pure(path: Path, cfg: ExportConfig, out: Path) -> Path:
     tcfg = _train_config(path, PureTrainConfig)
     lm = build_lm(tcfg, torch.device("meta"), meta=True).to_empty(device="cpu")  # shapes only, no init weights
     sd = lm.state_dict()
-    used_ema = load_model_only(path, sd, ema=True) if cfg.ema else False
-    if not used_ema:  # the model entries are keyed by the training root (PureLoss wraps the LM as `lm`)
-        load_model_only(path, {"lm." + k: v for k, v in sd.items()})
+    # The model entries are keyed by the training root (PureLoss wraps the LM as `lm`), the EMA by HF names.
+    used_ema = load_model_only(path, sd, ema=cfg.ema, prefix="lm.")
     _finite(lm, path)
     save_hf_shards(
         sd,

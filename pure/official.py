@@ -70,13 +70,20 @@ def load_hf_shards(
     strict: bool = True,
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
+    gather=None,
 ) -> LoadReport:
     """Fill `model` from an HF checkpoint directory (index + shards, or one model.safetensors).
 
     Each tensor is read once from its shard onto `device`. Parameters still on `meta` are
     replaced by the loaded tensor (keeping the shard dtype unless `dtype` is given);
     materialised parameters are copied into (casting to their dtype). `model.vqmodel.*` keys
-    are skipped. With `strict`, missing or unexpected keys and shape mismatches raise."""
+    are skipped. With `strict`, missing or unexpected keys and shape mismatches raise.
+
+    `gather(params)`: for a model whose parameters are partitioned over ranks (ZeRO-3), a context
+    manager that makes `params` whole and yields whether this rank writes them (the others only
+    take part in the collective, in the same key order, and never read the tensor)."""
+    import contextlib
+
     from safetensors import safe_open
 
     ckpt_dir = Path(ckpt_dir)
@@ -99,11 +106,13 @@ def load_hf_shards(
                     report.unexpected.append(key)
                     continue
                 cur = targets[key]
-                shape = tuple(f.get_slice(key).get_shape())
-                if shape != tuple(cur.shape):
-                    raise ValueError(f"{file.name}: {key} has shape {shape}, model expects {tuple(cur.shape)}")
-                t = f.get_tensor(key)
-                _assign(model, key, cur, t if dtype is None else t.to(dtype))
+                with contextlib.nullcontext(True) if gather is None else gather([cur]) as write:
+                    shape = tuple(f.get_slice(key).get_shape())
+                    if shape != tuple(cur.shape):
+                        raise ValueError(f"{file.name}: {key} has shape {shape}, model expects {tuple(cur.shape)}")
+                    if write:
+                        t = f.get_tensor(key)
+                        _assign(model, key, cur, t if dtype is None else t.to(dtype))
                 report.loaded.append(key)
     done = set(report.loaded)
     report.missing = [k for k in targets if k not in done]

@@ -15,6 +15,7 @@ state exists and resuming needs only the step counter.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -160,6 +161,44 @@ class DeepSpeedEngine(Engine):
         )
 
 
+class Zero3Build:
+    """Build the model already partitioned by ZeRO-3 (for ``pure.build.build_lm(partitioned=...)``).
+
+    Without it every rank built the whole fp32 model on its host before ``deepspeed.initialize``
+    partitioned it: 8 x 28 GB for the 7B on one node. Under ``deepspeed.zero.Init`` each module's
+    parameters are partitioned (in the DeepSpeed config's dtype, on the rank's device) as soon as
+    the module is built, so a rank holds one module whole at most, then its 1/world share.
+    """
+
+    def __init__(self, optim_cfg, par_cfg, dist, micro_batch: int):
+        self.config = deepspeed_config(optim_cfg, par_cfg, micro_batch, dist.world_size)
+        self.dist = dist
+
+    def construct(self):
+        import deepspeed
+
+        deepspeed.init_distributed()  # adopts the torch process group (Init reads the world size from it)
+        return deepspeed.zero.Init(config_dict_or_path=self.config)
+
+    @contextlib.contextmanager
+    def gather(self, params, modify: bool = True):
+        """Make ``params`` whole on every rank; yields whether this rank's writes are kept (rank 0's
+        are re-partitioned on exit when ``modify``; without it nothing is written back)."""
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None):
+            yield self.dist.is_main or not modify
+
+
+def zero3_build(optim_cfg, par_cfg, dist, micro_batch: int) -> Zero3Build | None:
+    """The partitioned builder when the run is DeepSpeed ZeRO-3 (the stage of the merged DeepSpeed
+    config, which a `deepspeed_config` file may set), else None (plain build)."""
+    if par_cfg.backend != "deepspeed" or dist.backend is None:
+        return None
+    build = Zero3Build(optim_cfg, par_cfg, dist, micro_batch)
+    return build if int(build.config["zero_optimization"].get("stage", 0)) >= 3 else None
+
+
 def deepspeed_config(optim_cfg, par_cfg, micro_batch: int, world_size: int) -> dict:
     """The DeepSpeed JSON config from our structured config (+ optional yaml/json overrides)."""
     bf16 = par_cfg.param_dtype == "bf16"
@@ -263,6 +302,11 @@ def build_engine(
     if offload and (backend == "none" or dist.backend is None):
         raise ValueError(
             "parallel.cpu_offload needs parallel.backend=fsdp2 | deepspeed and a process group "
+            "(launch/train_pure.py starts a torchrun world of one for it)"
+        )
+    if backend == "deepspeed" and dist.backend is None:  # else DeepSpeed goes looking for MPI (mpi4py)
+        raise ValueError(
+            "parallel.backend=deepspeed needs a process group: run under torchrun or the deepspeed launcher "
             "(launch/train_pure.py starts a torchrun world of one for it)"
         )
     apply_activation_checkpointing(lm, par_cfg.activation_checkpointing)

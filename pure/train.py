@@ -57,7 +57,7 @@ def _plain(cfg) -> dict:
 
 class Trainer:
     def __init__(self, cfg):
-        from pure.parallelize import build_engine, fsdp2_meta_init
+        from pure.parallelize import build_engine, fsdp2_meta_init, zero3_build
 
         global log
         self.dist = dist = init_distributed(None if cfg.run.device == "auto" else cfg.run.device)
@@ -87,17 +87,18 @@ class Trainer:
         seed_everything(cfg.run.seed, 0)  # same initial weights on every rank
         full_state = None
         meta_init = cfg.parallel.backend == "fsdp2" and fsdp2_meta_init(dist)
+        zero3 = zero3_build(cfg.optim, cfg.parallel, dist, cfg.data.batch_size)
         if meta_init:
             # Every rank builds on meta; rank 0 alone materialises (random init or HF shards) on CPU,
             # and build_engine broadcasts its weights into the shards.
             if dist.is_main:
                 full_state = PureLoss(build_lm(cfg, torch.device("cpu"))).state_dict()
             self.lm = build_lm(cfg, torch.device("meta"), meta=True)
-        else:
-            self.lm = build_lm(cfg, dist.device)
+        else:  # ZeRO-3: partitioned from the start (deepspeed.zero.Init), never whole on a rank
+            self.lm = build_lm(cfg, dist.device, partitioned=zero3)
         seed_everything(cfg.run.seed, dist.rank)  # distinct per-rank streams from here on (dropout)
         root = PureLoss(self.lm, cfg.loss.z_loss_weight)
-        if not meta_init:
+        if not meta_init and zero3 is None:
             root = root.to(dist.device)
         self.engine = build_engine(root, self.lm, cfg.optim, cfg.parallel, dist, cfg.data.batch_size, full_state)
         del full_state
