@@ -23,8 +23,8 @@ import torch
 from common.paths import ImageRejected
 
 SCALE = 4
-DEFAULT_TILE = 192  # LR px per tile core: 768 px outputs, ~0.6 GB of activations on CPU
-DEFAULT_TILE_PAD = 16  # LR px of context on each side of a core
+DEFAULT_TILE = 256  # LR px per tile core: 1024 px outputs, ~1.3 GB of activations (fp32)
+DEFAULT_TILE_PAD = 32  # LR px of context on each side of a core (seam error falls fast up to here)
 
 
 def tile_grid(h: int, w: int, tile: int, pad: int) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
