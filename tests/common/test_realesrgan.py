@@ -78,9 +78,11 @@ def test_any_size_is_exactly_four_times_and_limits_are_one_line(one_thread):
         upscale(model, smooth_image(10, 10), max_output_pixels=1000, show_progress=False)
 
 
-# Measured with the real weights on this crop (one seam at LR column 48, the default context): max MAXV,
-# mean over the seam band MEANV; the bound below is stated with headroom.
-SEAM_MAX, SEAM_MEAN = 0.3, 0.02
+# The full model's receptive field (349 LR px) is wider than any practical context, so tiles differ from
+# one-shot near their seams. Measured with the real weights on this crop (one seam at LR column 48, the
+# default context of 32 px): max 0.031 (8 levels of 255), mean 0.0009 over the seam +-16 LR px, and
+# at most 0.0033 (one 8-bit level) farther away. Bounds stated with ~2x headroom.
+SEAM_MAX, SEAM_MEAN, AWAY_MAX = 0.06, 0.002, 0.007
 
 
 def test_real_model_tiled_matches_one_shot_within_the_seam_bound(real_model, one_thread):
@@ -91,8 +93,9 @@ def test_real_model_tiled_matches_one_shot_within_the_seam_bound(real_model, one
     tiled = upscale(real_model, lr, tile=48, tile_pad=DEFAULT_TILE_PAD, show_progress=False)
     diff = (tiled - ref).abs()[0].amax(0)
     band = diff[:, 4 * (48 - 16) : 4 * (48 + 16)]  # the seam and 16 LR px either side
-    print(f"seam: max {diff.max():.4f} band mean {band.mean():.5f} rest max {diff[:, : 4 * 16].max():.5f}")
+    away = torch.cat([diff[:, : 4 * (48 - 16)], diff[:, 4 * (48 + 16) :]], 1)
     assert diff.max() <= SEAM_MAX and band.mean() <= SEAM_MEAN, (diff.max(), band.mean())
+    assert away.max() <= AWAY_MAX, away.max()  # within about one 8-bit level away from the seam
 
 
 def test_realesrgan_beats_bicubic_on_natural_photos(real_model, tmp_path, one_thread):
