@@ -84,16 +84,18 @@ class Upscaler:
 
             self.model = load_model(cfg.weights, device)
 
-    def __call__(self, img: np.ndarray, show_progress: bool | None = None) -> np.ndarray:
+    def __call__(self, img: np.ndarray, show_progress: bool | None = None, tile: int | None = None) -> np.ndarray:
+        """``tile``: overrides ``cfg.tile`` for this image (the web page's tiling switch)."""
         cfg = self.cfg
         if self.model is None:
             return bicubic(img, cfg.scale, cfg.max_output_pixels)
         h, w = img.shape[:2]
+        tile = cfg.tile if tile is None else tile
         check_size(h, w, cfg.max_output_pixels)
         if self.log is not None:
-            self.log.info("realesrgan %s", plan_line(h, w, cfg.tile, cfg.tile_pad))
+            self.log.info("realesrgan %s", plan_line(h, w, tile, cfg.tile_pad))
         show = cfg.progress if show_progress is None else show_progress
-        out = upscale(self.model, img, cfg.tile, cfg.tile_pad, cfg.max_output_pixels, show, torch.uint8)
+        out = upscale(self.model, img, tile, cfg.tile_pad, cfg.max_output_pixels, show, torch.uint8)
         return out[0].permute(1, 2, 0).numpy()
 
 
