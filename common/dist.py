@@ -15,7 +15,6 @@ import os
 import random
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -206,6 +205,8 @@ def seed_everything(seed: int, rank: int = 0) -> int:
     """Seed python, numpy and torch; ranks get distinct but reproducible streams."""
     s = int(seed) + 1000 * int(rank)
     random.seed(s)
+    import numpy as np  # lazily: the GPU benchmark imports this module on a bare torch install
+
     np.random.seed(s % (2**32))
     torch.manual_seed(s)
     return s

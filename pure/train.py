@@ -35,7 +35,7 @@ from common.logging import Tracker, get_logger
 from common.parallel import get_dtype
 from pure.build import build_lm
 from pure.data import build_train_loader
-from pure.losses import PureLoss
+from pure.losses import PureLoss, supervised_positions
 from pure.optim import flops_per_token, lr_at
 
 log = get_logger("pure.train")
@@ -120,7 +120,7 @@ class Trainer:
             mode=cfg.run.wandb_mode if cfg.logging.wandb else "disabled",
         )
         self.use_amp = dist.device.type == "cuda" and cfg.parallel.autocast and cfg.parallel.backend != "deepspeed"
-        self._flops_tok = None
+        self._seq_len = 0
 
     # ---- save (training-state manager) --------------------------------------------------------
     def save(self) -> None:
@@ -141,7 +141,7 @@ class Trainer:
         accum = cfg.optim.grad_accum
         eng.set_lr(lr_at(self.step, self.total_steps, self.warmup_steps, cfg.optim.lr, cfg.schedule.min_lr))
         acc = torch.zeros(len(_LOGGED) - 1, device=self.device)  # loss, ce_text, ce_image, z_loss
-        n_tokens = n_pad = n_seen = 0
+        n_tokens = n_pad = n_seen = n_head = 0
         for _ in range(accum):
             batch = next(self.batches)
             # non_blocking: with pinned batches (data.pin_memory) the copy overlaps the previous step's kernels
@@ -155,13 +155,21 @@ class Trainer:
             n_tokens += batch["n_tokens"]
             n_pad += batch["n_pad"]
             n_seen += ids.numel()
-            self._flops_tok = self._flops_tok or flops_per_token(self.lm.config, ids.shape[1])
+            own, nxt = supervised_positions(batch["labels"])  # host-side batch: no device sync
+            n_head += int((own | nxt).sum())
+            self._seq_len = ids.shape[1]
         gnorm = eng.step()
         if self.ema is not None:
             self.ema.update(self.lm, self.step)
         self.step += 1
         gnorm = torch.as_tensor(float("nan") if gnorm is None else gnorm, device=self.device).float().reshape(1)
-        return {"values": torch.cat([acc, gnorm]), "n_tokens": n_tokens, "n_pad": n_pad, "n_seen": n_seen}
+        counts = {"n_tokens": n_tokens, "n_pad": n_pad, "n_seen": n_seen, "n_head": n_head}
+        return {"values": torch.cat([acc, gnorm]), **counts}
+
+    def _flops_per_token(self, tok: dict) -> float:
+        """Training FLOPs per real token over a logging window (lm_head only on supervised rows)."""
+        head = tok["n_head"] / max(tok["n_tokens"], 1)
+        return flops_per_token(self.lm.config, self._seq_len, head_fraction=head)
 
     def fit(self, on_step=None) -> dict:
         """Train to `total_steps` (or until pre-empted); returns {"losses", "step", "run_dir", "preempted"}.
@@ -171,7 +179,7 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         pre = ckpt_io.PreemptionHandler() if cfg.checkpoint.save_on_sigterm else None
         every_log = cfg.logging.every_steps
-        losses, window, tok = [], [], {"n_tokens": 0, "n_pad": 0, "n_seen": 0}
+        losses, window, tok = [], [], {"n_tokens": 0, "n_pad": 0, "n_seen": 0, "n_head": 0}
         t0, stopped = time.time(), False
         self.engine.module.train()
 
@@ -186,7 +194,7 @@ class Trainer:
                 mean,
                 lr=self.engine.optimizer.param_groups[0]["lr"],
                 tokens_per_s=tps * dist.world_size,
-                mfu=tps * self._flops_tok / cfg.logging.peak_flops,
+                mfu=tps * self._flops_per_token(tok) / cfg.logging.peak_flops,
                 padding_waste=tok["n_pad"] / max(tok["n_seen"], 1),
                 epoch=self.step / self.steps_per_epoch,
             )
@@ -206,7 +214,7 @@ class Trainer:
                 metrics["mfu"],
             )
             window.clear()
-            tok.update(n_tokens=0, n_pad=0, n_seen=0)
+            tok.update(n_tokens=0, n_pad=0, n_seen=0, n_head=0)
             t0 = time.time()
 
         try:
