@@ -116,6 +116,11 @@ class ModelHost:
         self._key: tuple[str, str] | None = None
         self._loaded = None
 
+    @classmethod
+    def from_config(cls, cfg) -> ModelHost:
+        """The host of a `WebDemoConfig`: every app's checkpoint entries, device and input limit."""
+        return cls({app: getattr(cfg, app) for app in APPS}, device=cfg.device, max_input_pixels=cfg.max_input_pixels)
+
     def choices(self, app: str) -> list[str]:
         return list(self.checkpoints.get(app, {}))
 

@@ -101,6 +101,7 @@ def test_web_demo_serves_realesrgan_as_a_third_model(tmp_path, weights, one_thre
     from webdemo.host import APPS, DemoError, ModelHost, Request
 
     assert "realesrgan" in APPS and WebDemoConfig().realesrgan == {"x4plus": {"weights": None}}
+    assert ModelHost.from_config(WebDemoConfig()).choices("realesrgan") == ["x4plus"]  # what launch/web_demo serves
     host = ModelHost({"realesrgan": {"small": {"weights": str(weights[0]), "tile": 4}}}, device="cpu")
     img = smooth_image(9, 14)
     tiled = host.run(Request("realesrgan", "small", 0.0, 1.0, tile="auto"), img)
