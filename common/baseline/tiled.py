@@ -69,13 +69,13 @@ def upscale(
     max_output_pixels: int | None = None,
     show_progress: bool = True,
     out_dtype: torch.dtype = torch.float32,
-    max_tiles: int | None = None,
+    only_tiles: list[int] | None = None,
 ) -> torch.Tensor:
     """LR (uint8 HWC array, or float (1, 3, h, w) in [0, 1]) -> SR (1, 3, 4h, 4w) on the CPU, clamped to [0, 1].
 
     ``out_dtype=torch.uint8`` quantises each tile as it lands (round to nearest), so a large image
-    never holds a float copy of the whole output. ``tile=0`` runs the image in one piece. ``max_tiles``
-    stops after that many tiles (benchmarks time a prefix of a large plan; the rest stays zero).
+    never holds a float copy of the whole output. ``tile=0`` runs the image in one piece. ``only_tiles``
+    runs just those tile indices of the plan (benchmarks time part of a large plan; the rest stays zero).
     """
     from common.logging import progress
 
@@ -85,7 +85,8 @@ def upscale(
     check_size(h, w, max_output_pixels)
     device = next(model.parameters()).device
     out = torch.zeros(1, 3, h * SCALE, w * SCALE, dtype=out_dtype)  # zeros: resident from the start, as measured
-    grid = tile_grid(h, w, tile, tile_pad)[:max_tiles]
+    grid = tile_grid(h, w, tile, tile_pad)
+    grid = grid if only_tiles is None else [grid[i] for i in only_tiles]
     for (y0, y1, x0, x1), (wy0, wy1, wx0, wx1) in progress(grid, desc="realesrgan tiles", disable=not show_progress):
         sr = model(lr[..., wy0:wy1, wx0:wx1].to(device)).clamp_(0, 1)
         sr = sr[..., (y0 - wy0) * SCALE : (y1 - wy0) * SCALE, (x0 - wx0) * SCALE : (x1 - wx0) * SCALE]
