@@ -8,7 +8,7 @@ on ``pure.losses.PureLoss`` with the official AdamW + warm-up/half-cosine schedu
 building live in their own modules, this file is the loop.
 
 State (model, optimizer, step, per-rank RNG, data position, EMA) is checkpointed every N steps
-and at the next step boundary after SIGTERM/SIGUSR1; a restarted run resumes from the newest
+and at the next step boundary after SIGTERM/SIGUSR1/SIGUSR2; a restarted run resumes from the newest
 checkpoint through the same code. Loss and statistics stay on the device and are read once per
 logging interval (no host sync per step).
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from common import checkpoint as ckpt_io
+from common.batch_plan import apply_batch_plan
 from common.dist import (
     all_reduce_mean,
     any_rank,
@@ -57,9 +58,12 @@ class Trainer:
         from pure.parallelize import build_engine, fsdp2_meta_init
 
         global log
-        self.cfg = cfg
         self.dist = dist = init_distributed(None if cfg.run.device == "auto" else cfg.run.device)
         log = get_logger("pure.train")  # again after init: non-zero ranks drop to WARNING
+        # the stated global batch split over this world (data.batch_size / optim.grad_accum set to it)
+        cfg, self.plan = apply_batch_plan(cfg, dist.world_size)
+        self.cfg = cfg
+        log.info(self.plan.describe())  # the first line of every run: what one optimizer step really is
         self.device = dist.device
         seed_everything(cfg.run.seed, dist.rank)
         self.run_dir = Path(cfg.run.run_dir)
@@ -139,7 +143,7 @@ class Trainer:
         for `_LOGGED` plus host-side token counts."""
         cfg, eng = self.cfg, self.engine
         accum = cfg.optim.grad_accum
-        eng.set_lr(lr_at(self.step, self.total_steps, self.warmup_steps, cfg.optim.lr, cfg.schedule.min_lr))
+        eng.set_lr(lr_at(self.step, self.total_steps, self.warmup_steps, self.plan.lr, cfg.schedule.min_lr))
         acc = torch.zeros(len(_LOGGED) - 1, device=self.device)  # loss, ce_text, ce_image, z_loss
         n_tokens = n_pad = n_seen = n_head = 0
         for _ in range(accum):
@@ -240,11 +244,11 @@ class Trainer:
             self.state.wait()  # an async save must be on disk before the process may exit
             if cfg.export.hf_dir and self.step == self.total_steps:
                 self.export()
+            barrier()
         finally:
             self.tracker.finish()
-            if pre is not None:
+            if pre is not None:  # after the checkpoint: submitit's USR2 handler requeues and exits here
                 pre.restore()
-        barrier()
         return {"losses": losses, "step": self.step, "run_dir": str(self.run_dir), "preempted": stopped}
 
     def export(self) -> None:
