@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: setup
 	$(BIN)/python launch/demo.py
 
 test: setup
