@@ -52,6 +52,11 @@ def _alive(pid: int, started: str | None) -> bool:
         return False
     except PermissionError:  # exists, owned by another user
         return True
+    try:  # a zombie has exited (its parent has not reaped it: e.g. a container whose PID 1 does not reap)
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    except (OSError, IndexError):
+        pass
     now = _start_time(pid)
     return started is None or now is None or now == started
 

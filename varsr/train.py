@@ -40,7 +40,7 @@ from varsr.data import (
     step_generator,
 )
 from varsr.optim import LinearSchedule, build_optimizer, build_scheduler, warmup_steps_for
-from varsr.parallelize import get_full_state, grad_sync, parallelize, unwrap
+from varsr.parallelize import get_full_state, grad_sync, is_sharded, parallelize, unwrap
 
 log = get_logger("varsr.train")
 
@@ -77,7 +77,7 @@ class Trainer:
             self._load_vqvae()
         model.train()
         seed_everything(cfg.run.seed, self.rank)  # per-rank streams from here on (drop-path, refiner noise)
-        self.model = parallelize(model, cfg.parallel, self.dist)
+        self.model = parallelize(model, cfg.parallel, self.dist, amp=cfg.precision.dtype)
         o = cfg.optim
         self.optimizer = build_optimizer(
             self.model, plan.lr, o.betas, o.eps, o.weight_decay, tuple(o.no_decay_keys), o.fused
@@ -100,7 +100,13 @@ class Trainer:
         p = cfg.precision
         amp = get_dtype(p.dtype)
         self.amp_dtype = None if amp == torch.float32 else amp  # fp32: autocast off
-        self.scaler = torch.amp.GradScaler(
+        # FSDP2: each rank checks only its gradient shards for inf/NaN; the sharded scaler all-reduces the
+        # verdict so every rank skips (or takes) the same step and keeps the same scale.
+        if is_sharded(self.model):
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler as scaler_cls
+        else:
+            scaler_cls = torch.amp.GradScaler
+        self.scaler = scaler_cls(
             self.device.type, init_scale=p.init_scale, growth_interval=p.growth_interval, enabled=p.dtype == "fp16"
         )
         self.ema = EMA(unwrap(self.model), cfg.ema.decay, cfg.ema.start_step) if cfg.ema.enabled else None

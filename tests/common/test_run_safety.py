@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,23 @@ def test_lock_of_another_host_or_recycled_pid(tmp_path):
     assert json.loads(lock.read_text())["what"] == "export"
     run_lock.release(lock)
     assert not lock.exists()
+
+
+def test_lock_of_a_zombie_is_stale(tmp_path):
+    """A kill -9'd rank whose parent died too stays a zombie where PID 1 does not reap (containers without
+    an init): it holds nothing and never releases, so its lock is stale, not "in use"."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])  # exits at once; not reaped until wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    lock = tmp_path / run_lock.LOCK_NAME
+    start = run_lock._start_time(child.pid)
+    lock.write_text(json.dumps({"pid": child.pid, "host": socket.gethostname(), "start": start, "time": 0}))
+    run_lock.acquire(lock, "training")
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    run_lock.release(lock)
+    child.wait()
 
 
 def _two_saves(run, keep=0):
