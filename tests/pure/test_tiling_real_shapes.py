@@ -85,7 +85,6 @@ def test_bucket_fit_at_512_literal_buckets():
     assert x.shape == (3, 256, 1024) and box == (246, 1024)
     for i in range(10):
         assert torch.equal(x[:, 246 + i], x[:, 244 - i])
-    # portrait 100 x 300: the enumeration is not symmetric (at wp = 9, hp rises to 28), so the bucket
-    # is 288 x 896 (keeps 2.88 / 2.987 = 0.964), not 288 x 864; content 288 x 864, 32 rows padded
+    # portrait 100 x 300 (a width and height swapped): 288 x 864, not the neighbour 288 x 896
     x, box = fit_to_bucket(np.zeros((300, 100, 3), np.uint8), 512, 32)
-    assert x.shape == (3, 896, 288) and box == (864, 288)
+    assert x.shape == (3, 864, 288) and box == (864, 288)
