@@ -1,6 +1,6 @@
 """VARSR's colour fix through the public sampling entry points uses the LR as its reference
 (issue 15): an LR with a strong, per-image colour cast pulls the SR's channel means onto the LR's,
-in the direct path (`sample_sr`), the tiled path (`sample_tiled`) and `restore_image` for a
+in the direct path (`sample_sr`, AdaIN and wavelet), the tiled path (`sample_tiled`) and `restore_image` for a
 non-square input; without the fix the means are far from the cast (so the check is not vacuous)."""
 
 from __future__ import annotations
@@ -53,15 +53,18 @@ def far_without_fix(out_none: torch.Tensor, lr: torch.Tensor) -> None:
     assert (channel_means(out_none) - channel_means(lr)).abs().max() > 0.1
 
 
-def test_direct_path_pulls_each_image_to_its_own_lr(tiny):
+@pytest.mark.parametrize("method", ["adain", "wavelet"])
+def test_direct_path_pulls_each_image_to_its_own_lr(tiny, method):
     model, vqvae = tiny
     lr = cast_lr(2, 24, 24)
     kw = dict(cfg=6.0, generator=torch.Generator().manual_seed(1))
-    out = sample_sr(model, vqvae, lr, color_fix="adain", **kw)
+    out = sample_sr(model, vqvae, lr, color_fix=method, **kw)
     kw["generator"] = torch.Generator().manual_seed(1)
     far_without_fix(sample_sr(model, vqvae, lr, color_fix="none", **kw), lr)
-    # bicubic resizing keeps the means to ~1e-3; the clamp is inactive (small LR spread)
-    torch.testing.assert_close(channel_means(out), channel_means(lr), atol=5e-3, rtol=0)
+    # AdaIN: bicubic resizing keeps the means to ~1e-3 and the clamp is inactive (small LR spread);
+    # wavelet: the SR's high band shifts the mean slightly (measured 8e-3); casts differ by >= 0.3
+    tol = 5e-3 if method == "adain" else 2e-2
+    torch.testing.assert_close(channel_means(out), channel_means(lr), atol=tol, rtol=0)
 
 
 def test_tiled_path_pulls_to_the_lr(tiny):
