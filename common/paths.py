@@ -7,8 +7,10 @@ Three promises every folder tool makes, implemented once here:
   sneak an output into an input), before anything is written or any model is loaded.
 - Bad paths are one line: `require_dir` / `require_file` tell "does not exist" from "is a file,
   not a folder" (and the reverse), naming the config key to change.
-- A folder run finishes: `SkipLog` reads each image, warns once per file it cannot use (unreadable,
-  or `ImageRejected` by a size limit), naming it, counts, and turns the count into the exit code.
+- A folder run finishes: `SkipLog` reads each image through the one decoding gate
+  (`common.data.io.read_image`, whose pixel limit ``max_input_pixels`` is checked from the file
+  header), warns once per file it cannot use (unreadable, over that limit, or `ImageRejected` by
+  an output-size limit), naming it, counts, and turns the count into the exit code.
 
 Exit codes (README "Bad input"): 0 all done; 2 user error (one line on stderr: the run did not
 start, or no input at all could be processed); 3 done with skips (every usable image processed,
@@ -155,15 +157,19 @@ def start_folder_run(cfg, default_out, weights: Mapping[str, object], outputs) -
 class SkipLog:
     """Skip-and-count for a folder run: each unreadable input is one warning line naming the file.
 
-    ``read(path)`` returns the uint8 image or None (skipped); ``finish(done)`` logs the final count,
+    ``read(path)`` returns the uint8 image or None (skipped); ``max_pixels`` is the tool's
+    ``max_input_pixels`` (None: no limit; default `common.data.io.DEFAULT_MAX_INPUT_PIXELS`).
+    ``finish(done)`` logs the final count,
     raises a one-line `UserError` when nothing at all was readable, and returns the counts that
     `exit_code` turns into 0 or 3. Under torchrun, ``finish`` sums the counts over ranks.
     """
 
-    def __init__(self, what: str, logger=None):
+    def __init__(self, what: str, logger=None, max_pixels: int | None | str = "default"):
+        from common.data.io import DEFAULT_MAX_INPUT_PIXELS
         from common.logging import get_logger
 
         self.what, self.log = what, logger or get_logger(what)
+        self.max_pixels = DEFAULT_MAX_INPUT_PIXELS if max_pixels == "default" else max_pixels
         self.skipped: list[str] = []
         self.reasons: list[str] = []
 
@@ -176,7 +182,7 @@ class SkipLog:
         from common.data.io import BadImageError, read_image
 
         try:
-            return read_image(path)
+            return read_image(path, self.max_pixels)
         except BadImageError as e:
             self.skip(path, e.reason)
             return None
@@ -196,6 +202,13 @@ class SkipLog:
             )
         self.log.info("%s: %d done, %d skipped%s", self.what, done, len(skipped), extra)
         return {"done": done, "skipped": len(skipped), "skipped_files": skipped}
+
+
+def read_back_limit(cfg) -> int | None:
+    """Pixel limit for scoring a sampling run's own outputs (as large as ``max_output_pixels`` allows)
+    and its HR references (``max_input_pixels``): the larger of the two, None when either is unlimited."""
+    limits = (cfg.max_input_pixels, cfg.max_output_pixels)
+    return None if None in limits else max(limits)
 
 
 def exit_code(result) -> int:
@@ -237,6 +250,7 @@ __all__ = [
     "check_existing",
     "exit_code",
     "prepare_output_dir",
+    "read_back_limit",
     "require_dir",
     "require_file",
     "sampling_out_dir",

@@ -56,6 +56,7 @@ class SJDSection:
     tile_overlap=at_least(0),
     tile_batch=at_least(1),
     max_output_pixels=at_least(1),
+    max_input_pixels=at_least(1),
     vq_dtype=one_of("fp32", "bf16"),
 )
 @dataclass
@@ -76,6 +77,7 @@ class PureSampleConfig:
     tile_overlap: int | None = None  # LQ px shared by neighbouring tiles; null = a quarter tile
     tile_batch: int = 1  # tiles per generation, AR or SJD (each holds a KV cache like one image)
     max_output_pixels: int | None = 67108864  # refuse larger outputs (8192^2) before any work; null = no limit
+    max_input_pixels: int | None = 67108864  # inputs declaring more px (file header) are skipped undecoded; null: none
     cfg: float = 0.8  # CFG weight g (README 0.8; 1.0 disables the uncond pass)
     temperature: float = 0.9  # README 0.9; 0 = greedy
     top_k: int = 1  # text top-k outside images (README 1)
@@ -242,7 +244,7 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     names = sorted(files)
     rank, world = get_rank(), get_world_size()
     mine = [i for i in range(rank, len(names), world) if names[i] not in keep]
-    skips = SkipLog("pure.sample", log)
+    skips = SkipLog("pure.sample", log, cfg.max_input_pixels)
     t0, done = time.time(), sum(names[i] in keep for i in range(rank, len(names), world))
     for start in progress(range(0, len(mine), cfg.batch_size), desc="pure restore"):
         batch = [(i, skips.read(files[names[i]])) for i in mine[start : start + cfg.batch_size]]
@@ -284,10 +286,17 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     if not metrics:
         return {"summary": summary, "skipped": counts["skipped"]}
     from common.metrics import evaluate_folders
+    from common.paths import read_back_limit
 
     out_json = Path(cfg.metrics_out or out_dir.parent / "metrics.json")
     scores = evaluate_folders(
-        out_dir, cfg.hr_dir, metrics, out_json, device=str(device), allow_extra_hr=bool(counts["skipped"])
+        out_dir,
+        cfg.hr_dir,
+        metrics,
+        out_json,
+        device=str(device),
+        allow_extra_hr=bool(counts["skipped"]),
+        max_input_pixels=read_back_limit(cfg),
     )  # skipped inputs have no output
     return {"summary": summary, **scores, "skipped": counts["skipped"]}
 

@@ -42,6 +42,7 @@ from .tiling import restore_image
     decoder_tile=at_least(0),
     decoder_stats=one_of("exact", "estimate"),
     max_output_pixels=at_least(1),
+    max_input_pixels=at_least(1),
     tile_overlap=at_least(0),
     tile_batch=at_least(1),
     dtype=one_of("fp32", "fp16", "bf16"),
@@ -70,6 +71,7 @@ class SampleRunConfig:
     decoder_stats: str = "exact"  # tiled-decoder GroupNorm statistics: exact | estimate (1 pass)
     tile_batch: int | None = 4  # latent tiles generated together (KV cache each); null = a row
     max_output_pixels: int | None = 67108864  # refuse larger outputs (8192^2) up front; null = no limit
+    max_input_pixels: int | None = 67108864  # inputs declaring more px (file header) are skipped undecoded; null: none
     fastvar: FastVARConfig = field(default_factory=FastVARConfig)  # cached token pruning (spec 11)
     export_intermediate: bool = False  # decode f_hat after each scale -> <name>_scales/
     intermediate_max: int = 10  # ... for the first N images only
@@ -131,7 +133,7 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
     model, vqvae = load_models(cfg, device)
     rank, world = get_rank(), get_world_size()
     amp = None if cfg.dtype == "fp32" else get_dtype(cfg.dtype)  # fp32: autocast off
-    skips = SkipLog("varsr.sample", log)
+    skips = SkipLog("varsr.sample", log, cfg.max_input_pixels)
     t0, done = time.time(), 0
     for i in progress(range(rank, len(names), world), desc="varsr sr"):
         name = names[i]
@@ -168,6 +170,7 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
 
     out_json = Path(cfg.metrics_out or out_dir.parent / "metrics.json")
     from common.metrics.select import scorable_metrics
+    from common.paths import read_back_limit
 
     hr = cfg.hr_dir
     metrics = scorable_metrics(cfg.metrics, hr is not None, out_dir)  # no HR: the no-reference ones (NIQE at least)
@@ -175,7 +178,13 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
         return result
     # skipped inputs have no output: score what was produced, the skips are already counted
     scores = evaluate_folders(
-        out_dir, hr, metrics, out_json, device=str(device), allow_extra_hr=bool(counts["skipped"])
+        out_dir,
+        hr,
+        metrics,
+        out_json,
+        device=str(device),
+        allow_extra_hr=bool(counts["skipped"]),
+        max_input_pixels=read_back_limit(cfg),
     )
     return {**scores, **result}
 

@@ -29,7 +29,14 @@ from .pipeline import Degrader
 from .presets import DegradationConfig
 
 
-@checks(crop=at_least(1), batch_size=at_least(1), device=DEVICE, limit=at_least(0), min_size=at_least(1))
+@checks(
+    crop=at_least(1),
+    batch_size=at_least(1),
+    device=DEVICE,
+    limit=at_least(0),
+    min_size=at_least(1),
+    max_input_pixels=at_least(1),
+)
 @dataclass
 class DegradeConfig:
     """``launch/degrade.py``: HR folder -> HR/LR pair folder."""
@@ -43,6 +50,7 @@ class DegradeConfig:
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
     limit: int | None = None  # process at most this many files (after sorting)
     min_size: int = 64  # skip images whose shorter side (after trimming) is below this
+    max_input_pixels: int | None = 67108864  # inputs declaring more px (file header) are skipped undecoded; null: none
     progress: bool = True  # show a progress bar
     skip_existing: bool = False  # keep pairs already in out_dir (and their params.jsonl lines): resume
     overwrite: bool = False  # replace existing pairs (atomically; wins over skip_existing); neither: refuse
@@ -119,7 +127,7 @@ def degrade_folder(cfg: DegradeConfig) -> dict:
     counts = {"written": 0, "bad": 0, "too_small": 0, "existing": len(done)}
     records: dict[str, str] = {n: old[n] for n in done}
     pending: list[dict] = []
-    skips = SkipLog("degrade", log)
+    skips = SkipLog("degrade", log, cfg.max_input_pixels)
 
     def flush() -> None:
         if not pending:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.data.io import read_image
+from common.data.io import DEFAULT_MAX_INPUT_PIXELS, read_image
 from common.data.test_sets import PairingError, list_images_by_stem, pair_files
 from common.metrics.fr import psnr_y, ssim_y
 from common.metrics.learned import create_pyiqa_metric, pyiqa_version
@@ -125,9 +125,9 @@ class MetricStack:
         return float(v)
 
 
-def _read_pair(name: str, sr_path: Path, hr_path: Path | None):
-    sr = read_image(sr_path)
-    hr = read_image(hr_path) if hr_path is not None else None
+def _read_pair(name: str, sr_path: Path, hr_path: Path | None, max_pixels=DEFAULT_MAX_INPUT_PIXELS):
+    sr = read_image(sr_path, max_pixels)
+    hr = read_image(hr_path, max_pixels) if hr_path is not None else None
     if hr is not None and sr.shape != hr.shape:
         raise PairingError(
             f"{name}: size mismatch, sr {sr.shape[1]}x{sr.shape[0]} ({sr_path}) vs "
@@ -173,6 +173,7 @@ def evaluate_folders(
     show_progress: bool = True,
     allow_extra_hr: bool = False,
     overwrite: bool = True,
+    max_input_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS,
 ) -> dict:
     """Score every image of ``sr_dir`` (against ``hr_dir`` when given) and write
     ``out_json`` (summary), ``<stem>_per_image.csv`` and ``<stem>.md`` (one Markdown row).
@@ -181,7 +182,8 @@ def evaluate_folders(
     (``allow_extra_hr``: GT files without an output are tolerated, for a sampling run that skipped
     unreadable inputs). An unreadable SR or HR file is skipped with a warning naming it and counted
     (``skipped`` / ``skipped_files`` in the summary); set-level metrics (FID) then read only the
-    pairs that were read. The three files may not land in an input
+    pairs that were read; ``max_input_pixels`` is the decoding gate's limit (`common.data.io`).
+    The three files may not land in an input
     folder; existing ones are replaced (atomically) only with ``overwrite``.
     """
     from common.checkpoint import atomic_write_bytes
@@ -208,7 +210,7 @@ def evaluate_folders(
     it = progress(pairs, desc=f"eval {set_name or Path(sr_dir).name}", disable=not show_progress)
     for name, sr_path, hr_path in it:
         try:
-            sr, hr = _read_pair(name, sr_path, hr_path)
+            sr, hr = _read_pair(name, sr_path, hr_path, max_input_pixels)
         except BadImageError as e:
             skips.skip(e.path, e.reason)
             continue
