@@ -18,21 +18,35 @@ from typing import Any
 
 import torch
 
-from common.config import DEVICE, at_least, checks, one_of
+from common.config import DEVICE, SEED, Relation, at_least, between, checks, one_of, relations, square_within
 from common.parallel import get_dtype
 from pure.jacobi import SJDConfig
 from pure.processors import SamplingConfig
 
 
+def _patch(vq_size: str) -> int:
+    """Pixels per size token of the image block: LATENT_PER_GRID latent cells of the VQ."""
+    from pure.model.vq import vq_config
+    from pure.tokenizer.image import LATENT_PER_GRID
+
+    return LATENT_PER_GRID * vq_config(vq_size).downsample
+
+
 @checks(
-    window=at_least(1), active_from=at_least(0), active_until=at_least(0), scheme=one_of("speculative_jacobi", "jacobi")
+    window=between(2, 64),  # one pending token + drafts; every position scores the whole vocabulary
+    active_from=at_least(0),
+    active_until=at_least(0),
+    scheme=one_of("speculative_jacobi", "jacobi"),
+)
+@relations(
+    Relation(("active_from", "active_until"), lambda c: c.active_from <= c.active_until, "active_from <= active_until")
 )
 @dataclass
 class SJDSection:
     """Speculative Jacobi decoding (spec §8); off = plain AR decoding."""
 
     enabled: bool = False  # decode with SJD (lossless w.r.t. AR sampling); false = plain AR
-    window: int = 16  # tokens per forward (1 committed + up to 15 drafts)
+    window: int = 16  # tokens per forward (1 committed + up to 15 drafts); 2..64
     active_from: int = 3  # Jacobi only for generated offsets in [active_from, active_until)
     active_until: int = 4150  # official 64*64 + 64 - 10
     scheme: str = "speculative_jacobi"  # or "jacobi" (greedy, lossless w.r.t. greedy AR)
@@ -58,6 +72,21 @@ class SJDSection:
     max_output_pixels=at_least(1),
     max_input_pixels=at_least(1),
     vq_dtype=one_of("fp32", "bf16"),
+    seed=SEED,
+)
+@relations(
+    square_within("out_size"),
+    square_within("resolution"),  # the native output is a bucket of about resolution^2 px
+    Relation(
+        ("resolution", "vq_size"),
+        lambda c: c.resolution % _patch(c.vq_size) == 0,
+        "resolution must be a multiple of one size token (32 px for the ds8 VQ, 8 px for tiny)",
+    ),
+    Relation(
+        ("tile_overlap", "scale", "resolution"),
+        lambda c: c.tile_overlap < max(1, round(c.resolution / c.scale)),
+        "tile_overlap (LQ px) must be smaller than the tile, round(resolution / scale) LQ px",
+    ),
 )
 @dataclass
 class PureSampleConfig:

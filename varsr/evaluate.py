@@ -17,7 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.config import DEVICE, at_least, between, checks, one_of
+from common.config import (
+    DEVICE,
+    PROBABILITY,
+    SEED,
+    Relation,
+    at_least,
+    checks,
+    one_of,
+    relations,
+    square_within,
+)
 
 from .fastvar import FastVARConfig
 from .model import build_models
@@ -32,8 +42,10 @@ from .tiling import restore_image
     out_size=at_least(1),
     cfg=at_least(0.0),
     top_k=at_least(0),
-    top_p=between(0.0, 1.0),
+    top_p=PROBABILITY,
     temperature=at_least(0.0),
+    tile_cfg=at_least(0.0),
+    seed=SEED,
     refiner_temperature=at_least(0.0),
     color_fix=one_of("adain", "wavelet", "none"),
     intermediate_max=at_least(0),
@@ -46,6 +58,14 @@ from .tiling import restore_image
     tile_overlap=at_least(0),
     tile_batch=at_least(1),
     dtype=one_of("fp32", "fp16", "bf16"),
+)
+@relations(
+    square_within("out_size"),
+    Relation(
+        ("tile_overlap", "model.patch_nums"),
+        lambda c: c.tile_overlap < c.model.patch_nums[-1],
+        "tile_overlap (tokens) must be smaller than the tile, the model's last patch_num",
+    ),
 )
 @dataclass
 class SampleRunConfig:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.data.io import BadImageError, ImageTooLarge, read_image, write_image
+from common.data.io import DEFAULT_MAX_INPUT_PIXELS, BadImageError, ImageTooLarge, read_image, write_image
 from common.logging import get_logger
 from webdemo.host import APPS, DemoError, ModelHost, Request
 
@@ -26,7 +26,7 @@ log = get_logger("webdemo")
 COLOR_FIXES = ["default", "adain", "wavelet", "none"]
 
 
-def _read_upload(path: str | None, max_bytes: int, max_pixels: int | None) -> np.ndarray:
+def _read_upload(path: str | None, max_bytes: int, max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS) -> np.ndarray:
     if not path:
         raise DemoError("upload an image first")
     p = Path(path)
@@ -63,7 +63,7 @@ def make_handler(host: ModelHost, out_dir: Path, max_bytes: int):
                     checkpoint=checkpoint,
                     cfg=cfg,
                     temperature=temperature,
-                    seed=int(seed),
+                    seed=seed,  # checked with the other values by the app's config rules
                     tile=tile,
                     color_fix=color_fix,
                 ),

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from common.checkpoint import atomic_write_bytes
-from common.config import DEVICE, at_least, checks
+from common.config import DEVICE, SEED, at_least, checks
 from common.data.io import is_image_file, to_tensor, write_image
 from common.logging import get_logger, progress
 from common.paths import SkipLog, check_existing, prepare_output_dir, require_dir
@@ -36,6 +36,7 @@ from .presets import DegradationConfig
     limit=at_least(0),
     min_size=at_least(1),
     max_input_pixels=at_least(1),
+    seed=SEED,
 )
 @dataclass
 class DegradeConfig:
