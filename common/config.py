@@ -138,6 +138,7 @@ def between(lo, hi) -> Rule:
 # seeds feed numpy (non-negative only) and torch generators as seed + image/rank index
 SEED = between(0, 2**32 - 1)
 PROBABILITY = between(0.0, 1.0)
+FINITE = Rule(_number, "a finite number")  # any sign means something (e.g. grad_clip <= 0: off)
 # a [lo, hi] range of a uniform draw (degradation strengths, sigmas, JPEG qualities)
 RANGE = Rule(lambda v: len(v) == 2 and all(_number(x) for x in v) and 0 <= v[0] <= v[1], "[lo, hi] with 0 <= lo <= hi")
 
@@ -325,7 +326,7 @@ class CheckpointConfig:
     weight_decay=at_least(0.0),
     grad_accum=at_least(1),
     betas=Rule(lambda v: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v), "two values in [0, 1)"),
-    grad_clip=Rule(_number, "a finite number (<= 0 disables clipping)"),
+    grad_clip=FINITE,
 )
 @dataclass
 class OptimConfig:
@@ -384,6 +385,26 @@ class _OneLineErrors:
 
 
 one_line_errors = _OneLineErrors
+
+
+def _check_sweep_inputs(app: str, config_name: str, args: list[str]) -> None:
+    """``hydra.sweep.dir`` against every input folder of a multirun, swept values included."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from common.paths import INPUT_KEYS, check_sweep_dir
+
+    parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    cfg = compose_config(app, config_name, [o.input_line for o in parsed if not o.is_sweep_override()], True)
+    for key in INPUT_KEYS:
+        swept = [o for o in parsed if o.key_or_group == key and o.is_sweep_override()]
+        if swept:
+            values = list(swept[0].sweep_string_iterator())
+        elif key in cfg and not OmegaConf.is_missing(cfg, key):
+            values = [cfg[key]]
+        else:
+            values = []
+        for value in values:
+            check_sweep_dir(cfg.hydra.sweep.dir, {key: value})
 
 
 def run_app(
@@ -445,6 +466,7 @@ def run_app(
 
         sys.argv = [sys.argv[0], *args]
         with one_line_errors():
+            _check_sweep_inputs(app, config_name, args)  # before Hydra writes multirun.yaml anywhere
             return _job()
     with one_line_errors():
         cfg, hc = compose_config(app, config_name, args, hydra_node=view is not None), None

@@ -5,6 +5,9 @@ Three promises every folder tool makes, implemented once here:
 - Inputs are never overwritten: `prepare_output_dir` refuses an output folder that is, contains
   or is inside an input folder, comparing resolved real paths (so a symlink or ``..`` cannot
   sneak an output into an input), before anything is written or any model is loaded.
+- Hydra's sweep folder (``-m``: ``multirun.yaml``, job folders, the sweep summary) is checked
+  against the same inputs (`check_sweep_dir`, called by ``common.config.run_app`` before Hydra
+  writes anything).
 - Bad paths are one line: `require_dir` / `require_file` tell "does not exist" from "is a file,
   not a folder" (and the reverse), naming the config key to change.
 - A folder run finishes: `SkipLog` reads each image through the one decoding gate
@@ -26,6 +29,8 @@ from pathlib import Path
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
 EXIT_SKIPPED = 3
+# the config keys that name input folders in the folder tools (degrade, sampling, evaluation)
+INPUT_KEYS = ("lr_dir", "hr_dir", "sr_dir")
 
 
 class UserError(Exception):
@@ -86,6 +91,12 @@ def check_apart(out, out_key: str, inputs: Mapping[str, object], contains_ok: bo
                 f"{out_key}={out} {how} the input folder {key}={inp} (real paths {o} and {i}); outputs must "
                 f"never overwrite inputs: choose an {out_key} outside {key}"
             )
+
+
+def check_sweep_dir(sweep_dir, inputs: Mapping[str, object]) -> None:
+    """Refuse a ``hydra.sweep.dir`` that is or lies inside an input folder ({key: path}); it may
+    contain one (a sweep over the outputs of an earlier sweep scores folders inside its own)."""
+    check_apart(sweep_dir, "hydra.sweep.dir", inputs, contains_ok=True)
 
 
 def prepare_output_dir(out, out_key: str, inputs: Mapping[str, object]) -> Path:
@@ -242,12 +253,14 @@ __all__ = [
     "EXIT_OK",
     "EXIT_SKIPPED",
     "EXIT_USER_ERROR",
+    "INPUT_KEYS",
     "ImageRejected",
     "OutputOverlapError",
     "SkipLog",
     "UserError",
     "check_apart",
     "check_existing",
+    "check_sweep_dir",
     "exit_code",
     "prepare_output_dir",
     "read_back_limit",

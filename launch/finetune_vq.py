@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import torch  # noqa: E402
 
-from common.config import DEVICE, SEED, at_least, checks, one_of, run_app  # noqa: E402
+from common.config import DEVICE, FINITE, SEED, at_least, checks, one_of, run_app  # noqa: E402
 from common.data import HRTrainDataset, ImageSource  # noqa: E402
 from common.dist import seed_everything  # noqa: E402
 from common.vq_finetune import FinetuneSettings, finetune, hr_stream  # noqa: E402
@@ -53,6 +53,7 @@ class FTData:
     steps=at_least(0),
     lr=at_least(0.0),
     weight_decay=at_least(0.0),
+    grad_clip=FINITE,
     beta=at_least(0.0),
     lpips_weight=at_least(0.0),
     eval_size=at_least(1),

@@ -4,13 +4,14 @@ Every LR image of `lr_dir` is restored by `pure.restore.Restorer`; the list is s
 ranks by index (DiT `sample_ddp` style; a batch is seeded with seed + its first index, so with
 batch_size 1 results do not depend on the world size). Each image gives `<out_dir>/<name>.png`
 and `<out_dir>/<name>.json` (degradation sentence, caption, token/forward counts). Rank 0 then
-writes `summary.json` and scores the folder with `common.metrics.evaluate_folders`.
+writes `<out_dir>/summary.json` and scores the folder with `common.metrics.evaluate_folders`.
 `PureSampleConfig` documents every key of configs/pure/sample.yaml (`pure_sample_schema`).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,7 +125,7 @@ class PureSampleConfig:
     skip_existing: bool = True  # keep PNG+JSON already written (resume after preemption)
     overwrite: bool = False  # replace existing outputs (atomically; wins over skip_existing)
     metrics: Any = None  # metric names, or the `metrics` group's {name: spec}; empty/None = no scoring
-    metrics_out: str | None = None  # JSON path; None -> <out_dir>/../metrics.json
+    metrics_out: str | None = None  # JSON path (+ _per_image.csv, .md beside it); None -> <out_dir>/metrics.json
 
 
 def register_configs() -> None:
@@ -197,11 +198,15 @@ def load_components(cfg: PureSampleConfig, device: torch.device):
         and any((ckpt / n).is_file() for n in ("tokenizer.json", "text_tokenizer.json"))
     ):
         tok_path = str(ckpt)
+    vq_dtype = get_dtype(cfg.vq_dtype) if device.type == "cuda" else torch.float32
     if tok_path is None:
         log.warning("no tokenizer: using the stand-in test tokenizer")
-        tok_path = build_test_tokenizer((Path(cfg.out_dir).parent if cfg.out_dir else Path(".")) / "test_tokenizer")
-    vq_dtype = get_dtype(cfg.vq_dtype) if device.type == "cuda" else torch.float32
-    return model.eval(), vq.to(device, vq_dtype).eval(), TextTokenizer.from_file(tok_path)
+        # built in a temporary folder and read at once: nothing is written beside (or outside) the outputs
+        with tempfile.TemporaryDirectory(prefix="arsr_tok_") as tmp:
+            tok = TextTokenizer.from_file(build_test_tokenizer(tmp))
+    else:
+        tok = TextTokenizer.from_file(tok_path)
+    return model.eval(), vq.to(device, vq_dtype).eval(), tok
 
 
 def _restore_or_skip(restorer, batch: list, generator, skips, path_of) -> list:
@@ -308,7 +313,7 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
         "mean_new_tokens": sum(r["new_tokens"] for r in records) / max(1, len(records)),
     }
     summary.update(skipped=counts["skipped"], skipped_files=counts["skipped_files"])
-    atomic_write_bytes(out_dir.parent / "summary.json", json.dumps(summary, indent=1).encode())
+    atomic_write_bytes(out_dir / "summary.json", json.dumps(summary, indent=1).encode())
     from common.metrics.select import scorable_metrics
 
     metrics = scorable_metrics(cfg.metrics, cfg.hr_dir is not None, out_dir)  # no HR: no-reference ones (NIQE at least)
@@ -317,7 +322,7 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     from common.metrics import evaluate_folders
     from common.paths import read_back_limit
 
-    out_json = Path(cfg.metrics_out or out_dir.parent / "metrics.json")
+    out_json = Path(cfg.metrics_out or out_dir / "metrics.json")  # every file of the run stays in out_dir
     scores = evaluate_folders(
         out_dir,
         cfg.hr_dir,
@@ -326,6 +331,7 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
         device=str(device),
         allow_extra_hr=bool(counts["skipped"]),
         max_input_pixels=read_back_limit(cfg),
+        out_beside_images=cfg.metrics_out is None,
     )  # skipped inputs have no output
     return {"summary": summary, **scores, "skipped": counts["skipped"]}
 

@@ -77,6 +77,7 @@ def load_launcher(name: str):
     """`launch/<name>.py` as a module (the launchers are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(f"launcher_{name}", ROOT / "launch" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(mod)
     return mod
 

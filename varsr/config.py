@@ -19,6 +19,7 @@ from common.config import (
     SEED,
     CheckpointConfig,
     OptimConfig,
+    Rule,
     RunConfig,
     above,
     at_least,
@@ -149,7 +150,14 @@ class LoggingConfig:
     every_steps: int = 20  # metrics to wandb (offline) and the console every N optimizer steps
 
 
-@checks(every_steps=at_least(0), num_images=at_least(1), seed=SEED, cfg=at_least(0.0), samples_per_class=at_least(1))
+@checks(
+    every_steps=at_least(0),
+    num_images=at_least(1),
+    seed=SEED,
+    cfg=at_least(0.0),
+    samples_per_class=at_least(1),
+    classes=Rule(lambda v: all(isinstance(c, int) and c >= 0 for c in v), "class ids >= 0"),
+)
 @dataclass
 class ValidationConfig:
     """Periodic validation. sr: a grid LR | SR | HR and PSNR (LPIPS when weights are available).

@@ -98,7 +98,7 @@ class SampleRunConfig:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "fp32"  # fp32 | fp16 | bf16 (autocast on CUDA)
     metrics: Any = None  # metric names, or the `metrics` group's {name: spec}; empty/None = no scoring
-    metrics_out: str | None = None  # JSON path; None -> <out_dir>/../metrics.json
+    metrics_out: str | None = None  # JSON path (+ _per_image.csv, .md beside it); None -> <out_dir>/metrics.json
     skip_existing: bool = True  # keep SR PNGs already in out_dir (resume a killed run)
     overwrite: bool = False  # replace existing SR PNGs (atomically; wins over skip)
 
@@ -188,7 +188,7 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
         return result
     from common.metrics import evaluate_folders
 
-    out_json = Path(cfg.metrics_out or out_dir.parent / "metrics.json")
+    out_json = Path(cfg.metrics_out or out_dir / "metrics.json")  # every file of the run stays in out_dir
     from common.metrics.select import scorable_metrics
     from common.paths import read_back_limit
 
@@ -205,6 +205,7 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
         device=str(device),
         allow_extra_hr=bool(counts["skipped"]),
         max_input_pixels=read_back_limit(cfg),
+        out_beside_images=cfg.metrics_out is None,
     )
     return {**scores, **result}
 

@@ -174,6 +174,7 @@ def evaluate_folders(
     allow_extra_hr: bool = False,
     overwrite: bool = True,
     max_input_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS,
+    out_beside_images: bool = False,
 ) -> dict:
     """Score every image of ``sr_dir`` (against ``hr_dir`` when given) and write
     ``out_json`` (summary), ``<stem>_per_image.csv`` and ``<stem>.md`` (one Markdown row).
@@ -184,7 +185,9 @@ def evaluate_folders(
     (``skipped`` / ``skipped_files`` in the summary); set-level metrics (FID) then read only the
     pairs that were read; ``max_input_pixels`` is the decoding gate's limit (`common.data.io`).
     The three files may not land in an input
-    folder; existing ones are replaced (atomically) only with ``overwrite``.
+    folder (``out_beside_images``: a sampling run scoring its own output folder keeps them there,
+    next to the images it wrote, which are not inputs); existing ones are replaced (atomically) only
+    with ``overwrite``.
     """
     from common.checkpoint import atomic_write_bytes
     from common.data.io import BadImageError
@@ -192,7 +195,8 @@ def evaluate_folders(
     from common.paths import SkipLog, UserError, check_apart
 
     out_json = Path(out_json)
-    check_apart(out_json.parent, "out", {"sr_dir": sr_dir, "hr_dir": hr_dir}, contains_ok=True)
+    inputs = {"hr_dir": hr_dir} if out_beside_images else {"sr_dir": sr_dir, "hr_dir": hr_dir}
+    check_apart(out_json.parent, "out", inputs, contains_ok=True)
     if out_json.exists() and not overwrite:
         raise UserError(f"out={out_json} already exists; set overwrite=true to replace it or choose another out")
 

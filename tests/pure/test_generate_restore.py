@@ -96,7 +96,7 @@ def test_folder_run_writes_png_json_and_metrics(tmp_path, test_tokenizer_path):
     rec = json.loads((sr / "img0.json").read_text())
     assert rec["ok"] and rec["new_tokens"] == 20
     assert result["summary"]["images"] == 2 and result["summary"]["failed"] == 0
-    assert "psnr" in json.dumps(result) and (tmp_path / "out" / "metrics.json").is_file()
+    assert "psnr" in json.dumps(result) and (sr / "metrics.json").is_file()
 
 
 def test_sample_config_composes_with_sweep_keys_and_training_exp():
