@@ -8,6 +8,9 @@ Three promises every folder tool makes, implemented once here:
 - Hydra's sweep folder (``-m``: ``multirun.yaml``, job folders, the sweep summary) is checked
   against the same inputs (`check_sweep_dir`, called by ``common.config.run_app`` before Hydra
   writes anything).
+- Old results are never passed off as new: `check_settings` records the settings that shape the
+  outputs in ``<out_dir>/run_settings.json`` and refuses to keep (resume over) outputs that were
+  made with other settings unless ``overwrite=true`` redoes them.
 - Bad paths are one line: `require_dir` / `require_file` tell "does not exist" from "is a file,
   not a folder" (and the reverse), naming the config key to change.
 - A folder run finishes: `SkipLog` reads each image through the one decoding gate
@@ -142,12 +145,73 @@ def check_existing(
     return {n for n, files in outputs.items() if all((out_dir / f).exists() for f in files)}
 
 
-def start_folder_run(cfg, default_out, weights: Mapping[str, object], outputs) -> tuple[dict, Path, set[str]]:
+SETTINGS_FILE = "run_settings.json"
+# keys that never change what an output file holds: where things go, resume switches, scoring, limits
+NOT_OUTPUT_KEYS = frozenset(
+    {"out_dir", "metrics", "metrics_out", "skip_existing", "overwrite", "device", "progress"}
+    | {"max_input_pixels", "max_output_pixels", "limit", "min_size"}
+)
+
+
+def output_settings(cfg, ignore: frozenset[str] = frozenset()) -> dict:
+    """The keys of a dataclass config that shape its outputs (JSON values; folders and weight files
+    as real paths, so ``./x`` and ``/abs/x`` are the same setting)."""
+    import dataclasses
+    import json
+
+    out = {}
+    for k, v in dataclasses.asdict(cfg).items():
+        if k in NOT_OUTPUT_KEYS or k in ignore:
+            continue
+        if isinstance(v, str) and (k.endswith(("_dir", "ckpt")) or k == "tokenizer"):
+            v = str(_real(v))
+        out[k] = json.loads(json.dumps(v, default=str))
+    return out
+
+
+def check_settings(out_dir: Path, settings: dict, kept: int, overwrite: bool, log=None) -> None:
+    """Record ``settings`` in ``out_dir``; refuse to keep ``kept`` outputs made with other settings.
+
+    A resumed run (``skip_existing``) keeps the outputs already there and then scores the folder as
+    its own, so outputs of a run with another ``cfg`` or checkpoint would be reported as this
+    run's: that is a one-line error naming the changed keys (``overwrite=true`` redoes them). Outputs
+    with no record (an older version) are kept with a warning."""
+    import json
+
+    from common.checkpoint import atomic_write_bytes
+
+    path = Path(out_dir) / SETTINGS_FILE
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        old = None
+    if kept and not overwrite:
+        if old is None and log is not None:
+            log.warning(
+                "%s holds %d output(s) of an unrecorded run; kept as they are (overwrite=true redoes them)",
+                out_dir,
+                kept,
+            )
+        elif old is not None and old != settings:
+            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            diff = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in changed[:3])
+            raise UserError(
+                f"out_dir={out_dir} holds {kept} output(s) made with other settings ({diff}"
+                f"{' ...' if len(changed) > 3 else ''}); set overwrite=true to redo them with the new settings "
+                "or choose another out_dir"
+            )
+    atomic_write_bytes(path, json.dumps(settings, indent=1, sort_keys=True).encode())
+
+
+def start_folder_run(
+    cfg, default_out, weights: Mapping[str, object], outputs, ignore: frozenset[str] = frozenset()
+) -> tuple[dict, Path, set[str]]:
     """Checks every sampling run makes before a model loads; ``(files by stem, out_dir, names done)``.
 
     ``cfg`` has ``lr_dir``, ``hr_dir``, ``out_dir``, ``metrics_out``, ``skip_existing`` and
     ``overwrite``; ``weights`` ({key: path or None}) must exist; ``outputs(name)`` lists the files
-    one input gives in ``out_dir``.
+    one input gives in ``out_dir``; outputs kept for a resume must come from the same settings
+    (`check_settings`; ``ignore``: more keys that do not change an output).
     """
     from common.data.test_sets import list_images_by_stem
 
@@ -162,6 +226,10 @@ def start_folder_run(cfg, default_out, weights: Mapping[str, object], outputs) -
         check_apart(Path(cfg.metrics_out).parent, "metrics_out", inputs, contains_ok=True)
     out_dir = prepare_output_dir(cfg.out_dir or default_out, "out_dir", inputs)
     done = check_existing(out_dir, {n: outputs(n) for n in files}, "out_dir", cfg.skip_existing, cfg.overwrite)
+    from common.logging import get_logger
+
+    # hr_dir: the reference the outputs are scored against, not what they are made from
+    check_settings(out_dir, output_settings(cfg, ignore | {"hr_dir"}), len(done), cfg.overwrite, get_logger("folder"))
     return files, out_dir, done
 
 
@@ -260,8 +328,10 @@ __all__ = [
     "UserError",
     "check_apart",
     "check_existing",
+    "check_settings",
     "check_sweep_dir",
     "exit_code",
+    "output_settings",
     "prepare_output_dir",
     "read_back_limit",
     "require_dir",

@@ -269,6 +269,7 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
         default_out,
         {"ckpt_dir": cfg.ckpt_dir, "vq_ckpt": cfg.vq_ckpt, "tokenizer": cfg.tokenizer},
         lambda n: [f"{n}.png", f"{n}.json"],
+        ignore=frozenset({"compile"}),
     )
     cfg.out_dir = str(out_dir)
     info = init_distributed(None if cfg.device == "auto" else cfg.device)

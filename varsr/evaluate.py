@@ -145,7 +145,11 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
 
     log = get_logger("varsr.sample")
     files, out_dir, keep = start_folder_run(
-        cfg, default_out, {"ckpt": cfg.ckpt, "vae_ckpt": cfg.vae_ckpt}, lambda n: [f"{n}.png"]
+        cfg,
+        default_out,
+        {"ckpt": cfg.ckpt, "vae_ckpt": cfg.vae_ckpt},
+        lambda n: [f"{n}.png"],
+        ignore=frozenset({"export_intermediate", "intermediate_max"}),
     )
     names = sorted(files)
     info = init_distributed(None if cfg.device == "auto" else cfg.device)

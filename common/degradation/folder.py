@@ -22,7 +22,7 @@ from common.checkpoint import atomic_write_bytes
 from common.config import DEVICE, SEED, at_least, checks
 from common.data.io import is_image_file, to_tensor, write_image
 from common.logging import get_logger, progress
-from common.paths import SkipLog, check_existing, prepare_output_dir, require_dir
+from common.paths import SkipLog, check_existing, check_settings, output_settings, prepare_output_dir, require_dir
 
 from .kernels import KernelSampler, collate_kernels
 from .pipeline import Degrader
@@ -121,6 +121,8 @@ def degrade_folder(cfg: DegradeConfig) -> dict:
     old = _old_records(out / "params.jsonl")
     done = check_existing(out, {n: [f"HR/{n}", f"LR/{n}"] for n in names}, "out_dir", cfg.skip_existing, cfg.overwrite)
     done &= set(old)  # a pair without its record is redone
+    # kept pairs must come from the same preset and seed (batching never changes a pair)
+    check_settings(out, output_settings(cfg, frozenset({"batch_size"})), len(done), cfg.overwrite, log)
     device = _resolve_device(cfg.device)
     sampler, degrader = KernelSampler(dcfg), Degrader(dcfg)
     (out / "HR").mkdir(parents=True, exist_ok=True)
