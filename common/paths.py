@@ -204,18 +204,20 @@ def check_settings(out_dir: Path, settings: dict, kept: int, overwrite: bool, lo
 
 
 def start_folder_run(
-    cfg, default_out, weights: Mapping[str, object], outputs, ignore: frozenset[str] = frozenset()
+    cfg, default_out, weights: Mapping[str, object], outputs, ignore: frozenset[str] = frozenset(), skips=None
 ) -> tuple[dict, Path, set[str]]:
     """Checks every sampling run makes before a model loads; ``(files by stem, out_dir, names done)``.
 
     ``cfg`` has ``lr_dir``, ``hr_dir``, ``out_dir``, ``metrics_out``, ``skip_existing`` and
     ``overwrite``; ``weights`` ({key: path or None}) must exist; ``outputs(name)`` lists the files
     one input gives in ``out_dir``; outputs kept for a resume must come from the same settings
-    (`check_settings`; ``ignore``: more keys that do not change an output).
+    (`check_settings`; ``ignore``: more keys that do not change an output). With ``skips`` (the
+    run's `SkipLog`), a second input of the same name (``a.jpg`` beside ``a.png``) is skipped and
+    counted instead of refusing the folder.
     """
     from common.data.test_sets import list_images_by_stem
 
-    files = list_images_by_stem(cfg.lr_dir, "lr_dir")
+    files = list_images_by_stem(cfg.lr_dir, "lr_dir", skips.skip if skips is not None else None)
     if cfg.hr_dir is not None:
         require_dir(cfg.hr_dir, "hr_dir")
     for key, path in weights.items():  # file or folder: the loaders check which, naming the file
@@ -273,7 +275,7 @@ class SkipLog:
         mine = (done, self.skipped, self.reasons[:1])
         per_rank = all_gather_object(mine) if gather else [mine]
         done = sum(d for d, _, _ in per_rank)
-        skipped = sorted(s for _, ss, _ in per_rank for s in ss)
+        skipped = sorted({s for _, ss, _ in per_rank for s in ss})  # listing skips: seen by every rank
         if skipped and not done:
             first = next(r for _, _, rs in per_rank for r in rs)
             raise UserError(

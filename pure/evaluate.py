@@ -264,12 +264,14 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     from common.paths import SkipLog, start_folder_run
 
     log = get_logger("pure.sample")
+    skips = SkipLog("pure.sample", log, cfg.max_input_pixels)
     files, out_dir, keep = start_folder_run(
         cfg,
         default_out,
         {"ckpt_dir": cfg.ckpt_dir, "vq_ckpt": cfg.vq_ckpt, "tokenizer": cfg.tokenizer},
         lambda n: [f"{n}.png", f"{n}.json"],
         ignore=frozenset({"compile"}),
+        skips=skips,
     )
     cfg.out_dir = str(out_dir)
     info = init_distributed(None if cfg.device == "auto" else cfg.device)
@@ -279,7 +281,6 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     names = sorted(files)
     rank, world = get_rank(), get_world_size()
     mine = [i for i in range(rank, len(names), world) if names[i] not in keep]
-    skips = SkipLog("pure.sample", log, cfg.max_input_pixels)
     t0, done = time.time(), sum(names[i] in keep for i in range(rank, len(names), world))
     for start in progress(range(0, len(mine), cfg.batch_size), desc="pure restore"):
         batch = [(i, skips.read(files[names[i]])) for i in mine[start : start + cfg.batch_size]]

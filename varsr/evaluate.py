@@ -144,12 +144,14 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
     from common.paths import ImageRejected, SkipLog, start_folder_run
 
     log = get_logger("varsr.sample")
+    skips = SkipLog("varsr.sample", log, cfg.max_input_pixels)
     files, out_dir, keep = start_folder_run(
         cfg,
         default_out,
         {"ckpt": cfg.ckpt, "vae_ckpt": cfg.vae_ckpt},
         lambda n: [f"{n}.png"],
         ignore=frozenset({"export_intermediate", "intermediate_max"}),
+        skips=skips,
     )
     names = sorted(files)
     info = init_distributed(None if cfg.device == "auto" else cfg.device)
@@ -157,7 +159,6 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
     model, vqvae = load_models(cfg, device)
     rank, world = get_rank(), get_world_size()
     amp = None if cfg.dtype == "fp32" else get_dtype(cfg.dtype)  # fp32: autocast off
-    skips = SkipLog("varsr.sample", log, cfg.max_input_pixels)
     t0, done = time.time(), 0
     for i in progress(range(rank, len(names), world), desc="varsr sr"):
         name = names[i]

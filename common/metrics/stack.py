@@ -235,11 +235,13 @@ def evaluate_folders(
     w = csv.DictWriter(buf, fieldnames=["name"] + [n for n in means if n in stack.per_image])
     w.writeheader()
     w.writerows(rows)
-    atomic_write_bytes(csv_path, buf.getvalue().encode())
+    atomic_write_bytes(csv_path, buf.getvalue().encode("utf-8", "surrogateescape"))
     from common.logging import markdown_table
 
     label = set_name or Path(sr_dir).name
-    atomic_write_bytes(md_path, (markdown_table([{"set": label, "n": len(rows), **means}]) + "\n").encode())
+    atomic_write_bytes(
+        md_path, (markdown_table([{"set": label, "n": len(rows), **means}]) + "\n").encode("utf-8", "surrogateescape")
+    )
     summary = {
         "set": label,
         "sr_dir": str(sr_dir),
