@@ -127,7 +127,10 @@ class ModelHost:
             return self._loaded
         if name not in self.checkpoints.get(app, {}):
             raise DemoError(f"unknown {app} checkpoint {name!r}; configured: {self.choices(app) or 'none'}")
-        cfg = _sample_config(app, self.checkpoints[app][name])
+        try:
+            cfg = _sample_config(app, self.checkpoints[app][name])
+        except ValueError as e:  # a value the command line refuses too (e.g. out_size over max_output_pixels)
+            raise DemoError(f"{app} checkpoint {name!r}: {str(e).splitlines()[0]}") from None
         missing = _missing_files(app, cfg)
         if missing:
             raise DemoError(

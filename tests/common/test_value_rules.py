@@ -196,3 +196,13 @@ def test_web_page_refuses_what_the_command_line_refuses(host, app, cfg, temperat
         with pytest.raises(ValueError) as cli:
             _build(app, "sample", [f"cfg={cfg}", f"temperature={temperature}", f"seed={seed}"])
         assert str(cli.value) == str(e.value)
+
+
+def test_web_checkpoint_entry_over_the_output_limit_is_a_message():
+    # bad case 8 through the page: the entry's out_size is checked like a command-line value
+    from webdemo.host import DemoError, ModelHost, Request
+
+    entry = {"model": "tiny", "ckpt": None, "vae_ckpt": None, "out_size": 12000}
+    host = ModelHost({"varsr": {"big": entry}}, device="cpu")
+    with pytest.raises(DemoError, match=r"checkpoint 'big': out_size=12000, max_output_pixels=67108864 is not"):
+        host.run(Request("varsr", "big", 6.0, 1.0, 0), np.zeros((8, 8, 3), np.uint8))
