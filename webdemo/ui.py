@@ -36,7 +36,7 @@ def _read_upload(path: str | None, max_bytes: int, max_pixels: int | None = DEFA
     try:
         return read_image(p, max_pixels)  # the pixel limit is checked from the header, before decoding
     except ImageTooLarge as e:
-        raise DemoError(f"{p.name} is {e.reason.removeprefix('too large: ')}") from None
+        raise DemoError(f"{p.name}: {e.reason}") from None
     except BadImageError as e:  # the reason only: the server-side temp path means nothing to the user
         raise DemoError(f"{p.name} is not a readable image ({e.reason})") from None
 
