@@ -86,12 +86,12 @@ def test_pure_sampling_writes_summary_and_tokenizer_nowhere_else(tmp_path, monke
 def test_evaluate_sweep_dir_at_an_input_folder_is_refused(tmp_path, capsys):
     # bad case 4: hydra.sweep.dir=<an input folder> overwrote its sweep_summary.png, exit 0
     _, hr = _pairs(tmp_path / "set")
+    (hr / "sweep_summary.png").write_bytes((hr / "i0.png").read_bytes())  # an input image of that name
     a, b = tmp_path / "A", tmp_path / "B"
     for d in (a, b):
         d.mkdir()
         for p in hr.iterdir():
             (d / p.name).write_bytes(p.read_bytes())
-    (a / "sweep_summary.png").write_bytes((hr / "i0.png").read_bytes())  # an input image of that name
     before = {d: tree_hash(d) for d in (a, b, hr)}
     main = load_launcher("evaluate").main
     common = [f"hr_dir={hr}", "metrics=[psnr]", "progress=false", "out=m.json"]
