@@ -54,6 +54,7 @@ def test_varsr_sampling_writes_metrics_inside_out_dir(tmp_path, monkeypatch):
         "metrics.json",
         "metrics.md",
         "metrics_per_image.csv",
+        "run_settings.json",
     ]
 
 
