@@ -128,6 +128,14 @@ def prepare_output_dir(out, out_key: str, inputs: Mapping[str, object]) -> Path:
 _FOLDER_LOCKS: list = []  # out_dir locks of the folder run in progress (common.run_lock), freed by SkipLog.finish
 
 
+def release_folder_locks() -> None:
+    """Free the out_dir locks of this process's folder run: at its end, or when it is refused."""
+    from common.run_lock import release
+
+    while _FOLDER_LOCKS:
+        release(_FOLDER_LOCKS.pop())
+
+
 def check_existing(
     out_dir: Path, outputs: Mapping[str, list[str]], out_key: str, skip_existing: bool, overwrite: bool
 ) -> set[str]:
@@ -234,11 +242,16 @@ def start_folder_run(
     if cfg.metrics_out:
         check_apart(Path(cfg.metrics_out).parent, "metrics_out", inputs, contains_ok=True)
     out_dir = prepare_output_dir(cfg.out_dir or default_out, "out_dir", inputs)
-    done = check_existing(out_dir, {n: outputs(n) for n in files}, "out_dir", cfg.skip_existing, cfg.overwrite)
     from common.logging import get_logger
 
-    # hr_dir: the reference the outputs are scored against, not what they are made from
-    check_settings(out_dir, output_settings(cfg, ignore | {"hr_dir"}), len(done), cfg.overwrite, get_logger("folder"))
+    try:  # a refused run leaves the folder as it found it, lock included
+        done = check_existing(out_dir, {n: outputs(n) for n in files}, "out_dir", cfg.skip_existing, cfg.overwrite)
+        # hr_dir: the reference the outputs are scored against, not what they are made from
+        settings = output_settings(cfg, ignore | {"hr_dir"})
+        check_settings(out_dir, settings, len(done), cfg.overwrite, get_logger("folder"))
+    except BaseException:
+        release_folder_locks()
+        raise
     return files, out_dir, done
 
 
@@ -282,10 +295,7 @@ class SkipLog:
         mine = (done, self.skipped, self.reasons[:1])
         per_rank = all_gather_object(mine) if gather else [mine]
         done = sum(d for d, _, _ in per_rank)
-        from common.run_lock import release
-
-        while _FOLDER_LOCKS:  # the folder run is over (done or refused below): another run may use out_dir now
-            release(_FOLDER_LOCKS.pop())
+        release_folder_locks()  # the folder run is over (done or refused below): another run may use out_dir now
         skipped = sorted({s for _, ss, _ in per_rank for s in ss})  # listing skips: seen by every rank
         if skipped and not done:
             first = next(r for _, _, rs in per_rank for r in rs)
@@ -346,6 +356,7 @@ __all__ = [
     "exit_code",
     "output_settings",
     "prepare_output_dir",
+    "release_folder_locks",
     "read_back_limit",
     "require_dir",
     "require_file",

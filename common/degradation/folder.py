@@ -22,7 +22,15 @@ from common.checkpoint import atomic_write_bytes
 from common.config import DEVICE, SEED, at_least, checks
 from common.data.io import is_image_file, to_tensor, write_image
 from common.logging import get_logger, progress
-from common.paths import SkipLog, check_existing, check_settings, output_settings, prepare_output_dir, require_dir
+from common.paths import (
+    SkipLog,
+    check_existing,
+    check_settings,
+    output_settings,
+    prepare_output_dir,
+    release_folder_locks,
+    require_dir,
+)
 
 from .kernels import KernelSampler, collate_kernels
 from .pipeline import Degrader
@@ -119,10 +127,15 @@ def degrade_folder(cfg: DegradeConfig) -> dict:
         files = files[: cfg.limit]
     names = _output_names(files)
     old = _old_records(out / "params.jsonl")
-    done = check_existing(out, {n: [f"HR/{n}", f"LR/{n}"] for n in names}, "out_dir", cfg.skip_existing, cfg.overwrite)
-    done &= set(old)  # a pair without its record is redone
-    # kept pairs must come from the same preset and seed (batching never changes a pair)
-    check_settings(out, output_settings(cfg, frozenset({"batch_size"})), len(done), cfg.overwrite, log)
+    try:  # a refused run leaves the folder as it found it, lock included
+        pairs = {n: [f"HR/{n}", f"LR/{n}"] for n in names}
+        done = check_existing(out, pairs, "out_dir", cfg.skip_existing, cfg.overwrite)
+        done &= set(old)  # a pair without its record is redone
+        # kept pairs must come from the same preset and seed (batching never changes a pair)
+        check_settings(out, output_settings(cfg, frozenset({"batch_size"})), len(done), cfg.overwrite, log)
+    except BaseException:
+        release_folder_locks()
+        raise
     device = _resolve_device(cfg.device)
     sampler, degrader = KernelSampler(dcfg), Degrader(dcfg)
     (out / "HR").mkdir(parents=True, exist_ok=True)
