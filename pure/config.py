@@ -173,6 +173,9 @@ class PureTrainConfig:
     sample: Any = None  # sampling keys of this experiment, read by launch/sample_pure.py (ignored here)
     nproc: str = "auto"  # ranks launch/train_pure.py starts itself when not under torchrun/deepspeed/SLURM:
     #   auto = visible CUDA devices (1 on CPU), or an integer (nproc=2 run.device=cpu: 2 gloo ranks)
+    dry_run: str | None = None  # h100 | h200 | a100_80 | a100_40 | rtx4090 | <GiB>: simulate one optimizer step of
+    #   `nproc` ranks at full size on fake tensors, print memory / FLOPs / collectives and exit (2: does not fit)
+    preflight: bool = True  # on CUDA, refuse (exit 2, one line) a config whose cheap estimate does not fit the GPU
 
 
 def register_configs() -> None:
