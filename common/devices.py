@@ -75,7 +75,9 @@ def get_device(spec) -> Device:
     try:
         gib = float(s.removesuffix("gib").removesuffix("gb"))
     except ValueError:
-        raise ValueError(f"dry_run must be one of {' | '.join(DEVICES)} or a memory size in GiB, got {spec!r}") from None
+        raise ValueError(
+            f"dry_run must be one of {' | '.join(DEVICES)} or a memory size in GiB, got {spec!r}"
+        ) from None
     if gib <= 0:
         raise ValueError(f"dry_run memory must be > 0 GiB, got {spec!r}")
     return Device(f"{gib:g}gib", f"{gib:g} GiB card (H100 speeds)", gib, *_speeds(_GENERIC))

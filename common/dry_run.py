@@ -204,12 +204,10 @@ def simulation(world: int = 1):
     Yields the ``DistInfo`` the apps' builders take (a CPU device; ``backend`` "fake" when a
     group exists). The process group is destroyed on exit."""
     import torch.distributed as dist
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    import torch.distributed.device_mesh as dm
+    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 
     from common.dist import DistInfo
-
-    import torch.distributed.device_mesh as dm
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     distributed = world > 1
     if distributed:

@@ -81,8 +81,10 @@ class Report:
         for c in CATEGORIES:
             if m.device_bytes.get(c) or c in ("parameters", "activations"):
                 rows.append(f"| {c} | {m.device_bytes.get(c, 0) / GIB:.2f} | {src[c]} |")
-        rows.append(f"| CUDA context + allocator slack | {(self.needed - m.peak) / GIB:.2f} | assumed: "
-                    f"{CONTEXT_GIB} GiB + {SLACK:.0%} |")
+        rows.append(
+            f"| CUDA context + allocator slack | {(self.needed - m.peak) / GIB:.2f} | assumed: "
+            f"{CONTEXT_GIB} GiB + {SLACK:.0%} |"
+        )
         verdict = "**fits**" if self.fits else "**does not fit**"
         rows.append(f"| **total** vs {d.memory_gib:.1f} GiB | **{self.needed / GIB:.2f}** | {verdict} |")
         t = m.traffic
@@ -91,7 +93,9 @@ class Report:
         rows.append(f"| FLOPs executed (recompute included) | {flops:.3e} |")
         rows.append(f"| FLOPs per {self.unit} | {flops / max(self.units, 1):.3e} |")
         if self.model_flops:
-            rows.append(f"| model FLOPs per {self.unit} (6N + attention) | {self.model_flops / max(self.units, 1):.3e} |")
+            rows.append(
+                f"| model FLOPs per {self.unit} (6N + attention) | {self.model_flops / max(self.units, 1):.3e} |"
+            )
         rows.append(f"| step time on {d.key} (roofline: max(FLOPs/peak, bytes/HBM) per op) | {self.step_s:.3f} s |")
         if self.model_flops and self.step_s > 0:
             rows.append(f"| MFU implied | {self.model_flops * self.accum / self.step_s / d.peak_flops:.1%} |")
@@ -103,7 +107,9 @@ class Report:
             sent = t.link_bytes(self.world) * self.accum
             need_bw = sent / max(self.step_s, 1e-12) / 1e9
             rows.append(f"| link traffic per GPU (ring) | | {sent / GIB:.2f} |")
-            rows.append(f"| bandwidth to hide it behind compute | | {need_bw:.1f} GB/s of {d.link_bytes_per_s / 1e9:.0f} |")
+            rows.append(
+                f"| bandwidth to hide it behind compute | | {need_bw:.1f} GB/s of {d.link_bytes_per_s / 1e9:.0f} |"
+            )
         host = {**{f"{c} (CPU offload)": b for c, b in m.host_bytes.items() if b}, **self.host}
         if host:
             rows += ["", "| host RAM | GiB |", "|---|---:|"]
@@ -112,9 +118,17 @@ class Report:
         return "\n".join(rows)
 
     def summary(self) -> dict:
-        return {"title": self.title, "device": self.device.key, "world": self.world, "fits": self.fits,
-                "needed_gib": self.needed / GIB, "peak_gib": self.m.peak / GIB, "step_s": self.step_s,
-                "memory_gib": {c: b / GIB for c, b in self.m.device_bytes.items()}, "wall_s": self.m.wall_s}
+        return {
+            "title": self.title,
+            "device": self.device.key,
+            "world": self.world,
+            "fits": self.fits,
+            "needed_gib": self.needed / GIB,
+            "peak_gib": self.m.peak / GIB,
+            "step_s": self.step_s,
+            "memory_gib": {c: b / GIB for c, b in self.m.device_bytes.items()},
+            "wall_s": self.m.wall_s,
+        }
 
 
 @dataclass(frozen=True)

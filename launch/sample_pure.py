@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from common.config import apply_preset, cli_keys, run_app  # noqa: E402
 from common.paths import exit_code, sampling_out_dir  # noqa: E402
-from pure.evaluate import PureSampleConfig, register_configs, run_restore  # noqa: E402
 from pure.dry_run import SAMPLE  # noqa: E402
+from pure.evaluate import PureSampleConfig, register_configs, run_restore  # noqa: E402
 
 
 def sample_view(cfg, hydra_cfg=None) -> dict:

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from common.config import run_app  # noqa: E402
 from common.paths import exit_code, sampling_out_dir  # noqa: E402
-from varsr.evaluate import SampleRunConfig, register_configs, run_sampling  # noqa: E402
 from varsr.dry_run import SAMPLE  # noqa: E402
+from varsr.evaluate import SampleRunConfig, register_configs, run_sampling  # noqa: E402
 
 
 def sample_view(cfg, hydra_cfg=None) -> dict:

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from common.config import run_app  # noqa: E402
 from common.dist import destroy_distributed  # noqa: E402
 from varsr.config import VARSRTrainConfig, register_configs  # noqa: E402
-from varsr.train import train  # noqa: E402
 from varsr.dry_run import TRAIN  # noqa: E402
+from varsr.train import train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

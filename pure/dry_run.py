@@ -1,13 +1,13 @@
 """PURE dry runs (``dry_run=`` / preflight of launch/train_pure.py and launch/sample_pure.py).
 
-The real code at full size on fake tensors (``common/dry_run.py``): training builds the configured
-model (``pure.build.model_config``: final vocabulary, training dropout), wraps it with ``pure.parallelize.build_engine`` (FSDP2 with its
-mixed precision, activation checkpointing and CPU offload; ``backend=none``) and runs the last
-micro-batch of one optimizer step (forward, backward, clip, AdamW) on a padded batch of
-``data.batch_size x data.max_seq_len``; sampling builds the model and VQ in the sampling dtype and
-runs the decode engine's prefill and one decode step with the static KV cache of the configured
-request (``pure.engine``). DeepSpeed's model states come from DeepSpeed's own estimators, the
-activations from the same fake-tensor step without sharding.
+The real code at full size on fake tensors (``common/dry_run.py``). Training builds the configured
+model (``pure.build.model_config``: final vocabulary, training dropout), wraps it with
+``pure.parallelize.build_engine`` (FSDP2 with its mixed precision, activation checkpointing and
+CPU offload; ``backend=none``) and runs the last micro-batch of one optimizer step (forward,
+backward, clip, AdamW) on a padded batch of ``data.batch_size x data.max_seq_len``. Sampling
+builds the model and VQ in the sampling dtypes and runs the decode engine's prefill and one decode
+step over the static KV cache the request sizes (``pure.engine``). DeepSpeed's model states come
+from DeepSpeed's own estimators, the activations from the same fake-tensor step without sharding.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import dataclasses
 import torch
 
 from common.devices import Device
-from common.parallel import ac_mode
 from common.dry_run import measure, nbytes, prime_optimizer, simulation, with_group
 from common.dry_run_report import GIB, DryRunApp, Report
+from common.parallel import ac_mode
 
 TRAIN_KEYS = "nproc, data.batch_size, data.max_seq_len, parallel.activation_checkpointing, parallel.cpu_offload"
 SAMPLE_KEYS = "batch_size, max_new_tokens, max_text_tokens, dtype"

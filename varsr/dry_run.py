@@ -19,9 +19,9 @@ import math
 import torch
 
 from common.devices import Device
-from common.parallel import ac_mode
 from common.dry_run import measure, nbytes, prime_optimizer, simulation, with_group
 from common.dry_run_report import DryRunApp, Report
+from common.parallel import ac_mode
 
 TRAIN_KEYS = "nproc, data.batch_size, parallel.backend, parallel.activation_checkpointing, parallel.cpu_offload"
 SAMPLE_KEYS = "dtype, tile_batch, fastvar.enabled"
@@ -97,7 +97,10 @@ def simulate_train(cfg, device: Device, world: int, layers: int | None = None) -
     if ddp:
         m.device_bytes["gradients"] += grad_bytes
         r.sources["gradients"] = "measured + DDP gradient buckets (closed form: one fp32 copy of every gradient)"
-        m.traffic.collectives["allreduce (DDP buckets, closed form)"] = [math.ceil(grad_bytes / DDP_BUCKET_BYTES), grad_bytes]
+        m.traffic.collectives["allreduce (DDP buckets, closed form)"] = [
+            math.ceil(grad_bytes / DDP_BUCKET_BYTES),
+            grad_bytes,
+        ]
     r.host["model + VQVAE built on CPU per rank (fp32)"] = (n_params + sum(p.numel() for p in vqvae.parameters())) * 4
     r.notes.append("the on-device degradation of the batch runs before the forward and is not included")
     r.notes.append(f"{n_params / 1e9:.2f} B transformer parameters; MFU not shown: FLOPs are as executed")
