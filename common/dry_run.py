@@ -35,9 +35,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from common.devices import Device
+from common.devices import DEVICES, Device
 
 aten = torch.ops.aten
+_MODE = None  # the DryRunMode of the active `simulation`
 
 # Memory categories of a report, in display order.
 CATEGORIES = ("parameters", "gradients", "optimizer state", "activations", "KV cache", "temporaries")
@@ -118,10 +119,14 @@ class DryRunMode(TorchDispatchMode):
 
     def __init__(self, device: Device, true_fraction: float = 1.0):
         super().__init__()
-        self.device, self.true_fraction = device, float(true_fraction)
-        self.traffic = Traffic()
         self._formulas = _flop_formulas()
         self._found_inf: set[int] = set()  # GradScaler's overflow flags (read as 0)
+        self.reset(device, true_fraction)
+
+    def reset(self, device: Device, true_fraction: float = 1.0) -> None:
+        """Start counting afresh (a new step) against ``device``."""
+        self.device, self.true_fraction = device, float(true_fraction)
+        self.traffic = Traffic()
 
     def _nonzero(self, mask):
         n = int(round(mask.numel() * self.true_fraction))
@@ -198,17 +203,24 @@ def _fake_pg(world: int) -> None:
 
 
 @contextlib.contextmanager
-def simulation(world: int = 1):
+def simulation(world: int = 1, fake: bool = True):
     """Fake tensors over a fake process group of ``world`` ranks (this process is rank 0).
 
     Yields the ``DistInfo`` the apps' builders take (a CPU device; ``backend`` "fake" when a
-    group exists). The process group is destroyed on exit."""
+    group exists). The process group is destroyed on exit. ``fake=False`` (tests: the same code
+    on real CPU tensors, world 1) yields the plain single-process ``DistInfo``."""
     import torch.distributed as dist
     import torch.distributed.device_mesh as dm
-    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import _disable_current_modes
 
     from common.dist import DistInfo
 
+    if not fake:
+        if world > 1:
+            raise ValueError("a real (fake=False) simulation runs one process")
+        yield DistInfo(0, 1, 0, torch.device("cpu"), None)
+        return
     distributed = world > 1
     if distributed:
         _fake_pg(world)
@@ -216,14 +228,19 @@ def simulation(world: int = 1):
     real_init = dm.init_device_mesh
 
     def init_mesh(*args, **kwargs):  # a mesh is bookkeeping (its rank map is read back): build it for real
-        with unset_fake_temporarily():
+        with _disable_current_modes():
             return real_init(*args, **kwargs)
 
     dm.init_device_mesh = init_mesh
+    global _MODE
     try:
-        with FakeTensorMode(allow_non_fake_inputs=True):
+        # The dry-run mode answers data-dependent reads while the model is built too (e.g. trunc_normal_
+        # asks whether any value fell outside its bounds); `measure` then counts the step with it.
+        with FakeTensorMode(allow_non_fake_inputs=True), DryRunMode(DEVICES["h100"]) as mode:
+            _MODE = mode
             yield info
     finally:
+        _MODE = None
         dm.init_device_mesh = real_init
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
@@ -261,20 +278,24 @@ def measure(
     from torch.distributed._tools.mem_tracker import MemTracker
     from torch.distributed.fsdp import FSDPModule
 
-    from common.devices import DEVICES
-
     if isinstance(model, FSDPModule):
         tracker = FSDPMemTracker(model, optimizer)
     else:
         tracker = MemTracker()
-        tracker.track_external(*[x for x in (model, optimizer) if x is not None])
-    mode = DryRunMode(device or DEVICES["h100"], true_fraction)
+        # MemTracker refuses a root-level module called twice (an "iteration"); sampling calls the
+        # embedding and decoder per step, so the whole step runs as the forward of one parent module.
+        call = _StepModule(step, model)
+        tracker.track_external(*[x for x in (call, optimizer) if x is not None])
+        step = call
+    mode = _MODE if fake and _MODE is not None else DryRunMode(DEVICES["h100"])
+    mode.reset(device or DEVICES["h100"], true_fraction)
+    enter = fake and _MODE is None  # inside `simulation` the mode is already active
     t0 = time.perf_counter()
     with tracker:
-        with mode if fake else contextlib.nullcontext():
+        with mode if enter else contextlib.nullcontext():
             step()
     if after is not None:
-        with mode if fake else contextlib.nullcontext():
+        with mode if enter else contextlib.nullcontext():
             after()
     wall = time.perf_counter() - t0
     snap = tracker.get_tracker_snapshot("peak")
@@ -290,23 +311,29 @@ def measure(
     return Measurement(dev_b, host_b, mode.traffic, wall, dict(raw))
 
 
+class _StepModule(torch.nn.Module):
+    def __init__(self, fn, model):
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self):
+        return self.fn()
+
+
 @torch.no_grad()
-def prime_optimizer(optimizer, params, keep_grads: bool = False, fake: bool = True) -> None:
+def prime_optimizer(optimizer, params, keep_grads: bool = False) -> None:
     """Create the optimizer's state as a previous step would (zero gradients, one ``step``), so the
     measured step sees the steady state: AdamW moments exist while the activations are alive.
 
     ``keep_grads``: leave zero gradients in place, as a non-first micro-batch of an accumulation
     finds them; otherwise they are freed (``zero_grad(set_to_none=True)``, what the loops do)."""
-    from common.devices import DEVICES
-
     params = [p for p in params if p.requires_grad]
     for p in params:
         p.grad = torch.zeros_like(p)
     lrs = [g["lr"] for g in optimizer.param_groups]
     for g in optimizer.param_groups:
         g["lr"] = 0.0
-    with DryRunMode(DEVICES["h100"]) if fake else contextlib.nullcontext():  # AdamW reads its step count
-        optimizer.step()
+    optimizer.step()  # inside `simulation`, the dry-run mode answers AdamW's read of its step count
     for g, lr in zip(optimizer.param_groups, lrs, strict=True):
         g["lr"] = lr
     if not keep_grads:

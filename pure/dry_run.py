@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 
 import torch
 
@@ -61,12 +62,14 @@ def _train_cfg(cfg):
     return cfg
 
 
-def simulate_train(cfg, device: Device, world: int, layers: int | None = None) -> list[Report]:
+def simulate_train(cfg, device: Device, world: int, layers: int | None = None, fake: bool = True) -> list[Report]:
+    """One optimizer step's last micro-batch on ``world`` ranks (``fake=False``: real CPU tensors, tests)."""
     from pure.build import model_config
     from pure.losses import PureLoss
     from pure.model.chameleon import ChameleonForCausalLM
     from pure.optim import flops_per_token
     from pure.parallelize import build_engine
+    from pure.sequence import IGNORE
 
     cfg = _train_cfg(_with_layers(cfg, layers))
     par = cfg.parallel
@@ -79,7 +82,7 @@ def simulate_train(cfg, device: Device, world: int, layers: int | None = None) -
     offload = bool(par.cpu_offload) and not ds
     group = with_group(world, offload) and not ds
     frac = supervised_fraction(cfg)
-    with simulation(world if group else 1) as dist:
+    with simulation(world if group else 1, fake) as dist:
         lm = ChameleonForCausalLM(mcfg)  # pure.build.build_lm without weights to load (fake tensors are born on CPU)
         root = PureLoss(lm, cfg.loss.z_loss_weight)
         n_params = sum(p.numel() for p in root.parameters())
@@ -90,6 +93,7 @@ def simulate_train(cfg, device: Device, world: int, layers: int | None = None) -
             prime_optimizer(eng.optimizer, eng.module.parameters(), keep_grads=accum > 1)
         ids = torch.zeros(B, T, dtype=torch.long)
         labels = torch.zeros(B, T, dtype=torch.long)
+        labels[:, : T - round(frac * T)] = IGNORE  # the prompt: only the answer goes through lm_head
         amp = bool(par.autocast) and not ds  # the trainer autocasts on CUDA unless DeepSpeed runs bf16 itself
 
         def step():
@@ -98,7 +102,7 @@ def simulate_train(cfg, device: Device, world: int, layers: int | None = None) -
             eng.backward(loss)
 
         after = None if ds else eng.step  # clip + AdamW (common.dry_run.measure: in place, outside the tracker)
-        m = measure(step, eng.module, None if ds else eng.optimizer, device, frac, offload, after=after)
+        m = measure(step, eng.module, None if ds else eng.optimizer, device, frac, offload, fake, after)
     wrap = f"DeepSpeed ZeRO-{par.zero_stage}" if ds else {"fsdp2": "FSDP2", "none": "one process"}[par.backend]
     if group or ds:
         wrap += f" x{world}"
@@ -170,17 +174,19 @@ def simulate_sample(cfg, device: Device, world: int = 1, layers: int | None = No
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.dtype]
     vq_dtype = torch.bfloat16 if cfg.vq_dtype == "bf16" else torch.float32
     lat = cfg.resolution // 8
+    image_mask = torch.zeros(mcfg.vocab_size, dtype=torch.bool)  # real: the engine cache hashes its bytes
     with simulation(1):
-        model = ChameleonForCausalLM(mcfg).to(dtype).eval()
-        vq = VQModel(vq_config(cfg.vq_size)).to(vq_dtype).eval()
+        model = _built_in(dtype, ChameleonForCausalLM, mcfg).eval()  # as load_hf_shards(dtype=...) leaves it
+        vq = _built_in(vq_dtype, VQModel, vq_config(cfg.vq_size)).eval()
         prompt = _prompt(cfg, lat)
-        image_mask = torch.zeros(mcfg.vocab_size, dtype=torch.bool)
         eos = SpecialIds.IMG_END if cfg.image_only else SpecialIds.EOT
         need = tokens_needed([prompt] * B, eos, cfg.max_new_tokens, cfg.max_text_tokens)
 
         @torch.no_grad()
         def step():
-            eng = get_engine(model, [prompt] * B, sampling_config(cfg), image_mask, need, eos, compile=False)
+            with warnings.catch_warnings():  # the engine cache hashes the mask's bytes: meaningless on a fake
+                warnings.simplefilter("ignore", UserWarning)
+                eng = get_engine(model, [prompt] * B, sampling_config(cfg), image_mask, need, eos, compile=False)
             S, _, _ = eng.start([prompt] * B, list(range(B)))
             eng.call(eng.ar_step, S)
             codes = torch.zeros(1, lat, lat, dtype=torch.long)
@@ -206,6 +212,16 @@ def simulate_sample(cfg, device: Device, world: int = 1, layers: int | None = No
     r.sources["KV cache"] = f"the engine's static cache ({kv / GIB:.2f} GiB)"
     r.notes.append(f"roofline time is one decode step; a full answer is {need} steps")
     return [r]
+
+
+def _built_in(dtype: torch.dtype, cls, *args):
+    """``cls(*args)`` with floating parameters created in ``dtype`` (``.to()`` cannot swap fake parameters)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return cls(*args)
+    finally:
+        torch.set_default_dtype(old)
 
 
 def _prompt(cfg, lat: int) -> list[int]:
