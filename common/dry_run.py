@@ -95,8 +95,13 @@ class Traffic:
     """What one simulated step did on one rank."""
 
     flops: float = 0.0  # executed FLOPs (activation-checkpointing recompute included)
-    roofline_s: float = 0.0  # sum over ops of max(flops / peak, bytes / HBM bandwidth)
+    roofline: dict = field(default_factory=lambda: dict.fromkeys(DEVICES, 0.0))  # device key -> seconds
     collectives: dict = field(default_factory=lambda: defaultdict(lambda: [0, 0]))  # kind -> [count, bytes]
+
+    def seconds(self, device: Device) -> float:
+        """Sum over ops of max(flops / peak, bytes moved / HBM bandwidth) on ``device`` (a table row, or a
+        bare memory size, which has the H100's speeds)."""
+        return self.roofline.get(device.key, self.roofline["h100"])
 
     def link_bytes(self, world: int) -> float:
         """Bytes each rank sends over its link in ring algorithms: (n-1)/n of an all-gather's output /
@@ -172,7 +177,8 @@ class DryRunMode(TorchDispatchMode):
             x.numel() * x.element_size() for x in tree_flatten((args, kwargs, out))[0] if isinstance(x, torch.Tensor)
         )
         self.traffic.flops += flops
-        self.traffic.roofline_s += max(flops / self.device.peak_flops, moved / (self.device.hbm_gbs * 1e9))
+        for key, d in DEVICES.items():
+            self.traffic.roofline[key] += max(flops / d.peak_flops, moved / (d.hbm_gbs * 1e9))
         return out
 
 

@@ -61,7 +61,7 @@ class Report:
 
     @property
     def step_s(self) -> float:
-        return self.m.traffic.roofline_s * self.accum
+        return self.m.traffic.seconds(self.device) * self.accum
 
     def line(self) -> str:
         """The one-line verdict (the stderr line of a refusal)."""
@@ -174,12 +174,12 @@ def _plain(cfg) -> dict:
 def extrapolate(r1: Report, r2: Report, depth: int) -> Report:
     """The ``depth``-layer report from the 1- and 2-layer ones: each figure is a + b * layers."""
 
-    def lin(a: dict, b: dict) -> dict:
-        return {k: max(0, int(a.get(k, 0) + (depth - 1) * (b.get(k, 0) - a.get(k, 0)))) for k in set(a) | set(b)}
+    def lin(a: dict, b: dict, cast=int) -> dict:
+        return {k: max(0, cast(a.get(k, 0) + (depth - 1) * (b.get(k, 0) - a.get(k, 0)))) for k in set(a) | set(b)}
 
     m1, m2 = r1.m, r2.m
     t = dataclasses.replace(m2.traffic, flops=m1.traffic.flops + (depth - 1) * (m2.traffic.flops - m1.traffic.flops))
-    t.roofline_s = m1.traffic.roofline_s + (depth - 1) * (m2.traffic.roofline_s - m1.traffic.roofline_s)
+    t.roofline = lin(m1.traffic.roofline, m2.traffic.roofline, float)
     m = Measurement(lin(m1.device_bytes, m2.device_bytes), lin(m1.host_bytes, m2.host_bytes), t, m1.wall_s + m2.wall_s)
     return dataclasses.replace(r2, m=m, notes=[*r2.notes, f"extrapolated to {depth} layers from 1 and 2"])
 

@@ -102,8 +102,8 @@ class ParallelConfig:
     compile: bool = False  # torch.compile each transformer block in place before DDP/FSDP2 wrapping
     compile_backend: str = "inductor"  # torch.compile backend (inductor | aot_eager | eager)
     cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy (backend=fsdp2): fp32 params, grads and AdamW state in
-    #   host RAM, optimizer step on the CPU; a single process is started as a torchrun world of one. d24 (~1B
-    #   params: 4 + 4 + 8 = 16 GB of fp32 state) fits one GPU anyway; offload frees that for larger batches.
+    #   host RAM, optimizer step on the CPU; a single process is started as a torchrun world of one. Whether a
+    #   setting fits: `dry_run=h100 nproc=N` (README "Dry runs" table).
     param_dtype: str = "bf16"  # FSDP2 MixedPrecisionPolicy compute dtype of parameters
     reduce_dtype: str = "fp32"  # gradient reduce-scatter dtype
     reshard_after_forward: bool = True  # free per-block params after forward (ZeRO-3 style)
