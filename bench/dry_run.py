@@ -110,7 +110,12 @@ def main(argv=None) -> list[dict]:
             continue
         cfg = build(overrides)
         t0 = time.perf_counter()
-        report = simulate(cfg, DEVICES["h100"], world, **kw)[0]
+        try:
+            report = simulate(cfg, DEVICES["h100"], world, **kw)[0]
+        except Exception as e:  # one failing row must not lose the others
+            table.append({"configuration": name, "GPUs": world, "GiB per GPU": f"error: {type(e).__name__}: {e}"})
+            print(f"{name}: error {e!r}", file=sys.stderr, flush=True)
+            continue
         wall = time.perf_counter() - t0
         if args.details:
             print(report.markdown() + "\n", flush=True)

@@ -16,7 +16,8 @@ app-independent parts:
   formulas, plus the CPU flash-attention kernels they lack), estimates each op's time on the target
   device by the roofline ``max(flops / peak, bytes moved / bandwidth)``, records every collective
   with its bytes, and answers the data-dependent reads a fake tensor cannot (``.item()`` reads 1 --
-  an optimizer's step count, a finite norm -- and a GradScaler's overflow flag 0, so the step runs;
+  an optimizer's step count --, a boolean False -- "anything left to redraw?" in trunc_normal_ --,
+  a GradScaler's overflow flag 0, so the step runs;
   a boolean mask selects ``true_fraction`` of its elements -- the app says how many).
 - :func:`measure`: peak memory by category from ``torch.distributed._tools``' ``FSDPMemTracker``
   (FSDP2) or ``MemTracker`` (everything else), which follow every storage the step allocates.
@@ -142,7 +143,8 @@ class DryRunMode(TorchDispatchMode):
         if func is aten._local_scalar_dense.default:  # .item(), bool(), int() of a tensor: no value exists
             if id(args[0]) in self._found_inf:  # GradScaler: no overflow, the optimizer steps
                 return 0.0
-            return True if args[0].dtype == torch.bool else 1  # a step count of 1, a finite norm, ...
+            # a step count of 1; "any left?" reads False, so rejection loops (trunc_normal_) end
+            return False if args[0].dtype == torch.bool else 1
         if func is aten._amp_foreach_non_finite_check_and_unscale_.default:
             self._found_inf.add(id(args[1]))
         if func in (aten.nonzero.default, aten.argwhere.default):
@@ -266,6 +268,7 @@ def measure(
     offload=False,
     fake=True,
     after=None,
+    backward=None,
 ):
     """Run ``step()`` once under the memory tracker and :class:`DryRunMode`; returns a :class:`Measurement`.
 
@@ -279,20 +282,22 @@ def measure(
     op on fake tensors of the *global* shape, which the tracker would count as a transient full
     copy of every gradient, memory no GPU run allocates. The step's own memory is known in closed
     form: clipping scales the gradients in place and the fused AdamW kernel (what a GPU run uses)
-    updates parameters and moments in place; the moments themselves are primed beforehand."""
+    updates parameters and moments in place; the moments themselves are primed beforehand.
+    ``step()`` is the forward part (a sampling call, or a loss); ``backward(step())`` then runs when given."""
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
     from torch.distributed._tools.mem_tracker import MemTracker
     from torch.distributed.fsdp import FSDPModule
 
     if isinstance(model, FSDPModule):
-        tracker = FSDPMemTracker(model, optimizer)
+        tracker = _frozen_ok(FSDPMemTracker)(model, optimizer)
     else:
-        tracker = MemTracker()
-        # MemTracker refuses a root-level module called twice (an "iteration"); sampling calls the
-        # embedding and decoder per step, so the whole step runs as the forward of one parent module.
-        call = _StepModule(step, model)
-        tracker.track_external(*[x for x in (call, optimizer) if x is not None])
-        step = call
+        tracker = _frozen_ok(MemTracker)()
+        tracker.track_external(*[x for x in (model, optimizer) if x is not None])
+    # The trackers refuse a root-level module called twice (an "iteration"): a sampling call runs the
+    # embedding and decoder once per step, VARSR's loss its tokenizer's codebook once per scale. So the
+    # forward part runs as the forward of one parent module; `backward(out)` follows outside it.
+    forward = _StepModule(step, model)
+    step = (lambda: backward(forward())) if backward is not None else forward
     mode = _MODE if fake and _MODE is not None else DryRunMode(DEVICES["h100"])
     mode.reset(device or DEVICES["h100"], true_fraction)
     enter = fake and _MODE is None  # inside `simulation` the mode is already active
@@ -315,6 +320,18 @@ def measure(
             cat = _TRACKER_MAP.get(name, "temporaries")
             (host_b if offload and name in OFFLOADED else dev_b)[cat] += int(nbytes)
     return Measurement(dev_b, host_b, mode.traffic, wall, dict(raw))
+
+
+def _frozen_ok(tracker_cls):
+    """The tracker class, made to skip gradient hooks on frozen modules (e.g. VARSR's VQVAE): torch's
+    trackers hook every parameter of a module they see run, and a frozen parameter refuses a hook."""
+
+    class Tracker(tracker_cls):
+        def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
+            frozen = any(not p.requires_grad for p in module.parameters())
+            return super()._track_module_params_and_buffers(module, install_grad_hooks and not frozen)
+
+    return Tracker
 
 
 class _StepModule(torch.nn.Module):

@@ -96,13 +96,13 @@ def simulate_train(cfg, device: Device, world: int, layers: int | None = None, f
         labels[:, : T - round(frac * T)] = IGNORE  # the prompt: only the answer goes through lm_head
         amp = bool(par.autocast) and not ds  # the trainer autocasts on CUDA unless DeepSpeed runs bf16 itself
 
-        def step():
+        def forward():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                loss, _ = eng.forward(ids, labels)
-            eng.backward(loss)
+                return eng.forward(ids, labels)[0]
 
         after = None if ds else eng.step  # clip + AdamW (common.dry_run.measure: in place, outside the tracker)
-        m = measure(step, eng.module, None if ds else eng.optimizer, device, frac, offload, fake, after)
+        opt = None if ds else eng.optimizer
+        m = measure(forward, eng.module, opt, device, frac, offload, fake, after, backward=eng.backward)
     wrap = f"DeepSpeed ZeRO-{par.zero_stage}" if ds else {"fsdp2": "FSDP2", "none": "one process"}[par.backend]
     if group or ds:
         wrap += f" x{world}"

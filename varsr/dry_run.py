@@ -71,10 +71,12 @@ def simulate_train(cfg, device: Device, world: int, layers: int | None = None) -
         lr = torch.zeros(B, 3, S, S) if mcfg.lr_prefix else None
         label = torch.zeros(B, dtype=torch.long)
 
-        def step():
-            with grad_sync(wrapped, True):
-                with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
-                    loss, _ = varsr_loss(wrapped, vqvae, hr, lr, label, diff_weight=cfg.loss.diff_weight)
+        def forward():
+            with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+                return varsr_loss(wrapped, vqvae, hr, lr, label, diff_weight=cfg.loss.diff_weight)[0]
+
+        def backward(loss):
+            with grad_sync(wrapped, True):  # the last micro-batch: gradients are reduced
                 scaler.scale(loss / accum).backward()
 
         def after():  # unscale, clip, AdamW: in place (common.dry_run.measure)
@@ -86,7 +88,7 @@ def simulate_train(cfg, device: Device, world: int, layers: int | None = None) -
             scaler.step(optimizer)
             scaler.update()
 
-        m = measure(step, wrapped, optimizer, device, 1.0, offload and group, after=after)
+        m = measure(forward, wrapped, optimizer, device, 1.0, offload and group, after=after, backward=backward)
         grad_bytes = nbytes(p for p in model.parameters() if p.requires_grad)
     wrap = {"ddp": "DDP", "fsdp2": "FSDP2", "none": "one process"}[par.backend] + (f" x{world}" if world > 1 else "")
     title = (
