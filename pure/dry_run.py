@@ -21,7 +21,7 @@ import torch
 from common.devices import Device
 from common.dry_run import measure, nbytes, prime_optimizer, simulation, with_group
 from common.dry_run_report import GIB, DryRunApp, Report
-from common.parallel import ac_mode
+from common.parallel import ac_mode, get_dtype
 
 TRAIN_KEYS = "nproc, data.batch_size, data.max_seq_len, parallel.activation_checkpointing, parallel.cpu_offload"
 SAMPLE_KEYS = "batch_size, max_new_tokens, max_text_tokens, dtype"
@@ -83,7 +83,10 @@ def simulate_train(cfg, device: Device, world: int, layers: int | None = None, f
     group = with_group(world, offload) and not ds
     frac = supervised_fraction(cfg)
     with simulation(world if group else 1, fake) as dist:
-        lm = ChameleonForCausalLM(mcfg)  # pure.build.build_lm without weights to load (fake tensors are born on CPU)
+        # pure.build.build_lm without weights to load (fake tensors are born on CPU); DeepSpeed runs the
+        # module in its bf16/fp16 copy (the fp32 master weights are part of its estimated model states)
+        dtype = get_dtype(par.param_dtype) if ds else torch.float32
+        lm = _built_in(dtype, ChameleonForCausalLM, mcfg)
         root = PureLoss(lm, cfg.loss.z_loss_weight)
         n_params = sum(p.numel() for p in root.parameters())
         shard_cfg = dataclasses.replace(par, backend="none") if ds else par
