@@ -41,12 +41,20 @@ def _train_cfg(*extra):
     return to_dataclass(PureTrainConfig, compose_config("pure", "train", [*SIZES, *extra]))
 
 
-def test_memory_matches_a_real_cpu_run():
+@pytest.fixture(scope="module")
+def one_rank():
+    """The dry run of the shipped config at world 1 (shared by the tests below)."""
+    from pure.dry_run import simulate_train
+
+    return simulate_train(_train_cfg(), DEVICES["h100"], 1)[0]
+
+
+def test_memory_matches_a_real_cpu_run(one_rank):
     """Same model, config and step on real CPU tensors under the same tracker: peaks within 10%."""
     from pure.dry_run import simulate_train
 
     cfg = _train_cfg()
-    fake = simulate_train(cfg, DEVICES["h100"], 1)[0].m
+    fake = one_rank.m
     real = simulate_train(cfg, DEVICES["h100"], 1, fake=False)[0].m
     assert fake.peak == pytest.approx(real.peak, rel=0.10)
     for cat in ("parameters", "optimizer state"):
@@ -55,13 +63,11 @@ def test_memory_matches_a_real_cpu_run():
     assert real.device_bytes["optimizer state"] == 2 * 4 * N + 4 * TENSORS  # AdamW moments + a step count each
 
 
-def test_flops_are_6n_plus_attention():
+def test_flops_are_6n_plus_attention(one_rank):
     """Model FLOPs = 6N + 12 L C T per token (PaLM, appendix B). Executed FLOPs add what the kernels
     recompute: the forward of every checkpointed layer, and flash attention's backward recomputing
     the scores (5 attention matmuls in backward instead of 4: 2 L C T per token)."""
-    from pure.dry_run import simulate_train
-
-    r = simulate_train(_train_cfg(), DEVICES["h100"], 1)[0]
+    r = one_rank
     tokens = B * T
     n = L * MATMUL_PER_LAYER + V * C  # matmul weights; the embedding lookup is no matmul
     model = (6 * n + 12 * L * C * T) * tokens
