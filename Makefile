@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade "pip<26.2" wheel "setuptools>=64,<81"
-	$(BIN)/python -m pip install "torch>=2.4,<2.15" "torchvision>=0.19,<0.30"
+	$(BIN)/python -m pip install "torch>=2.14,<2.15" "torchvision>=0.29,<0.30"
 	$(BIN)/python -m pip install --no-build-isolation "basicsr==1.4.2"
 	$(BIN)/python -m pip install --no-build-isolation -e ".[dev]"
 	touch $(STAMP)

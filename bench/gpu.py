@@ -12,12 +12,15 @@ fails soft: its row shows the error and the table is still printed and written):
   NCCL world of one          - a few steps through DDP, FSDP2 and DeepSpeed ZeRO-3 (skipped with the
                                reason when deepspeed is not importable)
 Targets are for one H100 SXM; on another GPU scale them by its memory bandwidth (sampling,
-decode) or dense bf16 FLOP/s (training) - the header says which GPU ran.  A time budget keeps
-the full run under 8 minutes: sections that would start after it are listed as skipped.
+decode) or dense bf16 FLOP/s (training) - the header names the GPU and the peak figures used
+(`gpu_varsr.GPU_SPECS`).  A time budget keeps the full run under 8 minutes: each section gets a
+share of what is left (SHARE) and checks it before every case, so one slow section cannot starve
+the rest; what does not fit is a row saying "skipped: time budget spent".  The table and JSON
+are rewritten after every section, so a run killed at its limit still leaves what it measured.
 `--smoke` runs every section at tiny sizes on the CPU in well under a minute (the test suite
-does, so the script cannot rot); its numbers mean nothing.  Needs torch only to start; the
-training sections and the FSDP2 pass also need omegaconf (the configs are OmegaConf-backed
-dataclasses) and say so in their row when it is missing.
+does, so the script cannot rot); its numbers mean nothing.  Needs python3 + torch only: a section
+whose imports are missing is one row naming the pip package, and `bench/requirements-gpu.txt`
+lists the wheels that complete a bare GPU machine.  Rows on reduced sizes say so in their names.
 """
 
 from __future__ import annotations
@@ -36,32 +39,22 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from gpu_varsr import out_of_time, row, sync  # noqa: E402
+from gpu_varsr import failure_note, gpu_spec, out_of_time, row, sync  # noqa: E402
 
 SECTIONS = ("VARSR sampling", "VARSR training", "PURE", "PURE training", "degradation", "NCCL world of one")
-# Dense bf16 peak FLOP/s for MFU, by device-name substring (first match); H100 is the target GPU.
-PEAK_BF16 = (
-    ("H200", 989e12),
-    ("H100", 989e12),
-    ("A100", 312e12),
-    ("A800", 312e12),
-    ("L40S", 362e12),
-    ("4090", 165e12),
-    ("A10", 125e12),
-)
 TARGET_DEGRADATION = 1000.0
 TARGET_PURE_MFU = 0.40
 
 
 def _error_row(section: str, e: BaseException) -> dict:
-    return row(section, "(section)", None, "", note=f"error: {type(e).__name__}: {e}"[:300])
+    return row(section, "(section)", None, "", note=failure_note(e))
 
 
-def peak_flops(device: torch.device) -> float:
+def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak of this GPU (None: unknown GPU, so no MFU is claimed)."""
     if device.type != "cuda":
         return 0.1e12  # two AVX2 cores, fp32: MFU on CPU is only a sanity number
-    name = torch.cuda.get_device_name(device)
-    return next((f for key, f in PEAK_BF16 if key in name), 989e12)
+    return gpu_spec(device)[1]
 
 
 def pure_training(smoke: bool, device: torch.device, deadline: float | None) -> list[dict]:
@@ -78,9 +71,10 @@ def pure_training(smoke: bool, device: torch.device, deadline: float | None) -> 
             break
         mcfg = chameleon_config("tiny") if smoke else chameleon_config("7b", num_hidden_layers=layers, dropout=0.05)
         name = f"{'tiny' if smoke else '7B width'}, {mcfg.num_hidden_layers} layers, seq {seq}, bf16, full AC"
+        peak = peak_flops(device)
         try:
             with torch.device(device):  # weights allocated on the device, never on the host
-                r = bench_one(mcfg, seq, 1, 1 if smoke else 3, device, peak_flops(device), True, device.type == "cuda")
+                r = bench_one(mcfg, seq, 1, 1 if smoke else 3, device, peak or 1.0, True, device.type == "cuda")
         except torch.OutOfMemoryError:
             rows.append(row(sec, name, None, "", note="out of memory; trying fewer layers"))
             continue
@@ -92,10 +86,10 @@ def pure_training(smoke: bool, device: torch.device, deadline: float | None) -> 
             row(
                 sec,
                 f"{name}: MFU",
-                r["MFU"],
+                r["MFU"] if peak else None,
                 "fraction",
                 f">= {TARGET_PURE_MFU} (ZeRO-3/FSDP2)",
-                f"peak {r['peak_mem_GiB']} GiB",
+                f"peak {r['peak_mem_GiB']} GiB" + ("" if peak else "; GPU not in GPU_SPECS: no MFU"),
             )
         )
         break
@@ -154,24 +148,19 @@ def nccl_world_of_one(smoke: bool, device: torch.device, deadline: float | None)
     os.environ.update(env)
     try:
         info = init_distributed(device.type)
-        for name, fn in (("DDP", _ddp_steps), ("FSDP2", _fsdp2_steps), ("ZeRO-3", _zero3_steps)):
+        # The models are the tiny configs: these rows check that each wrapper runs over the backend,
+        # they are not throughput figures (the row names say so).
+        wrappers = (("tiny VARSR, DDP", _ddp_steps), ("tiny PURE, FSDP2", _fsdp2_steps))
+        for name, fn in wrappers + (("tiny PURE, ZeRO-3", _zero3_steps),):
+            label = f"{name} ({info.backend}), 3 steps"
             if out_of_time(deadline, 10):
-                rows.append(row(sec, f"{name}, 3 steps", None, "", note="skipped: time budget spent"))
+                rows.append(row(sec, label, None, "", note="skipped: time budget spent"))
                 continue
             try:
                 dt, note = fn(info)
-                rows.append(row(sec, f"{name} ({info.backend}), 3 steps", round(dt, 4), "s/step", "runs", note))
+                rows.append(row(sec, label, round(dt, 4), "s/step", "runs", note))
             except Exception as e:
-                rows.append(
-                    row(
-                        sec,
-                        f"{name} ({info.backend}), 3 steps",
-                        None,
-                        "",
-                        "runs",
-                        f"{'skipped' if isinstance(e, ImportError) else 'error'}: {type(e).__name__}: {e}"[:300],
-                    )
-                )
+                rows.append(row(sec, label, None, "", "runs", failure_note(e)))
     finally:
         destroy_distributed()
         for k, v in saved.items():
@@ -259,7 +248,7 @@ def _zero3_steps(info) -> tuple[float, str]:
 def pure_decode(smoke: bool, device: torch.device, deadline: float | None) -> list[dict]:
     import gpu_pure  # bench/gpu_pure.py (PURE decode, SJD, peak memory)
 
-    return gpu_pure.run(smoke, str(device))
+    return gpu_pure.run(smoke, str(device), deadline)
 
 
 def _varsr(part: str):
@@ -271,48 +260,59 @@ def _varsr(part: str):
     return fn
 
 
-# Fast sections first, so a spent budget skips the slow ones; estimated minimum seconds to start.
+# Fast sections first; (name, function, estimated minimum seconds to start, share of the budget).
 PLAN = (
-    ("degradation", degradation, 5),
-    ("NCCL world of one", nccl_world_of_one, 10),
-    ("VARSR sampling", _varsr("sampling"), 30),
-    ("PURE", pure_decode, 60),
-    ("VARSR training", _varsr("training"), 60),
-    ("PURE training", pure_training, 45),
+    ("degradation", degradation, 5, 1),
+    ("NCCL world of one", nccl_world_of_one, 10, 1),
+    ("VARSR sampling", _varsr("sampling"), 30, 4),
+    ("PURE", pure_decode, 60, 4),
+    ("VARSR training", _varsr("training"), 60, 2),
+    ("PURE training", pure_training, 45, 2),
 )
 
 
 def run_all(
-    smoke: bool, device: torch.device, budget_s: float, only: list[str] | None = None
+    smoke: bool, device: torch.device, budget_s: float, only: list[str] | None = None, on_section=None
 ) -> tuple[list[dict], dict[str, dict]]:
-    """Rows of every section, and per section {status: ok | error | skipped, seconds, rows}."""
+    """Rows of every section, and per section {status: ok | error | missing | skipped, seconds, rows}.
+
+    Each section's deadline is its share of the time still left (unused time flows to the next),
+    and `on_section(rows, status)` runs after each one (main rewrites the table and JSON there)."""
     deadline = time.monotonic() + budget_s
+    plan = [p for p in PLAN if not only or p[0] in only]
     rows, status = [], {}
-    for name, fn, need in PLAN:
-        if only and name not in only:
-            continue
+    for i, (name, fn, need, share) in enumerate(plan):
+        left = deadline - time.monotonic()
+        own = deadline if smoke else time.monotonic() + left * share / sum(p[3] for p in plan[i:])
         if out_of_time(deadline, need):
             rows.append(row(name, "(section)", None, "", note=f"skipped: time budget of {budget_s:.0f} s spent"))
             status[name] = {"status": "skipped", "seconds": 0.0, "rows": 1}
-            continue
-        t0, state = time.monotonic(), "ok"
-        try:
-            got = fn(smoke, device, deadline) or [row(name, "(section)", None, "", note="no rows returned")]
-        except Exception as e:  # fail soft: the table keeps every other section
-            got, state = [_error_row(name, e)], "error"
-        finally:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        if any(str(r.get("note", "")).startswith("error") for r in got):
-            state = "error"
-        rows += got
-        status[name] = {"status": state, "seconds": round(time.monotonic() - t0, 1), "rows": len(got)}
+        else:
+            t0, state = time.monotonic(), "ok"
+            try:
+                got = fn(smoke, device, own) or [row(name, "(section)", None, "", note="no rows returned")]
+            except Exception as e:  # fail soft: the table keeps every other section
+                got = [_error_row(name, e)]
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            notes = [str(r.get("note", "")) for r in got]
+            if any(n.startswith("missing package") for n in notes):
+                state = "missing"
+            elif any(n.startswith(("error", "failed")) for n in notes):
+                state = "error"
+            rows += got
+            status[name] = {"status": state, "seconds": round(time.monotonic() - t0, 1), "rows": len(got)}
         print(f"[bench/gpu] {name}: {status[name]}", file=sys.stderr, flush=True)
+        if on_section is not None:
+            on_section(rows, status)
     return rows, status
 
 
 def header(device: torch.device, smoke: bool) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    name, peak, bw = gpu_spec(device)
+    if device.type == "cuda":
+        name += f" ({peak / 1e12:.0f} TFLOP/s bf16 dense, {bw} TB/s)" if peak else " (not in GPU_SPECS: no MFU)"
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     note = (
         "smoke run: tiny sizes on the CPU, numbers are meaningless"
@@ -338,20 +338,22 @@ def main(argv=None) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    rows, status = run_all(a.smoke, device, a.budget_s, a.only)
     head = header(device, a.smoke)
-    print(head + "\n\n" + markdown_table(rows))
-    out = {
-        "header": head,
-        "device": str(device),
-        "smoke": a.smoke,
-        "budget_s": a.budget_s,
-        "sections": status,
-        "rows": rows,
-    }
     path = Path(a.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, default=str))
+    out = {"header": head, "device": str(device), "smoke": a.smoke, "budget_s": a.budget_s}
+
+    def write(rows: list[dict], status: dict) -> None:
+        """Rewrite the JSON (atomically) and the Markdown table beside it with what is measured so far."""
+        out.update(sections=dict(status), rows=list(rows))
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(out, indent=2, default=str))
+        os.replace(tmp, path)
+        path.with_suffix(".md").write_text(head + "\n\n" + markdown_table(rows) + "\n")
+
+    write([], {})
+    rows, status = run_all(a.smoke, device, a.budget_s, a.only, on_section=write)
+    print(head + "\n\n" + markdown_table(rows))
     return out
 
 

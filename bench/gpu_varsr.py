@@ -25,6 +25,62 @@ TARGET_S_PER_IMAGE_FASTVAR = 0.06
 TARGET_TRAIN_SAMPLES_S = 20.0
 
 
+# Dense (no sparsity) bf16 tensor-core peak FLOP/s and peak memory bandwidth, from the vendors' data
+# sheets, by a fragment of torch.cuda.get_device_name(); the first match wins, so the specific
+# variants (PCIe, NVL) come before the SXM parts whose names they contain.
+GPU_SPECS = (
+    # fragment, dense bf16 FLOP/s, memory TB/s
+    ("H200 NVL", 835e12, 4.8),
+    ("H200", 989e12, 4.8),
+    ("GH200", 989e12, 4.0),
+    ("H100 PCIe", 756e12, 2.0),
+    ("H100 NVL", 835e12, 3.9),
+    ("H100", 989e12, 3.35),  # "NVIDIA H100 80GB HBM3" = SXM5
+    ("H800 PCIe", 756e12, 2.0),
+    ("H800", 989e12, 3.35),
+    ("A100-SXM4-80GB", 312e12, 2.039),
+    ("A100 80GB PCIe", 312e12, 1.935),
+    ("A100", 312e12, 1.555),  # the 40 GB parts
+    ("A800", 312e12, 2.039),
+    ("L40S", 362e12, 0.864),
+    ("L4", 121e12, 0.3),
+    ("4090", 165e12, 1.008),
+    ("A10", 125e12, 0.6),
+)
+# Modules the sections import beyond torch -> the pip package that provides them.
+PACKAGES = {
+    "numpy": "numpy",
+    "scipy": "scipy",
+    "PIL": "pillow",
+    "yaml": "PyYAML",
+    "omegaconf": "omegaconf",
+    "antlr4": "antlr4-python3-runtime",
+    "hydra": "hydra-core",
+    "tokenizers": "tokenizers",
+    "safetensors": "safetensors",
+    "cv2": "opencv-python-headless",
+    "skimage": "scikit-image",
+    "deepspeed": "deepspeed",
+}
+
+
+def gpu_spec(device: torch.device) -> tuple[str, float | None, float | None]:
+    """(device name, dense bf16 peak FLOP/s, memory TB/s); None where the GPU is not in GPU_SPECS."""
+    if device.type != "cuda":
+        return "CPU", None, None
+    name = torch.cuda.get_device_name(device)
+    return next(((name, f, bw) for key, f, bw in GPU_SPECS if key in name), (name, None, None))
+
+
+def failure_note(e: BaseException) -> str:
+    """The note of a row that could not be measured: the missing pip package, or the error."""
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        top = e.name.split(".")[0]
+        pkg = PACKAGES.get(top, top)
+        return f"missing package: {pkg} (pip install -r bench/requirements-gpu.txt)"
+    return f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+
+
 def row(section: str, metric: str, value, unit: str, target: str = "", note: str = "") -> dict:
     """One table row (the interface shared with bench/gpu_pure.py)."""
     return {"section": section, "metric": metric, "value": value, "unit": unit, "target": target, "note": note}
@@ -108,7 +164,7 @@ def sampling(smoke: bool, device: torch.device, deadline: float | None = None) -
         try:
             dt, peak = _time_sampling(model, vqvae, case, device, dtype, reps=1 if smoke else 3)
         except Exception as e:  # one failing case must not lose the others
-            rows.append(row(sec, name, None, "", note=f"error: {type(e).__name__}: {e}"[:300]))
+            rows.append(row(sec, name, None, "", note=failure_note(e)))
             continue
         mem = "" if peak is None else f"peak {peak:.1f} GiB"
         if case["batch"] == 1:
@@ -178,7 +234,7 @@ def run(smoke: bool, device: str | torch.device, deadline: float | None = None) 
         try:
             rows += fn(smoke, device, deadline)
         except Exception as e:
-            rows.append(row(sec, "(section)", None, "", note=f"error: {type(e).__name__}: {e}"[:300]))
+            rows.append(row(sec, "(section)", None, "", note=failure_note(e)))
         finally:
             if device.type == "cuda":
                 torch.cuda.empty_cache()

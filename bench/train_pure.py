@@ -5,7 +5,8 @@
 
 Synthetic sequences shaped like PURE's (prompt half masked, the answer half supervised), one
 process, the same PureLoss + Engine as training (AdamW, clipping, activation checkpointing).
-MFU = tokens/s x FLOPs/token (6N + 12*L*C*T, pure.optim.flops_per_token) / peak FLOP/s.
+MFU = tokens/s x FLOPs/token (6N + 12*L*C*T, lm_head only on supervised rows; pure.optim.flops_per_token)
+/ peak FLOP/s.
 On CUDA the 7B width (4096) is tried with 32, 16, 8, 4 layers: full 7B AdamW states (~113 GB)
 do not fit one GPU without sharding, so the table says which depth does.
 """
@@ -22,7 +23,7 @@ def bench_one(mcfg, seq: int, batch: int, steps: int, device, peak_flops: float,
 
     from common.dist import DistInfo
     from pure.config import ParallelConfig, PureOptimConfig
-    from pure.losses import PureLoss
+    from pure.losses import PureLoss, supervised_positions
     from pure.model import ChameleonForCausalLM
     from pure.optim import flops_per_token
     from pure.parallelize import build_engine
@@ -36,6 +37,8 @@ def bench_one(mcfg, seq: int, batch: int, steps: int, device, peak_flops: float,
     ids = torch.randint(4, 8196, (batch, seq), device=device)
     lab = ids.clone()
     lab[:, : seq // 2] = -100
+    own, nxt = supervised_positions(lab)
+    head = float((own | nxt).float().mean())  # lm_head runs on these rows only
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -70,7 +73,7 @@ def bench_one(mcfg, seq: int, batch: int, steps: int, device, peak_flops: float,
         "precision": "bf16 autocast" if amp else "fp32",
         "step_s": round(dt, 3),
         "tokens_per_s": round(tps, 1),
-        "MFU": round(tps * flops_per_token(mcfg, seq) / peak_flops, 4),
+        "MFU": round(tps * flops_per_token(mcfg, seq, head_fraction=head) / peak_flops, 4),
         "peak_mem_GiB": round(mem, 2) if device.type == "cuda" else f"{mem:.2f} (max RSS)",
     }
 

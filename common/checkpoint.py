@@ -5,7 +5,8 @@
 - ``safe_load``: ``torch.load(weights_only=True)`` or safetensors, nothing else.
 - (training checkpoints, their layout and auto-resume: ``common.train_state``, built on these)
 - ``rng_state`` / ``set_rng_state``: RNG streams as tensors and plain values (weights_only-safe).
-- ``PreemptionHandler``: turns SIGTERM/SIGUSR1 (SLURM pre-emption) into a flag the loop polls.
+- ``PreemptionHandler``: turns SIGTERM/SIGUSR1/SIGUSR2 (SLURM, submitit pre-emption) into a flag the loop
+  polls, and hands the signal to submitit's requeue handler only after the checkpoint.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def rng_state() -> dict:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # This rank's device only (init_distributed binds it): another node may show fewer GPUs.
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
@@ -114,23 +116,46 @@ def set_rng_state(state: dict) -> None:
         (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
     )
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        # Only the current device: restoring every saved GPU raises where fewer are visible (one GPU
+        # per SLURM task after eight per node) and would overwrite other ranks' devices.
+        dev = torch.cuda.current_device()
+        if isinstance(cuda, (list, tuple)):  # written before: one state per visible GPU, ours at our index
+            cuda = cuda[dev] if dev < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, dev)
+
+
+def preemption_signals() -> tuple:
+    """SIGTERM, SIGUSR1 and SIGUSR2, plus submitit's ``SUBMITIT_PREEMPT_SIGNAL`` when set.
+
+    SLURM sends SIGTERM (and ``--signal=USR1@...`` when asked); submitit asks for SIGUSR2
+    (``--signal=USR2@<signal_delay_s>``) and requeues the job from its own USR2 handler."""
+    sigs = [signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2]
+    extra = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper(), None)
+    if isinstance(extra, signal.Signals) and extra not in sigs:
+        sigs.append(extra)
+    return tuple(sigs)
 
 
 class PreemptionHandler:
-    """Records SIGTERM/SIGUSR1 so the training loop can checkpoint at the next step boundary.
+    """Records pre-emption signals so the training loop can checkpoint at the next step boundary.
 
-    SLURM sends SIGUSR1 (with ``--signal``) or SIGTERM before killing a job; torchrun forwards
-    SIGTERM to its workers. We never save from inside the handler: a half-finished optimizer
-    step must not end up in a checkpoint.
+    SLURM sends SIGUSR1/SIGUSR2 (with ``--signal``; submitit uses USR2) or SIGTERM before killing a
+    job; torchrun forwards SIGTERM to its workers. We never save from inside the handler: a
+    half-finished optimizer step must not end up in a checkpoint.
+
+    A Python handler that was installed before (submitit's: on USR2 it requeues the job and exits)
+    would have run at once, mid-step and before any checkpoint. It is held back instead and called
+    by :meth:`restore`, which the loops run after the checkpoint is on disk.
     """
 
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1)):
+    def __init__(self, signals=None):
         self.requested = False
         self.signum: int | None = None
         self._previous = {}
-        for s in signals:
+        for s in preemption_signals() if signals is None else signals:
             try:
                 self._previous[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread (e.g. inside some test runners)
@@ -141,6 +166,13 @@ class PreemptionHandler:
         self.signum = signum
 
     def restore(self) -> None:
+        """Put the previous handlers back; then hand a received signal to the previous Python handler
+        (the checkpoint is written by now). Default/ignore dispositions are not re-raised: the loop
+        already stopped, which is what they would have done."""
+        previous = self._previous.get(self.signum)
         for s, h in self._previous.items():
             signal.signal(s, h)
         self._previous.clear()
+        if self.requested and callable(previous):
+            self.requested = False
+            previous(self.signum, None)

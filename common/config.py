@@ -227,23 +227,35 @@ class CheckpointConfig:
     every_steps: int = 1000  # save a resumable checkpoint every N optimizer steps (0 = only at the end)
     keep: int = 2  # how many recent checkpoints to keep (<= 0 keeps all)
     resume: bool = True  # resume from the newest checkpoint in run_dir/checkpoints if there is one
-    save_on_sigterm: bool = True  # checkpoint at the next step boundary after SIGTERM/SIGUSR1
+    save_on_sigterm: bool = True  # checkpoint at the next step boundary after SIGTERM/SIGUSR1/SIGUSR2 (submitit)
     # write shards on a background thread (state staged to CPU first) so training does not wait for the disk;
     # the step directory appears once the write has finished (next save or end of training)
     async_save: bool = False
 
 
-@checks(lr=at_least(0.0), eps=at_least(0.0), weight_decay=at_least(0.0), grad_accum=at_least(1))
+@checks(
+    lr=at_least(0.0),
+    eps=at_least(0.0),
+    weight_decay=at_least(0.0),
+    grad_accum=at_least(1),
+    global_batch=at_least(0),
+    lr_scaling=one_of("none", "accum"),
+)
 @dataclass
 class OptimConfig:
-    """AdamW with decoupled weight decay and gradient clipping."""
+    """AdamW with decoupled weight decay and gradient clipping; the global batch (common/batch_plan.py)."""
 
-    lr: float = 5e-5  # peak learning rate
+    lr: float = 5e-5  # base peak learning rate (the effective one follows lr_scaling; first log line)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # Adam (beta1, beta2)
     eps: float = 1e-8  # Adam epsilon
     weight_decay: float = 0.05  # decoupled weight decay
     grad_clip: float = 2.0  # max global grad norm (<= 0 disables)
-    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_accum: int = 1  # micro-batches per optimizer step (with global_batch > 0: derived unless set > 1)
+    # samples per optimizer step over all ranks; > 0: each rank's micro-batch (<= data.batch_size) and the
+    # accumulation are derived from the world size (refused when it does not divide); 0 = data.batch_size x
+    # grad_accum x world size (follows the GPU count)
+    global_batch: int = 0
+    lr_scaling: str = "none"  # none: lr as given | accum: lr x accumulation count (the official VARSR rule)
 
 
 class _OneLineErrors:

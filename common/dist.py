@@ -1,4 +1,4 @@
-"""Process-group setup for torchrun (single node, multi-node, SLURM via torchrun) and small rank helpers.
+"""Process-group setup for torchrun, the deepspeed launcher, srun and mpirun, and small rank helpers.
 
 Everything here degrades to a no-op single process when the script is not launched by torchrun,
 so the same training code runs in a unit test, on one GPU and on many nodes.
@@ -15,7 +15,6 @@ import os
 import random
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -43,30 +42,16 @@ def _launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def _export_slurm_env() -> None:
-    """Under Hydra's submitit launcher (one SLURM task per GPU) derive torchrun's variables.
-
-    submitit knows the job's node list and rank layout; exporting them here lets the same
-    ``init_distributed`` serve torchrun, the deepspeed launcher and SLURM.
-    """
-    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
-        return
-    try:
-        from submitit.helpers import TorchDistributedEnvironment
-
-        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    except Exception:  # not a submitit job (e.g. srun torchrun ...): torchrun sets the variables itself
-        pass
-
-
 def init_distributed(device: str | None = None, timeout_min: int = 30) -> DistInfo:
     """Initialise torch.distributed from torchrun's environment (idempotent).
 
     NCCL is used when CUDA is available (and not disabled by ``device="cpu"``), gloo otherwise, so
     CPU CI can exercise the real multi-process code paths.
     """
+    from common.launch_env import export_torch_env, local_device_index
+
     want_cuda = torch.cuda.is_available() and device != "cpu"
-    _export_slurm_env()
+    export_torch_env()  # srun / mpirun ranks: their variables -> RANK, WORLD_SIZE, ... (errors are loud)
     if not _launched_by_torchrun():
         dev = torch.device("cuda", 0) if want_cuda else torch.device("cpu")
         if want_cuda:
@@ -76,7 +61,7 @@ def init_distributed(device: str | None = None, timeout_min: int = 30) -> DistIn
     world = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if want_cuda:
-        dev = torch.device("cuda", local_rank)
+        dev = torch.device("cuda", local_device_index(local_rank, torch.cuda.device_count()))
         torch.cuda.set_device(dev)
         backend = "nccl"
     else:
@@ -195,9 +180,13 @@ _CPU_GROUP = None
 
 def new_cpu_group():
     """A gloo group over all ranks (created once; collective): for CPU-side work that runs next to
-    NCCL training, e.g. DCP's collectives of an async checkpoint save on a background thread."""
+    NCCL training, e.g. DCP's collectives of an async checkpoint save on a background thread.
+
+    Made whenever a process group exists, a world of one included: DCP's ``async_save`` refuses a
+    group without a CPU backend, and an NCCL world of one (torchrun with one GPU, the offload
+    recipes) is still distributed. ``None`` only when no process group was initialised."""
     global _CPU_GROUP
-    if _CPU_GROUP is None and _active():
+    if _CPU_GROUP is None and dist.is_available() and dist.is_initialized():
         _CPU_GROUP = dist.new_group(backend="gloo")
     return _CPU_GROUP
 
@@ -206,6 +195,8 @@ def seed_everything(seed: int, rank: int = 0) -> int:
     """Seed python, numpy and torch; ranks get distinct but reproducible streams."""
     s = int(seed) + 1000 * int(rank)
     random.seed(s)
+    import numpy as np  # lazily: the GPU benchmark imports this module on a bare torch install
+
     np.random.seed(s % (2**32))
     torch.manual_seed(s)
     return s

@@ -13,7 +13,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from common.dist import get_rank
@@ -128,12 +127,12 @@ def _stable_run_id(run_dir: Path) -> str:
 def _to_py(v):
     if isinstance(v, torch.Tensor):
         return v.item() if v.numel() == 1 else v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
+    return v.item() if hasattr(v, "item") and getattr(v, "ndim", None) == 0 else v  # numpy scalars
 
 
-def _to_uint8_hwc(img) -> np.ndarray:
+def _to_uint8_hwc(img):
+    import numpy as np  # lazily: tables and logging work on a bare torch install (bench/gpu.py)
+
     if isinstance(img, torch.Tensor):
         t = img.detach().float().cpu()
         if t.ndim == 3 and t.shape[0] in (1, 3):

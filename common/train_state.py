@@ -195,8 +195,9 @@ class TrainState:
 
     def _ckpt_group(self):
         """A gloo group for DCP's own collectives: async saves run them on a background thread, which
-        must not interleave with the training thread's NCCL collectives on the default group."""
-        if self._group is None and get_world_size() > 1:
+        must not interleave with the training thread's NCCL collectives on the default group. Also
+        in a world of one: DCP's async save needs a CPU-capable group, which NCCL alone is not."""
+        if self._group is None and torch.distributed.is_initialized():
             from common.dist import new_cpu_group
 
             self._group = new_cpu_group()

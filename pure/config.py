@@ -24,7 +24,8 @@ class PureOptimConfig(OptimConfig):
     eps: float = 1e-8  # AdamW epsilon, official
     weight_decay: float = 0.1  # applied to ALL parameters, norms and embeddings included (official)
     grad_clip: float = 4.0  # global grad-norm clip
-    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_accum: int = 1  # micro-batches per optimizer step (with global_batch > 0: derived unless set > 1)
+    lr_scaling: str = "none"  # official: the lr is used as given whatever the accumulation (xllmx)
     fused: bool | None = None  # fused AdamW kernel; None = when every parameter is on CUDA (common.parallel)
 
 
@@ -77,7 +78,7 @@ class PureDataConfig:
     fit one row; length-grouped batches (window_mult) already keep right-padding small."""
 
     meta: str = "configs/pure/data/bundled.yaml"  # data YAML: META: [{path: record.json, ratio, type}]
-    batch_size: int = 4  # micro-batch per rank (official 4 per GPU)
+    batch_size: int = 4  # micro-batch per rank (official 4 per GPU); with optim.global_batch the largest one
     max_seq_len: int = 11776  # longer records are dropped at load time (official max_seq_len)
     window_mult: int = 500  # sampler shuffles within windows of global_batch * window_mult (official 500)
     pad_to_multiple: int = 64  # right-pad each batch to a multiple of this (kernel friendliness)

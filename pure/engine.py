@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from common.compile import CompiledOrEager, raise_recompile_limit
 from pure.model.kv_cache import StaticKVCache
 from pure.processors import (
     STATE_COLS,
@@ -124,9 +125,11 @@ class DecodeEngine:
         if name not in self._compiled:
             # Every engine (shape) recompiles the same code objects; dynamo's default of 8
             # versions would silently fall back to eager in a long run over many shapes.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            raise_recompile_limit(64)
             mode = "reduce-overhead" if self.device.type == "cuda" and COMPILE_BACKEND == "inductor" else None
-            self._compiled[name] = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode, backend=COMPILE_BACKEND)
+            self._compiled[name] = CompiledOrEager(
+                fn, f"PURE {name}", fullgraph=True, dynamic=False, mode=mode, backend=COMPILE_BACKEND
+            )
         return self._compiled[name]
 
     def call(self, fn, *args):

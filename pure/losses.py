@@ -23,6 +23,15 @@ def _ce_chunk(logits: torch.Tensor, target: torch.Tensor):
     return lse - lf.gather(-1, target[:, None])[:, 0], lse
 
 
+def supervised_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(own, nxt): positions whose own label is supervised, and those that predict a supervised
+    next label. Only `own | nxt` go through lm_head (also what MFU counts for the head)."""
+    own = labels != IGNORE
+    nxt = torch.zeros_like(own)
+    nxt[:, :-1] = own[:, 1:]
+    return own, nxt
+
+
 class PureLoss(nn.Module):
     """Root module for training: next-token CE (+ optional z-loss) of the wrapped ChameleonForCausalLM.
 
@@ -41,9 +50,7 @@ class PureLoss(nn.Module):
         # CE: position t predicts label t+1 (shifted mask). z-loss (official training forward):
         # logsumexp^2 at every position whose *own* label is supervised (unshifted mask, so the
         # last position counts and the one before the first supervised label does not).
-        own = labels != IGNORE
-        nxt = torch.zeros_like(own)
-        nxt[:, :-1] = own[:, 1:]
+        own, nxt = supervised_positions(labels)
         nxt_img = torch.zeros_like(own)
         nxt_img[:, :-1] = image_label_mask(labels)[:, 1:]
         target = torch.zeros_like(labels)

@@ -39,11 +39,13 @@ def lr_at(step: int, total: int, warmup: int, peak: float, min_lr: float = 0.0) 
     return min_lr + (peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
-def flops_per_token(model_cfg, seq_len: int) -> float:
+def flops_per_token(model_cfg, seq_len: int, head_fraction: float = 1.0) -> float:
     """Training FLOPs per token: 6N for the matmul weights (embedding lookup excluded) plus the
-    attention score/value matmuls 12*L*C*T (PaLM appendix B)."""
+    attention score/value matmuls 12*L*C*T (PaLM appendix B). lm_head counts only for the
+    `head_fraction` of positions that go through it (PureLoss skips unsupervised prompt positions:
+    `pure.losses.supervised_positions`), so MFU is not inflated by logits never computed."""
     c, L = model_cfg.hidden_size, model_cfg.num_hidden_layers
     kv = model_cfg.num_key_value_heads * (c // model_cfg.num_attention_heads)
     per_layer = 2 * c * c + 2 * c * kv + 3 * c * model_cfg.intermediate_size
-    n = L * per_layer + model_cfg.vocab_size * c  # lm_head counts, embedding lookup does not
+    n = L * per_layer + head_fraction * model_cfg.vocab_size * c
     return 6.0 * n + 12.0 * L * c * seq_len

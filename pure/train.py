@@ -8,7 +8,7 @@ on ``pure.losses.PureLoss`` with the official AdamW + warm-up/half-cosine schedu
 building live in their own modules, this file is the loop.
 
 State (model, optimizer, step, per-rank RNG, data position, EMA) is checkpointed every N steps
-and at the next step boundary after SIGTERM/SIGUSR1; a restarted run resumes from the newest
+and at the next step boundary after SIGTERM/SIGUSR1/SIGUSR2; a restarted run resumes from the newest
 checkpoint through the same code. Loss and statistics stay on the device and are read once per
 logging interval (no host sync per step).
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from common import checkpoint as ckpt_io
+from common.batch_plan import apply_batch_plan
 from common.dist import (
     all_reduce_mean,
     any_rank,
@@ -35,7 +36,7 @@ from common.logging import Tracker, get_logger
 from common.parallel import get_dtype
 from pure.build import build_lm
 from pure.data import build_train_loader
-from pure.losses import PureLoss
+from pure.losses import PureLoss, supervised_positions
 from pure.optim import flops_per_token, lr_at
 
 log = get_logger("pure.train")
@@ -57,9 +58,12 @@ class Trainer:
         from pure.parallelize import build_engine, fsdp2_meta_init
 
         global log
-        self.cfg = cfg
         self.dist = dist = init_distributed(None if cfg.run.device == "auto" else cfg.run.device)
         log = get_logger("pure.train")  # again after init: non-zero ranks drop to WARNING
+        # the stated global batch split over this world (data.batch_size / optim.grad_accum set to it)
+        cfg, self.plan = apply_batch_plan(cfg, dist.world_size)
+        self.cfg = cfg
+        log.info(self.plan.describe())  # the first line of every run: what one optimizer step really is
         self.device = dist.device
         seed_everything(cfg.run.seed, dist.rank)
         self.run_dir = Path(cfg.run.run_dir)
@@ -120,7 +124,7 @@ class Trainer:
             mode=cfg.run.wandb_mode if cfg.logging.wandb else "disabled",
         )
         self.use_amp = dist.device.type == "cuda" and cfg.parallel.autocast and cfg.parallel.backend != "deepspeed"
-        self._flops_tok = None
+        self._seq_len = 0
 
     # ---- save (training-state manager) --------------------------------------------------------
     def save(self) -> None:
@@ -139,9 +143,9 @@ class Trainer:
         for `_LOGGED` plus host-side token counts."""
         cfg, eng = self.cfg, self.engine
         accum = cfg.optim.grad_accum
-        eng.set_lr(lr_at(self.step, self.total_steps, self.warmup_steps, cfg.optim.lr, cfg.schedule.min_lr))
+        eng.set_lr(lr_at(self.step, self.total_steps, self.warmup_steps, self.plan.lr, cfg.schedule.min_lr))
         acc = torch.zeros(len(_LOGGED) - 1, device=self.device)  # loss, ce_text, ce_image, z_loss
-        n_tokens = n_pad = n_seen = 0
+        n_tokens = n_pad = n_seen = n_head = 0
         for _ in range(accum):
             batch = next(self.batches)
             # non_blocking: with pinned batches (data.pin_memory) the copy overlaps the previous step's kernels
@@ -155,13 +159,21 @@ class Trainer:
             n_tokens += batch["n_tokens"]
             n_pad += batch["n_pad"]
             n_seen += ids.numel()
-            self._flops_tok = self._flops_tok or flops_per_token(self.lm.config, ids.shape[1])
+            own, nxt = supervised_positions(batch["labels"])  # host-side batch: no device sync
+            n_head += int((own | nxt).sum())
+            self._seq_len = ids.shape[1]
         gnorm = eng.step()
         if self.ema is not None:
             self.ema.update(self.lm, self.step)
         self.step += 1
         gnorm = torch.as_tensor(float("nan") if gnorm is None else gnorm, device=self.device).float().reshape(1)
-        return {"values": torch.cat([acc, gnorm]), "n_tokens": n_tokens, "n_pad": n_pad, "n_seen": n_seen}
+        counts = {"n_tokens": n_tokens, "n_pad": n_pad, "n_seen": n_seen, "n_head": n_head}
+        return {"values": torch.cat([acc, gnorm]), **counts}
+
+    def _flops_per_token(self, tok: dict) -> float:
+        """Training FLOPs per real token over a logging window (lm_head only on supervised rows)."""
+        head = tok["n_head"] / max(tok["n_tokens"], 1)
+        return flops_per_token(self.lm.config, self._seq_len, head_fraction=head)
 
     def fit(self, on_step=None) -> dict:
         """Train to `total_steps` (or until pre-empted); returns {"losses", "step", "run_dir", "preempted"}.
@@ -171,7 +183,7 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         pre = ckpt_io.PreemptionHandler() if cfg.checkpoint.save_on_sigterm else None
         every_log = cfg.logging.every_steps
-        losses, window, tok = [], [], {"n_tokens": 0, "n_pad": 0, "n_seen": 0}
+        losses, window, tok = [], [], {"n_tokens": 0, "n_pad": 0, "n_seen": 0, "n_head": 0}
         t0, stopped = time.time(), False
         self.engine.module.train()
 
@@ -186,7 +198,7 @@ class Trainer:
                 mean,
                 lr=self.engine.optimizer.param_groups[0]["lr"],
                 tokens_per_s=tps * dist.world_size,
-                mfu=tps * self._flops_tok / cfg.logging.peak_flops,
+                mfu=tps * self._flops_per_token(tok) / cfg.logging.peak_flops,
                 padding_waste=tok["n_pad"] / max(tok["n_seen"], 1),
                 epoch=self.step / self.steps_per_epoch,
             )
@@ -206,7 +218,7 @@ class Trainer:
                 metrics["mfu"],
             )
             window.clear()
-            tok.update(n_tokens=0, n_pad=0, n_seen=0)
+            tok.update(n_tokens=0, n_pad=0, n_seen=0, n_head=0)
             t0 = time.time()
 
         try:
@@ -232,11 +244,11 @@ class Trainer:
             self.state.wait()  # an async save must be on disk before the process may exit
             if cfg.export.hf_dir and self.step == self.total_steps:
                 self.export()
+            barrier()
         finally:
             self.tracker.finish()
-            if pre is not None:
+            if pre is not None:  # after the checkpoint: submitit's USR2 handler requeues and exits here
                 pre.restore()
-        barrier()
         return {"losses": losses, "step": self.step, "run_dir": str(self.run_dir), "preempted": stopped}
 
     def export(self) -> None:

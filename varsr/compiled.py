@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
+from common.compile import CompiledOrEager, raise_recompile_limit
 
 # Distinct static shapes per sampling call: 10 scales (x2 when FastVAR splits pruned/unpruned
 # blocks), plus C2I's 12-scale schedule and tiling's row batches; dynamo's default of 8 would
 # silently fall back to eager after the 8th scale.
 _RECOMPILE_LIMIT = 64
+COMPILE_BACKEND = "inductor"  # the torch.compile backend of the sampling graphs
 _compiled: dict[str, Callable] = {}
 
 
@@ -32,9 +33,8 @@ def _trunk_call(net, x, y):
 
 def _get(name: str, fn: Callable) -> Callable:
     if name not in _compiled:
-        cfg = torch._dynamo.config
-        cfg.recompile_limit = max(cfg.recompile_limit, _RECOMPILE_LIMIT)
-        _compiled[name] = torch.compile(fn, dynamic=False)
+        raise_recompile_limit(_RECOMPILE_LIMIT)
+        _compiled[name] = CompiledOrEager(fn, f"VARSR {name}", dynamic=False, backend=COMPILE_BACKEND)
     return _compiled[name]
 
 

@@ -49,7 +49,7 @@ class DataConfig:
     resize_shorter_to: int | None = 640  # round(1.25 * 512); sources may override (negatives: 512); C2I: 576
     hflip: bool = True  # random horizontal flip in the dataset (the degradation flips again in official code)
     min_size: int = 0  # skip images whose shorter side is below this (0 = keep all, resize handles it)
-    batch_size: int = 4  # per-rank micro-batch (official: 4 per GPU, 8 GPUs -> 32)
+    batch_size: int = 4  # per-rank micro-batch (official: 4 per GPU, 8 GPUs -> 32); with optim.global_batch the largest
     num_workers: int = 4  # DataLoader workers: read + crop + kernel sampling (the degradation itself runs
     #                       batched on the training device in varsr.data.BatchMaker)
     prefetch_factor: int = 2  # batches prefetched per worker
@@ -73,6 +73,8 @@ class ScheduleConfig:
 @dataclass
 class VARSROptimConfig(OptimConfig):
     """AdamW (see common OptimConfig: lr 5e-5, betas (0.9, 0.95), wd 0.05, clip 2.0)."""
+
+    lr_scaling: str = "accum"  # official: the peak lr is optim.lr x the accumulation count (tlr = ac * tblr)
 
     # substrings that exclude a parameter from weight decay (plus all 1-D params and biases)
     no_decay_keys: list[str] = field(default_factory=lambda: list(NO_DECAY_KEYS))

@@ -6,9 +6,9 @@ transformer (``varsr.parallelize``), and trains with AMP, gradient accumulation 
 ``varsr.losses.varsr_loss``. ``mode=sr`` trains the LR-conditioned model; ``mode=c2i`` the
 class-to-image pretraining model (spec 7: ``lr_prefix=False``, folder-per-class data, no LR,
 label dropout to the null class inside the loss) through the same loop.
-State (model, optimizer, scheduler, scaler, step, per-rank RNG,
-data position, EMA) is checkpointed atomically every N steps and at the next step boundary
-after SIGTERM/SIGUSR1; a restarted run resumes from the newest checkpoint through the same code.
+State (model, optimizer, scheduler, scaler, step, per-rank RNG, data position, EMA) is checkpointed
+atomically every N steps and at the next step boundary after SIGTERM/SIGUSR1/SIGUSR2; a restarted run
+resumes from the newest checkpoint through the same code.
 Rank 0 owns the run directory, logging (wandb offline + metrics.jsonl) and validation grids.
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from common.batch_plan import apply_batch_plan
 from common.checkpoint import PreemptionHandler
 from common.dist import all_reduce_mean, any_rank, barrier, init_distributed, seed_everything
 from common.ema import EMA, eval_weights
@@ -46,10 +47,12 @@ class Trainer:
     def __init__(self, cfg: VARSRTrainConfig):
         from varsr.model import build_models
 
-        self.cfg = cfg
         dev = None if cfg.run.device == "auto" else cfg.run.device
         self.dist = init_distributed(dev)
         self.device, self.rank, self.world = self.dist.device, self.dist.rank, self.dist.world_size
+        cfg, plan = apply_batch_plan(cfg, self.world)  # optim.global_batch -> micro-batch x accumulation here
+        self.cfg, self.plan = cfg, plan
+        log.info(plan.describe())  # the first line of every run: what one optimizer step really is
         self.run_dir = Path(cfg.run.run_dir)
         node = OmegaConf.structured(cfg)  # built once: OmegaConf conversion is slow for this tree
         self.config_yaml, config_dict = OmegaConf.to_yaml(node), OmegaConf.to_container(node)
@@ -78,7 +81,7 @@ class Trainer:
         self.model = parallelize(model, cfg.parallel, self.dist)
         o = cfg.optim
         self.optimizer = build_optimizer(
-            self.model, o.lr, o.betas, o.eps, o.weight_decay, tuple(o.no_decay_keys), o.fused
+            self.model, plan.lr, o.betas, o.eps, o.weight_decay, tuple(o.no_decay_keys), o.fused
         )
         self.accum = max(1, int(o.grad_accum))
 
@@ -246,9 +249,9 @@ class Trainer:
                 if cfg.checkpoint.export_official:
                     self.export()
         finally:
-            if preempt is not None:
-                preempt.restore()
             self.tracker.finish()
+            if preempt is not None:  # after the checkpoint: submitit's USR2 handler requeues and exits here
+                preempt.restore()
         return {"step": self.step, "losses": losses, "run_dir": str(self.run_dir), "preempted": stopped}
 
     # -- validation and export -------------------------------------------------------------------
