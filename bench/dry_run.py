@@ -66,10 +66,10 @@ def rows():
         ("PURE 7B train, FSDP2", 8, _pure_train, ffhq, pd.simulate_train, {}, TRAIN_DEVICES),
         ("PURE 7B train, ZeRO-3", 8, _pure_train, ["+exp=[lsdir_ffhq,zero3]"], pd.simulate_train, {}, TRAIN_DEVICES),
         (
-            "PURE 7B train, FSDP2 + CPU offload, grad_accum 32",
+            "PURE 7B train, FSDP2 + CPU offload",
             1,
             _pure_train,
-            [*ffhq, "parallel.cpu_offload=true", "optim.grad_accum=32"],
+            [*ffhq, "parallel.cpu_offload=true"],
             pd.simulate_train,
             {},
             TRAIN_DEVICES,

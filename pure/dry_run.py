@@ -18,6 +18,7 @@ import warnings
 
 import torch
 
+from common.batch_plan import apply_batch_plan
 from common.devices import Device
 from common.dry_run import measure, nbytes, prime_optimizer, simulation, with_group
 from common.dry_run_report import GIB, DryRunApp, Report
@@ -71,7 +72,7 @@ def simulate_train(cfg, device: Device, world: int, layers: int | None = None, f
     from pure.parallelize import build_engine
     from pure.sequence import IGNORE
 
-    cfg = _train_cfg(_with_layers(cfg, layers))
+    cfg, _ = apply_batch_plan(_train_cfg(_with_layers(cfg, layers)), world)  # as pure.train: global batch split
     par = cfg.parallel
     mcfg = model_config(cfg)
     B = cfg.data.batch_size

@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from common.batch_plan import apply_batch_plan
 from common.devices import Device
 from common.dry_run import measure, nbytes, prime_optimizer, simulation, with_group
 from common.dry_run_report import DryRunApp, Report
@@ -50,6 +51,7 @@ def simulate_train(cfg, device: Device, world: int, layers: int | None = None) -
     from varsr.parallelize import grad_sync, parallelize
 
     mcfg = _model_cfg(cfg, layers)
+    cfg, _ = apply_batch_plan(cfg, world)  # as varsr.train: optim.global_batch -> micro-batch x accumulation
     par = cfg.parallel
     ddp = par.backend == "ddp" and world > 1
     offload = bool(par.cpu_offload)
