@@ -93,9 +93,8 @@ class Report:
         rows.append(f"| FLOPs executed (recompute included) | {flops:.3e} |")
         rows.append(f"| FLOPs per {self.unit} | {flops / max(self.units, 1):.3e} |")
         if self.model_flops:
-            rows.append(
-                f"| model FLOPs per {self.unit} (6N + attention) | {self.model_flops / max(self.units, 1):.3e} |"
-            )
+            per = self.model_flops * self.accum / max(self.units, 1)
+            rows.append(f"| model FLOPs per {self.unit} (6N + attention) | {per:.3e} |")
         rows.append(f"| step time on {d.key} (roofline: max(FLOPs/peak, bytes/HBM) per op) | {self.step_s:.3f} s |")
         if self.model_flops and self.step_s > 0:
             rows.append(f"| MFU implied | {self.model_flops * self.accum / self.step_s / d.peak_flops:.1%} |")
