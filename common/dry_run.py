@@ -211,7 +211,7 @@ def _fake_pg(world: int) -> None:
 
 
 @contextlib.contextmanager
-def simulation(world: int = 1, fake: bool = True):
+def simulation(world: int = 1, fake: bool = True, group: bool | None = None):
     """Fake tensors over a fake process group of ``world`` ranks (this process is rank 0).
 
     Yields the ``DistInfo`` the apps' builders take (a CPU device; ``backend`` "fake" when a
@@ -229,7 +229,7 @@ def simulation(world: int = 1, fake: bool = True):
             raise ValueError("a real (fake=False) simulation runs one process")
         yield DistInfo(0, 1, 0, torch.device("cpu"), None)
         return
-    distributed = world > 1
+    distributed = world > 1 if group is None else bool(group)  # FSDP2 offload shards a world of one too
     if distributed:
         _fake_pg(world)
     info = DistInfo(0, world, 0, torch.device("cpu"), "fake" if distributed else None)

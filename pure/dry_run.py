@@ -83,7 +83,7 @@ def simulate_train(cfg, device: Device, world: int, layers: int | None = None, f
     offload = bool(par.cpu_offload) and not ds
     group = with_group(world, offload) and not ds
     frac = supervised_fraction(cfg)
-    with simulation(world if group else 1, fake) as dist:
+    with simulation(world if group else 1, fake, group) as dist:
         # pure.build.build_lm without weights to load (fake tensors are born on CPU); DeepSpeed runs the
         # module in its bf16/fp16 copy (the fp32 master weights are part of its estimated model states)
         dtype = get_dtype(par.param_dtype) if ds else torch.float32

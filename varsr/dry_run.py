@@ -58,7 +58,7 @@ def simulate_train(cfg, device: Device, world: int, layers: int | None = None) -
     group = with_group(world, offload) and par.backend == "fsdp2"
     B, S, accum = cfg.data.batch_size, mcfg.image_size, max(1, cfg.optim.grad_accum)
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision.dtype]
-    with simulation(world if group else 1) as dist:
+    with simulation(world if group else 1, group=group) as dist:
         model, vqvae = build_models(mcfg)
         model.train()
         n_params = sum(p.numel() for p in model.parameters())
