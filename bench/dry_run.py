@@ -51,7 +51,9 @@ def _varsr_train(overrides):
 
 
 def _varsr_sample(overrides):
-    from varsr.evaluate import SampleRunConfig
+    from varsr.evaluate import SampleRunConfig, register_configs
+
+    register_configs()  # configs/varsr/sample.yaml names its schema
 
     return to_dataclass(SampleRunConfig, compose_config("varsr", "sample", ["lr_dir=LR", *overrides]))
 
