@@ -6,7 +6,8 @@ DeepSpeed writes its engine state with ``torch.save`` and reads it back with
 :func:`deepspeed_safe_loading` makes every ``torch.load`` inside it a ``weights_only=True`` load
 that additionally accepts exactly the DeepSpeed classes its checkpoints hold (found by listing the
 globals of real ZeRO-0..3 checkpoints with ``torch.serialization.get_unsafe_globals_in_checkpoint``):
-the loss scalers and the ZeRO stage enum. Anything else refuses with ``UnpicklingError``.
+the loss scalers, the ZeRO stage enum and ZeRO-1/2's parameter fragment addresses. Anything else
+refuses with ``UnpicklingError``.
 
 Universal checkpoints (``deepspeed.checkpoint.ds_to_universal``) store one folder per parameter
 with its fp32 weights and Adam moments; DeepSpeed can load them on any world size
@@ -32,8 +33,11 @@ UNIVERSAL = "universal"  # converted form, next to DS_TAG
 def _allowed_classes() -> list:
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum]
+    # fragment_address: ZeRO-1/2 optimizer files map each parameter to its slice of the flat
+    # partition with it (a two-int dataclass: numel, start).
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
 def allowed_global_names() -> set[str]:

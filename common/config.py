@@ -238,6 +238,7 @@ class CheckpointConfig:
     eps=at_least(0.0),
     weight_decay=at_least(0.0),
     grad_accum=at_least(1),
+    nonfinite=one_of("stop", "skip"),
     global_batch=at_least(0),
     lr_scaling=one_of("none", "accum"),
 )
@@ -256,6 +257,11 @@ class OptimConfig:
     # grad_accum x world size (follows the GPU count)
     global_batch: int = 0
     lr_scaling: str = "none"  # none: lr as given | accum: lr x accumulation count (the official VARSR rule)
+    # a NaN/inf loss or gradient norm: `stop` (checked on the device, read before every save/log line: the run
+    # stops naming the step, no checkpoint or export is written, the newest checkpoint stays the last good one)
+    # or `skip` (that update is dropped with a warning; costs one host read per step; not with DeepSpeed).
+    # fp16 with a loss scaler: an inf gradient norm is the scaler's own skipped overflow step, only the loss counts
+    nonfinite: str = "stop"
 
 
 class _OneLineErrors:

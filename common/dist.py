@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -42,11 +43,18 @@ def _launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+# One group, a backend per device type: an NCCL-only group refuses CPU tensors on the first multi-rank step.
+CUDA_BACKEND = "cuda:nccl,cpu:gloo"
+
+
 def init_distributed(device: str | None = None, timeout_min: int = 30) -> DistInfo:
     """Initialise torch.distributed from torchrun's environment (idempotent).
 
-    NCCL is used when CUDA is available (and not disabled by ``device="cpu"``), gloo otherwise, so
-    CPU CI can exercise the real multi-process code paths.
+    On CUDA (unless ``device="cpu"``) the default group is ``cuda:nccl,cpu:gloo`` (:data:`CUDA_BACKEND`):
+    NCCL moves CUDA tensors and gloo the CPU tensors that take part in collectives too (FSDP2
+    ``cpu_offload`` keeps gradient shards on the host, so clipping all-reduces CPU norms; DCP's
+    saver needs a CPU backend). Subgroups and device meshes inherit both. Without CUDA: gloo, so
+    CPU CI exercises the real multi-process code paths.
     """
     from common.launch_env import export_torch_env, local_device_index
 
@@ -63,7 +71,7 @@ def init_distributed(device: str | None = None, timeout_min: int = 30) -> DistIn
     if want_cuda:
         dev = torch.device("cuda", local_device_index(local_rank, torch.cuda.device_count()))
         torch.cuda.set_device(dev)
-        backend = "nccl"
+        backend = CUDA_BACKEND
     else:
         dev = torch.device("cpu")
         backend = "gloo"
@@ -77,6 +85,12 @@ def destroy_distributed() -> None:
     _CPU_GROUP = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    # DeepSpeed caches a clone of the world group; after a destroy it names a dead group, and the next
+    # deepspeed.initialize in this process (tests, notebooks) fails with "Group ... is not registered".
+    ds_groups = sys.modules.get("deepspeed.utils.groups")
+    for name in ("_WORLD_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP"):
+        if getattr(ds_groups, name, None) is not None:
+            setattr(ds_groups, name, None)
 
 
 def get_rank() -> int:

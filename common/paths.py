@@ -102,7 +102,14 @@ def prepare_output_dir(out, out_key: str, inputs: Mapping[str, object]) -> Path:
         ) from None
     if not os.access(p, os.W_OK | os.X_OK):
         raise PermissionError(f"{out_key}={out} is not writable; choose a writable folder")
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 speaks for the job (no process group yet)
+        from common.run_lock import LOCK_NAME, acquire
+
+        _FOLDER_LOCKS.append(acquire(p / LOCK_NAME, f"a folder run writing {out_key}"))  # until SkipLog.finish
     return p
+
+
+_FOLDER_LOCKS: list = []  # out_dir locks of the folder run in progress (common.run_lock), freed by SkipLog.finish
 
 
 def check_existing(
@@ -188,6 +195,10 @@ class SkipLog:
         mine = (done, self.skipped, self.reasons[:1])
         per_rank = all_gather_object(mine) if gather else [mine]
         done = sum(d for d, _, _ in per_rank)
+        from common.run_lock import release
+
+        while _FOLDER_LOCKS:  # the folder run is over (done or refused below): another run may use out_dir now
+            release(_FOLDER_LOCKS.pop())
         skipped = sorted(s for _, ss, _ in per_rank for s in ss)
         if skipped and not done:
             first = next(r for _, _, rs in per_rank for r in rs)

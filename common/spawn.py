@@ -7,8 +7,9 @@ same environment variables, same rendezvous), and the parent only waits and retu
 exit code. ``N`` comes from the config key ``nproc``: ``auto`` = the number of visible CUDA
 devices (1 on CPU or with ``run.device=cpu``), or an integer (``nproc=2 run.device=cpu`` runs a
 2-process gloo job on a laptop). A single rank is also started through torchrun when the
-config needs a process group on one device (``parallel.cpu_offload``: FSDP2 / ZeRO-Offload
-shard over a world of one).
+config needs a process group on one device: ``parallel.cpu_offload`` (FSDP2 / ZeRO-Offload
+shard over a world of one) and ``parallel.backend=deepspeed`` (without torchrun's rendezvous
+variables DeepSpeed looks for an MPI launcher and stops at "No module named mpi4py").
 
 Children see torchrun's ``RANK``/``WORLD_SIZE`` and therefore never spawn again.
 """
@@ -95,15 +96,20 @@ def spawn(script: str | Path, args: list[str], nproc: int) -> int:
     return 0
 
 
+def needs_process_group(cfg) -> bool:
+    """Whether even one rank must run under torchrun (a process group over a world of one)."""
+    return bool(_select(cfg, "parallel.cpu_offload", False)) or _select(cfg, "parallel.backend") == "deepspeed"
+
+
 def maybe_spawn(cfg, script: str | Path, args: list[str]) -> int | None:
     """Start the job's ranks when nobody else did; ``None`` means: run in this process.
 
-    ``cfg`` is the validated config (``nproc``, ``run.device``, ``parallel.cpu_offload``),
-    ``args`` the command-line overrides the children compose again.
+    ``cfg`` is the validated config (``nproc``, ``run.device``, ``parallel.cpu_offload``,
+    ``parallel.backend``), ``args`` the command-line overrides the children compose again.
     """
     if launched_externally() is not None:
         return None
     n = resolve_nproc(_select(cfg, "nproc", "auto"), str(_select(cfg, "run.device", "auto")))
-    if n == 1 and not bool(_select(cfg, "parallel.cpu_offload", False)):
+    if n == 1 and not needs_process_group(cfg):
         return None
     return spawn(Path(script).resolve(), list(args), n)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from common.integrity import NonFiniteError
 from common.logging import Tracker, get_logger, progress, save_image_grid
 from common.train_state import TrainState
 
@@ -129,7 +130,7 @@ def finetune(
     opt = torch.optim.AdamW(params, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay)
     lpips = _lpips_fn(s, device)
     step, stats, resumed_from = 0, {}, None
-    ckpt = TrainState(s.run_dir, model, opt, keep=s.keep)
+    ckpt = TrainState(s.run_dir, model, opt, keep=s.keep, app="finetune_vq")  # locks run_dir
     got = ckpt.resume()  # newest good checkpoint of run_dir (model, optimizer, RNG, step, stats)
     if got is not None:
         got.restore_rng()  # single process: always this run's own streams
@@ -154,12 +155,14 @@ def finetune(
         if lpips is not None:
             terms["lpips"] = lpips(((recon.float() + 1) / 2).clamp(0, 1), hr01.float())
             loss = loss + s.lpips_weight * terms["lpips"]
-        if not torch.isfinite(loss):
+        if not torch.isfinite(loss):  # never stepped, saved or pruned past: the last checkpoint stays good
             values = {k: float(v) for k, v in terms.items()}
-            raise FloatingPointError(f"non-finite tokenizer loss at step {step} ({values})")
+            raise NonFiniteError(f"non-finite tokenizer loss at step {step + 1} ({values}); stopping, nothing saved")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip if s.grad_clip > 0 else math.inf)
+        if not torch.isfinite(gnorm):
+            raise NonFiniteError(f"non-finite gradient norm at step {step + 1}; stopping, nothing saved")
         opt.step()
         step += 1
         bar.update(1)
@@ -188,6 +191,7 @@ def finetune(
         save_image_grid([[a, b] for a, b in zip(eval_hr.cpu(), rec.cpu())], f"{s.run_dir}/recon.png", ["HR", "recon"])
         tracker.log({"eval_psnr": out["eval_psnr"]}, step)
     tracker.finish()
+    ckpt.close()
     log.info(
         f"tokenizer fine-tuning done at step {step}: "
         + ", ".join(f"{k} {v:.4f}" for k, v in out.items() if isinstance(v, float))

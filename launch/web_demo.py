@@ -20,7 +20,7 @@ def main(cfg: WebDemoConfig, block: bool = True):
     from webdemo.host import ModelHost
     from webdemo.ui import serve
 
-    host = ModelHost({"varsr": cfg.varsr, "pure": cfg.pure}, device=cfg.device, max_input_pixels=cfg.max_input_pixels)
+    host = ModelHost.from_config(cfg)
     return serve(
         host,
         server_name=cfg.host,

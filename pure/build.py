@@ -31,10 +31,14 @@ def model_config(cfg):
     return mcfg
 
 
-def build_lm(cfg, device: torch.device, meta: bool = False):
+def build_lm(cfg, device: torch.device, meta: bool = False, partitioned=None):
     """ChameleonForCausalLM from cfg.model (+ official weights, + vocabulary extension).
 
-    meta=True: final shapes on the meta device, no weights (filled later from rank 0)."""
+    meta=True: final shapes on the meta device, no weights (filled later from rank 0).
+    partitioned: a builder whose parameters live in shards from birth (ZeRO-3,
+    ``pure.parallelize.Zero3Build``): ``construct()`` partitions each module as it is created
+    and ``gather(params)`` makes a few whole at a time, so no rank ever holds the full model;
+    the weights equal the plain build's (same draws, same files)."""
     from pure.model.chameleon import ChameleonForCausalLM
 
     mcfg = model_config(cfg)
@@ -44,16 +48,27 @@ def build_lm(cfg, device: torch.device, meta: bool = False):
             return ChameleonForCausalLM(mcfg)
     if cfg.init.extend_vocab_from:
         mcfg.vocab_size = int(cfg.init.extend_vocab_from)
-    lm = ChameleonForCausalLM(mcfg)
+    gather = None if partitioned is None else partitioned.gather
+    if partitioned is None:
+        lm = ChameleonForCausalLM(mcfg)
+    else:
+        with partitioned.construct():
+            lm = ChameleonForCausalLM(mcfg)
+        # The constructor's init_weights saw empty partitions: initialise module by module, whole.
+        for m in lm.modules():
+            own = list(m.parameters(recurse=False))
+            if own:
+                with gather(own):
+                    lm.init_module(m)  # every rank draws (RNG streams stay in step); rank 0's values are kept
     if cfg.init.from_hf:
-        load_hf_shards(lm, cfg.init.from_hf)
+        load_hf_shards(lm, cfg.init.from_hf, gather=gather)
     if cfg.init.extend_vocab_from:
-        extend_vocabulary(lm, target_vocab, seed=cfg.run.seed)
-    return lm.to(device)
+        extend_vocabulary(lm, target_vocab, seed=cfg.run.seed, gather=gather)
+    return lm if partitioned is not None else lm.to(device)
 
 
 @torch.no_grad()
-def extend_vocabulary(lm: nn.Module, new_vocab: int, seed: int = 0, image_ids=(4, 8196)) -> None:
+def extend_vocabulary(lm: nn.Module, new_vocab: int, seed: int = 0, image_ids=(4, 8196), gather=None) -> None:
     """Grow a Lumina-mGPT-style 65,536-row model to PURE's 73,728 rows (the 8,192 extra LlamaGen slots).
 
     PURE does not say how its new rows were initialised. Ours: new *embedding* rows are the mean
@@ -61,18 +76,25 @@ def extend_vocabulary(lm: nn.Module, new_vocab: int, seed: int = 0, image_ids=(4
     std, so new codes start inside the image-token cluster; new *lm_head* rows are zero, as
     Lumina-mGPT's starting-point builder zeroes image-token rows of lm_head: the new ids start
     with logit 0 and are learnt from there, without disturbing text/old-image predictions.
+
+    `gather` (partitioned parameters, see `build_lm`): the two old matrices are gathered to be
+    read; the new modules are whole until DeepSpeed's initialize partitions them.
     """
+    import contextlib
+
     old_e, old_h = lm.model.embed_tokens.weight, lm.lm_head.weight
-    old_v, c = old_e.shape
-    if new_vocab <= old_v:
-        raise ValueError(f"extend_vocabulary: new size {new_vocab} must exceed the current {old_v}")
-    g = torch.Generator().manual_seed(seed)
-    img = old_e[image_ids[0] : image_ids[1]].float()
-    mu, sd = img.mean(0), img.std(0)
-    extra = mu + sd * torch.randn(new_vocab - old_v, c, generator=g)
-    emb = nn.Embedding(new_vocab, c, dtype=old_e.dtype, device=old_e.device)
-    emb.weight.copy_(torch.cat([old_e, extra.to(old_e)]))
-    head = nn.Linear(c, new_vocab, bias=False, dtype=old_h.dtype, device=old_h.device)
-    head.weight.copy_(torch.cat([old_h, torch.zeros(new_vocab - old_v, c, dtype=old_h.dtype, device=old_h.device)]))
+    with contextlib.nullcontext() if gather is None else gather([old_e, old_h], modify=False):
+        old_v, c = old_e.shape
+        if new_vocab <= old_v:
+            raise ValueError(f"extend_vocabulary: new size {new_vocab} must exceed the current {old_v}")
+        g = torch.Generator().manual_seed(seed)
+        img = old_e[image_ids[0] : image_ids[1]].float()
+        mu, sd = img.mean(0), img.std(0)
+        extra = mu + sd * torch.randn(new_vocab - old_v, c, generator=g)
+        emb = nn.Embedding(new_vocab, c, dtype=old_e.dtype, device=old_e.device)
+        emb.weight.copy_(torch.cat([old_e, extra.to(old_e)]))
+        head = nn.Linear(c, new_vocab, bias=False, dtype=old_h.dtype, device=old_h.device)
+        zeros = torch.zeros(new_vocab - old_v, c, dtype=old_h.dtype, device=old_h.device)
+        head.weight.copy_(torch.cat([old_h, zeros]))
     lm.model.embed_tokens, lm.lm_head = emb, head
     lm.config.vocab_size = new_vocab

@@ -53,7 +53,8 @@ class ParallelConfig:
     """How the model is spread over devices; all of it is applied by pure/parallelize.py."""
 
     backend: str = "fsdp2"  # none | fsdp2 | deepspeed  (none = one process, plain AdamW)
-    zero_stage: int = 3  # DeepSpeed ZeRO stage (0-3)
+    zero_stage: int = 3  # DeepSpeed ZeRO stage (0-3); 3 builds the model partitioned (deepspeed.zero.Init), so no
+    #   rank ever holds the whole model (before: the full fp32 7B on every rank's host, ~226 GB per 8-GPU node)
     deepspeed_config: str | None = None  # optional yaml/json merged over the generated DeepSpeed config
     param_dtype: str = "bf16"  # compute dtype of parameters (FSDP2 MixedPrecisionPolicy / DeepSpeed bf16)
     reduce_dtype: str = "fp32"  # gradient reduction dtype (FSDP2)
@@ -65,7 +66,8 @@ class ParallelConfig:
     cpu_offload: bool = False  # optimizer-state CPU offload: FSDP2 CPUOffloadPolicy / DeepSpeed ZeRO-Offload
     #   (offload_optimizer: cpu): fp32 params, grads and AdamW moments in host RAM, so 7B full fine-tuning
     #   fits one 80 GB GPU. Per-GPU and host figures: `dry_run=h100 nproc=1` (README "Dry runs" table).
-    #   A single process is started through torchrun (world of one) so the sharding backend has a process group.
+    #   A single process is started through torchrun (world of one) so the sharding backend has a process group
+    #   (DeepSpeed always gets one). On CUDA the group is cuda:nccl,cpu:gloo: clipping all-reduces the host-side norms.
     reshard_after_forward: bool = True  # FSDP2 FULL_SHARD (True) vs SHARD_GRAD_OP-like (False)
 
 
@@ -114,6 +116,8 @@ class ExportConfig:
     hf_dir: str | None = None  # write HF-layout safetensors shards + config.json here at the end (None = off)
     max_shard_size: str = "5GB"  # per shard file (HF size string)
     dtype: str = "bf16"  # tensor dtype of the shards: bf16 (released PURE) | fp32 | fp16
+    # an existing hf_dir is refused (checked at start) unless true; then it is replaced as a whole, never merged
+    overwrite: bool = False
 
 
 @checks(

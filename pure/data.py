@@ -9,7 +9,8 @@ plus `<name>.jsonl`, one line per record {"file", "idx", "len", "id", "type"}, a
 stores them exactly (the official-pickle converter checks this).
 
 Data YAML (official): `META: [{path: record.json, ratio: 1.0, type: "sr"}]`; `ratio` subsamples
-each epoch, `type` keeps batches homogeneous.
+that entry's records each epoch (entries sharing a `type` keep their own ratios), `type` keeps
+batches homogeneous.
 
 Sampler (official xllmx semantics): per epoch, sort records by length, shuffle inside windows
 of `global_batch * window_mult` consecutive records, cut into global batches, shuffle the
@@ -98,7 +99,7 @@ class TokenShardDataset(Dataset):
         entries = _read_meta(meta)
         self.records: list[dict] = []
         self.dropped = 0
-        for ent in entries:
+        for source, ent in enumerate(entries):
             rec_path = Path(ent["path"])
             if not rec_path.is_file():
                 raise FileNotFoundError(f"record list not found: {rec_path}")
@@ -107,11 +108,13 @@ class TokenShardDataset(Dataset):
                 if int(r["len"]) > max_seq_len:
                     self.dropped += 1
                     continue
+                ratio = ent.get("ratio")
                 r = dict(
                     r,
                     root=str(rec_path.parent),
                     type=ent.get("type") or r.get("type") or "default",
-                    ratio=float(ent.get("ratio", 1.0) or 1.0),
+                    source=source,  # the META entry: `ratio` subsamples per entry, not per type
+                    ratio=1.0 if ratio is None else float(ratio),
                 )
                 self.records.append(r)
         self.lengths = np.array([int(r["len"]) for r in self.records], dtype=np.int64)
@@ -195,10 +198,7 @@ class LengthGroupedSampler:
             by_type.setdefault(r["type"], []).append(i)
         batches = []
         for t in sorted(by_type):
-            idx = np.array(by_type[t])
-            ratio = recs[idx[0]]["ratio"] if len(idx) else 1.0
-            if ratio < 1.0:  # per-epoch subsample (official `ratio`)
-                idx = rng.choice(idx, size=max(1, int(round(len(idx) * ratio))), replace=False)
+            idx = self._subsample(np.array(by_type[t], dtype=np.int64), rng)
             idx = idx[np.argsort(self.ds.lengths[idx], kind="stable")]
             win = self.global_batch * self.window_mult
             for s in range(0, len(idx), win):
@@ -207,6 +207,21 @@ class LengthGroupedSampler:
             batches += [idx[k * self.global_batch : (k + 1) * self.global_batch].tolist() for k in range(n_full)]
         order = rng.permutation(len(batches))
         return [batches[k] for k in order]
+
+    def _subsample(self, idx: np.ndarray, rng) -> np.ndarray:
+        """This epoch's records of one type group: each META entry's records subsampled by that
+        entry's own `ratio` (official: per data-config entry), the entries then pooled."""
+        recs = self.ds.records
+        sources = np.array([recs[i].get("source", 0) for i in idx], dtype=np.int64)
+        keep = []
+        for src in np.unique(sources):
+            part = idx[sources == src]
+            ratio = recs[part[0]]["ratio"]
+            if ratio < 1.0:  # per-epoch subsample
+                n = int(round(len(part) * ratio))
+                part = rng.choice(part, size=max(1, n) if ratio > 0 else 0, replace=False)
+            keep.append(part)
+        return np.concatenate(keep) if keep else idx
 
     def steps_per_epoch(self) -> int:
         return len(self.global_batches(0))

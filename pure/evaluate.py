@@ -180,6 +180,14 @@ def load_components(cfg: PureSampleConfig, device: torch.device):
     return model.eval(), vq.to(device, vq_dtype).eval(), TextTokenizer.from_file(tok_path)
 
 
+def _record_ok(path: Path) -> bool:
+    """Whether a kept output's JSON record says its image was generated (unreadable: redo it)."""
+    try:
+        return bool(json.loads(path.read_text()).get("ok", True))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _restore_or_skip(restorer, batch: list, generator, skips, path_of) -> list:
     """[(index, RestoreResult)] of a batch [(index, image)]; an image the restorer rejects (below
     the minimum size, over max_output_pixels) is skipped and counted, the rest still run."""
@@ -231,7 +239,7 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     """
     from common.checkpoint import atomic_write_bytes
     from common.data.io import write_image
-    from common.dist import barrier, get_rank, get_world_size, init_distributed, is_main
+    from common.dist import all_gather_object, barrier, get_rank, get_world_size, init_distributed, is_main
     from common.logging import get_logger, progress
     from common.paths import SkipLog, start_folder_run
 
@@ -242,6 +250,8 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
         {"ckpt_dir": cfg.ckpt_dir, "vq_ckpt": cfg.vq_ckpt, "tokenizer": cfg.tokenizer},
         lambda n: [f"{n}.png", f"{n}.json"],
     )
+    # an older version wrote the bicubic LQ for a failed generation (record "ok": false): redo those
+    keep = {n for n in keep if _record_ok(out_dir / f"{n}.json")}
     cfg.out_dir = str(out_dir)
     info = init_distributed(None if cfg.device == "auto" else cfg.device)
     device = info.device
@@ -251,7 +261,7 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     rank, world = get_rank(), get_world_size()
     mine = [i for i in range(rank, len(names), world) if names[i] not in keep]
     skips = SkipLog("pure.sample", log)
-    t0, done = time.time(), sum(names[i] in keep for i in range(rank, len(names), world))
+    t0, done, failed = time.time(), sum(names[i] in keep for i in range(rank, len(names), world)), 0
     for start in progress(range(0, len(mine), cfg.batch_size), desc="pure restore"):
         batch = [(i, skips.read(files[names[i]])) for i in mine[start : start + cfg.batch_size]]
         batch = [(i, img) for i, img in batch if img is not None]
@@ -259,8 +269,12 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
             continue
         gen = torch.Generator(device=device).manual_seed(cfg.seed + batch[0][0])
         results = _restore_or_skip(restorer, batch, gen, skips, lambda i: files[names[i]])
-        done += len(results)
         for i, res in results:
+            if not res.ok:  # no image block: the bicubic LQ is not a result (it would be scored as one)
+                skips.skip(files[names[i]], "no valid image generated (nothing written; retried by the next run)")
+                failed += 1
+                continue
+            done += 1
             img = res.image
             if cfg.out_size:
                 img = torch.nn.functional.interpolate(
@@ -270,16 +284,15 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
             atomic_write_bytes(
                 out_dir / f"{names[i]}.json", json.dumps({"name": names[i], **res.record()}, indent=1).encode()
             )
-            if not res.ok:
-                log.warning("%s: no valid image generated; wrote the bicubic LQ instead", names[i])
     counts = skips.finish(done, extra=f" in {time.time() - t0:.1f}s -> {out_dir}")
+    failed = sum(all_gather_object(failed))  # counted among the skipped (exit code 3), reported apart
     barrier()
     if not is_main():
         return {"skipped": counts["skipped"]}
     records = [json.loads((out_dir / f"{n}.json").read_text()) for n in names if (out_dir / f"{n}.json").is_file()]
     summary = {
         "images": len(records),
-        "failed": sum(not r["ok"] for r in records),
+        "failed": failed,  # generations of this run that gave no image (also in skipped_files)
         "mean_seconds": sum(r["seconds"] for r in records) / max(1, len(records)),
         "mean_forwards": sum(r["forwards"] for r in records) / max(1, len(records)),
         "mean_new_tokens": sum(r["new_tokens"] for r in records) / max(1, len(records)),

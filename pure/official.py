@@ -70,13 +70,20 @@ def load_hf_shards(
     strict: bool = True,
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
+    gather=None,
 ) -> LoadReport:
     """Fill `model` from an HF checkpoint directory (index + shards, or one model.safetensors).
 
     Each tensor is read once from its shard onto `device`. Parameters still on `meta` are
     replaced by the loaded tensor (keeping the shard dtype unless `dtype` is given);
     materialised parameters are copied into (casting to their dtype). `model.vqmodel.*` keys
-    are skipped. With `strict`, missing or unexpected keys and shape mismatches raise."""
+    are skipped. With `strict`, missing or unexpected keys and shape mismatches raise.
+
+    `gather(params)`: for a model whose parameters are partitioned over ranks (ZeRO-3), a context
+    manager that makes `params` whole and yields whether this rank writes them (the others only
+    take part in the collective, in the same key order, and never read the tensor)."""
+    import contextlib
+
     from safetensors import safe_open
 
     ckpt_dir = Path(ckpt_dir)
@@ -99,11 +106,13 @@ def load_hf_shards(
                     report.unexpected.append(key)
                     continue
                 cur = targets[key]
-                shape = tuple(f.get_slice(key).get_shape())
-                if shape != tuple(cur.shape):
-                    raise ValueError(f"{file.name}: {key} has shape {shape}, model expects {tuple(cur.shape)}")
-                t = f.get_tensor(key)
-                _assign(model, key, cur, t if dtype is None else t.to(dtype))
+                with contextlib.nullcontext(True) if gather is None else gather([cur]) as write:
+                    shape = tuple(f.get_slice(key).get_shape())
+                    if shape != tuple(cur.shape):
+                        raise ValueError(f"{file.name}: {key} has shape {shape}, model expects {tuple(cur.shape)}")
+                    if write:
+                        t = f.get_tensor(key)
+                        _assign(model, key, cur, t if dtype is None else t.to(dtype))
                 report.loaded.append(key)
     done = set(report.loaded)
     report.missing = [k for k in targets if k not in done]
@@ -210,6 +219,23 @@ def save_hf_shards(
         if _SHARD_RE.match(stale.name) and stale.name not in names:
             stale.unlink()
     return index
+
+
+def check_hf_shards(out_dir, keys) -> None:
+    """Raise ValueError unless ``out_dir`` is a complete export of exactly ``keys``: the index names
+    every key once, each shard it names opens (header within the file) and holds exactly its keys."""
+    from safetensors import safe_open
+
+    out_dir = Path(out_dir)
+    weight_map = json.loads((out_dir / INDEX_NAME).read_text())["weight_map"]
+    want = {k for k in keys if not k.startswith(IGNORED_PREFIXES)}
+    if set(weight_map) != want:
+        raise ValueError(f"{out_dir / INDEX_NAME}: names {len(weight_map)} tensors, the model has {len(want)}")
+    for file in _shard_files(out_dir):
+        with _open_shard(safe_open, file, "cpu") as f:
+            have = set(f.keys())
+        if have != {k for k, v in weight_map.items() if v == file.name}:
+            raise ValueError(f"{file}: holds other tensors than {INDEX_NAME} says")
 
 
 def read_hf_config(ckpt_dir) -> dict | None:

@@ -15,6 +15,7 @@ state exists and resuming needs only the step counter.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -66,15 +67,18 @@ class Engine:
         """True when the next `step` call will update the weights."""
         return self._micro % self.grad_accum == 0
 
-    def step(self) -> torch.Tensor | None:
-        """Clip + AdamW at accumulation boundaries; returns the pre-clip grad norm there, else None."""
+    def step(self, skip=None) -> torch.Tensor | None:
+        """Clip + AdamW at accumulation boundaries; returns the pre-clip grad norm there, else None.
+
+        ``skip(norm) -> bool``: drop this update when true (``optim.nonfinite=skip``)."""
         if not self.boundary():
             return None
         params = [p for p in self.module.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip > 0 else float("inf"))
         if hasattr(norm, "full_tensor"):  # DTensor under FSDP2
             norm = norm.full_tensor()
-        self.optimizer.step()
+        if skip is None or not skip(norm):
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm.detach()  # a device tensor: the loop reads it once per logging window, not per step
 
@@ -90,12 +94,12 @@ class Engine:
 
         return get_model_state_dict(self.module, options=self._state_options())
 
-    def train_state(self, run_dir, objects: dict, keep: int, async_save: bool = False):
+    def train_state(self, run_dir, objects: dict, keep: int, async_save: bool = False, app: str = "pure"):
         """The checkpoint manager for this engine (common.train_state): sharded DCP under FSDP2,
         so each rank writes/reads only its shards and any world size resumes."""
         from common.train_state import TrainState
 
-        return TrainState(run_dir, self.module, self.optimizer, objects, keep=keep, async_save=async_save)
+        return TrainState(run_dir, self.module, self.optimizer, objects, keep=keep, async_save=async_save, app=app)
 
 
 class DeepSpeedEngine(Engine):
@@ -126,7 +130,7 @@ class DeepSpeedEngine(Engine):
     def boundary(self) -> bool:
         return self.engine.is_gradient_accumulation_boundary()
 
-    def step(self):
+    def step(self, skip=None):  # skip: refused at start (DeepSpeed steps inside engine.step)
         at_boundary = self.boundary()
         self.engine.step()
         if not at_boundary:
@@ -147,12 +151,52 @@ class DeepSpeedEngine(Engine):
                     out[name] = p.detach().to("cpu", copy=True)
         return out
 
-    def train_state(self, run_dir, objects: dict, keep: int, async_save: bool = False):
+    def train_state(self, run_dir, objects: dict, keep: int, async_save: bool = False, app: str = "pure"):
         """DeepSpeed's own engine files (loaded under common.checkpoint_ds's allowlist, converted to
         the universal form to resume on another world size); ``objects`` (EMA) go to DCP next to them."""
         from common.train_state import TrainState
 
-        return TrainState(run_dir, self.engine, None, objects, keep=keep, async_save=async_save, engine=self.engine)
+        return TrainState(
+            run_dir, self.engine, None, objects, keep=keep, async_save=async_save, engine=self.engine, app=app
+        )
+
+
+class Zero3Build:
+    """Build the model already partitioned by ZeRO-3 (for ``pure.build.build_lm(partitioned=...)``).
+
+    Without it every rank built the whole fp32 model on its host before ``deepspeed.initialize``
+    partitioned it: 8 x 28 GB for the 7B on one node. Under ``deepspeed.zero.Init`` each module's
+    parameters are partitioned (in the DeepSpeed config's dtype, on the rank's device) as soon as
+    the module is built, so a rank holds one module whole at most, then its 1/world share.
+    """
+
+    def __init__(self, optim_cfg, par_cfg, dist, micro_batch: int):
+        self.config = deepspeed_config(optim_cfg, par_cfg, micro_batch, dist.world_size)
+        self.dist = dist
+
+    def construct(self):
+        import deepspeed
+
+        deepspeed.init_distributed()  # adopts the torch process group (Init reads the world size from it)
+        return deepspeed.zero.Init(config_dict_or_path=self.config)
+
+    @contextlib.contextmanager
+    def gather(self, params, modify: bool = True):
+        """Make ``params`` whole on every rank; yields whether this rank's writes are kept (rank 0's
+        are re-partitioned on exit when ``modify``; without it nothing is written back)."""
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None):
+            yield self.dist.is_main or not modify
+
+
+def zero3_build(optim_cfg, par_cfg, dist, micro_batch: int) -> Zero3Build | None:
+    """The partitioned builder when the run is DeepSpeed ZeRO-3 (the stage of the merged DeepSpeed
+    config, which a `deepspeed_config` file may set), else None (plain build)."""
+    if par_cfg.backend != "deepspeed" or dist.backend is None:
+        return None
+    build = Zero3Build(optim_cfg, par_cfg, dist, micro_batch)
+    return build if int(build.config["zero_optimization"].get("stage", 0)) >= 3 else None
 
 
 def deepspeed_config(optim_cfg, par_cfg, micro_batch: int, world_size: int) -> dict:
@@ -258,6 +302,11 @@ def build_engine(
     if offload and (backend == "none" or dist.backend is None):
         raise ValueError(
             "parallel.cpu_offload needs parallel.backend=fsdp2 | deepspeed and a process group "
+            "(launch/train_pure.py starts a torchrun world of one for it)"
+        )
+    if backend == "deepspeed" and dist.backend is None:  # else DeepSpeed goes looking for MPI (mpi4py)
+        raise ValueError(
+            "parallel.backend=deepspeed needs a process group: run under torchrun or the deepspeed launcher "
             "(launch/train_pure.py starts a torchrun world of one for it)"
         )
     apply_activation_checkpointing(lm, par_cfg.activation_checkpointing)

@@ -32,8 +32,10 @@ from common.dist import (
     seed_everything,
 )
 from common.ema import EMA, eval_weights
+from common.integrity import FiniteGuard
 from common.logging import Tracker, get_logger
 from common.parallel import get_dtype
+from common.run_lock import lock_run_dir
 from pure.build import build_lm
 from pure.data import build_train_loader
 from pure.losses import PureLoss, supervised_positions
@@ -55,7 +57,7 @@ def _plain(cfg) -> dict:
 
 class Trainer:
     def __init__(self, cfg):
-        from pure.parallelize import build_engine, fsdp2_meta_init
+        from pure.parallelize import build_engine, fsdp2_meta_init, zero3_build
 
         global log
         self.dist = dist = init_distributed(None if cfg.run.device == "auto" else cfg.run.device)
@@ -67,8 +69,15 @@ class Trainer:
         self.device = dist.device
         seed_everything(cfg.run.seed, dist.rank)
         self.run_dir = Path(cfg.run.run_dir)
-        if dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock_run_dir(self.run_dir, "training")  # a second training on this run dir stops here, in one line
+        if cfg.export.hf_dir and Path(cfg.export.hf_dir).exists() and not cfg.export.overwrite:
+            raise ValueError(
+                f"export.hf_dir={cfg.export.hf_dir} already exists; set export.overwrite=true to replace it "
+                "at the end of training, or choose another folder"
+            )
+        if cfg.optim.nonfinite == "skip" and cfg.parallel.backend == "deepspeed":
+            raise ValueError("optim.nonfinite=skip needs the update outside DeepSpeed's engine.step: use stop")
+        self.guard = FiniteGuard(cfg.optim.nonfinite)
         _, self.sampler, self.loader = build_train_loader(cfg, dist)
         self.steps_per_epoch = spe = self.sampler.steps_per_epoch()
         sc = cfg.schedule
@@ -78,17 +87,18 @@ class Trainer:
         seed_everything(cfg.run.seed, 0)  # same initial weights on every rank
         full_state = None
         meta_init = cfg.parallel.backend == "fsdp2" and fsdp2_meta_init(dist)
+        zero3 = zero3_build(cfg.optim, cfg.parallel, dist, cfg.data.batch_size)
         if meta_init:
             # Every rank builds on meta; rank 0 alone materialises (random init or HF shards) on CPU,
             # and build_engine broadcasts its weights into the shards.
             if dist.is_main:
                 full_state = PureLoss(build_lm(cfg, torch.device("cpu"))).state_dict()
             self.lm = build_lm(cfg, torch.device("meta"), meta=True)
-        else:
-            self.lm = build_lm(cfg, dist.device)
+        else:  # ZeRO-3: partitioned from the start (deepspeed.zero.Init), never whole on a rank
+            self.lm = build_lm(cfg, dist.device, partitioned=zero3)
         seed_everything(cfg.run.seed, dist.rank)  # distinct per-rank streams from here on (dropout)
         root = PureLoss(self.lm, cfg.loss.z_loss_weight)
-        if not meta_init:
+        if not meta_init and zero3 is None:
             root = root.to(dist.device)
         self.engine = build_engine(root, self.lm, cfg.optim, cfg.parallel, dist, cfg.data.batch_size, full_state)
         del full_state
@@ -162,8 +172,15 @@ class Trainer:
             own, nxt = supervised_positions(batch["labels"])  # host-side batch: no device sync
             n_head += int((own | nxt).sum())
             self._seq_len = ids.shape[1]
-        gnorm = eng.step()
-        if self.ema is not None:
+        skipped = []  # optim.nonfinite=skip: this update is dropped when its loss or norm is NaN/inf
+
+        def skip(norm):
+            skipped.append(self.guard.skip_update(self.step + 1, acc[0], norm))
+            return skipped[-1]
+
+        gnorm = eng.step(skip if self.guard.policy == "skip" else None)
+        self.guard.record(self.step + 1, acc[0], gnorm)  # stop: read before the next save / log line
+        if self.ema is not None and not any(skipped):
             self.ema.update(self.lm, self.step)
         self.step += 1
         gnorm = torch.as_tensor(float("nan") if gnorm is None else gnorm, device=self.device).float().reshape(1)
@@ -233,20 +250,24 @@ class Trainer:
                 stopped = pre is not None and any_rank(pre.requested)
                 if stopped or (every_log > 0 and self.step % every_log == 0) or self.step == self.total_steps:
                     flush()
+                    self.guard.check()  # optim.nonfinite=stop: one line naming the first NaN/inf step
                 every = cfg.checkpoint.every_steps
                 if stopped or (every > 0 and self.step % every == 0) or self.step == self.total_steps:
+                    self.guard.check()  # before anything is saved
                     self.save()
                 if stopped:
                     log.warning("pre-emption signal received: checkpointed step %d, exiting", self.step)
                     break
             if window:
                 flush()
+            self.guard.check()  # also guards the export below
             self.state.wait()  # an async save must be on disk before the process may exit
             if cfg.export.hf_dir and self.step == self.total_steps:
                 self.export()
             barrier()
         finally:
             self.tracker.finish()
+            self.state.close()
             if pre is not None:  # after the checkpoint: submitit's USR2 handler requeues and exits here
                 pre.restore()
         return {"losses": losses, "step": self.step, "run_dir": str(self.run_dir), "preempted": stopped}
@@ -256,7 +277,8 @@ class Trainer:
 
         Weights: the EMA when enabled and `ema.use_for_eval`, else the trained ones; dtype
         `export.dtype`. config.json keeps every field of `init.from_hf`'s config.json."""
-        from pure.official import read_hf_config, save_hf_shards
+        from common.publish import publish
+        from pure.official import check_hf_shards, read_hf_config, save_hf_shards
 
         cfg = self.cfg.export
         dtype = get_dtype(cfg.dtype)
@@ -264,16 +286,17 @@ class Trainer:
         with eval_weights(self.ema, self.lm, self.cfg.ema.use_for_eval):
             sd = self.engine.full_model_state_dict()  # collective under FSDP2 / ZeRO-3
             sd = {k.removeprefix("lm."): v for k, v in sd.items()}
-            if self.dist.is_main:
-                save_hf_shards(
+            if self.dist.is_main:  # into a temp folder, verified, swapped in whole (common.publish)
+                write = lambda tmp: save_hf_shards(  # noqa: E731
                     sd,
-                    cfg.hf_dir,
+                    tmp,
                     max_shard_size=cfg.max_shard_size,
                     config=self.lm.config,
                     vocabulary_map=getattr(self.lm.config, "vocabulary_map", None),
                     dtype=dtype,
                     base_config=read_hf_config(self.cfg.init.from_hf),
                 )
+                publish(cfg.hf_dir, write, lambda tmp: check_hf_shards(tmp, sd), cfg.overwrite, "export.hf_dir")
         if self.dist.is_main:
             log.info(
                 "exported HF shards (%s%s) to %s",

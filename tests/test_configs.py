@@ -40,6 +40,7 @@ CLAIMED.update(
         "common/vq_finetune.yaml",
         "common/web_demo.yaml",
         "common/export_checkpoint.yaml",
+        "common/sample_baseline.yaml",
     }
 )
 
@@ -182,6 +183,21 @@ def test_export_checkpoint_config(repo_root):
     spec.loader.exec_module(mod)
     cfg = to_dataclass(mod.ExportConfig, compose_config("common", "export_checkpoint", ["run_dir=/r", "out=/o.pth"]))
     assert (cfg.app, cfg.run_dir, cfg.out, cfg.step, cfg.ema) == ("varsr", "/r", "/o.pth", None, True)
+
+
+def test_sample_baseline_config():
+    """configs/common/sample_baseline.yaml composes into its schema; the YAML's values are the schema's."""
+    import dataclasses
+
+    from common.baseline.folder import BaselineConfig, register_configs
+
+    register_configs()
+    cfg = to_dataclass(BaselineConfig, compose_config("common", "sample_baseline", ["lr_dir=/x"]))
+    defaults = {f.name: f.default for f in dataclasses.fields(BaselineConfig) if f.name not in ("lr_dir", "metrics")}
+    assert {k: getattr(cfg, k) for k in defaults} == defaults
+    assert set(cfg.metrics) == {"psnr", "ssim"}  # scored like the apps' sampling runs
+    with pytest.raises(ValueError, match="method='sr3' is not allowed"):
+        to_dataclass(BaselineConfig, compose_config("common", "sample_baseline", ["lr_dir=/x", "method=sr3"]))
 
 
 def test_web_demo_config_entries_are_valid_sampling_configs():

@@ -93,7 +93,7 @@ class PrecisionConfig:
     tf32: bool = True  # allow TF32 matmuls on Ampere+ (official)
 
 
-@checks(backend=one_of("ddp", "fsdp2", "none"))
+@checks(backend=one_of("ddp", "fsdp2", "none"), param_dtype=one_of("auto", "fp32", "bf16", "fp16"))
 @dataclass
 class ParallelConfig:
     """How the transformer is wrapped (varsr/parallelize.py)."""
@@ -106,7 +106,10 @@ class ParallelConfig:
     cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy (backend=fsdp2): fp32 params, grads and AdamW state in
     #   host RAM, optimizer step on the CPU; a single process is started as a torchrun world of one. Whether a
     #   setting fits: `dry_run=h100 nproc=N` (README "Dry runs" table).
-    param_dtype: str = "bf16"  # FSDP2 MixedPrecisionPolicy compute dtype of parameters
+    param_dtype: str = "auto"  # FSDP2 MixedPrecisionPolicy compute dtype of the blocks' parameters: auto = the
+    #   autocast dtype precision.dtype (fp16 in the official recipe); fp32 | bf16 | fp16. A low-precision dtype
+    #   other than the autocast one cannot run (autocast refuses to mix fp16 and bf16). The root (prefix encoder,
+    #   embeddings, head, refiner) keeps fp32 parameters, as under DDP.
     reduce_dtype: str = "fp32"  # gradient reduce-scatter dtype
     reshard_after_forward: bool = True  # free per-block params after forward (ZeRO-3 style)
     find_unused_parameters: bool = False  # DDP: every parameter receives a gradient every step
@@ -233,6 +236,7 @@ def check_train_config(cfg: VARSRTrainConfig) -> None:
             f"data.crop_size={cfg.data.crop_size} must equal the model's image size {m.image_size} "
             f"(16 x last patch_num {m.patch_nums[-1]})"
         )
+    fsdp_param_dtype(cfg.parallel.param_dtype, cfg.precision.dtype)
     if cfg.mode == "c2i" and (ic.varsr or ic.c2i):
         raise ValueError("init.varsr / init.c2i initialise an SR model; for mode=c2i use init.c2i_official")
     if cfg.mode == "sr" and ic.c2i_official:
@@ -240,6 +244,22 @@ def check_train_config(cfg: VARSRTrainConfig) -> None:
             "init.c2i_official loads a C2I model (mode=c2i); to start SR training from a C2I "
             "checkpoint use init.c2i (transfer)"
         )
+
+
+def fsdp_param_dtype(param_dtype: str, amp: str) -> str:
+    """``parallel.param_dtype`` resolved against the autocast dtype ``precision.dtype`` (auto = ``amp``).
+
+    ValueError for fp16 parameters under bf16 autocast or the reverse: autocast's type promotion
+    refuses to mix the two low-precision types (the attention bias concatenation is the first op).
+    """
+    if param_dtype == "auto":
+        return amp
+    if "fp32" not in (amp, param_dtype) and amp != param_dtype:
+        raise ValueError(
+            f"parallel.param_dtype={param_dtype} cannot run under precision.dtype={amp} autocast; "
+            f"use parallel.param_dtype=auto (= {amp}) or fp32, or precision.dtype={param_dtype}"
+        )
+    return param_dtype
 
 
 def register_configs() -> None:

@@ -48,7 +48,7 @@ def simulate_train(cfg, device: Device, world: int, layers: int | None = None) -
     from varsr.losses import varsr_loss
     from varsr.model import build_models
     from varsr.optim import build_optimizer
-    from varsr.parallelize import grad_sync, parallelize
+    from varsr.parallelize import grad_sync, is_sharded, parallelize
 
     mcfg = _model_cfg(cfg, layers)
     cfg, _ = apply_batch_plan(cfg, world)  # as varsr.train: optim.global_batch -> micro-batch x accumulation
@@ -63,12 +63,16 @@ def simulate_train(cfg, device: Device, world: int, layers: int | None = None) -
         model.train()
         n_params = sum(p.numel() for p in model.parameters())
         shard = par if group else dataclasses.replace(par, backend="none")
-        wrapped = parallelize(model, shard, dist)
+        wrapped = parallelize(model, shard, dist, amp=cfg.precision.dtype)
         o = cfg.optim
         fused = (not (offload and group)) if o.fused is None else o.fused  # as common.parallel.fused_adamw on CUDA
         optimizer = build_optimizer(wrapped, o.lr, o.betas, o.eps, o.weight_decay, tuple(o.no_decay_keys), fused)
         prime_optimizer(optimizer, wrapped.parameters(), keep_grads=accum > 1)
-        scaler = torch.amp.GradScaler("cpu", init_scale=cfg.precision.init_scale, enabled=amp is torch.float16)
+        if is_sharded(wrapped):  # as varsr.train: FSDP2 agrees on overflow across ranks
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler as scaler_cls
+        else:
+            scaler_cls = torch.amp.GradScaler
+        scaler = scaler_cls("cpu", init_scale=cfg.precision.init_scale, enabled=amp is torch.float16)
         hr = torch.zeros(B, 3, S, S)
         lr = torch.zeros(B, 3, S, S) if mcfg.lr_prefix else None
         label = torch.zeros(B, dtype=torch.long)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .fastvar import make_state
-from .parallelize import unwrap as _core  # bare module under DDP
+from .parallelize import for_sampling
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 _DTYPES = {
@@ -119,13 +119,13 @@ def generate_fhat(
     (head and refiner schedule stay fp32); `compile` see the module docstring; `refiner_noise`
     (steps + 1, B * G^2, Cvae) replaces the refiner's drawn noise.
     """
-    core = _core(model)
-    B, K = lr.shape[0], len(core.patch_nums)
+    B = lr.shape[0]
     doubled = cfg != 0  # cfg 0: the negative branch would get weight 0 at every scale
     labels = torch.full((B,), label, dtype=torch.long, device=lr.device)
-    if doubled:  # negative class = num_classes - 1 ("low quality"); shares LR prefix and tokens
-        labels = torch.cat([labels, torch.full_like(labels, core.cfg.num_classes - 1)])
-    with _autocast(lr.device, dtype):
+    with for_sampling(model) as core, _autocast(lr.device, dtype):  # FSDP2: parameters gathered
+        K = len(core.patch_nums)
+        if doubled:  # negative class = num_classes - 1 ("low quality"); shares LR prefix and tokens
+            labels = torch.cat([labels, torch.full_like(labels, core.cfg.num_classes - 1)])
         x, cond = core.prefix(lr, labels)  # the LR is encoded once for both branches
         return scale_loop(
             core,

@@ -6,6 +6,7 @@ wrapped model only through the helpers here:
 
 - :func:`parallelize` wraps per :class:`varsr.config.ParallelConfig` (after activation checkpointing);
 - :func:`grad_sync` turns off gradient all-reduce on non-final micro-batches of an accumulation;
+- :func:`for_sampling` gathers FSDP2 parameters for the sampling helpers that bypass ``forward``;
 - :func:`get_full_state` / :func:`set_full_state` move model and optimizer state as full,
   unsharded, name-keyed dicts (official parameter names, no wrapper prefixes), so checkpoints
   written under DDP load under FSDP2 or on one CPU and vice versa.
@@ -14,6 +15,7 @@ wrapped model only through the helpers here:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 from torch import nn
@@ -51,12 +53,13 @@ def apply_activation_checkpointing(model: nn.Module, mode="full") -> nn.Module:
     return model
 
 
-def parallelize(model: nn.Module, cfg, dist_info) -> nn.Module:
+def parallelize(model: nn.Module, cfg, dist_info, amp: str = "fp32") -> nn.Module:
     """Wrap ``model`` for training: activation checkpointing, per-block compile, then DDP/FSDP2.
 
     ``cfg``: a ParallelConfig (``backend`` = ddp | fsdp2 | none, ``activation_checkpointing``,
     ``compile``, ``cpu_offload``, ``param_dtype``, ``reduce_dtype``,
     ``reshard_after_forward``, ``find_unused_parameters``). ``dist_info``: ``common.dist.DistInfo``.
+    ``amp``: the training autocast dtype (``precision.dtype``), which ``param_dtype=auto`` follows.
     A single process gets the bare model (plus checkpointing/compile) whatever the backend, so
     tests and one-GPU runs need no process group; ``cpu_offload`` shards even a world of one.
     """
@@ -83,14 +86,52 @@ def parallelize(model: nn.Module, cfg, dist_info) -> nn.Module:
     if cfg.backend == "fsdp2":
         from torch.distributed.fsdp import fully_shard
 
-        kw = par.fsdp2_kwargs(dist_info, cfg.param_dtype, cfg.reduce_dtype, offload)
+        from varsr.config import fsdp_param_dtype
+
+        kw = par.fsdp2_kwargs(dist_info, fsdp_param_dtype(cfg.param_dtype, amp), cfg.reduce_dtype, offload)
         for block in _blocks(model):
             fully_shard(block, reshard_after_forward=cfg.reshard_after_forward, **kw)
         # Root wrap covers the prefix encoder, embeddings, head and refiner in one group; the root's
-        # parameters stay unsharded after forward because backward needs them right away.
-        fully_shard(model, reshard_after_forward=False, **kw)
+        # parameters stay unsharded after forward because backward needs them right away. The root
+        # keeps fp32 parameters (no cast, as under DDP): the model runs its prefix encoder, head and
+        # refiner in fp32 with autocast off, so `param_dtype` there would hand an fp32 input to
+        # low-precision weights. The blocks (nearly all parameters) compute in `param_dtype`.
+        root_mp = dataclasses.replace(kw["mp_policy"], param_dtype=None)
+        fully_shard(model, reshard_after_forward=False, **{**kw, "mp_policy": root_mp})
         return model
     raise ValueError(f"parallel.backend must be ddp | fsdp2 | none, got {cfg.backend!r}")
+
+
+def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP2 shards ``model`` (parameters are DTensors: per-rank checks need a reduction)."""
+    return bool(_fsdp_modules(model))
+
+
+@contextlib.contextmanager
+def for_sampling(model: nn.Module):
+    """The bare model, with FSDP2 parameters gathered while inside (collective under FSDP2).
+
+    Sampling calls the model's helpers (``prefix``, ``embed_scale``, ``logits``, ``diffloss.sample``)
+    rather than its ``forward``, so FSDP2's pre-forward hooks never gather the root's parameters and
+    they would meet the activations as sharded DTensors. Every FSDP2 module is unsharded here (in its
+    mixed-precision dtype, exactly as a training forward sees it) and resharded on exit; blocks called
+    through their own ``forward`` keep doing what their hooks do. Every rank must run the same sampling
+    calls. Under DDP or without a wrapper this only unwraps.
+    """
+    mods = _fsdp_modules(model)
+    for m in mods:
+        m.unshard()
+    try:
+        yield unwrap(model)
+    finally:
+        for m in mods:
+            m.reshard()
 
 
 @contextlib.contextmanager

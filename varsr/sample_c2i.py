@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .parallelize import for_sampling
 from .sample import _core, cfg_ramp, scale_loop
 
 C2I_RAMP_POWER = 2.0
@@ -45,7 +46,7 @@ def generate_c2i_fhat(
     if core.cfg.lr_prefix:
         raise ValueError("generate_c2i_fhat needs a C2I model (lr_prefix=False); use varsr.sample.sample_sr")
     null = core.cfg.null_class
-    device = core.class_emb.weight.device
+    device = core.lvl_1L.device  # a buffer: on the compute device even where FSDP2 offloads parameters
     labels = _labels(label, device)
     if int(labels.max()) > null or int(labels.min()) < 0:  # the null class itself is allowed (unconditional)
         raise ValueError(f"class label out of range [0, {null}] (null class = {null})")
@@ -53,25 +54,26 @@ def generate_c2i_fhat(
     doubled = cfg != 0  # cfg 0: plain conditional sampling, no null branch
     if doubled:
         labels = torch.cat([labels, torch.full_like(labels, null)])
-    x, cond = core.prefix(None, labels)
     ramp = [cfg_ramp(cfg, si, K, C2I_RAMP_POWER) for si in range(K)] if doubled else None
-    return scale_loop(
-        core,
-        vqvae,
-        x,
-        cond,
-        B,
-        ramp,
-        top_k,
-        top_p,
-        temperature,
-        generator,
-        fastvar,
-        refine,
-        refiner_temperature,
-        on_scale,
-        return_logits,
-    )
+    with for_sampling(model) as core:  # FSDP2: parameters gathered (every rank samples)
+        x, cond = core.prefix(None, labels)
+        return scale_loop(
+            core,
+            vqvae,
+            x,
+            cond,
+            B,
+            ramp,
+            top_k,
+            top_p,
+            temperature,
+            generator,
+            fastvar,
+            refine,
+            refiner_temperature,
+            on_scale,
+            return_logits,
+        )
 
 
 @torch.no_grad()

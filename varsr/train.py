@@ -25,8 +25,10 @@ from common.batch_plan import apply_batch_plan
 from common.checkpoint import PreemptionHandler
 from common.dist import all_reduce_mean, any_rank, barrier, init_distributed, seed_everything
 from common.ema import EMA, eval_weights
+from common.integrity import FiniteGuard
 from common.logging import Tracker, get_logger
 from common.parallel import get_dtype
+from common.run_lock import lock_run_dir
 from common.train_state import TrainState, has_checkpoint
 from varsr.config import VARSRTrainConfig, check_train_config
 from varsr.data import (
@@ -38,7 +40,7 @@ from varsr.data import (
     step_generator,
 )
 from varsr.optim import LinearSchedule, build_optimizer, build_scheduler, warmup_steps_for
-from varsr.parallelize import get_full_state, grad_sync, parallelize, unwrap
+from varsr.parallelize import get_full_state, grad_sync, is_sharded, parallelize, unwrap
 
 log = get_logger("varsr.train")
 
@@ -54,12 +56,9 @@ class Trainer:
         self.cfg, self.plan = cfg, plan
         log.info(plan.describe())  # the first line of every run: what one optimizer step really is
         self.run_dir = Path(cfg.run.run_dir)
+        lock_run_dir(self.run_dir, "training")  # a second training on this run dir stops here, in one line
         node = OmegaConf.structured(cfg)  # built once: OmegaConf conversion is slow for this tree
         self.config_yaml, config_dict = OmegaConf.to_yaml(node), OmegaConf.to_container(node)
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(self.config_yaml)
-        barrier()
         check_train_config(cfg)  # before any model is built: mismatches fail in seconds
         self.num_real_classes = check_c2i_classes(cfg) if cfg.mode == "c2i" else None
         # Same seed on every rank while building: FSDP2 shards each rank's local init (no broadcast)
@@ -78,7 +77,7 @@ class Trainer:
             self._load_vqvae()
         model.train()
         seed_everything(cfg.run.seed, self.rank)  # per-rank streams from here on (drop-path, refiner noise)
-        self.model = parallelize(model, cfg.parallel, self.dist)
+        self.model = parallelize(model, cfg.parallel, self.dist, amp=cfg.precision.dtype)
         o = cfg.optim
         self.optimizer = build_optimizer(
             self.model, plan.lr, o.betas, o.eps, o.weight_decay, tuple(o.no_decay_keys), o.fused
@@ -101,7 +100,13 @@ class Trainer:
         p = cfg.precision
         amp = get_dtype(p.dtype)
         self.amp_dtype = None if amp == torch.float32 else amp  # fp32: autocast off
-        self.scaler = torch.amp.GradScaler(
+        # FSDP2: each rank checks only its gradient shards for inf/NaN; the sharded scaler all-reduces the
+        # verdict so every rank skips (or takes) the same step and keeps the same scale.
+        if is_sharded(self.model):
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler as scaler_cls
+        else:
+            scaler_cls = torch.amp.GradScaler
+        self.scaler = scaler_cls(
             self.device.type, init_scale=p.init_scale, growth_interval=p.growth_interval, enabled=p.dtype == "fp16"
         )
         self.ema = EMA(unwrap(self.model), cfg.ema.decay, cfg.ema.start_step) if cfg.ema.enabled else None
@@ -114,9 +119,14 @@ class Trainer:
             objects,
             keep=cfg.checkpoint.keep,
             async_save=cfg.checkpoint.async_save,
+            app="varsr",
         )
         if resume_from:
             self._resume()
+        if self.dist.is_main:  # only now: a refused resume must leave the run's own config.yaml as it was
+            (self.run_dir / "config.yaml").write_text(self.config_yaml)
+        barrier()
+        self.guard = FiniteGuard(cfg.optim.nonfinite)
         self.loader, self.sampler = build_train_loader(
             self.dataset, cfg, self.world, self.rank, start_micro_batch=self.step * self.accum, device=self.device
         )
@@ -203,12 +213,17 @@ class Trainer:
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn  # FSDP2 returns a DTensor
-        self.scaler.step(self.optimizer)
+        # fp16: an inf norm is the loss scaler's overflow step, which it skips and re-scales itself
+        gn_seen = None if self.scaler.is_enabled() else gn
+        skip = self.guard.skip_update(self.step + 1, totals["loss"], gn_seen)  # optim.nonfinite=skip only
+        self.guard.record(self.step + 1, totals["loss"], gn_seen)  # stop: read before the next save / log line
+        if not skip:
+            self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.scaler.is_enabled():  # official cap at 2^15, applied on the device (get_scale() would sync)
             self.scaler.update(new_scale=self.scaler._scale.clamp(max=cfg.precision.max_scale))
         self.scheduler.step()
-        if self.ema is not None:
+        if self.ema is not None and not skip:
             self.ema.update(unwrap(self.model), self.step)
         self.step += 1
         totals.update(lr=lr_now, grad_norm=gn.detach().float())  # lr: a host float (no device copy)
@@ -231,9 +246,11 @@ class Trainer:
                     callback(self, metrics)
                 if cfg.logging.every_steps > 0 and self.step % cfg.logging.every_steps == 0:
                     losses.extend(window.flush(self.tracker, self.step, self.total_steps))
+                    self.guard.check()
                 stopped = preempt is not None and any_rank(preempt.requested)
                 every = cfg.checkpoint.every_steps
                 if stopped or (every > 0 and self.step % every == 0):
+                    self.guard.check()
                     self.save()
                     last_saved = self.step
                 if cfg.validation.every_steps > 0 and self.step % cfg.validation.every_steps == 0 and not stopped:
@@ -242,6 +259,7 @@ class Trainer:
                     log.warning(f"pre-emption signal: checkpointed step {self.step}, exiting")
                     break
             losses.extend(window.flush(None, self.step, self.total_steps))  # steps since the last log line
+            self.guard.check()  # also guards the export below
             if not stopped and last_saved != self.step:
                 self.save()
             self.state.wait()  # an async save must be on disk before the process may exit
@@ -250,6 +268,7 @@ class Trainer:
                     self.export()
         finally:
             self.tracker.finish()
+            self.state.close()
             if preempt is not None:  # after the checkpoint: submitit's USR2 handler requeues and exits here
                 preempt.restore()
         return {"step": self.step, "losses": losses, "run_dir": str(self.run_dir), "preempted": stopped}

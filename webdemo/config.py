@@ -1,8 +1,9 @@
 """Schema of ``configs/common/web_demo.yaml``: where the demo listens and which checkpoints it offers.
 
-Each checkpoint entry maps keys of that app's *sampling* config (``configs/varsr/sample.yaml`` or
-``configs/pure/sample.yaml``) to values, so the demo loads weights exactly as ``launch/sample_*.py`` would
-and every key documented there is available here.
+Each checkpoint entry maps keys of that app's *sampling* config (``configs/varsr/sample.yaml``,
+``configs/pure/sample.yaml`` or, for the Real-ESRGAN baseline, ``configs/common/sample_baseline.yaml``) to
+values, so the demo loads weights exactly as ``launch/sample_*.py`` would and every key documented there is
+available here.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class WebDemoConfig:
             }
         }
     )
+    # checkpoint name -> {key of configs/common/sample_baseline.yaml: value}; x4plus = the weights `make setup` cached
+    realesrgan: dict[str, dict[str, Any]] = field(default_factory=lambda: {"x4plus": {"weights": None}})
 
 
 def register_configs() -> None:

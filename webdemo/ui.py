@@ -95,7 +95,7 @@ def build_ui(host: ModelHost, max_upload_mb: float, out_dir: Path):
     first_app = next((a for a in APPS if host.choices(a)), "varsr")
     with gr.Blocks(title="arsr: VARSR and PURE super-resolution") as page:
         gr.Markdown(
-            "## arsr — real-world x4 super-resolution with VARSR or PURE\n"
+            "## arsr — real-world x4 super-resolution with VARSR or PURE (or the Real-ESRGAN x4plus baseline)\n"
             f"Upload an image (at most {max_upload_mb:g} MB), choose a model and press **Restore**. "
             "One request runs at a time; the slider compares the bicubic input with the result."
         )
@@ -120,7 +120,7 @@ def build_ui(host: ModelHost, max_upload_mb: float, out_dir: Path):
                 info = gr.Code(label="details", language="json", elem_id="info")
 
         def on_app(a):
-            defaults = {"varsr": (6.0, 1.0), "pure": (0.8, 0.9)}[a]
+            defaults = {"varsr": (6.0, 1.0), "pure": (0.8, 0.9), "realesrgan": (0.0, 1.0)}[a]  # RE: unused
             return gr.Dropdown(choices=host.choices(a), value=host.default(a)), *defaults
 
         app.change(on_app, app, [ckpt, cfg, temperature])

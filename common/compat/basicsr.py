@@ -9,7 +9,8 @@ torchvision's public ``rgb_to_grayscale`` under the old name before the first im
 Importing basicsr costs ~7 s (it imports all of its architectures), so nothing happens at
 import time of this module: call :func:`get_basicsr` or one of the accessors below.  basicsr
 is used as an *oracle* in tests (filter2D, USMSharp, DiffJPEG, noise, kernels, PSNR/SSIM,
-NIQE) and by metric code; our own degradation pipeline does not depend on it.
+NIQE), by metric code and for the Real-ESRGAN baseline's ``RRDBNet`` (``common.baseline``); our own
+degradation pipeline does not depend on it.
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ def diffjpeg():
 def metrics():
     """``basicsr.metrics`` (calculate_psnr, calculate_ssim, calculate_niqe)."""
     return _submodule("metrics")
+
+
+def rrdbnet_arch():
+    """``basicsr.archs.rrdbnet_arch`` (RRDBNet, the Real-ESRGAN x4plus generator)."""
+    return _submodule("archs.rrdbnet_arch")
 
 
 def filter2D(img, kernel):  # noqa: N802 - basicsr's name

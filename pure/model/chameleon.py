@@ -104,7 +104,10 @@ class ChameleonAttention(nn.Module):
             return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
         if cache is not None:
             k, v = cache.write(self.layer_idx, past, k, v)
-            k, v = k.to(q.dtype), v.to(q.dtype)
+            # Attention runs in the cache dtype. CUDA autocast keeps layer norms in fp32, so q comes out
+            # fp32 there: casting q down is exact w.r.t. autocast's bf16 SDPA, up-casting the cache
+            # would copy every cached key and value each step.
+            q = q.to(k.dtype)
         if self.num_kv_heads != self.num_heads:
             rep = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -244,17 +247,28 @@ class ChameleonForCausalLM(nn.Module):
     def init_weights(self) -> None:
         """N(0, initializer_range) for Linear/Embedding, ones for norms, β = 0 for QK-norm.
         Safe on `meta` (no allocation); call again after `to_empty()` if not loading weights."""
-        std = self.config.initializer_range
         if any(p.is_meta for p in self.parameters()):
             return  # nothing to fill yet; call again after to_empty()
         for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                m.weight.normal_(0.0, std)
-            elif isinstance(m, RMSNorm):
-                m.weight.fill_(1.0)
-            elif isinstance(m, HeadLayerNorm):
-                m.weight.fill_(1.0)
-                m.bias.zero_()
+            self.init_module(m)
+
+    @torch.no_grad()
+    def init_module(self, m: nn.Module) -> None:
+        """`init_weights` for one submodule (its own parameters), in `modules()` order the same draws.
+
+        Normal draws are made in fp32 and then cast, so a model built directly in bf16 (ZeRO-3's
+        partitioned construction) gets the values of an fp32 build cast to bf16."""
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            w = m.weight
+            if w.dtype == torch.float32:
+                w.normal_(0.0, self.config.initializer_range)
+            else:
+                w.copy_(torch.empty(w.shape, device=w.device).normal_(0.0, self.config.initializer_range))
+        elif isinstance(m, RMSNorm):
+            m.weight.fill_(1.0)
+        elif isinstance(m, HeadLayerNorm):
+            m.weight.fill_(1.0)
+            m.bias.zero_()
 
     def set_attention_impl(self, impl: str) -> None:
         if impl not in ("sdpa", "eager"):

@@ -266,6 +266,9 @@ class StaticKVCache:
         """Store k/v (R, H_kv, T, D) at `write_idx` and attend. With `prefill_group` the rows are
         that group only, written at slots 0..T-1, and attention is plain causal over the new
         tokens (SDPA's flash path); otherwise every group attends its own buffer with its mask."""
+        # Everything meets in the buffer dtype: q/k leave CUDA autocast's fp32 QK-norm as fp32, and
+        # up-casting the buffers instead would copy each layer's whole K/V buffer on every step.
+        q, k, v = q.to(self.dtype), k.to(self.dtype), v.to(self.dtype)
         groups = (
             [(prefill_group, 0, q.shape[0])]
             if prefill_group is not None
@@ -279,12 +282,12 @@ class StaticKVCache:
                 pos = torch.arange(k.shape[2], device=q.device)[None].expand(hi - lo, -1)
             else:
                 pos = write_idx[g]
-            kb[rows, :, pos] = k[lo:hi].transpose(1, 2).to(self.dtype)
-            vb[rows, :, pos] = v[lo:hi].transpose(1, 2).to(self.dtype)
+            kb[rows, :, pos] = k[lo:hi].transpose(1, 2)
+            vb[rows, :, pos] = v[lo:hi].transpose(1, 2)
             if prefill_group is not None:
                 kk, vv, mask, causal = k[lo:hi], v[lo:hi], None, True
             else:
-                kk, vv, mask, causal = kb.to(q.dtype), vb.to(q.dtype), masks[g], False
+                kk, vv, mask, causal = kb, vb, masks[g], False
             rep = q.shape[1] // kk.shape[1]
             if rep > 1:
                 kk, vv = kk.repeat_interleave(rep, dim=1), vv.repeat_interleave(rep, dim=1)

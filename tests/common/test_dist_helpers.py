@@ -187,3 +187,29 @@ def test_every_helper_on_two_gloo_ranks(tmp_path):
         assert res["gather"] == [{"rank": 0}, {"rank": 1}]
         assert res["bcast"] == "from0" and res["bcast1"] == "from1"
         assert res["world"] == 2 and res["no_alias"]
+
+
+def test_cuda_process_group_has_a_cpu_backend(monkeypatch):
+    """Issue 18 row 4: on CUDA the default group must move CPU tensors too (FSDP2 cpu_offload clips
+    CPU gradient shards: their norms are all-reduced on the host; DCP's saver wants a CPU backend).
+    No GPU here: torch's own parser reads the backend string init_distributed asks for."""
+    from torch.distributed.distributed_c10d import Backend, BackendConfig
+
+    asked = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: None)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(tdist, "is_initialized", lambda: False)
+    monkeypatch.setattr(tdist, "init_process_group", lambda backend=None, **kw: asked.update(backend=backend))
+    for k, v in dict(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1").items():
+        monkeypatch.setenv(k, v)
+    info = cd.init_distributed()
+    assert info.device == torch.device("cuda", 1) and info.world_size == 2
+    assert BackendConfig(Backend(asked["backend"])).get_device_backend_map() == {"cuda": "nccl", "cpu": "gloo"}
+    # the helpers still put their tensors on the GPU on such a group (NCCL is the fast path)
+    monkeypatch.setattr(tdist, "is_initialized", lambda: True)
+    monkeypatch.setattr(tdist, "get_backend", lambda group=None: Backend(asked["backend"]))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert cd.group_device() == torch.device("cuda", 1)
+    monkeypatch.setattr(tdist, "is_initialized", lambda: False)
+    assert cd.init_distributed("cpu").backend == "gloo" and asked["backend"] == "gloo"  # run.device=cpu

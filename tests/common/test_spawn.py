@@ -53,16 +53,19 @@ def test_maybe_spawn_decisions(monkeypatch):
     for k in ("RANK", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
         monkeypatch.delenv(k, raising=False)
 
-    def cfg(nproc, offload=False):
-        return NS(nproc=nproc, run=NS(device="cpu"), parallel=NS(cpu_offload=offload))
+    def cfg(nproc, offload=False, backend="fsdp2"):
+        return NS(nproc=nproc, run=NS(device="cpu"), parallel=NS(cpu_offload=offload, backend=backend))
 
     assert spawn.maybe_spawn(cfg("1"), "x.py", ["a=1"]) is None  # one rank, nothing to shard: in process
     assert spawn.maybe_spawn(cfg("2"), "x.py", ["a=1"]) == 0
     assert spawn.maybe_spawn(cfg("1", offload=True), "x.py", []) == 0  # world of one for FSDP2/ZeRO offload
-    assert calls == [(["a=1"], 2), ([], 1)]
+    # DeepSpeed without torchrun's variables falls into MPI discovery ("No module named mpi4py"):
+    # one rank of ZeRO-3 without offload is a torchrun world of one too (issue 18 row 7)
+    assert spawn.maybe_spawn(cfg("1", backend="deepspeed"), "x.py", ["b=2"]) == 0
+    assert calls == [(["a=1"], 2), ([], 1), (["b=2"], 1)]
     monkeypatch.setenv("RANK", "0")
     assert spawn.maybe_spawn(cfg("2"), "x.py", []) is None  # already a rank: never spawn again
-    assert len(calls) == 2
+    assert len(calls) == 3
 
 
 SCRIPT = textwrap.dedent("""

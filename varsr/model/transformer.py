@@ -26,15 +26,29 @@ from .rope import RopeCache, apply_rope
 
 
 class DropPath(nn.Module):
-    def __init__(self, p: float):
+    """Stochastic depth: drop a sample's residual branch with probability ``p`` while training.
+
+    The rate is a (non-persistent, so not in the state dict) tensor buffer, not a Python float:
+    torch.compile guards on Python attributes, so blocks with different rates would each compile
+    their own graph (d24: 24 copies, past dynamo's recompile limit). ``enabled`` is one flag for the
+    whole model (rate > 0 anywhere), so block 0 (rate 0) draws too and shares the graph: its mask
+    is all ones and x * 1 / 1 == x exactly.
+    """
+
+    def __init__(self, p: float, enabled: bool | None = None):
         super().__init__()
-        self.p = p
+        self.p, self.enabled = float(p), bool(p > 0 if enabled is None else enabled)
+        self.register_buffer("rate", torch.tensor(self.p), persistent=False)
+
+    def reset(self) -> None:
+        self.rate.fill_(self.p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
+        if not self.enabled or not self.training:
             return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
+        rate = self.rate.float()
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - rate)
+        return x * keep / (1 - rate)
 
 
 class ConditionEmbedding(nn.Module):
@@ -93,7 +107,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, rope, attn_bias=None, cache: KVCache | None = None):
         B, L, C = x.shape
-        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+        # The constant buffer follows the parameters' dtype: FSDP2 mixed precision casts parameters only.
+        bias = torch.cat((self.q_bias, self.zero_k_bias.to(self.q_bias.dtype), self.v_bias))
         qkv = linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, hd)
         scale = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
@@ -120,14 +135,16 @@ class FFN(nn.Module):
 
 
 class AdaLNBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float, eps: float):
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float, drop_path: float, eps: float, drop_path_on: bool | None = None
+    ):
         super().__init__()
         self.C = dim
         self.attn = SelfAttention(dim, heads)
         self.ffn = FFN(dim, round(dim * mlp_ratio))
         self.ada_lin = nn.Sequential(nn.SiLU(), Linear(dim, 6 * dim))
         self.ln_wo_grad = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path, drop_path_on)
 
     def forward(self, x, cond, rope, attn_bias=None, cache=None, pruner=None):
         g1, g2, s1, s2, b1, b2 = self.ada_lin(cond).view(-1, 1, 6, self.C).unbind(2)
@@ -179,7 +196,10 @@ class VARSR(nn.Module):
         self.lvl_embed = nn.Embedding(K, C)
         dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(
-            [AdaLNBlock(C, cfg.heads, cfg.mlp_ratio, dpr[i], cfg.norm_eps) for i in range(cfg.depth)]
+            [
+                AdaLNBlock(C, cfg.heads, cfg.mlp_ratio, dpr[i], cfg.norm_eps, cfg.drop_path_rate > 0)
+                for i in range(cfg.depth)
+            ]
         )
         self.head_nm = AdaLNBeforeHead(C, cfg.norm_eps)
         self.head = Linear(C, cfg.vocab_size)
@@ -209,6 +229,7 @@ class VARSR(nn.Module):
         self.attn_bias_for_masking.copy_(mask)
         for blk in self.blocks:
             blk.attn.zero_k_bias.zero_()
+            blk.drop_path.reset()
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -294,7 +315,9 @@ class VARSR(nn.Module):
 
     def refiner_condition(self, h_last: torch.Tensor, tokens_e: torch.Tensor) -> torch.Tensor:
         """z = decoder_norm(h_last + word_embed(e[idx])) (spec 4)."""
-        return self.decoder_norm(h_last + self.word_embed(tokens_e.to(h_last.dtype)))
+        # e in the embedding's dtype (as in embed_scale): under FSDP2 the blocks may hand back
+        # low-precision activations while the root's weights are fp32.
+        return self.decoder_norm(h_last + self.word_embed(tokens_e.to(self.word_embed.weight.dtype)))
 
     @property
     def cache_capacity(self) -> int:
