@@ -66,6 +66,10 @@ def simulate_train(cfg, device: Device, world: int, layers: int | None = None) -
         wrapped = parallelize(model, shard, dist, amp=cfg.precision.dtype)
         o = cfg.optim
         fused = (not (offload and group)) if o.fused is None else o.fused  # as common.parallel.fused_adamw on CUDA
+        if is_sharded(wrapped) and amp is torch.float16:
+            # fused AdamW's fake kernel refuses ShardedGradScaler's (1,)-shaped overflow flag; the step runs
+            # outside the memory tracker (common.dry_run.measure), so only its roofline time is the unfused one
+            fused = False
         optimizer = build_optimizer(wrapped, o.lr, o.betas, o.eps, o.weight_decay, tuple(o.no_decay_keys), fused)
         prime_optimizer(optimizer, wrapped.parameters(), keep_grads=accum > 1)
         if is_sharded(wrapped):  # as varsr.train: FSDP2 agrees on overflow across ranks
