@@ -11,7 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.config import DEVICE, CheckpointConfig, OptimConfig, RunConfig, at_least, between, checks, one_of
+from common.config import (
+    DEVICE,
+    PROBABILITY,
+    SEED,
+    CheckpointConfig,
+    OptimConfig,
+    RunConfig,
+    above,
+    at_least,
+    between,
+    checks,
+    one_of,
+)
 from common.ema import EMAConfig
 
 
@@ -29,6 +41,7 @@ class PureOptimConfig(OptimConfig):
     fused: bool | None = None  # fused AdamW kernel; None = when every parameter is on CUDA (common.parallel)
 
 
+@checks(epochs=at_least(0.0), max_steps=at_least(0), warmup_epochs=at_least(0.0), min_lr=at_least(0.0))
 @dataclass
 class ScheduleConfig:
     """Length and lr schedule (same section as VARSR's). Steps are optimizer steps (one per
@@ -40,6 +53,7 @@ class ScheduleConfig:
     min_lr: float = 0.0  # end of the half-cosine
 
 
+@checks(z_loss_weight=at_least(0.0))
 @dataclass
 class LossConfig:
     """Training objective (pure.losses.PureLoss): CE over supervised next tokens (+ z-loss)."""
@@ -71,7 +85,14 @@ class ParallelConfig:
     reshard_after_forward: bool = True  # FSDP2 FULL_SHARD (True) vs SHARD_GRAD_OP-like (False)
 
 
-@checks(batch_size=at_least(1), num_workers=at_least(0), pad_to_multiple=at_least(1), max_seq_len=at_least(1))
+@checks(
+    batch_size=at_least(1),
+    num_workers=at_least(0),
+    pad_to_multiple=at_least(1),
+    max_seq_len=at_least(1),
+    window_mult=at_least(1),
+    prefetch_factor=at_least(1),
+)
 @dataclass
 class PureDataConfig:
     """Pre-tokenised shards (pure/pretokenize.py) or an online degrade+encode dataset.
@@ -91,6 +112,7 @@ class PureDataConfig:
     online: bool = False  # degrade + VQ-encode HR crops per batch on the device (settings from `pretokenize`)
 
 
+@checks(every_steps=at_least(0), peak_flops=above(0.0))
 @dataclass
 class LoggingConfig:
     """Metrics to wandb (offline by default), metrics.jsonl and the console (same section as VARSR's)."""
@@ -100,6 +122,7 @@ class LoggingConfig:
     wandb: bool = True  # track with wandb (mode from run.wandb_mode)
 
 
+@checks(extend_vocab_from=at_least(1))
 @dataclass
 class InitConfig:
     """Where the weights come from before training."""
@@ -127,6 +150,9 @@ class ExportConfig:
     target_size=at_least(1),
     device=DEVICE,
     lq_scale=at_least(1),
+    max_seq_len=at_least(1),
+    seed=SEED,
+    limit=at_least(0),
 )
 @dataclass
 class PretokenizeConfig:
@@ -153,6 +179,7 @@ class PretokenizeConfig:
     trusted: bool = False  # required with convert_official: unpickling executes code
 
 
+@checks(dropout=PROBABILITY)
 @dataclass
 class PureTrainConfig:
     """Everything `launch/train_pure.py` accepts."""
