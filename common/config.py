@@ -306,6 +306,7 @@ def run_app(
     typed: bool = True,
     spawn_script: str | None = None,
     view=None,
+    dry_run=None,
 ):
     """Shared body of the ``launch/`` entry points.
 
@@ -320,6 +321,9 @@ def run_app(
     ``view(cfg, hydra_cfg)`` (sampling launchers) maps the composed config to what ``schema``
     validates, given Hydra's own node (``overrides.task``, ``run.dir``, ``mode``, ``job``): e.g. an
     experiment's preset block applied below the command line, a default output folder.
+    ``dry_run`` (a ``common.dry_run_report.DryRunApp``): before any rank starts, ``dry_run=DEVICE``
+    prints the full-size simulation and returns, and a CUDA launch runs the cached preflight
+    (``preflight=false`` skips it).
     Every error inside goes through `one_line_errors` (also inside a sweep job, where Hydra would
     otherwise print its traceback).
     """
@@ -333,6 +337,12 @@ def run_app(
         return convert(schema, cfg if view is None else view(cfg, hc))
 
     def _spawn_or_run(cfg, overrides: list[str]):
+        if dry_run is not None:
+            from common.dry_run_report import dry_run_or_preflight
+
+            done = dry_run_or_preflight(cfg, dry_run)
+            if done is not None:
+                return done
         if spawn_script is not None:
             from common.spawn import maybe_spawn
 

@@ -63,6 +63,7 @@ class SJDSection:
     temperature=at_least(0.0),
     top_k=at_least(0),
     max_new_tokens=at_least(1),
+    max_text_tokens=at_least(0),
     batch_size=at_least(1),
     color_fix=one_of("wavelet", "adain", "none"),
     device=DEVICE,
@@ -112,7 +113,10 @@ class PureSampleConfig:
     temperature: float = 0.9  # README 0.9; 0 = greedy
     top_k: int = 1  # text top-k outside images (README 1)
     entropy_top_k: bool = True  # PURE's entropy-adaptive k inside images
-    max_new_tokens: int = 8192  # README value; a 512 answer needs ~4.3k
+    max_new_tokens: int = 8192  # hard cap of the answer (README value); the KV cache is sized by what the
+    #   request needs (pure.generate.tokens_needed): max_text_tokens + one image block of the LQ's grid + end
+    max_text_tokens: int | None = 512  # text budget before the image (PURE's answers: ~100); null = the whole
+    #   max_new_tokens budget for any answer (21k KV slots = 11 GB for the 7B at 512: beyond a 24 GB card)
     image_only: bool = False  # prefill <8197><h><w>, stop at the image end (no text answer)
     sjd: SJDSection = field(default_factory=SJDSection)
     batch_size: int = 1  # images per generation, AR or SJD (each holds its own KV cache)
@@ -126,6 +130,9 @@ class PureSampleConfig:
     overwrite: bool = False  # replace existing outputs (atomically; wins over skip_existing)
     metrics: Any = None  # metric names, or the `metrics` group's {name: spec}; empty/None = no scoring
     metrics_out: str | None = None  # JSON path (+ _per_image.csv, .md beside it); None -> <out_dir>/metrics.json
+    dry_run: str | None = None  # h100 | h200 | a100_80 | a100_40 | rtx4090 | <GiB>: simulate one call at full size
+    #   on fake tensors, print memory / FLOPs / time and exit (2 when it does not fit; common/dry_run_report.py)
+    preflight: bool = True  # on CUDA, refuse (exit 2) a config whose cheap estimate does not fit the GPU
 
 
 def register_configs() -> None:
@@ -249,6 +256,7 @@ def build_restorer(cfg: PureSampleConfig, model, vq, tok, log=None):
         sjd_config(cfg),
         resolution=cfg.resolution,
         max_new_tokens=cfg.max_new_tokens,
+        max_text_tokens=cfg.max_text_tokens,
         color_fix=cfg.color_fix,
         image_only=cfg.image_only,
         scale=cfg.scale,

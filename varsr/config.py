@@ -131,8 +131,8 @@ class ParallelConfig:
     compile: bool = False  # torch.compile each transformer block in place before DDP/FSDP2 wrapping
     compile_backend: str = "inductor"  # torch.compile backend (inductor | aot_eager | eager)
     cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy (backend=fsdp2): fp32 params, grads and AdamW state in
-    #   host RAM, optimizer step on the CPU; a single process is started as a torchrun world of one. d24 (~1B
-    #   params: 4 + 4 + 8 = 16 GB of fp32 state) fits one GPU anyway; offload frees that for larger batches.
+    #   host RAM, optimizer step on the CPU; a single process is started as a torchrun world of one. Whether a
+    #   setting fits: `dry_run=h100 nproc=N` (README "Dry runs" table).
     param_dtype: str = "auto"  # FSDP2 MixedPrecisionPolicy compute dtype of the blocks' parameters: auto = the
     #   autocast dtype precision.dtype (fp16 in the official recipe); fp32 | bf16 | fp16. A low-precision dtype
     #   other than the autocast one cannot run (autocast refuses to mix fp16 and bf16). The root (prefix encoder,
@@ -216,6 +216,9 @@ class VARSRTrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     nproc: str = "auto"  # ranks launch/train_varsr.py starts itself when not under torchrun/deepspeed/SLURM:
     #   auto = visible CUDA devices (1 on CPU), or an integer (nproc=2 run.device=cpu: 2 gloo ranks)
+    dry_run: str | None = None  # h100 | h200 | a100_80 | a100_40 | rtx4090 | <GiB>: simulate one optimizer step of
+    #   `nproc` ranks at full size on fake tensors, print memory / FLOPs / collectives and exit (2: does not fit)
+    preflight: bool = True  # on CUDA, refuse (exit 2, one line) a config whose cheap estimate does not fit the GPU
 
 
 def tiny_train_config(run_dir: str, **sections) -> VARSRTrainConfig:

@@ -101,6 +101,9 @@ class SampleRunConfig:
     metrics_out: str | None = None  # JSON path (+ _per_image.csv, .md beside it); None -> <out_dir>/metrics.json
     skip_existing: bool = True  # keep SR PNGs already in out_dir (resume a killed run)
     overwrite: bool = False  # replace existing SR PNGs (atomically; wins over skip)
+    dry_run: str | None = None  # h100 | h200 | a100_80 | a100_40 | rtx4090 | <GiB>: simulate one image at full
+    #   size on fake tensors, print memory / FLOPs / time and exit (2 when it does not fit; common/dry_run_report.py)
+    preflight: bool = True  # on CUDA, refuse (exit 2) a config whose cheap estimate does not fit the GPU
 
 
 def register_configs() -> None:
