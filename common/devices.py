@@ -7,9 +7,10 @@ the vendors' data-sheet numbers, dense (no 2:4 sparsity), bf16 inputs with fp32 
 - H100 SXM5 80 GB: 989.4 TFLOP/s, HBM3 3.35 TB/s, NVLink 4 900 GB/s (both directions together)
   -- NVIDIA H100 Tensor Core GPU datasheet (2023), "H100 SXM" column.
 - H100 PCIe 80 GB: 756 TFLOP/s, HBM2e 2.0 TB/s, NVLink bridge 600 GB/s -- same datasheet, "H100 PCIe".
+- H100 NVL 94 GB: 835 TFLOP/s, HBM3 3.9 TB/s, NVLink bridge 600 GB/s -- same datasheet, "H100 NVL".
 - H200 SXM 141 GB: 989.4 TFLOP/s, HBM3e 4.8 TB/s, NVLink 900 GB/s -- NVIDIA H200 datasheet (2024).
 - A100 SXM4 80 GB / 40 GB: 312 TFLOP/s, HBM2e 2.039 / HBM2 1.555 TB/s, NVLink 3 600 GB/s
-  -- NVIDIA A100 datasheet (2021), SXM columns.
+  -- NVIDIA A100 datasheet (2021), SXM columns; A100 80 GB PCIe: 312 TFLOP/s, 1.935 TB/s (PCIe column).
 - GeForce RTX 4090 24 GB (the "24 GB consumer card"): 165.2 TFLOP/s (bf16 with fp32 accumulate),
   GDDR6X 1.008 TB/s, no NVLink (PCIe 4.0 x16, 32 GB/s each way) -- NVIDIA Ada GPU architecture
   whitepaper v2.1, appendix table 2.
@@ -55,8 +56,10 @@ DEVICES: dict[str, Device] = {
     for d in (
         Device("h100", "H100 SXM5 80 GB", 81559 / 1024, 989.4, 3350.0, 900.0),
         Device("h100_pcie", "H100 PCIe 80 GB", 81559 / 1024, 756.0, 2000.0, 600.0),
+        Device("h100_nvl", "H100 NVL 94 GB", 95830 / 1024, 835.0, 3900.0, 600.0),
         Device("h200", "H200 SXM 141 GB", 143771 / 1024, 989.4, 4800.0, 900.0),
         Device("a100_80", "A100 SXM4 80 GB", 81920 / 1024, 312.0, 2039.0, 600.0),
+        Device("a100_80_pcie", "A100 PCIe 80 GB", 81920 / 1024, 312.0, 1935.0, 600.0),
         Device("a100_40", "A100 SXM4 40 GB", 40960 / 1024, 312.0, 1555.0, 600.0),
         Device("rtx4090", "RTX 4090 24 GB", 24564 / 1024, 165.2, 1008.0, 64.0),
     )
@@ -96,9 +99,10 @@ def device_from_name(cuda_name: str, total_bytes: int | None = None) -> Device:
     if "h200" in n:
         key = "h200"
     elif "h100" in n:
-        key = "h100_pcie" if "pcie" in n else "h100"
+        key = "h100_pcie" if "pcie" in n else "h100_nvl" if "nvl" in n else "h100"
     elif "a100" in n:
-        key = "a100_40" if re.search(r"\b40\s*gb", n) or (total_bytes and total_bytes < 60 * 2**30) else "a100_80"
+        small = re.search(r"\b40\s*gb", n) or (total_bytes and total_bytes < 60 * 2**30)
+        key = "a100_40" if small else "a100_80_pcie" if "pcie" in n else "a100_80"
     elif "4090" in n:
         key = "rtx4090"
     else:
