@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/sample_varsr.py
 	$(BIN)/python bench/sample_pure.py
 	$(BIN)/python bench/cpu_linear.py
+	$(BIN)/python bench/image_bombs.py
 
 # One GPU, under 8 minutes: every speed target in one Markdown table (+ JSON). `--smoke` = tiny, CPU.
 bench-gpu: $(STAMP)

@@ -25,28 +25,6 @@ TARGET_S_PER_IMAGE_FASTVAR = 0.06
 TARGET_TRAIN_SAMPLES_S = 20.0
 
 
-# Dense (no sparsity) bf16 tensor-core peak FLOP/s and peak memory bandwidth, from the vendors' data
-# sheets, by a fragment of torch.cuda.get_device_name(); the first match wins, so the specific
-# variants (PCIe, NVL) come before the SXM parts whose names they contain.
-GPU_SPECS = (
-    # fragment, dense bf16 FLOP/s, memory TB/s
-    ("H200 NVL", 835e12, 4.8),
-    ("H200", 989e12, 4.8),
-    ("GH200", 989e12, 4.0),
-    ("H100 PCIe", 756e12, 2.0),
-    ("H100 NVL", 835e12, 3.9),
-    ("H100", 989e12, 3.35),  # "NVIDIA H100 80GB HBM3" = SXM5
-    ("H800 PCIe", 756e12, 2.0),
-    ("H800", 989e12, 3.35),
-    ("A100-SXM4-80GB", 312e12, 2.039),
-    ("A100 80GB PCIe", 312e12, 1.935),
-    ("A100", 312e12, 1.555),  # the 40 GB parts
-    ("A800", 312e12, 2.039),
-    ("L40S", 362e12, 0.864),
-    ("L4", 121e12, 0.3),
-    ("4090", 165e12, 1.008),
-    ("A10", 125e12, 0.6),
-)
 # Modules the sections import beyond torch -> the pip package that provides them.
 PACKAGES = {
     "numpy": "numpy",
@@ -65,11 +43,18 @@ PACKAGES = {
 
 
 def gpu_spec(device: torch.device) -> tuple[str, float | None, float | None]:
-    """(device name, dense bf16 peak FLOP/s, memory TB/s); None where the GPU is not in GPU_SPECS."""
+    """(device name, dense bf16 peak FLOP/s, memory TB/s) from the data-sheet table in
+    `common/devices.py` (one table for the dry runs and this benchmark); None where the GPU is not
+    in it, so no MFU or floor is claimed against another GPU's figures."""
     if device.type != "cuda":
         return "CPU", None, None
+    from common.devices import DEVICES, device_from_name
+
     name = torch.cuda.get_device_name(device)
-    return next(((name, f, bw) for key, f, bw in GPU_SPECS if key in name), (name, None, None))
+    d = device_from_name(name)
+    if d.key not in DEVICES:  # an unknown GPU (the table's generic stand-in)
+        return name, None, None
+    return name, d.peak_flops, d.hbm_gbs / 1000
 
 
 def failure_note(e: BaseException) -> str:

@@ -36,7 +36,8 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
     """Call ``write_fn(binary_file)`` on a temp file and move it over ``path`` only once complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the temp name is the target's plus ~14 characters: cut, so a legal 255-byte file name still fits
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write_fn(f)

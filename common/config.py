@@ -7,19 +7,40 @@ search-path plugin registered here puts ``configs/common`` on the search path of
 
 YAML files hold values; dataclasses (structured configs) hold the schema and the documentation of
 every key. ``validate(schema, cfg)`` merges a composed config into its schema so a typo or a
-wrong type is a one-line error at start-up rather than a crash hours into a run.
+wrong type is a one-line error at start-up rather than a crash hours into a run. Value rules
+(`checks`: ranges and choices per key; `relations`: rules between keys, e.g. an overlap smaller
+than its tile) live next to the documented keys and are applied by the same `validate`, which both
+the command line and the web demo go through; every float must be finite (no NaN or inf); the
+rule machinery is `common.config_rules`, re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from common.config_rules import (  # noqa: F401  (the schemas import the rules from here)
+    DEVICE,
+    FINITE,
+    PROBABILITY,
+    RANGE,
+    SEED,
+    Relation,
+    Rule,
+    above,
+    at_least,
+    between,
+    check_values,
+    checks,
+    is_number,
+    one_of,
+    relations,
+    square_within,
+)
 from common.paths import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -107,67 +128,10 @@ def validate(schema: type, cfg: DictConfig | dict) -> Any:
     return merged
 
 
-@dataclass(frozen=True)
-class Rule:
-    """An allowed range or set of values of one config key (see `checks`)."""
-
-    ok: Any  # callable: value -> bool
-    allowed: str  # what the error message says is allowed
-
-
-def at_least(lo) -> Rule:
-    return Rule(lambda v: v >= lo, f">= {lo}")
-
-
-def between(lo, hi) -> Rule:
-    return Rule(lambda v: lo <= v <= hi, f"between {lo} and {hi}")
-
-
-def one_of(*choices) -> Rule:
-    return Rule(lambda v: v in choices, "one of " + ", ".join(str(c) for c in choices))
-
-
-DEVICE = Rule(
-    lambda v: v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v) is not None, "auto, cpu, cuda or cuda:N"
-)
-
-
-def checks(**rules: Rule):
-    """Class decorator: value rules of a schema's keys, checked by `validate` when the config is built.
-
-    Types are OmegaConf's job; ranges and enums are declared here, next to the documented keys,
-    so ``data.batch_size=-1`` or ``color_fix=bogus`` is a one-line error naming the key and what is
-    allowed, before any model loads. ``None`` (an Optional left unset) and ``???`` are not checked.
-    Subclasses inherit and may extend the rules.
-    """
-
-    def deco(cls):
-        cls.__config_checks__ = {**getattr(cls, "__config_checks__", {}), **rules}
-        return cls
-
-    return deco
-
-
-def check_values(cfg, prefix: str = "") -> None:
-    """Apply the `checks` rules of every schema node of a merged structured config (recursively)."""
-    from omegaconf import ListConfig
-
-    rules = getattr(OmegaConf.get_type(cfg), "__config_checks__", {}) if isinstance(cfg, DictConfig) else {}
-    for key, rule in rules.items():
-        if key not in cfg or OmegaConf.is_missing(cfg, key) or cfg[key] is None:
-            continue
-        value = cfg[key]
-        try:
-            ok = rule.ok(value)
-        except TypeError:
-            ok = False
-        if not ok:
-            raise ValueError(f"{prefix}{key}={value!r} is not allowed: must be {rule.allowed}")
-    items = cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else enumerate(cfg)
-    for key, _ in list(items):
-        node = cfg._get_node(key)
-        if isinstance(node, (DictConfig, ListConfig)) and not node._is_none() and not node._is_missing():
-            check_values(node, f"{prefix}{key}.")
+def check_dataclass(obj) -> None:
+    """Apply a schema's rules to a dataclass instance built or changed in code (the web demo's
+    per-request settings), so no entry point accepts a value that the command line refuses."""
+    validate(type(obj), dataclasses.asdict(obj))
 
 
 def cli_keys(overrides) -> set[str]:
@@ -207,7 +171,7 @@ def dataclass_from_dict(schema: type, values: dict | None):
     return schema(**{k: v for k, v in (values or {}).items() if k in names})
 
 
-@checks(device=DEVICE, wandb_mode=one_of("offline", "online", "disabled"))
+@checks(device=DEVICE, wandb_mode=one_of("offline", "online", "disabled"), seed=SEED)
 @dataclass
 class RunConfig:
     """Where a run writes, how it is seeded and tracked."""
@@ -219,7 +183,7 @@ class RunConfig:
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
 
 
-@checks(every_steps=at_least(0))
+@checks(every_steps=at_least(0), keep=Rule(lambda v: isinstance(v, int), "an integer (<= 0 keeps all)"))
 @dataclass
 class CheckpointConfig:
     """Atomic checkpointing and auto-resume."""
@@ -238,6 +202,8 @@ class CheckpointConfig:
     eps=at_least(0.0),
     weight_decay=at_least(0.0),
     grad_accum=at_least(1),
+    betas=Rule(lambda v: len(v) == 2 and all(is_number(b) and 0 <= b < 1 for b in v), "two values in [0, 1)"),
+    grad_clip=FINITE,
     nonfinite=one_of("stop", "skip"),
     global_batch=at_least(0),
     lr_scaling=one_of("none", "accum"),
@@ -311,6 +277,26 @@ class _OneLineErrors:
 one_line_errors = _OneLineErrors
 
 
+def _check_sweep_inputs(app: str, config_name: str, args: list[str]) -> None:
+    """``hydra.sweep.dir`` against every input folder of a multirun, swept values included."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from common.paths import INPUT_KEYS, check_sweep_dir
+
+    parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    cfg = compose_config(app, config_name, [o.input_line for o in parsed if not o.is_sweep_override()], True)
+    for key in INPUT_KEYS:
+        swept = [o for o in parsed if o.key_or_group == key and o.is_sweep_override()]
+        if swept:
+            values = list(swept[0].sweep_string_iterator())
+        elif key in cfg and not OmegaConf.is_missing(cfg, key):
+            values = [cfg[key]]
+        else:
+            values = []
+        for value in values:
+            check_sweep_dir(cfg.hydra.sweep.dir, {key: value})
+
+
 def run_app(
     app: str,
     config_name: str,
@@ -320,6 +306,7 @@ def run_app(
     typed: bool = True,
     spawn_script: str | None = None,
     view=None,
+    dry_run=None,
 ):
     """Shared body of the ``launch/`` entry points.
 
@@ -334,6 +321,9 @@ def run_app(
     ``view(cfg, hydra_cfg)`` (sampling launchers) maps the composed config to what ``schema``
     validates, given Hydra's own node (``overrides.task``, ``run.dir``, ``mode``, ``job``): e.g. an
     experiment's preset block applied below the command line, a default output folder.
+    ``dry_run`` (a ``common.dry_run_report.DryRunApp``): before any rank starts, ``dry_run=DEVICE``
+    prints the full-size simulation and returns, and a CUDA launch runs the cached preflight
+    (``preflight=false`` skips it).
     Every error inside goes through `one_line_errors` (also inside a sweep job, where Hydra would
     otherwise print its traceback).
     """
@@ -347,6 +337,12 @@ def run_app(
         return convert(schema, cfg if view is None else view(cfg, hc))
 
     def _spawn_or_run(cfg, overrides: list[str]):
+        if dry_run is not None:
+            from common.dry_run_report import dry_run_or_preflight
+
+            done = dry_run_or_preflight(cfg, dry_run)
+            if done is not None:
+                return done
         if spawn_script is not None:
             from common.spawn import maybe_spawn
 
@@ -370,6 +366,7 @@ def run_app(
 
         sys.argv = [sys.argv[0], *args]
         with one_line_errors():
+            _check_sweep_inputs(app, config_name, args)  # before Hydra writes multirun.yaml anywhere
             return _job()
     with one_line_errors():
         cfg, hc = compose_config(app, config_name, args, hydra_node=view is not None), None

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from common.config import PROBABILITY, at_least, checks
+
 # Prefixes/infixes that wrappers insert into parameter names (DDP, torch.compile, activation
 # checkpointing, FSDP1). FSDP2 keeps the original names.
 _WRAPPER_TOKENS = ("_orig_mod.", "_checkpoint_wrapped_module.", "_fsdp_wrapped_module.")
@@ -30,6 +32,7 @@ def clean_param_name(name: str) -> str:
     return name.removeprefix("module.")
 
 
+@checks(decay=PROBABILITY, start_step=at_least(0))
 @dataclass
 class EMAConfig:
     """Exponential moving average of the trained weights (not in either official recipe)."""

@@ -121,7 +121,7 @@ class Tracker:
 def _stable_run_id(run_dir: Path) -> str:
     import hashlib
 
-    return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
+    return hashlib.sha1(str(run_dir.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
 def _to_py(v):

@@ -5,10 +5,18 @@ Three promises every folder tool makes, implemented once here:
 - Inputs are never overwritten: `prepare_output_dir` refuses an output folder that is, contains
   or is inside an input folder, comparing resolved real paths (so a symlink or ``..`` cannot
   sneak an output into an input), before anything is written or any model is loaded.
+- Hydra's sweep folder (``-m``: ``multirun.yaml``, job folders, the sweep summary) is checked
+  against the same inputs (`check_sweep_dir`, called by ``common.config.run_app`` before Hydra
+  writes anything).
+- Old results are never passed off as new: `check_settings` records the settings that shape the
+  outputs in ``<out_dir>/run_settings.json`` and refuses to keep (resume over) outputs that were
+  made with other settings unless ``overwrite=true`` redoes them.
 - Bad paths are one line: `require_dir` / `require_file` tell "does not exist" from "is a file,
   not a folder" (and the reverse), naming the config key to change.
-- A folder run finishes: `SkipLog` reads each image, warns once per file it cannot use (unreadable,
-  or `ImageRejected` by a size limit), naming it, counts, and turns the count into the exit code.
+- A folder run finishes: `SkipLog` reads each image through the one decoding gate
+  (`common.data.io.read_image`, whose pixel limit ``max_input_pixels`` is checked from the file
+  header), warns once per file it cannot use (unreadable, over that limit, or `ImageRejected` by
+  an output-size limit), naming it, counts, and turns the count into the exit code.
 
 Exit codes (README "Bad input"): 0 all done; 2 user error (one line on stderr: the run did not
 start, or no input at all could be processed); 3 done with skips (every usable image processed,
@@ -24,6 +32,8 @@ from pathlib import Path
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
 EXIT_SKIPPED = 3
+# the config keys that name input folders in the folder tools (degrade, sampling, evaluation)
+INPUT_KEYS = ("lr_dir", "hr_dir", "sr_dir")
 
 
 class UserError(Exception):
@@ -86,6 +96,12 @@ def check_apart(out, out_key: str, inputs: Mapping[str, object], contains_ok: bo
             )
 
 
+def check_sweep_dir(sweep_dir, inputs: Mapping[str, object]) -> None:
+    """Refuse a ``hydra.sweep.dir`` that is or lies inside an input folder ({key: path}); it may
+    contain one (a sweep over the outputs of an earlier sweep scores folders inside its own)."""
+    check_apart(sweep_dir, "hydra.sweep.dir", inputs, contains_ok=True)
+
+
 def prepare_output_dir(out, out_key: str, inputs: Mapping[str, object]) -> Path:
     """Check ``out`` against ``inputs`` (see `check_apart`), then create it and make sure it is writable."""
     check_apart(out, out_key, inputs)
@@ -112,6 +128,14 @@ def prepare_output_dir(out, out_key: str, inputs: Mapping[str, object]) -> Path:
 _FOLDER_LOCKS: list = []  # out_dir locks of the folder run in progress (common.run_lock), freed by SkipLog.finish
 
 
+def release_folder_locks() -> None:
+    """Free the out_dir locks of this process's folder run: at its end, or when it is refused."""
+    from common.run_lock import release
+
+    while _FOLDER_LOCKS:
+        release(_FOLDER_LOCKS.pop())
+
+
 def check_existing(
     out_dir: Path, outputs: Mapping[str, list[str]], out_key: str, skip_existing: bool, overwrite: bool
 ) -> set[str]:
@@ -136,16 +160,79 @@ def check_existing(
     return {n for n, files in outputs.items() if all((out_dir / f).exists() for f in files)}
 
 
-def start_folder_run(cfg, default_out, weights: Mapping[str, object], outputs) -> tuple[dict, Path, set[str]]:
+SETTINGS_FILE = "run_settings.json"
+# keys that never change what an output file holds: where things go, resume switches, scoring, limits
+NOT_OUTPUT_KEYS = frozenset(
+    {"out_dir", "metrics", "metrics_out", "skip_existing", "overwrite", "device", "progress"}
+    | {"max_input_pixels", "max_output_pixels", "limit", "min_size"}
+)
+
+
+def output_settings(cfg, ignore: frozenset[str] = frozenset()) -> dict:
+    """The keys of a dataclass config that shape its outputs (JSON values; folders and weight files
+    as real paths, so ``./x`` and ``/abs/x`` are the same setting)."""
+    import dataclasses
+    import json
+
+    out = {}
+    for k, v in dataclasses.asdict(cfg).items():
+        if k in NOT_OUTPUT_KEYS or k in ignore:
+            continue
+        if isinstance(v, str) and (k.endswith(("_dir", "ckpt")) or k == "tokenizer"):
+            v = str(_real(v))
+        out[k] = json.loads(json.dumps(v, default=str))
+    return out
+
+
+def check_settings(out_dir: Path, settings: dict, kept: int, overwrite: bool, log=None) -> None:
+    """Record ``settings`` in ``out_dir``; refuse to keep ``kept`` outputs made with other settings.
+
+    A resumed run (``skip_existing``) keeps the outputs already there and then scores the folder as
+    its own, so outputs of a run with another ``cfg`` or checkpoint would be reported as this
+    run's: that is a one-line error naming the changed keys (``overwrite=true`` redoes them). Outputs
+    with no record (an older version) are kept with a warning."""
+    import json
+
+    from common.checkpoint import atomic_write_bytes
+
+    path = Path(out_dir) / SETTINGS_FILE
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        old = None
+    if kept and not overwrite:
+        if old is None and log is not None:
+            log.warning(
+                "%s holds %d output(s) of an unrecorded run; kept as they are (overwrite=true redoes them)",
+                out_dir,
+                kept,
+            )
+        elif old is not None and old != settings:
+            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            diff = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in changed[:3])
+            raise UserError(
+                f"out_dir={out_dir} holds {kept} output(s) made with other settings ({diff}"
+                f"{' ...' if len(changed) > 3 else ''}); set overwrite=true to redo them with the new settings "
+                "or choose another out_dir"
+            )
+    atomic_write_bytes(path, json.dumps(settings, indent=1, sort_keys=True).encode())
+
+
+def start_folder_run(
+    cfg, default_out, weights: Mapping[str, object], outputs, ignore: frozenset[str] = frozenset(), skips=None
+) -> tuple[dict, Path, set[str]]:
     """Checks every sampling run makes before a model loads; ``(files by stem, out_dir, names done)``.
 
     ``cfg`` has ``lr_dir``, ``hr_dir``, ``out_dir``, ``metrics_out``, ``skip_existing`` and
     ``overwrite``; ``weights`` ({key: path or None}) must exist; ``outputs(name)`` lists the files
-    one input gives in ``out_dir``.
+    one input gives in ``out_dir``; outputs kept for a resume must come from the same settings
+    (`check_settings`; ``ignore``: more keys that do not change an output). With ``skips`` (the
+    run's `SkipLog`), a second input of the same name (``a.jpg`` beside ``a.png``) is skipped and
+    counted instead of refusing the folder.
     """
     from common.data.test_sets import list_images_by_stem
 
-    files = list_images_by_stem(cfg.lr_dir, "lr_dir")
+    files = list_images_by_stem(cfg.lr_dir, "lr_dir", skips.skip if skips is not None else None)
     if cfg.hr_dir is not None:
         require_dir(cfg.hr_dir, "hr_dir")
     for key, path in weights.items():  # file or folder: the loaders check which, naming the file
@@ -155,22 +242,35 @@ def start_folder_run(cfg, default_out, weights: Mapping[str, object], outputs) -
     if cfg.metrics_out:
         check_apart(Path(cfg.metrics_out).parent, "metrics_out", inputs, contains_ok=True)
     out_dir = prepare_output_dir(cfg.out_dir or default_out, "out_dir", inputs)
-    done = check_existing(out_dir, {n: outputs(n) for n in files}, "out_dir", cfg.skip_existing, cfg.overwrite)
+    from common.logging import get_logger
+
+    try:  # a refused run leaves the folder as it found it, lock included
+        done = check_existing(out_dir, {n: outputs(n) for n in files}, "out_dir", cfg.skip_existing, cfg.overwrite)
+        # hr_dir: the reference the outputs are scored against, not what they are made from
+        settings = output_settings(cfg, ignore | {"hr_dir"})
+        check_settings(out_dir, settings, len(done), cfg.overwrite, get_logger("folder"))
+    except BaseException:
+        release_folder_locks()
+        raise
     return files, out_dir, done
 
 
 class SkipLog:
     """Skip-and-count for a folder run: each unreadable input is one warning line naming the file.
 
-    ``read(path)`` returns the uint8 image or None (skipped); ``finish(done)`` logs the final count,
+    ``read(path)`` returns the uint8 image or None (skipped); ``max_pixels`` is the tool's
+    ``max_input_pixels`` (None: no limit; default `common.data.io.DEFAULT_MAX_INPUT_PIXELS`).
+    ``finish(done)`` logs the final count,
     raises a one-line `UserError` when nothing at all was readable, and returns the counts that
     `exit_code` turns into 0 or 3. Under torchrun, ``finish`` sums the counts over ranks.
     """
 
-    def __init__(self, what: str, logger=None):
+    def __init__(self, what: str, logger=None, max_pixels: int | None | str = "default"):
+        from common.data.io import DEFAULT_MAX_INPUT_PIXELS
         from common.logging import get_logger
 
         self.what, self.log = what, logger or get_logger(what)
+        self.max_pixels = DEFAULT_MAX_INPUT_PIXELS if max_pixels == "default" else max_pixels
         self.skipped: list[str] = []
         self.reasons: list[str] = []
 
@@ -183,7 +283,7 @@ class SkipLog:
         from common.data.io import BadImageError, read_image
 
         try:
-            return read_image(path)
+            return read_image(path, self.max_pixels)
         except BadImageError as e:
             self.skip(path, e.reason)
             return None
@@ -195,11 +295,8 @@ class SkipLog:
         mine = (done, self.skipped, self.reasons[:1])
         per_rank = all_gather_object(mine) if gather else [mine]
         done = sum(d for d, _, _ in per_rank)
-        from common.run_lock import release
-
-        while _FOLDER_LOCKS:  # the folder run is over (done or refused below): another run may use out_dir now
-            release(_FOLDER_LOCKS.pop())
-        skipped = sorted(s for _, ss, _ in per_rank for s in ss)
+        release_folder_locks()  # the folder run is over (done or refused below): another run may use out_dir now
+        skipped = sorted({s for _, ss, _ in per_rank for s in ss})  # listing skips: seen by every rank
         if skipped and not done:
             first = next(r for _, _, rs in per_rank for r in rs)
             raise UserError(
@@ -207,6 +304,13 @@ class SkipLog:
             )
         self.log.info("%s: %d done, %d skipped%s", self.what, done, len(skipped), extra)
         return {"done": done, "skipped": len(skipped), "skipped_files": skipped}
+
+
+def read_back_limit(cfg) -> int | None:
+    """Pixel limit for scoring a sampling run's own outputs (as large as ``max_output_pixels`` allows)
+    and its HR references (``max_input_pixels``): the larger of the two, None when either is unlimited."""
+    limits = (cfg.max_input_pixels, cfg.max_output_pixels)
+    return None if None in limits else max(limits)
 
 
 def exit_code(result) -> int:
@@ -240,14 +344,20 @@ __all__ = [
     "EXIT_OK",
     "EXIT_SKIPPED",
     "EXIT_USER_ERROR",
+    "INPUT_KEYS",
     "ImageRejected",
     "OutputOverlapError",
     "SkipLog",
     "UserError",
     "check_apart",
     "check_existing",
+    "check_settings",
+    "check_sweep_dir",
     "exit_code",
+    "output_settings",
     "prepare_output_dir",
+    "release_folder_locks",
+    "read_back_limit",
     "require_dir",
     "require_file",
     "sampling_out_dir",

@@ -174,11 +174,11 @@ def summarize(sweep_dir: str | Path, figure: bool = True, sweep_id: str | None =
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
-    atomic_write_bytes(paths["csv"], buf.getvalue().encode())
+    atomic_write_bytes(paths["csv"], buf.getvalue().encode("utf-8", "surrogateescape"))
     lower = _lower_better()
     legend = ", ".join(f"{m} {'lower' if m in lower else 'higher'} is better" for m in metrics)
     text = f"{markdown_table(md_rows)}\n\nBest value per metric in bold ({legend}).\n"
-    atomic_write_bytes(paths["md"], text.encode())
+    atomic_write_bytes(paths["md"], text.encode("utf-8", "surrogateescape"))
     if figure and metrics:
         paths["png"] = sweep_dir / f"{SUMMARY_STEM}.png"
         plot_sweep(points, keys, metrics, paths["png"])

@@ -47,6 +47,7 @@ def run(cfg: EvaluateConfig) -> dict:
         set_name=cfg.set_name,
         show_progress=cfg.progress,
         overwrite=cfg.overwrite,
+        max_input_pixels=cfg.max_input_pixels,
     )
 
 

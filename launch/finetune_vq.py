@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import torch  # noqa: E402
 
-from common.config import run_app  # noqa: E402
+from common.config import DEVICE, FINITE, SEED, at_least, checks, one_of, run_app  # noqa: E402
 from common.data import HRTrainDataset, ImageSource  # noqa: E402
 from common.dist import seed_everything  # noqa: E402
 from common.vq_finetune import FinetuneSettings, finetune, hr_stream  # noqa: E402
@@ -41,6 +41,27 @@ class FTData:
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(kind="bundled")])
 
 
+@checks(
+    app=one_of("varsr", "pure"),
+    size=one_of("tiny", "full"),
+    seed=SEED,
+    device=DEVICE,
+    crop_size=at_least(1),
+    crop_mode=one_of("random", "resize_center", "resize_random"),
+    batch_size=at_least(1),
+    num_workers=at_least(0),
+    steps=at_least(0),
+    lr=at_least(0.0),
+    weight_decay=at_least(0.0),
+    grad_clip=FINITE,
+    beta=at_least(0.0),
+    lpips_weight=at_least(0.0),
+    eval_size=at_least(1),
+    eval_count=at_least(1),
+    log_every=at_least(1),
+    ckpt_every=at_least(0),
+    wandb_mode=one_of("offline", "online", "disabled"),
+)
 @dataclass
 class VQFinetuneConfig:
     app: str = "varsr"  # varsr (multi-scale VQVAE) | pure (LlamaGen VQ-8)
@@ -104,6 +125,14 @@ def _sources(cfg: VQFinetuneConfig) -> list[ImageSource]:
 
 def run(cfg: VQFinetuneConfig) -> dict:
     """Build, train (resuming if possible), export; returns the loop's final stats + "out"."""
+    from common.paths import check_apart
+
+    # the tokenizer file and the run dir never land among the training images (checked before any write)
+    roots = {f"data.sources.{i}.root": s.root for i, s in enumerate(cfg.data.sources) if s.root}
+    out = Path(cfg.out)
+    run_dir = cfg.run_dir or str(out.with_suffix("")) + "_run"
+    check_apart(out, "out", roots)
+    check_apart(run_dir, "run_dir", roots, contains_ok=True)
     seed_everything(cfg.seed)
     model, step_fn, export, need = _app(cfg)
     for key in ("crop_size", "eval_size"):
@@ -117,9 +146,8 @@ def run(cfg: VQFinetuneConfig) -> dict:
     # Held-out crops: same photos, different positions (another seed), no flip.
     held = HRTrainDataset(sources, crop_size=cfg.eval_size, crop_mode=cfg.crop_mode, hflip=False, seed=cfg.seed + 7919)
     eval_hr = torch.stack([held[i]["hr"] for i in range(min(cfg.eval_count, len(held)))])
-    out = Path(cfg.out)
     settings = FinetuneSettings(
-        run_dir=cfg.run_dir or str(out.with_suffix("")) + "_run",
+        run_dir=run_dir,
         steps=cfg.steps,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,

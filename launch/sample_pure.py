@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from common.config import apply_preset, cli_keys, run_app  # noqa: E402
 from common.paths import exit_code, sampling_out_dir  # noqa: E402
+from pure.dry_run import SAMPLE  # noqa: E402
 from pure.evaluate import PureSampleConfig, register_configs, run_restore  # noqa: E402
 
 
@@ -55,7 +56,7 @@ def sample_view(cfg, hydra_cfg=None) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     register_configs()
-    return run_app("pure", "sample", PureSampleConfig, run_restore, argv, view=sample_view)
+    return run_app("pure", "sample", PureSampleConfig, run_restore, argv, view=sample_view, dry_run=SAMPLE)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from common.config import run_app  # noqa: E402
 from common.paths import exit_code, sampling_out_dir  # noqa: E402
+from varsr.dry_run import SAMPLE  # noqa: E402
 from varsr.evaluate import SampleRunConfig, register_configs, run_sampling  # noqa: E402
 
 
@@ -33,7 +34,7 @@ def sample_view(cfg, hydra_cfg=None) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     register_configs()
-    return run_app("varsr", "sample", SampleRunConfig, run_sampling, argv, view=sample_view)
+    return run_app("varsr", "sample", SampleRunConfig, run_sampling, argv, view=sample_view, dry_run=SAMPLE)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from common.config import run_app  # noqa: E402
 from pure.config import PureTrainConfig, register_configs  # noqa: E402
+from pure.dry_run import TRAIN  # noqa: E402
 from pure.train import main  # noqa: E402
 
 
 def run(argv: list[str] | None = None) -> dict:
     register_configs()
-    return run_app("pure", "train", PureTrainConfig, main, argv, typed=True, spawn_script=__file__)
+    return run_app("pure", "train", PureTrainConfig, main, argv, typed=True, spawn_script=__file__, dry_run=TRAIN)
 
 
 if __name__ == "__main__":

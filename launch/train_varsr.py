@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from common.config import run_app  # noqa: E402
 from common.dist import destroy_distributed  # noqa: E402
 from varsr.config import VARSRTrainConfig, register_configs  # noqa: E402
+from varsr.dry_run import TRAIN  # noqa: E402
 from varsr.train import train  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     register_configs()
     try:
-        return run_app("varsr", "train", VARSRTrainConfig, train, args, spawn_script=__file__)
+        return run_app("varsr", "train", VARSRTrainConfig, train, args, spawn_script=__file__, dry_run=TRAIN)
     finally:
         destroy_distributed()
 

@@ -11,7 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.config import DEVICE, CheckpointConfig, OptimConfig, RunConfig, at_least, between, checks, one_of
+from common.config import (
+    DEVICE,
+    PROBABILITY,
+    SEED,
+    CheckpointConfig,
+    OptimConfig,
+    RunConfig,
+    above,
+    at_least,
+    between,
+    checks,
+    one_of,
+)
 from common.ema import EMAConfig
 
 
@@ -29,6 +41,7 @@ class PureOptimConfig(OptimConfig):
     fused: bool | None = None  # fused AdamW kernel; None = when every parameter is on CUDA (common.parallel)
 
 
+@checks(epochs=at_least(0.0), max_steps=at_least(0), warmup_epochs=at_least(0.0), min_lr=at_least(0.0))
 @dataclass
 class ScheduleConfig:
     """Length and lr schedule (same section as VARSR's). Steps are optimizer steps (one per
@@ -40,6 +53,7 @@ class ScheduleConfig:
     min_lr: float = 0.0  # end of the half-cosine
 
 
+@checks(z_loss_weight=at_least(0.0))
 @dataclass
 class LossConfig:
     """Training objective (pure.losses.PureLoss): CE over supervised next tokens (+ z-loss)."""
@@ -64,18 +78,21 @@ class ParallelConfig:
     compile: bool = False  # torch.compile each decoder layer before sharding (backend fsdp2 | none, not deepspeed)
     compile_backend: str = "inductor"  # torch.compile backend (inductor | aot_eager | eager)
     cpu_offload: bool = False  # optimizer-state CPU offload: FSDP2 CPUOffloadPolicy / DeepSpeed ZeRO-Offload
-    #   (offload_optimizer: cpu). Lets 7B full fine-tuning fit one 80 GB GPU: without it a rank holds fp32
-    #   params 28 GB + grads 28 GB + AdamW moments 56 GB = 112 GB; with FSDP2 offload all 112 GB live in
-    #   host RAM and the GPU holds one layer's bf16 params (~0.4 GB) + embed/lm_head (~1.2 GB) + checkpointed
-    #   activations (~0.3 GB per layer at 4 x 8.7k tokens); with ZeRO-2 offload the GPU keeps bf16 params
-    #   (14 GB) + gradient buckets (<= 28 GB with fp32 accumulation) and the host the fp32 master weights,
-    #   grads and moments (112 GB). A single process is
-    #   started through torchrun (world of one) so the sharding backend has a process group (DeepSpeed
-    #   always gets one). On CUDA the group is cuda:nccl,cpu:gloo: clipping all-reduces the host-side norms.
+    #   (offload_optimizer: cpu): fp32 params, grads and AdamW moments in host RAM, so 7B full fine-tuning
+    #   fits one 80 GB GPU. Per-GPU and host figures: `dry_run=h100 nproc=1` (README "Dry runs" table).
+    #   A single process is started through torchrun (world of one) so the sharding backend has a process group
+    #   (DeepSpeed always gets one). On CUDA the group is cuda:nccl,cpu:gloo: clipping all-reduces the host-side norms.
     reshard_after_forward: bool = True  # FSDP2 FULL_SHARD (True) vs SHARD_GRAD_OP-like (False)
 
 
-@checks(batch_size=at_least(1), num_workers=at_least(0), pad_to_multiple=at_least(1), max_seq_len=at_least(1))
+@checks(
+    batch_size=at_least(1),
+    num_workers=at_least(0),
+    pad_to_multiple=at_least(1),
+    max_seq_len=at_least(1),
+    window_mult=at_least(1),
+    prefetch_factor=at_least(1),
+)
 @dataclass
 class PureDataConfig:
     """Pre-tokenised shards (pure/pretokenize.py) or an online degrade+encode dataset.
@@ -95,6 +112,7 @@ class PureDataConfig:
     online: bool = False  # degrade + VQ-encode HR crops per batch on the device (settings from `pretokenize`)
 
 
+@checks(every_steps=at_least(0), peak_flops=above(0.0))
 @dataclass
 class LoggingConfig:
     """Metrics to wandb (offline by default), metrics.jsonl and the console (same section as VARSR's)."""
@@ -104,6 +122,7 @@ class LoggingConfig:
     wandb: bool = True  # track with wandb (mode from run.wandb_mode)
 
 
+@checks(extend_vocab_from=at_least(1))
 @dataclass
 class InitConfig:
     """Where the weights come from before training."""
@@ -131,6 +150,9 @@ class ExportConfig:
     target_size=at_least(1),
     device=DEVICE,
     lq_scale=at_least(1),
+    max_seq_len=at_least(1),
+    seed=SEED,
+    limit=at_least(0),
 )
 @dataclass
 class PretokenizeConfig:
@@ -157,6 +179,7 @@ class PretokenizeConfig:
     trusted: bool = False  # required with convert_official: unpickling executes code
 
 
+@checks(dropout=PROBABILITY)
 @dataclass
 class PureTrainConfig:
     """Everything `launch/train_pure.py` accepts."""
@@ -178,6 +201,9 @@ class PureTrainConfig:
     sample: Any = None  # sampling keys of this experiment, read by launch/sample_pure.py (ignored here)
     nproc: str = "auto"  # ranks launch/train_pure.py starts itself when not under torchrun/deepspeed/SLURM:
     #   auto = visible CUDA devices (1 on CPU), or an integer (nproc=2 run.device=cpu: 2 gloo ranks)
+    dry_run: str | None = None  # h100 | h200 | a100_80 | a100_40 | rtx4090 | <GiB>: simulate one optimizer step of
+    #   `nproc` ranks at full size on fake tensors, print memory / FLOPs / collectives and exit (2: does not fit)
+    preflight: bool = True  # on CUDA, refuse (exit 2, one line) a config whose cheap estimate does not fit the GPU
 
 
 def register_configs() -> None:

@@ -4,13 +4,14 @@ Every LR image of `lr_dir` is restored by `pure.restore.Restorer`; the list is s
 ranks by index (DiT `sample_ddp` style; a batch is seeded with seed + its first index, so with
 batch_size 1 results do not depend on the world size). Each image gives `<out_dir>/<name>.png`
 and `<out_dir>/<name>.json` (degradation sentence, caption, token/forward counts). Rank 0 then
-writes `summary.json` and scores the folder with `common.metrics.evaluate_folders`.
+writes `<out_dir>/summary.json` and scores the folder with `common.metrics.evaluate_folders`.
 `PureSampleConfig` documents every key of configs/pure/sample.yaml (`pure_sample_schema`).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,21 +19,35 @@ from typing import Any
 
 import torch
 
-from common.config import DEVICE, at_least, checks, one_of
+from common.config import DEVICE, SEED, Relation, at_least, between, checks, one_of, relations, square_within
 from common.parallel import get_dtype
 from pure.jacobi import SJDConfig
 from pure.processors import SamplingConfig
 
 
+def _patch(vq_size: str) -> int:
+    """Pixels per size token of the image block: LATENT_PER_GRID latent cells of the VQ."""
+    from pure.model.vq import vq_config
+    from pure.tokenizer.image import LATENT_PER_GRID
+
+    return LATENT_PER_GRID * vq_config(vq_size).downsample
+
+
 @checks(
-    window=at_least(1), active_from=at_least(0), active_until=at_least(0), scheme=one_of("speculative_jacobi", "jacobi")
+    window=between(2, 64),  # one pending token + drafts; every position scores the whole vocabulary
+    active_from=at_least(0),
+    active_until=at_least(0),
+    scheme=one_of("speculative_jacobi", "jacobi"),
+)
+@relations(
+    Relation(("active_from", "active_until"), lambda c: c.active_from <= c.active_until, "active_from <= active_until")
 )
 @dataclass
 class SJDSection:
     """Speculative Jacobi decoding (spec §8); off = plain AR decoding."""
 
     enabled: bool = False  # decode with SJD (lossless w.r.t. AR sampling); false = plain AR
-    window: int = 16  # tokens per forward (1 committed + up to 15 drafts)
+    window: int = 16  # tokens per forward (1 committed + up to 15 drafts); 2..64
     active_from: int = 3  # Jacobi only for generated offsets in [active_from, active_until)
     active_until: int = 4150  # official 64*64 + 64 - 10
     scheme: str = "speculative_jacobi"  # or "jacobi" (greedy, lossless w.r.t. greedy AR)
@@ -48,6 +63,7 @@ class SJDSection:
     temperature=at_least(0.0),
     top_k=at_least(0),
     max_new_tokens=at_least(1),
+    max_text_tokens=at_least(0),
     batch_size=at_least(1),
     color_fix=one_of("wavelet", "adain", "none"),
     device=DEVICE,
@@ -56,7 +72,23 @@ class SJDSection:
     tile_overlap=at_least(0),
     tile_batch=at_least(1),
     max_output_pixels=at_least(1),
+    max_input_pixels=at_least(1),
     vq_dtype=one_of("fp32", "bf16"),
+    seed=SEED,
+)
+@relations(
+    square_within("out_size"),
+    square_within("resolution"),  # the native output is a bucket of about resolution^2 px
+    Relation(
+        ("resolution", "vq_size"),
+        lambda c: c.resolution % _patch(c.vq_size) == 0,
+        "resolution must be a multiple of one size token (32 px for the ds8 VQ, 8 px for tiny)",
+    ),
+    Relation(
+        ("tile_overlap", "scale", "resolution"),
+        lambda c: c.tile_overlap < max(1, round(c.resolution / c.scale)),
+        "tile_overlap (LQ px) must be smaller than the tile, round(resolution / scale) LQ px",
+    ),
 )
 @dataclass
 class PureSampleConfig:
@@ -76,11 +108,15 @@ class PureSampleConfig:
     tile_overlap: int | None = None  # LQ px shared by neighbouring tiles; null = a quarter tile
     tile_batch: int = 1  # tiles per generation, AR or SJD (each holds a KV cache like one image)
     max_output_pixels: int | None = 67108864  # refuse larger outputs (8192^2) before any work; null = no limit
+    max_input_pixels: int | None = 67108864  # inputs declaring more px (file header) are skipped undecoded; null: none
     cfg: float = 0.8  # CFG weight g (README 0.8; 1.0 disables the uncond pass)
     temperature: float = 0.9  # README 0.9; 0 = greedy
     top_k: int = 1  # text top-k outside images (README 1)
     entropy_top_k: bool = True  # PURE's entropy-adaptive k inside images
-    max_new_tokens: int = 8192  # README value; a 512 answer needs ~4.3k
+    max_new_tokens: int = 8192  # hard cap of the answer (README value); the KV cache is sized by what the
+    #   request needs (pure.generate.tokens_needed): max_text_tokens + one image block of the LQ's grid + end
+    max_text_tokens: int | None = 512  # text budget before the image (PURE's answers: ~100); null = the whole
+    #   max_new_tokens budget for any answer (21k KV slots = 11 GB for the 7B at 512: beyond a 24 GB card)
     image_only: bool = False  # prefill <8197><h><w>, stop at the image end (no text answer)
     sjd: SJDSection = field(default_factory=SJDSection)
     batch_size: int = 1  # images per generation, AR or SJD (each holds its own KV cache)
@@ -93,7 +129,10 @@ class PureSampleConfig:
     skip_existing: bool = True  # keep PNG+JSON already written (resume after preemption)
     overwrite: bool = False  # replace existing outputs (atomically; wins over skip_existing)
     metrics: Any = None  # metric names, or the `metrics` group's {name: spec}; empty/None = no scoring
-    metrics_out: str | None = None  # JSON path; None -> <out_dir>/../metrics.json
+    metrics_out: str | None = None  # JSON path (+ _per_image.csv, .md beside it); None -> <out_dir>/metrics.json
+    dry_run: str | None = None  # h100 | h200 | a100_80 | a100_40 | rtx4090 | <GiB>: simulate one call at full size
+    #   on fake tensors, print memory / FLOPs / time and exit (2 when it does not fit; common/dry_run_report.py)
+    preflight: bool = True  # on CUDA, refuse (exit 2) a config whose cheap estimate does not fit the GPU
 
 
 def register_configs() -> None:
@@ -166,11 +205,15 @@ def load_components(cfg: PureSampleConfig, device: torch.device):
         and any((ckpt / n).is_file() for n in ("tokenizer.json", "text_tokenizer.json"))
     ):
         tok_path = str(ckpt)
+    vq_dtype = get_dtype(cfg.vq_dtype) if device.type == "cuda" else torch.float32
     if tok_path is None:
         log.warning("no tokenizer: using the stand-in test tokenizer")
-        tok_path = build_test_tokenizer((Path(cfg.out_dir).parent if cfg.out_dir else Path(".")) / "test_tokenizer")
-    vq_dtype = get_dtype(cfg.vq_dtype) if device.type == "cuda" else torch.float32
-    return model.eval(), vq.to(device, vq_dtype).eval(), TextTokenizer.from_file(tok_path)
+        # built in a temporary folder and read at once: nothing is written beside (or outside) the outputs
+        with tempfile.TemporaryDirectory(prefix="arsr_tok_") as tmp:
+            tok = TextTokenizer.from_file(build_test_tokenizer(tmp))
+    else:
+        tok = TextTokenizer.from_file(tok_path)
+    return model.eval(), vq.to(device, vq_dtype).eval(), tok
 
 
 def _record_ok(path: Path) -> bool:
@@ -213,6 +256,7 @@ def build_restorer(cfg: PureSampleConfig, model, vq, tok, log=None):
         sjd_config(cfg),
         resolution=cfg.resolution,
         max_new_tokens=cfg.max_new_tokens,
+        max_text_tokens=cfg.max_text_tokens,
         color_fix=cfg.color_fix,
         image_only=cfg.image_only,
         scale=cfg.scale,
@@ -236,11 +280,14 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     from common.paths import SkipLog, start_folder_run
 
     log = get_logger("pure.sample")
+    skips = SkipLog("pure.sample", log, cfg.max_input_pixels)
     files, out_dir, keep = start_folder_run(
         cfg,
         default_out,
         {"ckpt_dir": cfg.ckpt_dir, "vq_ckpt": cfg.vq_ckpt, "tokenizer": cfg.tokenizer},
         lambda n: [f"{n}.png", f"{n}.json"],
+        ignore=frozenset({"compile"}),
+        skips=skips,
     )
     # an older version wrote the bicubic LQ for a failed generation (record "ok": false): redo those
     keep = {n for n in keep if _record_ok(out_dir / f"{n}.json")}
@@ -258,7 +305,6 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     # with other settings would keep.
     for i in mine:
         (out_dir / f"{names[i]}.json").unlink(missing_ok=True)
-    skips = SkipLog("pure.sample", log)
     t0, done, failed = time.time(), sum(names[i] in keep for i in range(rank, len(names), world)), 0
     for start in progress(range(0, len(mine), cfg.batch_size), desc="pure restore"):
         batch = [(i, skips.read(files[names[i]])) for i in mine[start : start + cfg.batch_size]]
@@ -296,17 +342,25 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
         "mean_new_tokens": sum(r["new_tokens"] for r in records) / max(1, len(records)),
     }
     summary.update(skipped=counts["skipped"], skipped_files=counts["skipped_files"])
-    atomic_write_bytes(out_dir.parent / "summary.json", json.dumps(summary, indent=1).encode())
+    atomic_write_bytes(out_dir / "summary.json", json.dumps(summary, indent=1).encode())
     from common.metrics.select import scorable_metrics
 
     metrics = scorable_metrics(cfg.metrics, cfg.hr_dir is not None, out_dir)  # no HR: no-reference ones (NIQE at least)
     if not metrics:
         return {"summary": summary, "skipped": counts["skipped"]}
     from common.metrics import evaluate_folders
+    from common.paths import read_back_limit
 
-    out_json = Path(cfg.metrics_out or out_dir.parent / "metrics.json")
+    out_json = Path(cfg.metrics_out or out_dir / "metrics.json")  # every file of the run stays in out_dir
     scores = evaluate_folders(
-        out_dir, cfg.hr_dir, metrics, out_json, device=str(device), allow_extra_hr=bool(counts["skipped"])
+        out_dir,
+        cfg.hr_dir,
+        metrics,
+        out_json,
+        device=str(device),
+        allow_extra_hr=bool(counts["skipped"]),
+        max_input_pixels=read_back_limit(cfg),
+        out_beside_images=cfg.metrics_out is None,
     )  # skipped inputs have no output
     return {"summary": summary, **scores, "skipped": counts["skipped"]}
 

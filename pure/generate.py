@@ -5,13 +5,17 @@ with the conditional and unconditional (CFG) rows of every image in one forward;
 value is read per token (see pure/engine.py for the cache layout and the device-side state).
 The unconditional rows see exactly the AR context [8197, h, w, codes so far] with positions
 from 0 (spec §7.2); prompts of different lengths need no padding mask because every row has
-its own slot counter. Memory: weights + KV for (prompt + max_new_tokens) conditional and
-(image + window) unconditional slots per image, ~0.5 MiB per slot for the 7B in bf16; lower
-max_new_tokens (~4,400 suffices for one 512 answer) to shrink it.
+its own slot counter. Memory: weights + KV for (prompt + answer) conditional and (answer +
+window) unconditional slots per image, ~0.5 MiB per slot for the 7B in bf16, where the answer
+budget is what the request needs (:func:`tokens_needed`): the rest of an image the prompt opened,
+or `max_text_tokens` of text + one image block of the prompt's grid + the end token, never more
+than `max_new_tokens`. The default 512 text answer is 4,677 tokens (13.7k slots, 7.2 GB at batch
+1) where a flat 8,192-token budget took 21k slots (11 GB) and no longer fitted a 24 GB card.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -95,17 +99,49 @@ def row_seeds(n: int, seed: int | Sequence[int] | None = None, generator: torch.
     return [int(seed) + b for b in range(n)]
 
 
-def tokens_needed(prompts: Sequence[Sequence[int]], eos_id: int, max_new_tokens: int) -> int:
-    """The token budget a call really needs. When the stop token is the image end and every
-    prompt stops inside a valid image grid (image-only restoration), the structure mask fixes
-    the remaining length in advance: the loop, the KV cache and the attention span shrink to it
-    (4,161 instead of 8,192 for a 512 image) and no finished-row check is needed at all."""
-    if int(eos_id) != int(SpecialIds.IMG_END):
+# Text budget of a restoration answer (degradation sentence + caption) before its image block;
+# PURE's training answers hold ~100 text tokens.
+DEFAULT_TEXT_TOKENS = 512
+
+
+def answer_tokens(side_px: int, text_tokens: int = DEFAULT_TEXT_TOKENS, ds: int = 8) -> int:
+    """Tokens of a text + image answer at a square `side_px` output: text, `<8197><h><w>`, the
+    rows of codes with their row ends, the image end and the turn end."""
+    lat = side_px // ds
+    return text_tokens + 3 + lat * (lat + 1) + 1 + 1
+
+
+def _prompt_grid(prompt: Sequence[int]) -> ImageState | None:
+    """The state right after the last complete image block of `prompt` (its h, w), or None."""
+    st, last = ImageState(), None
+    for t in map(int, prompt):
+        if t == SpecialIds.IMG_END and st.in_grid:
+            last = copy.copy(st)
+        st.update(t)
+    return last
+
+
+def tokens_needed(
+    prompts: Sequence[Sequence[int]], eos_id: int, max_new_tokens: int, max_text_tokens: int | None = None
+) -> int:
+    """The token budget a call really needs (it sizes the loop, the KV cache and the attention span).
+
+    Image-only restoration (stop token = image end, every prompt inside a valid grid): the
+    structure mask fixes the remaining length, 4,161 tokens for a 512 image. A text + image answer
+    with `max_text_tokens`: that much text, then one image block of the grid of the prompt's own
+    (LQ) image -- PURE restores into the input's bucket -- and the end token. Never more than
+    `max_new_tokens`; without a text budget, or a prompt without an image, `max_new_tokens`."""
+    if int(eos_id) == int(SpecialIds.IMG_END):
+        states = [ImageState().advanced(p) for p in prompts]
+        if all(s.in_grid for s in states):
+            return min(max_new_tokens, max(s.block_tokens - s.count for s in states))
         return max_new_tokens
-    states = [ImageState().advanced(p) for p in prompts]
-    if not all(s.in_grid for s in states):
+    if max_text_tokens is None:
         return max_new_tokens
-    return min(max_new_tokens, max(s.block_tokens - s.count for s in states))
+    grids = [_prompt_grid(p) for p in prompts]
+    if any(g is None for g in grids):
+        return max_new_tokens
+    return min(max_new_tokens, max(int(max_text_tokens) + 3 + g.block_tokens + 1 for g in grids))
 
 
 class DonePoll:
@@ -163,6 +199,7 @@ def generate(
     code_map: ImageCodeMap | None = None,
     tokenizer=None,
     *,
+    max_text_tokens: int | None = None,
     compile: bool | None = None,
     return_logits: bool = False,
     return_uncond_logits: bool = False,
@@ -178,6 +215,8 @@ def generate(
     rows are done only every `poll_every` steps (asynchronously on CUDA).
 
     Seeds: see :func:`row_seeds` (a batch equals single runs with the same per-row seeds).
+    `max_text_tokens`: text budget of a text + image answer; with it the answer budget (and KV
+    cache) is what the request needs (:func:`tokens_needed`) instead of `max_new_tokens`.
     `image_mask`: bool (V,) of image ids (default: the two real id ranges). With `code_map`
     (and `tokenizer` for the text) `images`/`texts` are filled.
     `return_logits`: keep each step's raw conditional logits (pre-CFG, pre-processor) in
@@ -190,7 +229,7 @@ def generate(
     device = model.lm_head.weight.device
     image_mask = (ImageCodeMap.synthetic().image_mask() if image_mask is None else image_mask).to(device)
     seeds = row_seeds(len(prompts), seed, generator)
-    max_new_tokens = tokens_needed(prompts, eos_id, max_new_tokens)
+    max_new_tokens = tokens_needed(prompts, eos_id, max_new_tokens, max_text_tokens)
     engine = get_engine(model, prompts, sampling, image_mask, max_new_tokens, eos_id, compile=compile)
     S, cond, uncond = engine.start(prompts, seeds)
     vocab = cond.shape[-1]

@@ -250,13 +250,15 @@ def speculative_generate(
     code_map: ImageCodeMap | None = None,
     tokenizer=None,
     *,
+    max_text_tokens: int | None = None,
     compile: bool | None = None,
     poll_every: int = 8,
 ) -> GenerationOutput:
     """SJD counterpart of `pure.generate.generate` (same output type, same seeding), batched:
     every row keeps its own cache slot counter, so rows accept different numbers of drafts in
     the same forward. `compile` (default: on CUDA) compiles the whole iteration (forward +
-    verification); the loop asks whether all rows are done every `poll_every` iterations."""
+    verification); the loop asks whether all rows are done every `poll_every` iterations.
+    `max_text_tokens` sizes the answer as in `pure.generate.tokens_needed`."""
     sampling, sjd = sampling or SamplingConfig(), sjd or SJDConfig()
     if sjd.scheme not in ("jacobi", "speculative_jacobi"):
         raise ValueError(f"unknown SJD scheme {sjd.scheme!r}")
@@ -269,7 +271,7 @@ def speculative_generate(
     device = model.lm_head.weight.device
     image_mask = (ImageCodeMap.synthetic().image_mask() if image_mask is None else image_mask).to(device)
     seeds = row_seeds(len(prompts), seed, generator)
-    max_new_tokens = tokens_needed(prompts, eos_id, max_new_tokens)
+    max_new_tokens = tokens_needed(prompts, eos_id, max_new_tokens, max_text_tokens)
     engine = get_engine(
         model,
         prompts,

@@ -100,6 +100,7 @@ class Restorer:
         tile_batch: int = 1,
         max_output_pixels: int | None = None,
         log=None,
+        max_text_tokens: int | None = None,
     ):
         self.model, self.vq, self.tok = model, vq, tokenizer
         self.scale, self.tile_overlap, self.tile_batch = scale, tile_overlap, tile_batch
@@ -107,6 +108,7 @@ class Restorer:
         self.image_only = image_only
         self.sampling, self.sjd = sampling or SamplingConfig(), sjd
         self.resolution, self.max_new_tokens, self.color_fix = resolution, max_new_tokens, color_fix
+        self.max_text_tokens = max_text_tokens  # text budget of the answer: sizes the KV cache (pure.generate)
         self.autocast_dtype = autocast_dtype
         self.device = model.lm_head.weight.device
         self.vq_ds = vq.config.downsample
@@ -148,6 +150,7 @@ class Restorer:
         kw = dict(
             image_mask=self.image_mask,
             max_new_tokens=self.max_new_tokens,
+            max_text_tokens=self.max_text_tokens,
             generator=generator,
             eos_id=SpecialIds.IMG_END if self.image_only else SpecialIds.EOT,
         )

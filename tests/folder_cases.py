@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,33 @@ def make_folder(d: Path, good: dict[str, tuple[int, int]], seed: int = 0) -> Pat
     return d
 
 
+def _zeros_zlib(n: int, block: int = 1 << 22) -> bytes:
+    """A zlib stream of ``n`` zero bytes in milliseconds: one raw-deflate block ending in a full
+    flush (no back-references across it) is repeated, and the Adler-32 of zeros is closed-form."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    full = c.compress(bytes(block)) + c.flush(zlib.Z_FULL_FLUSH)
+    q, r = divmod(n, block)
+    rest = c.compress(bytes(r)) + c.flush(zlib.Z_FULL_FLUSH) if r else b""
+    return b"\x78\xda" + full * q + rest + c.flush() + struct.pack(">I", ((n % 65521) << 16) | 1)
+
+
+def zero_png(path: Path, width: int, height: int, bit_depth: int = 8, channels: int = 3) -> Path:
+    """A valid all-black PNG (a decompression bomb when large: 30000^2 16-bit RGB is 5 MB on disk)."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    color = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    raw = height * (1 + width * channels * bit_depth // 8)  # a filter byte + the samples per row
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color, 0, 0, 0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", _zeros_zlib(raw)) + chunk(b"IEND", b"")
+    )
+    return path
+
+
 def tree_hash(d: Path) -> dict[str, str]:
     """{relative path: sha256} of every file under ``d`` (symlinks followed)."""
     return {
@@ -48,6 +77,7 @@ def load_launcher(name: str):
     """`launch/<name>.py` as a module (the launchers are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(f"launcher_{name}", ROOT / "launch" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(mod)
     return mod
 
@@ -108,7 +138,7 @@ def assert_process_exit_codes(script: str, args_for, inp: Path, out: Path, produ
     assert_one_line(run_script(script, args_for(inp)), "out_dir=", "is the input folder")
     res = run_script(script, args_for(out))
     assert res.returncode == 3, res.stderr[-3000:]
-    assert f"{len({Path(p).stem for p in produced})} done, {len(BROKEN)} skipped" in res.stdout
+    assert f"{len({Path(p).stem for p in produced if p.endswith('.png')})} done, {len(BROKEN)} skipped" in res.stdout
     assert all(f"skipped {inp / name}" in res.stdout for name in BROKEN)
-    assert sorted(p.name for p in out.iterdir()) == sorted(produced)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*produced, "run_settings.json"])
     assert tree_hash(inp) == before

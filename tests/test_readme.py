@@ -218,7 +218,7 @@ def _check(script: Path, overrides: list[str], compose) -> str:
         return f"{app}/{name}"
     seen = []
 
-    def checker(app, config_name, schema, fn, argv=None, typed=True, spawn_script=None, view=None):
+    def checker(app, config_name, schema, fn, argv=None, typed=True, spawn_script=None, view=None, dry_run=None):
         cfg, hc = split_hydra(compose(app, config_name, argv))
         (to_dataclass if typed else validate)(schema, cfg if view is None else view(cfg, hc))
         seen.append(f"{app}/{config_name}")

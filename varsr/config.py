@@ -14,13 +14,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.config import CheckpointConfig, OptimConfig, RunConfig, at_least, checks, one_of
+from common.config import (
+    PROBABILITY,
+    SEED,
+    CheckpointConfig,
+    OptimConfig,
+    Rule,
+    RunConfig,
+    above,
+    at_least,
+    checks,
+    one_of,
+)
 from common.degradation.presets import DegradationConfig, get_preset
 from common.ema import EMAConfig  # shared with PURE: enabled, decay, start_step, use_for_eval
 from varsr.model.config import VARSRModelConfig, model_config
 from varsr.optim import NO_DECAY_KEYS  # the official no-decay name list, kept in one place
 
 
+@checks(label=at_least(0), ratio=at_least(0.0), limit=at_least(0), resize_shorter_to=at_least(1), holdout=at_least(0))
 @dataclass
 class SourceConfig:
     """One image source (mirrors ``common.data.sources.ImageSource``)."""
@@ -36,7 +48,14 @@ class SourceConfig:
     holdout: int = 0  # classes: keep the last N sorted images of each class out of training (official C2I: 50)
 
 
-@checks(batch_size=at_least(1), num_workers=at_least(0), crop_size=at_least(1))
+@checks(
+    batch_size=at_least(1),
+    num_workers=at_least(0),
+    crop_size=at_least(1),
+    resize_shorter_to=at_least(1),
+    min_size=at_least(0),
+    prefetch_factor=at_least(1),
+)
 @dataclass
 class DataConfig:
     """Training batches: HR crops (+ CPU-sampled kernels) -> on-device degradation -> [-1, 1]."""
@@ -58,6 +77,14 @@ class DataConfig:
     lq_mode: str = "degrade"  # degrade = common.degradation pipeline | bicubic = deterministic x1/scale and back
 
 
+@checks(
+    epochs=at_least(0.0),
+    max_steps=at_least(0),
+    warmup_epochs=at_least(0.0),
+    warmup_start=PROBABILITY,
+    flat_fraction=PROBABILITY,
+    end_ratio=PROBABILITY,
+)
 @dataclass
 class ScheduleConfig:
     """Length and lr schedule. Steps are optimizer steps (one per ``optim.grad_accum`` micro-batches)."""
@@ -81,7 +108,7 @@ class VARSROptimConfig(OptimConfig):
     fused: bool | None = None  # fused AdamW; None = on CUDA only
 
 
-@checks(dtype=one_of("fp32", "bf16", "fp16"))
+@checks(dtype=one_of("fp32", "bf16", "fp16"), init_scale=above(0.0), growth_interval=at_least(1), max_scale=above(0.0))
 @dataclass
 class PrecisionConfig:
     """Autocast dtype and loss scaling."""
@@ -104,8 +131,8 @@ class ParallelConfig:
     compile: bool = False  # torch.compile each transformer block in place before DDP/FSDP2 wrapping
     compile_backend: str = "inductor"  # torch.compile backend (inductor | aot_eager | eager)
     cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy (backend=fsdp2): fp32 params, grads and AdamW state in
-    #   host RAM, optimizer step on the CPU; a single process is started as a torchrun world of one. d24 (~1B
-    #   params: 4 + 4 + 8 = 16 GB of fp32 state) fits one GPU anyway; offload frees that for larger batches.
+    #   host RAM, optimizer step on the CPU; a single process is started as a torchrun world of one. Whether a
+    #   setting fits: `dry_run=h100 nproc=N` (README "Dry runs" table).
     param_dtype: str = "auto"  # FSDP2 MixedPrecisionPolicy compute dtype of the blocks' parameters: auto = the
     #   autocast dtype precision.dtype (fp16 in the official recipe); fp32 | bf16 | fp16. A low-precision dtype
     #   other than the autocast one cannot run (autocast refuses to mix fp16 and bf16). The root (prefix encoder,
@@ -122,11 +149,20 @@ class VARSRCheckpointConfig(CheckpointConfig):
     export_official: bool = True  # write run_dir/export/{VARSR,VQVAE}.pth in the official trainer layout at the end
 
 
+@checks(every_steps=at_least(0))
 @dataclass
 class LoggingConfig:
     every_steps: int = 20  # metrics to wandb (offline) and the console every N optimizer steps
 
 
+@checks(
+    every_steps=at_least(0),
+    num_images=at_least(1),
+    seed=SEED,
+    cfg=at_least(0.0),
+    samples_per_class=at_least(1),
+    classes=Rule(lambda v: all(isinstance(c, int) and c >= 0 for c in v), "class ids >= 0"),
+)
 @dataclass
 class ValidationConfig:
     """Periodic validation. sr: a grid LR | SR | HR and PSNR (LPIPS when weights are available).
@@ -153,6 +189,7 @@ class InitConfig:
     allow_random_vqvae: bool = False  # tests/benchmarks only: train against a randomly initialised tokenizer
 
 
+@checks(diff_weight=at_least(0.0))
 @dataclass
 class LossConfig:
     diff_weight: float = 2.0  # weight of the diffusion-refiner loss (spec §5)
@@ -179,6 +216,9 @@ class VARSRTrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     nproc: str = "auto"  # ranks launch/train_varsr.py starts itself when not under torchrun/deepspeed/SLURM:
     #   auto = visible CUDA devices (1 on CPU), or an integer (nproc=2 run.device=cpu: 2 gloo ranks)
+    dry_run: str | None = None  # h100 | h200 | a100_80 | a100_40 | rtx4090 | <GiB>: simulate one optimizer step of
+    #   `nproc` ranks at full size on fake tensors, print memory / FLOPs / collectives and exit (2: does not fit)
+    preflight: bool = True  # on CUDA, refuse (exit 2, one line) a config whose cheap estimate does not fit the GPU
 
 
 def tiny_train_config(run_dir: str, **sections) -> VARSRTrainConfig:

@@ -17,7 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.config import DEVICE, at_least, between, checks, one_of
+from common.config import (
+    DEVICE,
+    PROBABILITY,
+    SEED,
+    Relation,
+    at_least,
+    checks,
+    one_of,
+    relations,
+    square_within,
+)
 
 from .fastvar import FastVARConfig
 from .model import build_models
@@ -32,8 +42,10 @@ from .tiling import restore_image
     out_size=at_least(1),
     cfg=at_least(0.0),
     top_k=at_least(0),
-    top_p=between(0.0, 1.0),
+    top_p=PROBABILITY,
     temperature=at_least(0.0),
+    tile_cfg=at_least(0.0),
+    seed=SEED,
     refiner_temperature=at_least(0.0),
     color_fix=one_of("adain", "wavelet", "none"),
     intermediate_max=at_least(0),
@@ -42,9 +54,18 @@ from .tiling import restore_image
     decoder_tile=at_least(0),
     decoder_stats=one_of("exact", "estimate"),
     max_output_pixels=at_least(1),
+    max_input_pixels=at_least(1),
     tile_overlap=at_least(0),
     tile_batch=at_least(1),
     dtype=one_of("fp32", "fp16", "bf16"),
+)
+@relations(
+    square_within("out_size"),
+    Relation(
+        ("tile_overlap", "model.patch_nums"),
+        lambda c: c.tile_overlap < c.model.patch_nums[-1],
+        "tile_overlap (tokens) must be smaller than the tile, the model's last patch_num",
+    ),
 )
 @dataclass
 class SampleRunConfig:
@@ -70,15 +91,19 @@ class SampleRunConfig:
     decoder_stats: str = "exact"  # tiled-decoder GroupNorm statistics: exact | estimate (1 pass)
     tile_batch: int | None = 4  # latent tiles generated together (KV cache each); null = a row
     max_output_pixels: int | None = 67108864  # refuse larger outputs (8192^2) up front; null = no limit
+    max_input_pixels: int | None = 67108864  # inputs declaring more px (file header) are skipped undecoded; null: none
     fastvar: FastVARConfig = field(default_factory=FastVARConfig)  # cached token pruning (spec 11)
     export_intermediate: bool = False  # decode f_hat after each scale -> <name>_scales/
     intermediate_max: int = 10  # ... for the first N images only
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "fp32"  # fp32 | fp16 | bf16 (autocast on CUDA)
     metrics: Any = None  # metric names, or the `metrics` group's {name: spec}; empty/None = no scoring
-    metrics_out: str | None = None  # JSON path; None -> <out_dir>/../metrics.json
+    metrics_out: str | None = None  # JSON path (+ _per_image.csv, .md beside it); None -> <out_dir>/metrics.json
     skip_existing: bool = True  # keep SR PNGs already in out_dir (resume a killed run)
     overwrite: bool = False  # replace existing SR PNGs (atomically; wins over skip)
+    dry_run: str | None = None  # h100 | h200 | a100_80 | a100_40 | rtx4090 | <GiB>: simulate one image at full
+    #   size on fake tensors, print memory / FLOPs / time and exit (2 when it does not fit; common/dry_run_report.py)
+    preflight: bool = True  # on CUDA, refuse (exit 2) a config whose cheap estimate does not fit the GPU
 
 
 def register_configs() -> None:
@@ -122,8 +147,14 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
     from common.paths import ImageRejected, SkipLog, start_folder_run
 
     log = get_logger("varsr.sample")
+    skips = SkipLog("varsr.sample", log, cfg.max_input_pixels)
     files, out_dir, keep = start_folder_run(
-        cfg, default_out, {"ckpt": cfg.ckpt, "vae_ckpt": cfg.vae_ckpt}, lambda n: [f"{n}.png"]
+        cfg,
+        default_out,
+        {"ckpt": cfg.ckpt, "vae_ckpt": cfg.vae_ckpt},
+        lambda n: [f"{n}.png"],
+        ignore=frozenset({"export_intermediate", "intermediate_max"}),
+        skips=skips,
     )
     names = sorted(files)
     info = init_distributed(None if cfg.device == "auto" else cfg.device)
@@ -131,7 +162,6 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
     model, vqvae = load_models(cfg, device)
     rank, world = get_rank(), get_world_size()
     amp = None if cfg.dtype == "fp32" else get_dtype(cfg.dtype)  # fp32: autocast off
-    skips = SkipLog("varsr.sample", log)
     t0, done = time.time(), 0
     for i in progress(range(rank, len(names), world), desc="varsr sr"):
         name = names[i]
@@ -166,8 +196,9 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
         return result
     from common.metrics import evaluate_folders
 
-    out_json = Path(cfg.metrics_out or out_dir.parent / "metrics.json")
+    out_json = Path(cfg.metrics_out or out_dir / "metrics.json")  # every file of the run stays in out_dir
     from common.metrics.select import scorable_metrics
+    from common.paths import read_back_limit
 
     hr = cfg.hr_dir
     metrics = scorable_metrics(cfg.metrics, hr is not None, out_dir)  # no HR: the no-reference ones (NIQE at least)
@@ -175,7 +206,14 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
         return result
     # skipped inputs have no output: score what was produced, the skips are already counted
     scores = evaluate_folders(
-        out_dir, hr, metrics, out_json, device=str(device), allow_extra_hr=bool(counts["skipped"])
+        out_dir,
+        hr,
+        metrics,
+        out_json,
+        device=str(device),
+        allow_extra_hr=bool(counts["skipped"]),
+        max_input_pixels=read_back_limit(cfg),
+        out_beside_images=cfg.metrics_out is None,
     )
     return {**scores, **result}
 

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from common.config import PROBABILITY, at_least, checks
 
+
+@checks(second_last_ratio=PROBABILITY, last_ratio=PROBABILITY, later_layer_start=at_least(0), min_keep=at_least(1))
 @dataclass
 class FastVARConfig:
     enabled: bool = False  # --fastvar

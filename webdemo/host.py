@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.config import compose_config, repo_path, to_dataclass
+from common.config import check_dataclass, compose_config, repo_path, to_dataclass
 
 APPS = ("varsr", "pure", "realesrgan")  # realesrgan: the papers' baseline, a real pretrained model
 
@@ -96,6 +96,11 @@ def _missing_files(app: str, cfg) -> list[str]:
     return missing
 
 
+def _whole(v):
+    """A page number field gives floats: 3.0 -> 3; 1.5, NaN and inf stay floats for the int check to refuse."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
 def _absolute(app: str, cfg):
     """Relative checkpoint paths mean the repository, wherever the server was started from."""
     return dataclasses.replace(cfg, **{k: repo_path(v) for k in _WEIGHT_KEYS[app] if (v := getattr(cfg, k, None))})
@@ -140,7 +145,10 @@ class ModelHost:
             return self._loaded
         if name not in self.checkpoints.get(app, {}):
             raise DemoError(f"unknown {app} checkpoint {name!r}; configured: {self.choices(app) or 'none'}")
-        cfg = _sample_config(app, self.checkpoints[app][name])
+        try:
+            cfg = _sample_config(app, self.checkpoints[app][name])
+        except ValueError as e:  # a value the command line refuses too (e.g. out_size over max_output_pixels)
+            raise DemoError(f"{app} checkpoint {name!r}: {str(e).splitlines()[0]}") from None
         missing = _missing_files(app, cfg)
         if missing:
             raise DemoError(
@@ -182,6 +190,9 @@ class ModelHost:
             raise DemoError(f"model must be one of {APPS}, got {req.app!r}")
         if req.tile not in ("auto", "on", "off"):
             raise DemoError(f"tiling must be auto, on or off, got {req.tile!r}")
+        for key in ("cfg", "temperature", "seed"):  # an emptied number field arrives as None
+            if isinstance(getattr(req, key), bool) or not isinstance(getattr(req, key), (int, float)):
+                raise DemoError(f"{key} must be a number, got {getattr(req, key)!r}")
         self.check_image(img)
         with self._lock:
             if progress:
@@ -215,11 +226,12 @@ class ModelHost:
             base,
             cfg=float(req.cfg),
             temperature=float(req.temperature),
-            seed=int(req.seed),
+            seed=_whole(req.seed),
             tile=req.tile,
             tile_cfg=float(req.cfg),
             color_fix=fix,
         )
+        check_dataclass(cfg)  # the command line's value rules (finite cfg, seed range, ...): one message
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         out = sr_one(model, vqvae, img, cfg, self.device, gen)
         return out[0].float(), {
@@ -251,8 +263,14 @@ class ModelHost:
         # (4 unless the checkpoint entry says otherwise), in feathered tiles when above one tile.
         scale = None if req.tile == "off" else (base.scale or 4)
         cfg = dataclasses.replace(
-            base, cfg=float(req.cfg), temperature=float(req.temperature), seed=int(req.seed), color_fix=fix, scale=scale
+            base,
+            cfg=float(req.cfg),
+            temperature=float(req.temperature),
+            seed=_whole(req.seed),
+            color_fix=fix,
+            scale=scale,
         )
+        check_dataclass(cfg)
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         res = build_restorer(cfg, model, vq, tok).restore([img], gen)[0]
         info = {

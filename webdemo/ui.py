@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.data.io import BadImageError, read_image, write_image
+from common.data.io import DEFAULT_MAX_INPUT_PIXELS, BadImageError, ImageTooLarge, read_image, write_image
 from common.logging import get_logger
 from webdemo.host import APPS, DemoError, ModelHost, Request
 
@@ -26,7 +26,7 @@ log = get_logger("webdemo")
 COLOR_FIXES = ["default", "adain", "wavelet", "none"]
 
 
-def _read_upload(path: str | None, max_bytes: int) -> np.ndarray:
+def _read_upload(path: str | None, max_bytes: int, max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS) -> np.ndarray:
     if not path:
         raise DemoError("upload an image first")
     p = Path(path)
@@ -34,7 +34,9 @@ def _read_upload(path: str | None, max_bytes: int) -> np.ndarray:
     if size > max_bytes:
         raise DemoError(f"{p.name} is {size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB")
     try:
-        return read_image(p)
+        return read_image(p, max_pixels)  # the pixel limit is checked from the header, before decoding
+    except ImageTooLarge as e:
+        raise DemoError(f"{p.name}: {e.reason}") from None
     except BadImageError as e:  # the reason only: the server-side temp path means nothing to the user
         raise DemoError(f"{p.name} is not a readable image ({e.reason})") from None
 
@@ -54,14 +56,14 @@ def make_handler(host: ModelHost, out_dir: Path, max_bytes: int):
 
     def restore(app, checkpoint, upload, cfg, temperature, seed, tile, color_fix, progress=live):
         try:
-            img = _read_upload(upload, max_bytes)
+            img = _read_upload(upload, max_bytes, host.max_input_pixels)
             res = host.run(
                 Request(
                     app=app,
                     checkpoint=checkpoint,
                     cfg=cfg,
                     temperature=temperature,
-                    seed=int(seed),
+                    seed=seed,  # checked with the other values by the app's config rules
                     tile=tile,
                     color_fix=color_fix,
                 ),

@@ -32,6 +32,7 @@ from .tiled import DEFAULT_TILE, DEFAULT_TILE_PAD, SCALE, check_size, plan_line,
     tile=at_least(0),
     tile_pad=at_least(0),
     max_output_pixels=at_least(1),
+    max_input_pixels=at_least(1),
     device=DEVICE,
 )
 @dataclass
@@ -49,10 +50,11 @@ class BaselineConfig:
     tile: int = DEFAULT_TILE  # realesrgan: LR px per tile core (0 = whole image at once)
     tile_pad: int = DEFAULT_TILE_PAD  # realesrgan: LR px of context around each core (fewer seam errors, slower)
     max_output_pixels: int | None = 67108864  # refuse larger outputs up front (8192^2); null = no limit
+    max_input_pixels: int | None = 67108864  # inputs declaring more px (file header) are skipped undecoded; null: none
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True  # progress bars (per image, and per tile for realesrgan)
     metrics: Any = None  # metric names, or the `metrics` group's {name: spec}; empty/None = no scoring
-    metrics_out: str | None = None  # JSON path; None -> <out_dir>/../metrics.json
+    metrics_out: str | None = None  # JSON path (+ _per_image.csv, .md beside it); None -> <out_dir>/metrics.json
     skip_existing: bool = True  # keep SR PNGs already in out_dir (resume a killed run)
     overwrite: bool = False  # replace existing SR PNGs (atomically; wins over skip_existing)
 
@@ -112,7 +114,7 @@ def run_baseline(cfg: BaselineConfig, default_out: str | Path = "sr") -> dict:
     files, out_dir, keep = start_folder_run(cfg, default_out, weights, lambda n: [f"{n}.png"])
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     upscaler = Upscaler(cfg, device, log)
-    skips = SkipLog(f"baseline.{cfg.method}", log)
+    skips = SkipLog(f"baseline.{cfg.method}", log, cfg.max_input_pixels)
     done, new, t0 = 0, 0, time.time()
     for name in progress(sorted(files), desc=cfg.method, disable=not cfg.progress):
         if name in keep:
@@ -139,9 +141,18 @@ def run_baseline(cfg: BaselineConfig, default_out: str | Path = "sr") -> dict:
     metrics = scorable_metrics(cfg.metrics, cfg.hr_dir is not None, out_dir) if cfg.metrics else []
     if not metrics:
         return result
-    out_json = Path(cfg.metrics_out or out_dir.parent / "metrics.json")
+    from common.paths import read_back_limit
+
+    out_json = Path(cfg.metrics_out or out_dir / "metrics.json")  # every file of the run stays in out_dir
     scores = evaluate_folders(
-        out_dir, cfg.hr_dir, metrics, out_json, device=str(device), allow_extra_hr=bool(counts["skipped"])
+        out_dir,
+        cfg.hr_dir,
+        metrics,
+        out_json,
+        device=str(device),
+        allow_extra_hr=bool(counts["skipped"]),
+        max_input_pixels=read_back_limit(cfg),
+        out_beside_images=cfg.metrics_out is None,
     )
     return {**scores, **result}
 

@@ -1,14 +1,25 @@
 """Robust image reading/writing for every dataset in the repo.
 
-`read_image` is the single entry point that turns *any* file a dataset may contain into an
-``uint8 (H, W, 3)`` RGB array, or raises `BadImageError` with a one-line message naming the
-file.  Training sets (LSDIR, FFHQ, IQA negatives scraped from the web) contain gray, palette,
-RGBA, 16-bit and CMYK files; converting them here means no dataset worker ever crashes on
-one, and the conversions are the same everywhere (training, evaluation, data prep).
+`read_image` is the single entry point (the image-decoding gate) that turns *any* file a
+dataset may contain into an ``uint8 (H, W, 3)`` RGB array, or raises `BadImageError` with a
+one-line message naming the file.  Training sets (LSDIR, FFHQ, IQA negatives scraped from the
+web) contain gray, palette, RGBA, 16-bit and CMYK files; converting them here means no dataset
+worker ever crashes on one, and the conversions are the same everywhere (training, evaluation,
+data prep, folder tools, web uploads).
+
+Decompression bombs (a few MB of compressed zeros declaring 30000 x 30000 px) are refused from
+the file header, before any decoder allocates: ``max_pixels`` (config key ``max_input_pixels``
+of the folder tools and the web demo; default `DEFAULT_MAX_INPUT_PIXELS`, 8192^2, or the
+``ARSR_MAX_INPUT_PIXELS`` environment variable for readers without a config key, e.g. training
+data workers) bounds width x height for every format and bit depth, the 16-bit PNGs that
+OpenCV decodes included (their size is read from the IHDR chunk), and `ImageTooLarge` says so.
 """
 
 from __future__ import annotations
 
+import os
+import struct
+import threading
 import warnings
 from pathlib import Path
 
@@ -17,6 +28,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# 8192^2: the largest output the samplers write by default (max_output_pixels), so they can read it back
+DEFAULT_MAX_INPUT_PIXELS = int(os.environ.get("ARSR_MAX_INPUT_PIXELS", 8192 * 8192))
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PIL_OPEN = threading.Lock()  # guards the moment Pillow's own (process-wide) bomb limit is lifted
 
 
 class BadImageError(ValueError):
@@ -28,18 +43,49 @@ class BadImageError(ValueError):
         super().__init__(f"bad image {self.path}: {self.reason}")
 
 
+class ImageTooLarge(BadImageError):
+    """The header declares more pixels than the limit; nothing was decoded (a folder run skips it)."""
+
+
 def is_image_file(path) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _png_bit_depth(path: Path) -> int:
-    # PIL silently keeps only the high byte of 16-bit RGB PNGs; the IHDR bit depth (byte 24)
-    # tells us when to decode with OpenCV instead and round properly (x / 257).
+def _png_ihdr(path: Path) -> tuple[int, int, int] | None:
+    """(width, height, bit depth) from a PNG's IHDR chunk, or None for other files.
+
+    PIL silently keeps only the high byte of 16-bit RGB PNGs, so those are decoded by OpenCV
+    (and rounded properly, x / 257); OpenCV has no pixel limit of ours, so the size is read here.
+    """
     with open(path, "rb") as f:
         head = f.read(25)
-    if len(head) == 25 and head[:8] == b"\x89PNG\r\n\x1a\n":
-        return head[24]
-    return 8
+    if len(head) == 25 and head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", head[16:24])
+        return w, h, head[24]
+    return None
+
+
+def check_pixels(path, width: int, height: int, max_pixels: int | None) -> None:
+    """Raise `ImageTooLarge` when width x height is above ``max_pixels`` (None: no limit)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(
+            path,
+            f"too large: {width}x{height} = {width * height:,} px is over max_input_pixels={max_pixels} "
+            "(read from the file header, nothing decoded); raise max_input_pixels to read it",
+        )
+
+
+def _open_header(p: Path) -> Image.Image:
+    """``Image.open`` (header only, no pixel buffer yet) with our limit in place of Pillow's.
+
+    Pillow refuses above 2 x ``Image.MAX_IMAGE_PIXELS`` with its own message and only warns below;
+    lifting it for this call lets `check_pixels` apply the one configured limit to every format."""
+    with _PIL_OPEN:
+        old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(p)
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
 
 
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
@@ -52,7 +98,8 @@ def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
 
 
 def _scale16(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+    # round(x / 257) in integers (x / 257 is never a tie, 257 being odd): a quarter of float64's memory
+    return ((x.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
 def _pil_to_rgb(im: Image.Image) -> np.ndarray:
@@ -91,11 +138,13 @@ def _read_16bit_png(path: Path) -> np.ndarray:
     return _scale16(a[..., ::-1])
 
 
-def read_image(path) -> np.ndarray:
+def read_image(path, max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS) -> np.ndarray:
     """Read ``path`` as ``uint8 (H, W, 3)`` RGB (EXIF orientation applied).
 
     Gray -> replicated, palette -> RGB, RGBA/LA -> composited on white, 16-bit -> round(x/257),
-    CMYK -> RGB.  Missing, zero-byte, truncated or non-image files raise `BadImageError`.
+    CMYK -> RGB.  Missing, zero-byte, truncated or non-image files raise `BadImageError`; a
+    header declaring more than ``max_pixels`` (None: no limit) raises `ImageTooLarge` before
+    any decoder runs.
     """
     p = Path(path)
     if not p.is_file():
@@ -103,11 +152,14 @@ def read_image(path) -> np.ndarray:
     if p.stat().st_size == 0:
         raise BadImageError(p, "zero-byte file")
     try:
-        if _png_bit_depth(p) == 16:
+        ihdr = _png_ihdr(p)
+        if ihdr is not None and ihdr[2] == 16:
+            check_pixels(p, ihdr[0], ihdr[1], max_pixels)
             return np.ascontiguousarray(_read_16bit_png(p))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF / palette warnings are not errors
-            with Image.open(p) as im:
+            with _open_header(p) as im:
+                check_pixels(p, *im.size, max_pixels)  # the header is parsed, no pixel buffer yet
                 im.load()  # decode fully now so truncation is detected here, not later
                 im = ImageOps.exif_transpose(im)
                 arr = _pil_to_rgb(im)
@@ -115,8 +167,6 @@ def read_image(path) -> np.ndarray:
         raise
     except UnidentifiedImageError:
         raise BadImageError(p, "not an image (unrecognised format)") from None
-    except Image.DecompressionBombError as e:
-        raise BadImageError(p, f"too large: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as e:
         raise BadImageError(p, f"unreadable or truncated ({type(e).__name__}: {e})") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -128,7 +178,7 @@ def image_size(path) -> tuple[int, int]:
     """(width, height) from the header only (cheap); raises BadImageError like `read_image`."""
     p = Path(path)
     try:
-        with Image.open(p) as im:
+        with _open_header(p) as im:
             return im.size
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImageError(p, f"unreadable header ({type(e).__name__})") from None

@@ -22,14 +22,18 @@ class PairingError(ValueError):
     """LR/HR (or SR/HR) folders do not match; the message names the offending files."""
 
 
-def list_images_by_stem(folder, what: str = "folder") -> dict[str, Path]:
-    """``{stem: path}`` of the images directly inside ``folder``; duplicate stems are an error."""
+def list_images_by_stem(folder, what: str = "folder", on_duplicate=None) -> dict[str, Path]:
+    """``{stem: path}`` of the images directly inside ``folder``; duplicate stems are an error, or,
+    with ``on_duplicate(path, reason)`` (a folder run's skip-and-count), the later file is skipped."""
     from common.paths import require_dir
 
     folder = require_dir(folder, what)  # "does not exist" vs "is a file, not a folder"
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and is_image_file(p.name) and not p.name.startswith("."):
+            if p.stem in out and on_duplicate is not None:
+                on_duplicate(p, f"same name as {out[p.stem].name} (both would give {p.stem}.png); rename one of them")
+                continue
             if p.stem in out:
                 raise PairingError(f"{what} {folder} has two files named {p.stem}: {out[p.stem].name}, {p.name}")
             out[p.stem] = p

@@ -24,17 +24,33 @@ import numpy as np
 import torch
 
 from common.checkpoint import atomic_write_bytes
-from common.config import DEVICE, at_least, checks
+from common.config import DEVICE, SEED, at_least, checks
 from common.data.io import is_image_file, to_tensor, write_image
 from common.logging import get_logger, progress
-from common.paths import SkipLog, check_existing, prepare_output_dir, require_dir
+from common.paths import (
+    SkipLog,
+    check_existing,
+    check_settings,
+    output_settings,
+    prepare_output_dir,
+    release_folder_locks,
+    require_dir,
+)
 
 from .kernels import KernelSampler, collate_kernels
 from .pipeline import Degrader
 from .presets import DegradationConfig
 
 
-@checks(crop=at_least(1), batch_size=at_least(1), device=DEVICE, limit=at_least(0), min_size=at_least(1))
+@checks(
+    crop=at_least(1),
+    batch_size=at_least(1),
+    device=DEVICE,
+    limit=at_least(0),
+    min_size=at_least(1),
+    max_input_pixels=at_least(1),
+    seed=SEED,
+)
 @dataclass
 class DegradeConfig:
     """``launch/degrade.py``: HR folder -> HR/LR pair folder."""
@@ -48,6 +64,7 @@ class DegradeConfig:
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
     limit: int | None = None  # process at most this many files (after sorting)
     min_size: int = 64  # skip images whose shorter side (after trimming) is below this
+    max_input_pixels: int | None = 67108864  # inputs declaring more px (file header) are skipped undecoded; null: none
     progress: bool = True  # show a progress bar
     skip_existing: bool = False  # keep pairs already in out_dir (and their params.jsonl lines): resume
     overwrite: bool = False  # replace existing pairs (atomically; wins over skip_existing); neither: refuse
@@ -128,8 +145,15 @@ def degrade_folder(cfg: DegradeConfig) -> dict:
         files = files[: cfg.limit]
     names = _output_names(files)
     old = _old_records(out / "params.jsonl")
-    done = check_existing(out, {n: [f"HR/{n}", f"LR/{n}"] for n in names}, "out_dir", cfg.skip_existing, cfg.overwrite)
-    done &= set(old)  # a pair without its record is redone
+    try:  # a refused run leaves the folder as it found it, lock included
+        pairs = {n: [f"HR/{n}", f"LR/{n}"] for n in names}
+        done = check_existing(out, pairs, "out_dir", cfg.skip_existing, cfg.overwrite)
+        done &= set(old)  # a pair without its record is redone
+        # kept pairs must come from the same preset and seed (batching never changes a pair)
+        check_settings(out, output_settings(cfg, frozenset({"batch_size"})), len(done), cfg.overwrite, log)
+    except BaseException:
+        release_folder_locks()
+        raise
     _write_records(out / "params.jsonl", [old[n] for n in names if n in done])  # completion marks: kept pairs only
     device = _resolve_device(cfg.device)
     sampler, degrader = KernelSampler(dcfg), Degrader(dcfg)
@@ -138,7 +162,7 @@ def degrade_folder(cfg: DegradeConfig) -> dict:
     counts = {"written": 0, "bad": 0, "too_small": 0, "existing": len(done)}
     records: dict[str, str] = {n: old[n] for n in done}
     pending: list[dict] = []
-    skips = SkipLog("degrade", log)
+    skips = SkipLog("degrade", log, cfg.max_input_pixels)
 
     def flush() -> None:
         if not pending:

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.config import PROBABILITY, RANGE, at_least, checks
+
 KERNEL_FAMILIES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 
@@ -21,6 +23,36 @@ def _pair(lo: float, hi: float):
     return field(default_factory=lambda: [lo, hi])
 
 
+@checks(
+    sinc_prob=PROBABILITY,
+    sinc_prob2=PROBABILITY,
+    final_sinc_prob=PROBABILITY,
+    gaussian_noise_prob=PROBABILITY,
+    gray_noise_prob=PROBABILITY,
+    second_blur_prob=PROBABILITY,
+    gaussian_noise_prob2=PROBABILITY,
+    gray_noise_prob2=PROBABILITY,
+    final_order_prob=PROBABILITY,
+    blur_sigma=RANGE,
+    betag_range=RANGE,
+    betap_range=RANGE,
+    blur_sigma2=RANGE,
+    betag_range2=RANGE,
+    betap_range2=RANGE,
+    resize_range=RANGE,
+    noise_range=RANGE,
+    poisson_scale_range=RANGE,
+    jpeg_range=RANGE,
+    resize_range2=RANGE,
+    noise_range2=RANGE,
+    poisson_scale_range2=RANGE,
+    jpeg_range2=RANGE,
+    scale=at_least(1),
+    kernel_pad_to=at_least(1),
+    usm_weight=at_least(0.0),
+    usm_radius=at_least(0),
+    usm_threshold=at_least(0.0),
+)
 @dataclass
 class DegradationConfig:
     """Every knob of the two-stage degradation. Ranges are [lo, hi] lists (uniform draws)."""

@@ -22,7 +22,7 @@ class MetricSpec:
     better: str = "higher"  # higher | lower
 
 
-@checks(device=DEVICE, crop_border=at_least(0))
+@checks(device=DEVICE, crop_border=at_least(0), max_input_pixels=at_least(1))
 @dataclass
 class EvaluateConfig:
     """Folder evaluation."""
@@ -35,6 +35,7 @@ class EvaluateConfig:
     device: str = "auto"  # auto | cpu | cuda (learned metrics only)
     weights_dir: str | None = None  # local metric weights (layout: common/metrics/learned.py)
     crop_border: int = 0  # pixels cropped from each border for PSNR/SSIM (papers: 0)
+    max_input_pixels: int | None = 67108864  # inputs declaring more px (file header) are skipped undecoded; null: none
     progress: bool = True  # show a progress bar
     overwrite: bool = True  # replace an existing `out` (and its CSV/MD) atomically; false: refuse
 

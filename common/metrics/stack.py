@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.data.io import read_image
+from common.data.io import DEFAULT_MAX_INPUT_PIXELS, read_image
 from common.data.test_sets import PairingError, list_images_by_stem, pair_files
 from common.metrics.fr import psnr_y, ssim_y
 from common.metrics.learned import create_pyiqa_metric, pyiqa_version
@@ -125,9 +125,9 @@ class MetricStack:
         return float(v)
 
 
-def _read_pair(name: str, sr_path: Path, hr_path: Path | None):
-    sr = read_image(sr_path)
-    hr = read_image(hr_path) if hr_path is not None else None
+def _read_pair(name: str, sr_path: Path, hr_path: Path | None, max_pixels=DEFAULT_MAX_INPUT_PIXELS):
+    sr = read_image(sr_path, max_pixels)
+    hr = read_image(hr_path, max_pixels) if hr_path is not None else None
     if hr is not None and sr.shape != hr.shape:
         raise PairingError(
             f"{name}: size mismatch, sr {sr.shape[1]}x{sr.shape[0]} ({sr_path}) vs "
@@ -173,6 +173,8 @@ def evaluate_folders(
     show_progress: bool = True,
     allow_extra_hr: bool = False,
     overwrite: bool = True,
+    max_input_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS,
+    out_beside_images: bool = False,
 ) -> dict:
     """Score every image of ``sr_dir`` (against ``hr_dir`` when given) and write
     ``out_json`` (summary), ``<stem>_per_image.csv`` and ``<stem>.md`` (one Markdown row).
@@ -181,8 +183,11 @@ def evaluate_folders(
     (``allow_extra_hr``: GT files without an output are tolerated, for a sampling run that skipped
     unreadable inputs). An unreadable SR or HR file is skipped with a warning naming it and counted
     (``skipped`` / ``skipped_files`` in the summary); set-level metrics (FID) then read only the
-    pairs that were read. The three files may not land in an input
-    folder; existing ones are replaced (atomically) only with ``overwrite``.
+    pairs that were read; ``max_input_pixels`` is the decoding gate's limit (`common.data.io`).
+    The three files may not land in an input
+    folder (``out_beside_images``: a sampling run scoring its own output folder keeps them there,
+    next to the images it wrote, which are not inputs); existing ones are replaced (atomically) only
+    with ``overwrite``.
     """
     from common.checkpoint import atomic_write_bytes
     from common.data.io import BadImageError
@@ -190,7 +195,8 @@ def evaluate_folders(
     from common.paths import SkipLog, UserError, check_apart
 
     out_json = Path(out_json)
-    check_apart(out_json.parent, "out", {"sr_dir": sr_dir, "hr_dir": hr_dir}, contains_ok=True)
+    inputs = {"hr_dir": hr_dir} if out_beside_images else {"sr_dir": sr_dir, "hr_dir": hr_dir}
+    check_apart(out_json.parent, "out", inputs, contains_ok=True)
     if out_json.exists() and not overwrite:
         raise UserError(f"out={out_json} already exists; set overwrite=true to replace it or choose another out")
 
@@ -208,7 +214,7 @@ def evaluate_folders(
     it = progress(pairs, desc=f"eval {set_name or Path(sr_dir).name}", disable=not show_progress)
     for name, sr_path, hr_path in it:
         try:
-            sr, hr = _read_pair(name, sr_path, hr_path)
+            sr, hr = _read_pair(name, sr_path, hr_path, max_input_pixels)
         except BadImageError as e:
             skips.skip(e.path, e.reason)
             continue
@@ -232,11 +238,13 @@ def evaluate_folders(
     w = csv.DictWriter(buf, fieldnames=["name"] + [n for n in means if n in stack.per_image])
     w.writeheader()
     w.writerows(rows)
-    atomic_write_bytes(csv_path, buf.getvalue().encode())
+    atomic_write_bytes(csv_path, buf.getvalue().encode("utf-8", "surrogateescape"))
     from common.logging import markdown_table
 
     label = set_name or Path(sr_dir).name
-    atomic_write_bytes(md_path, (markdown_table([{"set": label, "n": len(rows), **means}]) + "\n").encode())
+    atomic_write_bytes(
+        md_path, (markdown_table([{"set": label, "n": len(rows), **means}]) + "\n").encode("utf-8", "surrogateescape")
+    )
     summary = {
         "set": label,
         "sr_dir": str(sr_dir),

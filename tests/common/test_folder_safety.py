@@ -82,8 +82,10 @@ def test_degrade_skips_broken_files_and_obeys_skip_existing(tmp_path, capsys, de
     first = tree_hash(out)
     line = user_error(capsys, degrade, args)  # outputs exist, neither key set
     assert "skip_existing=true" in line and "overwrite=true" in line
-    kept = degrade(args + ["skip_existing=true", "seed=5"])
+    kept = degrade(args + ["skip_existing=true"])
     assert kept["existing"] == 2 and kept["written"] == 0 and tree_hash(out) == first
+    line = user_error(capsys, degrade, args + ["skip_existing=true", "seed=5"])  # kept pairs of another seed
+    assert "(seed: 0 -> 5)" in line and tree_hash(out) == first
     redone = degrade(args + ["overwrite=true", "seed=5"])
     assert redone["written"] == 2 and tree_hash(out)["LR/a.png"] != first["LR/a.png"]
     assert [json.loads(x)["name"] for x in (out / "params.jsonl").read_text().splitlines()] == ["a.png", "b.png"]

@@ -111,3 +111,22 @@ def test_web_demo_serves_realesrgan_as_a_third_model(tmp_path, weights, one_thre
     host = ModelHost({"realesrgan": {"gone": {"weights": str(tmp_path / "nope.pth")}}}, device="cpu")
     with pytest.raises(DemoError, match="not on disk"):
         host.run(Request("realesrgan", "gone", 0.0, 1.0), img)
+
+
+def test_scored_run_writes_nothing_beside_out_dir_and_gates_inputs(tmp_path):
+    """Issue 16 bad case 3 for the baseline tool too: metrics land inside out_dir, a sibling run's
+    files are untouched; an input declaring more pixels than max_input_pixels is skipped undecoded."""
+    lr = _folder(tmp_path)
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    for name in ("a", "b"):
+        im = Image.open(lr / f"{name}.png").convert("RGB")
+        im.resize((2 * im.width, 2 * im.height), Image.BICUBIC).save(hr / f"{name}.png")
+    (tmp_path / "metrics.json").write_text("sibling run")
+    out = tmp_path / "bic"
+    res = main([f"lr_dir={lr}", f"hr_dir={hr}", f"out_dir={out}", "method=bicubic", "scale=2", "metrics=[psnr]"])
+    assert res["images"] == 2 and (out / "metrics.json").is_file()
+    assert (tmp_path / "metrics.json").read_text() == "sibling run"
+    with pytest.raises(SystemExit) as e:  # nothing could be read: a user error naming the key
+        main([f"lr_dir={lr}", f"out_dir={tmp_path / 'gated'}", "method=bicubic", "metrics=[]", "max_input_pixels=4"])
+    assert e.value.code == 2

@@ -92,11 +92,16 @@ def test_folder_run_writes_png_json_and_metrics(tmp_path, test_tokenizer_path):
     cfg = to_dataclass(PureSampleConfig, {k: v for k, v in raw.items()})
     result = run_restore(cfg)
     sr = tmp_path / "out" / "sr"
-    assert sorted(p.name for p in sr.iterdir()) == ["img0.json", "img0.png", "img1.json", "img1.png"]
+    names = sorted(p.name for p in sr.iterdir())
+    assert names == ["img0.json", "img0.png", "img1.json", "img1.png", "metrics.json", "metrics.md"] + [
+        "metrics_per_image.csv",
+        "run_settings.json",
+        "summary.json",
+    ]
     rec = json.loads((sr / "img0.json").read_text())
     assert rec["ok"] and rec["new_tokens"] == 20
     assert result["summary"]["images"] == 2 and result["summary"]["failed"] == 0
-    assert "psnr" in json.dumps(result) and (tmp_path / "out" / "metrics.json").is_file()
+    assert "psnr" in json.dumps(result) and (sr / "metrics.json").is_file()
 
 
 def test_sample_config_composes_with_sweep_keys_and_training_exp():

@@ -78,7 +78,14 @@ def test_broken_files_skipped_and_counted(tmp_path, capsys, caplog, sample, ckpt
     assert exit_code(result) == EXIT_SKIPPED and result["skipped"] == 3
     summary = result["summary"]
     assert summary["images"] == 2 and sorted(Path(p).name for p in summary["skipped_files"]) == sorted(BROKEN)
-    assert sorted(p.name for p in out.iterdir()) == ["p0.json", "p0.png", "p1.json", "p1.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "p0.json",
+        "p0.png",
+        "p1.json",
+        "p1.png",
+        "run_settings.json",
+        "summary.json",
+    ]
     assert read_image(out / "p0.png").ndim == 3 and read_image(out / "p1.png").ndim == 3  # real, readable PNGs
     logged = caplog.text + capsys.readouterr().out
     assert all(f"skipped {lr / name}" in logged for name in BROKEN)
@@ -134,5 +141,5 @@ def test_launcher_process_exit_codes(tmp_path, ckpts):
         lambda out: _args(ckpts, lr, out),
         lr,
         tmp_path / "run" / "sr",
-        ["p0.json", "p0.png", "p1.json", "p1.png"],
+        ["p0.json", "p0.png", "p1.json", "p1.png", "summary.json"],
     )

@@ -71,7 +71,7 @@ def test_broken_files_skipped_and_counted(tmp_path, capsys, caplog, sample, ckpt
     result = sample(_args(ckpts, lr, out))
     assert exit_code(result) == EXIT_SKIPPED and result["images"] == 2 and result["skipped"] == 3
     assert sorted(Path(p).name for p in result["skipped_files"]) == sorted(BROKEN)
-    assert sorted(p.name for p in out.iterdir()) == ["g0.png", "g1.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["g0.png", "g1.png", "run_settings.json"]
     assert read_image(out / "g0.png").shape == (48, 64, 3) and read_image(out / "g1.png").shape == (40, 40, 3)
     logged = caplog.text + capsys.readouterr().out  # the rank-aware logger prints to stdout
     assert all(f"skipped {lr / name}" in logged for name in BROKEN)  # one warning naming each file
