@@ -25,14 +25,16 @@ class Killed(BaseException):
     """A kill (SIGKILL / pre-emption) at a chosen write; BaseException so no handler swallows it."""
 
 
-def _kill_after(monkeypatch, module, name, n):
-    """``module.name`` writes its first ``n`` calls, then the run dies before the next one."""
+def _kill_after(monkeypatch, module, name, n, only=lambda path: True):
+    """``module.name`` writes its first ``n`` calls (counting those whose path passes ``only``), then
+    the run dies before the next one."""
     real, calls = getattr(module, name), []
 
     def write(*a, **k):
-        if len(calls) == n:
-            raise Killed(f"killed before write {n + 1}")
-        calls.append(a[0])
+        if only(a[0]):
+            if len(calls) == n:
+                raise Killed(f"killed before write {n + 1}")
+            calls.append(a[0])
         return real(*a, **k)
 
     monkeypatch.setattr(module, name, write)
