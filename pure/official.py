@@ -180,10 +180,13 @@ def save_hf_shards(
     after a vocabulary extension, `torch_dtype`), and fields it lacks are added from `config`.
 
     Tensors are cast per shard (`dtype=None` keeps them), so peak extra memory is one shard.
-    Every file is written atomically, the index last; shards of an older export that the new
-    index does not reference are removed afterwards."""
+    Every file is written atomically, the index last (an older export's index is removed first);
+    shards of an older export that the new index does not reference are removed afterwards."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The index is what loaders open, written last: remove an older export's first, so a killed export
+    # never leaves new shards under an old index (same file names, mixed weights) that loads as complete.
+    (out_dir / INDEX_NAME).unlink(missing_ok=True)
     sd = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else model_or_state_dict
     sd = {k: v for k, v in sd.items() if torch.is_tensor(v) and not k.startswith(IGNORED_PREFIXES)}
     limit = parse_size(max_shard_size)

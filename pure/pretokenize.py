@@ -52,9 +52,16 @@ class PairEncoder:
         self.rejected = 0  # records longer than max_seq_len (rejected instead of truncated)
 
     @torch.no_grad()
-    def __call__(self, hr: torch.Tensor, kernels: dict, ids: list[str], generator: torch.Generator | None = None):
+    def __call__(self, hr: torch.Tensor, kernels: dict, ids: list[str], generator=None):
+        """``generator``: one per image (`item_generators`: an image's LQ is then the same in any batch,
+        on any rank, at any world size), or one for the whole batch, or None."""
         size = hr.shape[-2:]
-        res = self.degrader(hr, kernels, generator)
+        if isinstance(generator, (list, tuple)) and not self.degrader.cfg.per_batch_compat:
+            kp = kernels.get("params") or [None] * len(generator)
+            params = [self.degrader.sample_params(1, g, None if p is None else [p])[0] for g, p in zip(generator, kp)]
+            res = self.degrader.apply(hr, kernels, params)
+        else:  # per_batch_compat: the official batch-level draws, from the batch's first image's generator
+            res = self.degrader(hr, kernels, generator[0] if isinstance(generator, (list, tuple)) else generator)
         lq = (
             res.lq_up
             if res.lq_up is not None
@@ -84,6 +91,11 @@ class PairEncoder:
                 }
             )
         return out
+
+
+def item_generators(seed: int, indices) -> list[torch.Generator]:
+    """One degradation generator per item, from (seed, item index) alone."""
+    return [torch.Generator().manual_seed(int(seed) * 1_000_003 + int(i)) for i in indices]
 
 
 def image_id(path: str, roots: list[str]) -> str:
@@ -194,10 +206,10 @@ def pretokenize(cfg, rank: int = 0, world: int = 1, batch_size: int = 4, limit: 
         for s in range(0, len(items), batch_size):
             idx = items[s : s + batch_size]
             batch = collate_train([ds[i] for i in idx])
-            # One degradation generator per batch, seeded by its first item: deterministic on resume.
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + idx[0])
+            # One generator per item: its record depends on (seed, index) only, not on the world size or
+            # batch_size that decided which items share its batch (and a resume writes identical shards).
             ids = [image_id(p, roots) for p in batch["path"]]
-            records += enc(batch["hr"].to(device), batch["kernels"], ids, gen)
+            records += enc(batch["hr"].to(device), batch["kernels"], ids, item_generators(cfg.seed, idx))
         write_shard(out_dir / name, records)
         written += len(records)
         done.add(name)
@@ -270,10 +282,10 @@ class OnlinePairs:
 
         collate = Collate(self.pad_to_multiple)
         for batch in it:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(batch["index"][0]))
+            gens = item_generators(self.seed, batch["index"].tolist())  # as offline: per item
             ids = [image_id(p, self.roots) for p in batch["path"]]
             # Degradation + VQ encoding run batched on the training device (kernels follow `hr` there).
-            recs = self.enc(batch["hr"].to(self.device, non_blocking=True), batch["kernels"], ids, gen)
+            recs = self.enc(batch["hr"].to(self.device, non_blocking=True), batch["kernels"], ids, gens)
             if recs:
                 yield collate([(r["token"], r["label"]) for r in recs])
 

@@ -3,9 +3,11 @@
 1. ``common.data.HRTrainDataset`` reads and crops HR images and samples the degradation kernels in
    the DataLoader workers (CPU), every random choice keyed by ``(seed, epoch, index)``.
 2. :class:`ResumableBatchSampler` deals the indices: one permutation per epoch seeded by
-   ``(seed, epoch)``, padded to whole global batches, global batch ``b`` = permutation slice
-   ``[b*G, (b+1)*G)`` split over ranks. The global batch sequence therefore does not depend on the
-   number of ranks, and resuming only needs the count of consumed micro-batches.
+   ``(seed, epoch)``, padded to whole optimizer steps (``batch x ranks x grad_accum`` images),
+   micro-batch ``b`` = permutation slice ``[b*G, (b+1)*G)`` (``G = batch x ranks``) split over ranks.
+   What one optimizer step sees therefore does not depend on how its images are split into ranks and
+   micro-batches (no step straddles two epochs), and resuming only needs the count of consumed
+   micro-batches.
 3. :class:`BatchMaker` moves the batch to the device, runs ``common.degradation.Degrader`` (LR
    resized back to the HR size, VARSR's ``resize_bak``) and maps both images to [-1, 1].
 
@@ -132,8 +134,9 @@ class ResumableBatchSampler(Sampler):
     """Infinite per-rank batch sampler; see the module docstring for the order.
 
     ``start_micro_batch`` = micro-batches (per rank) already consumed: resuming skips them
-    without touching the data. The last global batch of an epoch is filled by wrapping around
-    the permutation (official ``fill_last``), so every batch is full on every rank.
+    without touching the data. The last optimizer step of an epoch (``grad_accum`` micro-batches)
+    is filled by wrapping around the permutation (official ``fill_last``), so every batch is full on
+    every rank.
     """
 
     def __init__(
@@ -144,13 +147,15 @@ class ResumableBatchSampler(Sampler):
         rank: int = 0,
         seed: int = 0,
         start_micro_batch: int = 0,
+        grad_accum: int = 1,
     ):
         if num_items <= 0:
             raise ValueError("the training set is empty")
         self.n, self.b, self.world, self.rank = int(num_items), int(batch_size), int(world_size), int(rank)
         self.seed, self.start = int(seed), int(start_micro_batch)
         self.global_batch = self.b * self.world
-        self.batches_per_epoch = math.ceil(self.n / self.global_batch)
+        accum = max(1, int(grad_accum))
+        self.batches_per_epoch = math.ceil(self.n / (self.global_batch * accum)) * accum  # whole steps
 
     def position(self, consumed: int) -> tuple[int, int]:
         """(epoch, batch within epoch) after ``consumed`` micro-batches."""
@@ -204,7 +209,9 @@ def build_train_loader(
 ) -> tuple[DataLoader, ResumableBatchSampler]:
     """Per-rank DataLoader; workers/pinned memory/prefetch per ``cfg.data`` (``common.parallel.loader_kwargs``)."""
     d = cfg.data
-    sampler = ResumableBatchSampler(len(dataset), d.batch_size, world_size, rank, cfg.run.seed, start_micro_batch)
+    sampler = ResumableBatchSampler(
+        len(dataset), d.batch_size, world_size, rank, cfg.run.seed, start_micro_batch, cfg.optim.grad_accum
+    )
     kw = loader_kwargs(d.num_workers, device, d.prefetch_factor, d.persistent_workers, d.pin_memory)
     # A private generator: creating the iterator must not draw from the global torch RNG,
     # otherwise a resumed run's RNG stream would be one draw off the uninterrupted run's.

@@ -86,7 +86,7 @@ class Trainer:
 
         self.dataset = build_train_dataset(cfg)
         global_batch = cfg.data.batch_size * self.world
-        self.steps_per_epoch = max(1, math.ceil(len(self.dataset) / global_batch) // self.accum)
+        self.steps_per_epoch = math.ceil(len(self.dataset) / (global_batch * self.accum))  # = the sampler's
         sc = cfg.schedule
         self.total_steps = sc.max_steps or max(1, math.ceil(sc.epochs * self.steps_per_epoch))
         self.schedule = LinearSchedule(

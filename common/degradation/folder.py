@@ -7,11 +7,16 @@ preset says so, as SeeSR's offline pairs store it), ``out_dir/LR/<stem>.png`` (e
 and one line of ``out_dir/params.jsonl``.  Each image's crop, kernels and random choices come
 from (seed, image index) alone, so a file's pair does not depend on batching or on which other
 files were readable.  Unreadable and too-small files are skipped and counted.
+
+A pair is complete when HR, LR and its params line all exist: the line is appended after both
+images are written, and the lines of pairs about to be redone are dropped before any is, so a killed
+run (resumed with ``skip_existing``) never keeps a new HR beside an old LR or an old line.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,6 +112,19 @@ def _old_records(path: Path) -> dict[str, str]:
     return out
 
 
+def _write_records(path: Path, lines: list[str], append: bool = False) -> None:
+    """params.jsonl: replaced atomically, or ``append``ed and synced (a torn last line is ignored
+    by `_old_records`, and the next run's first rewrite drops it)."""
+    data = "".join(line + "\n" for line in lines).encode()
+    if not append:
+        atomic_write_bytes(path, data)
+        return
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def degrade_folder(cfg: DegradeConfig) -> dict:
     """Run the folder degradation; returns counts {"written", "bad", "too_small", "existing", "skipped"}.
 
@@ -136,6 +154,7 @@ def degrade_folder(cfg: DegradeConfig) -> dict:
     except BaseException:
         release_folder_locks()
         raise
+    _write_records(out / "params.jsonl", [old[n] for n in names if n in done])  # completion marks: kept pairs only
     device = _resolve_device(cfg.device)
     sampler, degrader = KernelSampler(dcfg), Degrader(dcfg)
     (out / "HR").mkdir(parents=True, exist_ok=True)
@@ -154,6 +173,7 @@ def degrade_folder(cfg: DegradeConfig) -> dict:
         if dcfg.per_batch_compat:  # official granularity: one set of batch-level choices
             params = degrader.sample_params(len(pending), pending[0]["gen"], kernels["params"])
         res = degrader.apply(gt, kernels, params)
+        new_lines = []
         for i, item in enumerate(pending):
             write_image(out / "HR" / item["name"], res.gt[i].clamp(0, 1).cpu())  # temp name + rename
             write_image(out / "LR" / item["name"], res.lq[i].cpu())
@@ -165,6 +185,8 @@ def degrade_folder(cfg: DegradeConfig) -> dict:
                 **res.params[i],
             }
             records[item["name"]] = json.dumps(record)
+            new_lines.append(records[item["name"]])
+        _write_records(out / "params.jsonl", new_lines, append=True)  # after the images: marks them complete
         counts["written"] += len(pending)
         pending.clear()
 
@@ -195,7 +217,7 @@ def degrade_folder(cfg: DegradeConfig) -> dict:
         pending.append(item)
     flush()
     lines = [records[n] for n in names if n in records]  # input order, whatever was redone
-    atomic_write_bytes(out / "params.jsonl", "".join(line + "\n" for line in lines).encode())
+    _write_records(out / "params.jsonl", lines)
     counts["bad"] = len(skips.skipped)
     summary = skips.finish(
         counts["written"] + counts["existing"],

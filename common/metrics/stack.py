@@ -229,6 +229,9 @@ def evaluate_folders(
                 means[n] = stack.folder_metric(n, sd, hd)
     means = {n: means[n] for n in _ordered(means)}
 
+    # out_json is written last and marks the three files complete: an older one goes first, so a run
+    # killed between the writes never leaves new per-image rows beside the previous run's summary.
+    out_json.unlink(missing_ok=True)
     csv_path = out_json.with_name(out_json.stem + "_per_image.csv")
     md_path = out_json.with_suffix(".md")
     buf = io.StringIO(newline="")

@@ -1,7 +1,11 @@
 """2-process DDP (gloo, torchrun) == 1 process with the same global batch, on the tiny VARSR config.
 
+The 2 ranks run micro-batch 1 with 2 accumulation steps, the single process micro-batch 4: the same
+global batch, so accumulation (no all-reduce on the first micro-batch, the loss divided by the number
+of micro-batches) is checked under DDP and FSDP2 too.
 The file doubles as the torchrun worker script (``__main__``). Compared: the first step's
-(all-reduced, clipped) gradients, the mean losses of every step, and the parameters after
+(all-reduced) gradients before clipping (clipping would hide a loss scaled by a constant factor),
+the mean losses of every step, and the parameters after
 ``STEPS`` optimizer steps; the global batch sequence is identical by construction of
 ``ResumableBatchSampler``. AdamW's eps is raised to 1e-4 for this test only: with the default 1e-8
 a parameter whose true gradient is ~0 turns all-reduce rounding noise (~1e-9) into an lr-sized
@@ -25,9 +29,10 @@ GLOBAL_BATCH = 4
 STEPS = 3
 
 
-def make_cfg(run_dir, world: int, backend: str = "ddp"):
+def make_cfg(run_dir, world: int, backend: str = "ddp", accum: int = 1):
     cfg = tiny_train_config(str(run_dir))
-    cfg.data.batch_size = GLOBAL_BATCH // world
+    cfg.data.batch_size, cfg.optim.grad_accum = GLOBAL_BATCH // world // accum, accum
+    cfg.optim.lr /= accum  # VARSR's official rule multiplies it back (lr_scaling=accum): one effective lr for both
     cfg.loss.diff_weight = 0.0
     cfg.schedule.max_steps = STEPS
     cfg.optim.eps = 1e-4
@@ -37,8 +42,9 @@ def make_cfg(run_dir, world: int, backend: str = "ddp"):
     return cfg
 
 
-def run_and_dump(run_dir, world: int, backend: str = "ddp") -> Path:
-    """Train STEPS steps; rank 0 writes step 1's full gradients, every step's rank-mean loss, final params."""
+def run_and_dump(run_dir, world: int, backend: str = "ddp", accum: int = 1) -> Path:
+    """Train STEPS steps; rank 0 writes step 1's full pre-clip gradients, every step's rank-mean loss,
+    final params."""
     from common.dist import all_reduce_mean, get_rank
 
     out = {"losses": []}
@@ -46,17 +52,27 @@ def run_and_dump(run_dir, world: int, backend: str = "ddp") -> Path:
     def full(t):
         return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().clone()
 
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **k):  # every rank calls it (full() gathers FSDP2 shards)
+        params = list(params)
+        if "grads" not in out:
+            out["grads"] = {names[id(p)]: full(p.grad) for p in params if p.grad is not None}
+        return real_clip(params, max_norm, *a, **k)
+
     def grab(trainer, metrics):
-        if trainer.step == 1:
-            out["grads"] = {
-                clean_param_name(n): full(p.grad) for n, p in trainer.model.named_parameters() if p.grad is not None
-            }
         out["losses"].append(all_reduce_mean(torch.tensor([metrics["loss"]])))
         if trainer.step == STEPS:
             out["params"] = {clean_param_name(n): full(p) for n, p in trainer.model.named_parameters()}
             out["ema"] = {n: full(t) for n, t in trainer.ema.shadow.items()}
 
-    Trainer(make_cfg(run_dir, world, backend)).fit(callback=grab)
+    trainer = Trainer(make_cfg(run_dir, world, backend, accum))
+    names = {id(p): clean_param_name(n) for n, p in trainer.model.named_parameters()}
+    torch.nn.utils.clip_grad_norm_ = spy
+    try:
+        trainer.fit(callback=grab)
+    finally:
+        torch.nn.utils.clip_grad_norm_ = real_clip
     path = Path(run_dir) / "step1.pt"
     if get_rank() == 0:
         torch.save(out, path)
@@ -77,6 +93,7 @@ def test_two_process_matches_single_process(tmp_path, backend):
         __file__,
         str(tmp_path / "ddp"),
         backend,
+        "2",  # micro-batch 1 x 2 accumulation steps per rank
     ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -120,7 +137,7 @@ def _resume_one_process_past_planted(tmp_path, backend, params):
 
 
 if __name__ == "__main__":
-    run_and_dump(sys.argv[1], int(os.environ["WORLD_SIZE"]), sys.argv[2])
+    run_and_dump(sys.argv[1], int(os.environ["WORLD_SIZE"]), sys.argv[2], int(sys.argv[3]))
     from common.dist import destroy_distributed
 
     destroy_distributed()
