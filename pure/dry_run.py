@@ -148,7 +148,11 @@ def _deepspeed_states(r: Report, cfg, n_params: int, world: int, lm) -> None:
     src = f"DeepSpeed estimate_zero{3 if par.zero_stage >= 3 else 2}_model_states_mem_needs (all model states)"
     r.sources.update(parameters=src, gradients=src, **{"optimizer state": src})
     r.host["DeepSpeed model states in host RAM (its estimator, per node of the world)"] = int(cpu)
-    r.host["start-up: full fp32 model built on CPU by every rank"] = n_params * 4 * world
+    if int(par.zero_stage) >= 3:  # built under deepspeed.zero.Init (pure.parallelize.zero3_build): each
+        # rank draws one module whole (fp32) at a time, then keeps its 1/world share on the GPU
+        r.host["start-up under deepspeed.zero.Init: one module whole per rank at a time (fp32)"] = largest * 4 * world
+    else:
+        r.host["start-up: full fp32 model built on CPU by every rank"] = n_params * 4 * world
     r.notes.append("activations and temporaries: the same fake step without sharding; collectives not simulated")
     r.m.traffic.collectives.clear()
 
