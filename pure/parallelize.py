@@ -299,6 +299,10 @@ def build_engine(
     `full_state`: rank 0's weights for a meta-built root under multi-rank FSDP2 (fsdp2_meta_init)."""
     backend = par_cfg.backend
     offload = bool(getattr(par_cfg, "cpu_offload", False))
+    compile_blocks = bool(getattr(par_cfg, "compile", False))
+    if compile_blocks and backend == "deepspeed":  # a config error: said before any runtime condition
+        # ZeRO-3 gathers parameters in hooks that dynamo cannot trace per block
+        raise ValueError("parallel.compile is for backend fsdp2 | none; DeepSpeed runs eager here")
     if offload and (backend == "none" or dist.backend is None):
         raise ValueError(
             "parallel.cpu_offload needs parallel.backend=fsdp2 | deepspeed and a process group "
@@ -310,9 +314,7 @@ def build_engine(
             "(launch/train_pure.py starts a torchrun world of one for it)"
         )
     apply_activation_checkpointing(lm, par_cfg.activation_checkpointing)
-    if getattr(par_cfg, "compile", False):
-        if backend == "deepspeed":  # ZeRO-3 gathers parameters in hooks that dynamo cannot trace per block
-            raise ValueError("parallel.compile is for backend fsdp2 | none; DeepSpeed runs eager here")
+    if compile_blocks:
         par.compile_blocks(lm.model.layers, backend=par_cfg.compile_backend)
     if backend == "deepspeed":
         return DeepSpeedEngine(root, optim_cfg, par_cfg, dist, micro_batch)

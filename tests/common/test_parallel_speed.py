@@ -260,5 +260,5 @@ def test_config_switches_reach_the_blocks():
     )
     assert all(b._compiled_call_impl is not None and b._arsr_ac == "selective" for b in blocks)
     assert all(b._compiled_call_impl is not None and b._arsr_ac == "full" for b in vblocks)
-    with pytest.raises(ValueError, match="DeepSpeed"):
+    with pytest.raises(ValueError, match="DeepSpeed runs eager"):
         build_engine(root, root.lm, PureOptimConfig(), PureParallel(backend="deepspeed", compile=True), one, 1)
