@@ -22,21 +22,22 @@ def test_overfit_one_example_then_greedy_decoding_returns_the_answer(test_tokeni
     g = torch.Generator().manual_seed(1)
     lq = torch.randint(16384, (4, 4), generator=g)
     hq = torch.randint(16384, (8, 8), generator=g)  # a 2 x 2 grid of 32-px cells
-    tokens, labels = build_training_example(lq, hq, "Slight noise, heavy blur.", "a red kite", test_tokenizer)
-    prompt = build_inference_prompt(lq, test_tokenizer)
+    # a short instruction keeps the run fast; the layout is the same for any text
+    tokens, labels = build_training_example(lq, hq, "Heavy blur.", "a kite", test_tokenizer, instruction="Restore. ")
+    prompt = build_inference_prompt(lq, test_tokenizer, instruction="Restore. ")
     answer = tokens[len(prompt) :]
     assert tokens[: len(prompt)] == prompt and answer[-1] == SpecialIds.EOT
     model = ChameleonForCausalLM(chameleon_config("tiny"))  # shipped dropout: train() keeps it on
     root = PureLoss(model)
     ids, lab = torch.tensor([tokens]), torch.tensor([labels])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
     model.train()
     for step in range(600):
         loss, _ = root(ids, lab)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step % 25 == 0 and float(loss.detach()) < 0.005:
+        if step % 10 == 0 and float(loss.detach()) < 0.01:
             break
     model.eval()
     release_engines()
