@@ -343,25 +343,9 @@ def run_restore(cfg: PureSampleConfig, default_out: str | Path = "sr") -> dict:
     }
     summary.update(skipped=counts["skipped"], skipped_files=counts["skipped_files"])
     atomic_write_bytes(out_dir / "summary.json", json.dumps(summary, indent=1).encode())
-    from common.metrics.select import scorable_metrics
+    from common.metrics.select import score_run
 
-    metrics = scorable_metrics(cfg.metrics, cfg.hr_dir is not None, out_dir)  # no HR: no-reference ones (NIQE at least)
-    if not metrics:
-        return {"summary": summary, "skipped": counts["skipped"]}
-    from common.metrics import evaluate_folders
-    from common.paths import read_back_limit
-
-    out_json = Path(cfg.metrics_out or out_dir / "metrics.json")  # every file of the run stays in out_dir
-    scores = evaluate_folders(
-        out_dir,
-        cfg.hr_dir,
-        metrics,
-        out_json,
-        device=str(device),
-        allow_extra_hr=bool(counts["skipped"]),
-        max_input_pixels=read_back_limit(cfg),
-        out_beside_images=cfg.metrics_out is None,
-    )  # skipped inputs have no output
+    scores = score_run(cfg, out_dir, counts["skipped"], device)  # no HR: no-reference ones (NIQE at least)
     return {"summary": summary, **scores, "skipped": counts["skipped"]}
 
 

@@ -194,27 +194,10 @@ def run_sampling(cfg: SampleRunConfig, default_out: str | Path = "sr") -> dict:
     result = {"images": counts["done"], "skipped": counts["skipped"], "skipped_files": counts["skipped_files"]}
     if not (is_main() and cfg.metrics):  # a dict from the config group gives its keys below
         return result
-    from common.metrics import evaluate_folders
+    from common.metrics.select import score_run
 
-    out_json = Path(cfg.metrics_out or out_dir / "metrics.json")  # every file of the run stays in out_dir
-    from common.metrics.select import scorable_metrics
-    from common.paths import read_back_limit
-
-    hr = cfg.hr_dir
-    metrics = scorable_metrics(cfg.metrics, hr is not None, out_dir)  # no HR: the no-reference ones (NIQE at least)
-    if not metrics:
-        return result
     # skipped inputs have no output: score what was produced, the skips are already counted
-    scores = evaluate_folders(
-        out_dir,
-        hr,
-        metrics,
-        out_json,
-        device=str(device),
-        allow_extra_hr=bool(counts["skipped"]),
-        max_input_pixels=read_back_limit(cfg),
-        out_beside_images=cfg.metrics_out is None,
-    )
+    scores = score_run(cfg, out_dir, counts["skipped"], device)  # no HR: the no-reference ones (NIQE at least)
     return {**scores, **result}
 
 

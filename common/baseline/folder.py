@@ -105,8 +105,7 @@ def run_baseline(cfg: BaselineConfig, default_out: str | Path = "sr") -> dict:
     """Upscale a folder; returns the metrics summary (when scored) with images / skipped / seconds per image."""
     from common.data.io import write_image
     from common.logging import get_logger, progress
-    from common.metrics import evaluate_folders
-    from common.metrics.select import scorable_metrics
+    from common.metrics.select import score_run
     from common.paths import ImageRejected, SkipLog, start_folder_run
 
     log = get_logger(f"baseline.{cfg.method}")
@@ -138,22 +137,7 @@ def run_baseline(cfg: BaselineConfig, default_out: str | Path = "sr") -> dict:
         "skipped_files": counts["skipped_files"],
         "seconds_per_image": seconds,
     }
-    metrics = scorable_metrics(cfg.metrics, cfg.hr_dir is not None, out_dir) if cfg.metrics else []
-    if not metrics:
-        return result
-    from common.paths import read_back_limit
-
-    out_json = Path(cfg.metrics_out or out_dir / "metrics.json")  # every file of the run stays in out_dir
-    scores = evaluate_folders(
-        out_dir,
-        cfg.hr_dir,
-        metrics,
-        out_json,
-        device=str(device),
-        allow_extra_hr=bool(counts["skipped"]),
-        max_input_pixels=read_back_limit(cfg),
-        out_beside_images=cfg.metrics_out is None,
-    )
+    scores = score_run(cfg, out_dir, counts["skipped"], device) if cfg.metrics else {}
     return {**scores, **result}
 
 

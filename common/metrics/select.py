@@ -56,3 +56,28 @@ def scorable_metrics(requested, has_hr: bool, out_dir=None) -> list[str]:
 
 
 __all__ = ["NIQE_MIN_SIDE", "NO_REFERENCE_FALLBACK", "scorable_metrics"]
+
+
+def score_run(cfg, out_dir, skipped: int, device) -> dict:
+    """Score a folder run's own outputs (the sampling apps and the baseline tool share this tail):
+    the metrics :func:`scorable_metrics` keeps of ``cfg.metrics`` over ``out_dir`` against
+    ``cfg.hr_dir``, written to ``cfg.metrics_out`` or inside ``out_dir`` (a run never writes beside
+    its output folder). Skipped inputs have no output, so extra HR files are allowed then.
+    Returns the scores, ``{}`` when nothing can be scored."""
+    from common.metrics import evaluate_folders
+    from common.paths import read_back_limit
+
+    metrics = scorable_metrics(cfg.metrics, cfg.hr_dir is not None, out_dir)
+    if not metrics:
+        return {}
+    out_json = Path(cfg.metrics_out or Path(out_dir) / "metrics.json")
+    return evaluate_folders(
+        out_dir,
+        cfg.hr_dir,
+        metrics,
+        out_json,
+        device=str(device),
+        allow_extra_hr=bool(skipped),
+        max_input_pixels=read_back_limit(cfg),
+        out_beside_images=cfg.metrics_out is None,
+    )
